@@ -1,0 +1,192 @@
+import NIOCore
+import NIOWebSocket
+
+/// Byte and frame counts of one bridged leg, kept as plain integers on the leg's event loop.
+public struct BridgeLegStatistics: Sendable, Equatable {
+    /// Payload bytes received from this leg's peer and forwarded to the partner.
+    public var bytesIn: Int = 0
+    public var framesIn: Int = 0
+    /// Close code the peer sent, if it sent one.
+    public var closeCode: Int?
+
+    public init() {}
+}
+
+/// One leg of a joined WebSocket pair (sender ↔ listener rendezvous). Frames are forwarded as they are:
+/// opcodes, FIN bits and close codes pass through, payloads are unmasked word-wise. Pings are answered
+/// per leg; pongs are dropped.
+///
+/// Back-pressure: a leg withholds `read()` while its partner's channel is not writable, and resumes
+/// when the partner reports writability again, so a slow reader slows the writer and memory stays
+/// bounded by one read burst per leg.
+///
+/// Half-close (reference §1.5 point 5): a Close from one peer is forwarded to the other peer, not
+/// echoed; the other direction keeps flowing until that peer closes too. A leg's channel closes once
+/// it has both received and sent a Close.
+public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    public typealias InboundIn = WebSocketFrame
+    public typealias OutboundIn = WebSocketFrame
+    public typealias OutboundOut = WebSocketFrame
+
+    /// How long a leg waits for its peer's Close reply after the partner leg vanished.
+    public static let closeReplyTimeout: TimeAmount = .seconds(5)
+
+    private var partner: NIOLoopBound<WebSocketBridgeHandler>?
+    private var context: ChannelHandlerContext?
+    private var pending: [WebSocketFrame] = []
+    private var partnerWritable = true
+    private var readPending = false
+    private var receivedClose = false
+    private var sentClose = false
+    private var partnerGone = false
+    private var finished = false
+    private var statistics = BridgeLegStatistics()
+    private let onFinished: @Sendable (BridgeLegStatistics) -> Void
+
+    /// - Parameter onFinished: called once, on this leg's loop, when the leg's channel is gone.
+    public init(onFinished: @escaping @Sendable (BridgeLegStatistics) -> Void = { _ in }) {
+        self.onFinished = onFinished
+    }
+
+    /// Joins this leg to its partner. Until then reads are withheld, so nothing is lost.
+    public func attach(partner: NIOLoopBound<WebSocketBridgeHandler>) {
+        self.partner = partner
+        if readPending, let context {
+            readPending = false
+            context.read()
+        }
+    }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch frame.opcode {
+        case .ping:
+            guard !sentClose else { return }
+            let pong = WebSocketFrame(fin: true, opcode: .pong, data: frame.unmasked(allocator: context.channel.allocator).data)
+            context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
+        case .pong:
+            break
+        case .connectionClose:
+            guard !receivedClose else { return }
+            receivedClose = true
+            let unmasked = frame.unmasked(allocator: context.channel.allocator)
+            var data = unmasked.data
+            statistics.closeCode = data.readInteger(as: UInt16.self).map(Int.init)
+            pending.append(unmasked)
+        default:
+            guard !receivedClose else { return }
+            statistics.bytesIn &+= frame.length
+            statistics.framesIn &+= 1
+            pending.append(frame.unmasked(allocator: context.channel.allocator))
+        }
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        forwardPending()
+        context.fireChannelReadComplete()
+    }
+
+    private func forwardPending() {
+        guard !pending.isEmpty, let partner else { return }
+        let frames = pending
+        pending.removeAll(keepingCapacity: true)
+        partner.eventLoop.execute {
+            partner.value.deliver(frames)
+        }
+    }
+
+    /// Frames from the partner leg, written to this leg's peer in one flush.
+    private func deliver(_ frames: [WebSocketFrame]) {
+        guard let context, !sentClose else { return }
+        for frame in frames {
+            if frame.opcode == .connectionClose {
+                sentClose = true
+            }
+            context.write(wrapOutboundOut(frame), promise: nil)
+            if sentClose { break }
+        }
+        context.flush()
+        if sentClose && receivedClose {
+            context.close(promise: nil)
+        }
+    }
+
+    public func read(context: ChannelHandlerContext) {
+        if partnerWritable && partner != nil {
+            context.read()
+        } else {
+            readPending = true
+        }
+    }
+
+    public func channelWritabilityChanged(context: ChannelHandlerContext) {
+        let writable = context.channel.isWritable
+        if let partner {
+            partner.eventLoop.execute {
+                partner.value.partnerWritabilityChanged(writable)
+            }
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func partnerWritabilityChanged(_ writable: Bool) {
+        partnerWritable = writable
+        if writable && readPending, let context {
+            readPending = false
+            context.read()
+        }
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        forwardPending()
+        finish()
+        if let partner {
+            partner.eventLoop.execute {
+                partner.value.partnerDidClose()
+            }
+        }
+        context.fireChannelInactive()
+    }
+
+    /// The partner's channel is gone. If its peer never sent a Close, ours learns with 1001; then we
+    /// wait briefly for our peer's Close reply.
+    public func partnerDidClose() {
+        partnerGone = true
+        guard let context, context.channel.isActive else { return }
+        if !sentClose {
+            sentClose = true
+            var data = context.channel.allocator.buffer(capacity: 32)
+            data.writeInteger(UInt16(1001))
+            data.writeString("The peer went away")
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)), promise: nil)
+        }
+        if receivedClose {
+            context.close(promise: nil)
+        } else {
+            context.eventLoop.assumeIsolated().scheduleTask(in: Self.closeReplyTimeout) { [weak self] in
+                self?.context?.close(promise: nil)
+            }
+        }
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    private func finish() {
+        guard !finished else { return }
+        finished = true
+        onFinished(statistics)
+    }
+}
+
+@available(*, unavailable)
+extension WebSocketBridgeHandler: Sendable {}

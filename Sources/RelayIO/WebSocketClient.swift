@@ -1,0 +1,229 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import NIOWebSocket
+
+/// A `ws://` or `wss://` URL split for connecting.
+public struct WebSocketURL: Equatable, Sendable, CustomStringConvertible {
+    public var secure: Bool
+    public var host: String
+    public var port: Int
+    /// Path and query, origin form.
+    public var target: String
+
+    public init(secure: Bool, host: String, port: Int, target: String) {
+        self.secure = secure
+        self.host = host
+        self.port = port
+        self.target = target
+    }
+
+    /// Parses `ws[s]://host[:port][/path][?query]`; `http[s]` and `sb` are taken as their WebSocket
+    /// equivalents (`sb` means `wss`, as the SDKs build it).
+    public init?(_ text: String) {
+        guard let schemeEnd = text.firstIndex(of: ":"), text[schemeEnd...].hasPrefix("://") else { return nil }
+        switch text[..<schemeEnd].lowercased() {
+        case "ws", "http": secure = false
+        case "wss", "https", "sb": secure = true
+        default: return nil
+        }
+        let rest = text[text.index(schemeEnd, offsetBy: 3)...]
+        let authority = rest.prefix { $0 != "/" && $0 != "?" }
+        let remainder = rest.dropFirst(authority.count)
+        target = remainder.isEmpty ? "/" : (remainder.hasPrefix("?") ? "/" + remainder : String(remainder))
+        var hostPart = Substring(authority)
+        var portPart: Substring?
+        if hostPart.hasPrefix("[") {
+            guard let close = hostPart.firstIndex(of: "]") else { return nil }
+            let after = hostPart[hostPart.index(after: close)...]
+            if after.hasPrefix(":") { portPart = after.dropFirst() } else if !after.isEmpty { return nil }
+            hostPart = hostPart[hostPart.index(after: hostPart.startIndex)..<close]
+        } else if let colon = hostPart.lastIndex(of: ":") {
+            portPart = hostPart[hostPart.index(after: colon)...]
+            hostPart = hostPart[..<colon]
+        }
+        guard !hostPart.isEmpty else { return nil }
+        host = String(hostPart)
+        if let portPart {
+            guard let value = Int(portPart), (1...65535).contains(value) else { return nil }
+            port = value
+        } else {
+            port = secure ? 443 : 80
+        }
+    }
+
+    /// `Host` header value: the port is omitted when it is the scheme's default.
+    public var hostHeader: String {
+        let name = host.contains(":") ? "[\(host)]" : host
+        return port == (secure ? 443 : 80) ? name : "\(name):\(port)"
+    }
+
+    public var description: String { "\(secure ? "wss" : "ws")://\(hostHeader)\(target)" }
+}
+
+/// The outcome of a WebSocket client handshake.
+public enum WebSocketConnectResult: Sendable {
+    /// The channel now carries `WebSocketFrame`s; `configure` has added the caller's handlers.
+    case upgraded(any Channel, subprotocol: String?)
+    /// The server answered with something other than 101; the channel is closed.
+    case rejected(status: Int, reason: String, headers: HTTPHeaders)
+}
+
+public struct WebSocketClientError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// Opens client WebSockets: TCP (and TLS), the HTTP/1.1 upgrade, then frame codecs.
+public enum WebSocketClient {
+    /// - Parameters:
+    ///   - configure: runs on the channel's event loop once the upgrade succeeded, before any frame is
+    ///     read; it adds the handlers that consume frames.
+    public static func connect(
+        to url: WebSocketURL,
+        headers extraHeaders: HTTPHeaders = [:],
+        subprotocols: [String] = [],
+        tlsContext: NIOSSLContext?,
+        group: any EventLoopGroup,
+        maxFrameSize: Int = 1 << 20,
+        connectTimeout: TimeAmount = .seconds(30),
+        configure: @escaping @Sendable (any Channel) throws -> Void
+    ) -> EventLoopFuture<WebSocketConnectResult> {
+        let eventLoop = group.next()
+        let promise = eventLoop.makePromise(of: WebSocketConnectResult.self)
+        if url.secure && tlsContext == nil {
+            promise.fail(WebSocketClientError(description: "\(url) needs TLS but no TLS context was given"))
+            return promise.futureResult
+        }
+        let key = WebSocketHandshake.randomKey()
+        var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: url.target)
+        head.headers.add(name: "Host", value: url.hostHeader)
+        head.headers.add(name: "Upgrade", value: "websocket")
+        head.headers.add(name: "Connection", value: "Upgrade")
+        head.headers.add(name: "Sec-WebSocket-Key", value: key)
+        head.headers.add(name: "Sec-WebSocket-Version", value: "13")
+        if !subprotocols.isEmpty {
+            head.headers.add(name: "Sec-WebSocket-Protocol", value: subprotocols.joined(separator: ", "))
+        }
+        head.headers.add(contentsOf: extraHeaders)
+        let requestHead = head
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    if url.secure, let tlsContext {
+                        let serverName = url.host.first?.isNumber == true || url.host.contains(":") ? nil : url.host
+                        try sync.addHandler(NIOSSLClientHandler(context: tlsContext, serverHostname: serverName))
+                    }
+                    let encoder = HTTPRequestEncoder()
+                    let decoder = ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes))
+                    try sync.addHandler(encoder)
+                    try sync.addHandler(decoder)
+                    try sync.addHandler(
+                        ClientHandshakeHandler(
+                            request: requestHead, expectedAccept: WebSocketHandshake.acceptValue(forKey: key),
+                            promise: promise, maxFrameSize: maxFrameSize, configure: configure,
+                            httpHandlers: [encoder, decoder]))
+                }
+            }
+        bootstrap.connect(host: url.host, port: url.port).whenFailure { error in
+            promise.fail(error)
+        }
+        return promise.futureResult
+    }
+}
+
+/// Sends the upgrade request, reads the response, and on 101 swaps the HTTP codec for the frame codec.
+final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = Never
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private let request: HTTPRequestHead
+    private let expectedAccept: String
+    private let promise: EventLoopPromise<WebSocketConnectResult>
+    private let maxFrameSize: Int
+    private let configure: @Sendable (any Channel) throws -> Void
+    private let httpHandlers: [any RemovableChannelHandler]
+    private var response: HTTPResponseHead?
+    private var done = false
+
+    init(
+        request: HTTPRequestHead, expectedAccept: String, promise: EventLoopPromise<WebSocketConnectResult>,
+        maxFrameSize: Int, configure: @escaping @Sendable (any Channel) throws -> Void,
+        httpHandlers: [any RemovableChannelHandler]
+    ) {
+        self.request = request
+        self.expectedAccept = expectedAccept
+        self.promise = promise
+        self.maxFrameSize = maxFrameSize
+        self.configure = configure
+        self.httpHandlers = httpHandlers
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.write(wrapOutboundOut(.head(request)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            response = head
+        case .body:
+            break
+        case .end:
+            guard let response, !done else { return }
+            done = true
+            finish(context: context, response: response)
+        }
+    }
+
+    private func finish(context: ChannelHandlerContext, response: HTTPResponseHead) {
+        guard response.status == .switchingProtocols else {
+            promise.succeed(
+                .rejected(status: Int(response.status.code), reason: response.status.reasonPhrase, headers: response.headers))
+            context.close(promise: nil)
+            return
+        }
+        guard response.headers.first(name: "sec-websocket-accept") == expectedAccept else {
+            fail(context: context, WebSocketClientError(description: "the server sent a wrong Sec-WebSocket-Accept"))
+            return
+        }
+        do {
+            let sync = context.pipeline.syncOperations
+            try sync.addHandler(WebSocketFrameEncoder(), position: .after(self))
+            try sync.addHandler(
+                ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)), position: .after(self))
+            try configure(context.channel)
+            // Leave first: the response decoder forwards any bytes past the 101 to the next handler,
+            // which must already be the frame decoder.
+            sync.removeHandler(self, promise: nil)
+            for handler in httpHandlers { sync.removeHandler(handler, promise: nil) }
+            promise.succeed(.upgraded(context.channel, subprotocol: response.headers.first(name: "sec-websocket-protocol")))
+        } catch {
+            fail(context: context, error)
+        }
+    }
+
+    private func fail(context: ChannelHandlerContext, _ error: any Error) {
+        done = true
+        promise.fail(error)
+        context.close(promise: nil)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !done { fail(context: context, error) }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !done {
+            done = true
+            promise.fail(WebSocketClientError(description: "the connection closed during the WebSocket handshake"))
+        }
+        context.fireChannelInactive()
+    }
+}

@@ -1,0 +1,283 @@
+import HybridConnections
+import Logging
+import NIOCore
+import NIOWebSocket
+import RelayIO
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// The relay's side of a listener control channel: sends `accept` and `request` messages, takes
+/// `renewToken` and `response` messages, pings the listener and evicts it when it stops answering or
+/// its token lapses.
+final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    /// Control-channel JSON is kept under 64 KiB (the .NET listener's receive buffer).
+    static let maxControlMessageBytes = 64 * 1024
+
+    var handle: ListenerHandle?
+    private let hub: RelayHub
+    private let entity: HybridConnectionConfiguration
+    private let trackingId: String
+    private let requestHost: String?
+    private var tokenExpiry: Int64
+    private var context: ChannelHandlerContext?
+    private var pingTask: Scheduled<Void>?
+    private var missedPongs = 0
+    private var closing = false
+    private var messages: MessageAssembler
+    private var responses = HTTPResponseAssembler()
+    private var logger: Logger
+
+    init(hub: RelayHub, entity: HybridConnectionConfiguration, trackingId: String, tokenExpiry: Int64, requestHost: String?) {
+        self.hub = hub
+        self.entity = entity
+        self.trackingId = trackingId
+        self.tokenExpiry = tokenExpiry
+        self.requestHost = requestHost
+        messages = MessageAssembler(limit: max(Self.maxControlMessageBytes, hub.limits.maxHTTPBodyBytes))
+        logger = hub.logger
+        logger[metadataKey: "entity"] = "\(entity.name)"
+        logger[metadataKey: "listener_id"] = "\(trackingId)"
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        scheduleTick()
+    }
+
+    private func scheduleTick() {
+        guard let context else { return }
+        pingTask = context.eventLoop.assumeIsolated().scheduleTask(in: .fractionalSeconds(hub.limits.pingIntervalSeconds)) {
+            [weak self] in
+            self?.tick()
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        pingTask?.cancel()
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        pingTask?.cancel()
+        if let handle { hub.unregister(handle) }
+        logger.info("listener disconnected", metadata: ["listeners": "\(hub.listenerCount(entity: entity.name))"])
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data).unmasked(allocator: context.channel.allocator)
+        switch frame.opcode {
+        case .ping:
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.data)), promise: nil)
+        case .pong:
+            // Solicited or not (the .NET runtime sends unsolicited pongs as heartbeats): proof of life.
+            missedPongs = 0
+        case .connectionClose:
+            close(code: 1000, reason: "Normal Closure")
+        default:
+            missedPongs = 0
+            switch messages.receive(frame) {
+            case .none: break
+            case .message(.text, let data): textMessage(data)
+            case .message(_, let data): binaryMessage(data)
+            case .tooLarge: close(code: 1009, reason: "Message too big")
+            case .protocolError(let why): close(code: 1002, reason: why)
+            }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.warning("control channel error: \(error)", metadata: ["reason": "protocol_error"])
+        context.close(promise: nil)
+    }
+
+    private func textMessage(_ data: ByteBuffer) {
+        guard data.readableBytes <= Self.maxControlMessageBytes else {
+            close(code: 1009, reason: "Control message too big")
+            return
+        }
+        let message: ControlMessage
+        do {
+            message = try ControlMessage(decoding: data.readableBytesView)
+        } catch {
+            logger.warning("ignored control message: \(error)", metadata: ["reason": "bad_control_message"])
+            return
+        }
+        switch message {
+        case .renewToken(let renew):
+            renewToken(renew.token)
+        case .response(let response):
+            handle(responses.response(response))
+        case .accept, .request:
+            logger.warning("ignored control message the relay sends, not receives", metadata: ["reason": "bad_control_message"])
+        }
+    }
+
+    private func binaryMessage(_ data: ByteBuffer) {
+        handle(responses.binaryMessage(data))
+    }
+
+    private func handle(_ event: HTTPResponseAssembler.Event) {
+        switch event {
+        case .none:
+            break
+        case .complete(let head, let body):
+            if !hub.completeHTTP(key: head.requestId, head: head, body: body) {
+                logger.info("response for an unknown or expired request", metadata: ["request_id": "\(head.requestId)"])
+            }
+        case .unexpected(let why):
+            logger.warning("ignored control message: \(why)", metadata: ["reason": "bad_control_message"])
+        }
+    }
+
+    private func renewToken(_ token: String) {
+        do {
+            let expiry = try hub.policy.authorize(
+                entity: entity, token: token, right: .listen, requestHost: requestHost,
+                now: Int64(Date().timeIntervalSince1970))
+            tokenExpiry = expiry ?? .max
+            logger.info("listener token renewed", metadata: ["expiry": "\(tokenExpiry)"])
+        } catch {
+            logger.warning("renewToken refused: \(error.text)", metadata: ["reason": "\(error.reason)"])
+            close(code: 1008, reason: "Token renewal failed: \(error.reason)")
+        }
+    }
+
+    private func tick() {
+        guard let context, !closing else { return }
+        let now = Int64(Date().timeIntervalSince1970)
+        if tokenExpiry != .max && Double(now) > Double(tokenExpiry) + hub.limits.tokenGraceSeconds {
+            logger.warning("listener token expired", metadata: ["reason": "token_expired"])
+            close(code: 1008, reason: "The security token expired")
+            return
+        }
+        if missedPongs >= hub.limits.missedPongLimit {
+            logger.warning("listener evicted: no pong", metadata: ["reason": "ping_timeout", "missed_pongs": "\(missedPongs)"])
+            closing = true
+            context.close(promise: nil)
+            return
+        }
+        missedPongs += 1
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
+        scheduleTick()
+    }
+
+    /// Writes `message` and its body back to back, so no other message can come between them.
+    func send(_ message: ControlMessage, body: ByteBuffer?) {
+        guard let context, !closing else { return }
+        var text = context.channel.allocator.buffer(capacity: 512)
+        text.writeString(message.encoded())
+        context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: text)), promise: nil)
+        if let body {
+            context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: body)), promise: nil)
+        }
+        context.flush()
+    }
+
+    private func close(code: UInt16, reason: String) {
+        guard let context, !closing else { return }
+        closing = true
+        if let handle { hub.unregister(handle) }
+        var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
+        data.writeInteger(code)
+        data.writeString(String(reason.utf8.prefix(120)) ?? "")
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)))
+            .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+    }
+}
+
+@available(*, unavailable)
+extension ListenerControlHandler: Sendable {}
+
+/// A listener's rendezvous for one HTTP-mode request (`sb-hc-action=request`): delivers the request
+/// when it did not fit the control channel, then reads the `response` and its body.
+final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private let hub: RelayHub
+    private let key: String
+    private let request: PendingHTTPRequest?
+    private var messages: MessageAssembler
+    private var responses = HTTPResponseAssembler()
+    private var sentClose = false
+
+    init(hub: RelayHub, key: String, request: PendingHTTPRequest?) {
+        self.hub = hub
+        self.key = key
+        self.request = request
+        messages = MessageAssembler(limit: hub.limits.maxHTTPBodyBytes)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        // Added while the HTTP codec is still being removed: write on the next loop tick.
+        context.eventLoop.assumeIsolated().execute { [weak self] in
+            self?.sendRequest(context: context)
+        }
+    }
+
+    private func sendRequest(context: ChannelHandlerContext) {
+        guard let request, context.channel.isActive else { return }
+        var text = context.channel.allocator.buffer(capacity: 1024)
+        text.writeString(ControlMessage.request(request.command).encoded())
+        context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: text)), promise: nil)
+        if request.command.body == true {
+            context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: request.body)), promise: nil)
+        }
+        context.flush()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data).unmasked(allocator: context.channel.allocator)
+        switch frame.opcode {
+        case .ping:
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.data)), promise: nil)
+        case .pong:
+            break
+        case .connectionClose:
+            // The .NET listener closes the rendezvous after every response; answer and hang up.
+            if !sentClose {
+                sentClose = true
+                context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: frame.data)))
+                    .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            }
+        default:
+            let event: HTTPResponseAssembler.Event
+            switch messages.receive(frame) {
+            case .none: return
+            case .message(.text, let data):
+                guard let message = try? ControlMessage(decoding: data.readableBytesView), case .response(let response) = message else {
+                    hub.logger.warning("ignored rendezvous message that is not a response", metadata: ["reason": "bad_control_message"])
+                    return
+                }
+                event = responses.response(response)
+            case .message(_, let data): event = responses.binaryMessage(data)
+            case .tooLarge:
+                hub.logger.warning("response body over the limit", metadata: ["reason": "body_too_large"])
+                context.close(promise: nil)
+                return
+            case .protocolError:
+                context.close(promise: nil)
+                return
+            }
+            if case .complete(let head, let body) = event {
+                // The response names its request; on a rendezvous it can only be this one.
+                _ = hub.completeHTTP(key: key, head: head, body: body)
+            }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension HTTPRendezvousHandler: Sendable {}

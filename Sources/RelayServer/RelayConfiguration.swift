@@ -1,0 +1,222 @@
+import HybridConnections
+import Yams
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// One hybrid connection (entity) the relay serves.
+public struct HybridConnectionConfiguration: Codable, Equatable, Sendable {
+    /// The entity path; may contain `/`.
+    public var name: String
+    /// When false, senders need no token (azbridge `NoAuthentication`); listeners always do.
+    public var requiresClientAuthorization: Bool
+    public var rules: [AuthorizationRule]
+
+    public init(name: String, requiresClientAuthorization: Bool = true, rules: [AuthorizationRule] = []) {
+        self.name = name
+        self.requiresClientAuthorization = requiresClientAuthorization
+        self.rules = rules
+    }
+
+    private enum CodingKeys: String, CodingKey { case name, requiresClientAuthorization, rules }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        name = try container.decode(String.self, forKey: .name)
+        requiresClientAuthorization =
+            try container.decodeIfPresent(Bool.self, forKey: .requiresClientAuthorization) ?? true
+        rules = try container.decodeIfPresent([AuthorizationRule].self, forKey: .rules) ?? []
+    }
+}
+
+/// Timeouts and size limits; every value has the default documented in docs/relay.md.
+public struct RelayLimits: Codable, Equatable, Sendable {
+    /// How long a sender's upgrade is held for a listener to accept or reject.
+    public var acceptTimeoutSeconds: Double = 30
+    /// How long an HTTP-mode sender waits for the listener's response (Azure: 60 s, then 504).
+    public var httpResponseTimeoutSeconds: Double = 60
+    /// Time allowed from TCP accept to a complete request head (slowloris guard).
+    public var handshakeTimeoutSeconds: Double = 10
+    /// WebSocket ping interval on listener control channels.
+    public var pingIntervalSeconds: Double = 30
+    /// Unanswered pings after which a control channel is evicted.
+    public var missedPongLimit: Int = 2
+    /// How long past its `se` a control channel's token stays good (Azure allows about 5 minutes).
+    public var tokenGraceSeconds: Double = 300
+    /// Tolerated clock difference when checking a token's expiry at handshake time.
+    public var clockSkewSeconds: Double = 300
+    public var maxListenersPerEntity: Int = 25
+    /// Total bytes of request header names and values; above it, 431.
+    public var maxHeaderBytes: Int = 32 * 1024
+    /// Largest WebSocket frame accepted from a peer.
+    public var maxFrameBytes: Int = 4 * 1024 * 1024
+    /// Largest HTTP-mode request or response body; above it, 413 or 502.
+    public var maxHTTPBodyBytes: Int = 64 * 1024 * 1024
+    /// Requests (headers plus body) up to this size go on the control channel, larger ones through a
+    /// rendezvous (Azure: 64 kB).
+    public var controlChannelRequestBytes: Int = 64 * 1024
+
+    public init() {}
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        var limits = RelayLimits()
+        func read<T: Decodable>(_ key: CodingKeys, _ path: WritableKeyPath<RelayLimits, T>) throws {
+            if let value = try container.decodeIfPresent(T.self, forKey: key) { limits[keyPath: path] = value }
+        }
+        try read(.acceptTimeoutSeconds, \.acceptTimeoutSeconds)
+        try read(.httpResponseTimeoutSeconds, \.httpResponseTimeoutSeconds)
+        try read(.handshakeTimeoutSeconds, \.handshakeTimeoutSeconds)
+        try read(.pingIntervalSeconds, \.pingIntervalSeconds)
+        try read(.missedPongLimit, \.missedPongLimit)
+        try read(.tokenGraceSeconds, \.tokenGraceSeconds)
+        try read(.clockSkewSeconds, \.clockSkewSeconds)
+        try read(.maxListenersPerEntity, \.maxListenersPerEntity)
+        try read(.maxHeaderBytes, \.maxHeaderBytes)
+        try read(.maxFrameBytes, \.maxFrameBytes)
+        try read(.maxHTTPBodyBytes, \.maxHTTPBodyBytes)
+        try read(.controlChannelRequestBytes, \.controlChannelRequestBytes)
+        self = limits
+    }
+}
+
+/// TLS material for `wss`.
+public struct TLSFiles: Codable, Equatable, Sendable {
+    public var certificate: String
+    public var key: String
+
+    public init(certificate: String, key: String) {
+        self.certificate = certificate
+        self.key = key
+    }
+}
+
+/// Everything `hyrelay relay` needs; read from YAML or JSON and completed by flags.
+public struct RelayConfiguration: Codable, Equatable, Sendable {
+    /// `HOST:PORT` to bind.
+    public var listen: String
+    /// Base URL put into `accept.address` / `request.address` (`ws://host:port` or `wss://host`).
+    public var publicURL: String?
+    public var tls: TLSFiles?
+    /// Rules valid on every entity.
+    public var namespaceRules: [AuthorizationRule]
+    public var hybridConnections: [HybridConnectionConfiguration]
+    public var limits: RelayLimits
+
+    public init(
+        listen: String = "127.0.0.1:9350", publicURL: String? = nil, tls: TLSFiles? = nil,
+        namespaceRules: [AuthorizationRule] = [], hybridConnections: [HybridConnectionConfiguration] = [],
+        limits: RelayLimits = RelayLimits()
+    ) {
+        self.listen = listen
+        self.publicURL = publicURL
+        self.tls = tls
+        self.namespaceRules = namespaceRules
+        self.hybridConnections = hybridConnections
+        self.limits = limits
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case listen, publicURL, tls, namespaceRules, hybridConnections, limits
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        listen = try container.decodeIfPresent(String.self, forKey: .listen) ?? "127.0.0.1:9350"
+        publicURL = try container.decodeIfPresent(String.self, forKey: .publicURL)
+        tls = try container.decodeIfPresent(TLSFiles.self, forKey: .tls)
+        namespaceRules = try container.decodeIfPresent([AuthorizationRule].self, forKey: .namespaceRules) ?? []
+        hybridConnections =
+            try container.decodeIfPresent([HybridConnectionConfiguration].self, forKey: .hybridConnections) ?? []
+        limits = try container.decodeIfPresent(RelayLimits.self, forKey: .limits) ?? RelayLimits()
+    }
+
+    /// Parses a YAML or JSON document (JSON is YAML).
+    public static func parse(_ text: String) throws(ConfigurationError) -> RelayConfiguration {
+        do {
+            return try YAMLDecoder().decode(RelayConfiguration.self, from: text)
+        } catch let error as DecodingError {
+            throw ConfigurationError(description: Self.describe(error))
+        } catch {
+            throw ConfigurationError(description: "\(error)")
+        }
+    }
+
+    static func describe(_ error: DecodingError) -> String {
+        func path(_ context: DecodingError.Context) -> String {
+            let joined = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+            return joined.isEmpty ? "the document" : joined
+        }
+        switch error {
+        case .keyNotFound(let key, let context):
+            return "\(path(context)): missing key '\(key.stringValue)'"
+        case .typeMismatch(_, let context), .valueNotFound(_, let context), .dataCorrupted(let context):
+            return "\(path(context)): \(context.debugDescription)"
+        @unknown default:
+            return "\(error)"
+        }
+    }
+
+    /// Checks what decoding cannot: names, duplicates, addresses, limits.
+    public func validate() throws(ConfigurationError) {
+        var problems: [String] = []
+        if HostPort(listen) == nil { problems.append("listen '\(listen)' is not HOST:PORT") }
+        if let publicURL, !(publicURL.hasPrefix("ws://") || publicURL.hasPrefix("wss://")) {
+            problems.append("publicURL '\(publicURL)' must start with ws:// or wss://")
+        }
+        var seen = Set<String>()
+        for entity in hybridConnections {
+            let key = entity.name.lowercased()
+            if entity.name.isEmpty || !entity.name.allSatisfy(Self.isEntityCharacter) {
+                problems.append("hybrid connection name '\(entity.name)' may only use A-Z a-z 0-9 / _ - .")
+            }
+            if !seen.insert(key).inserted { problems.append("hybrid connection '\(entity.name)' is listed twice") }
+        }
+        for rule in namespaceRules + hybridConnections.flatMap(\.rules) {
+            if rule.keyName.isEmpty || rule.keyName.count > 256 || rule.primaryKey.isEmpty || rule.primaryKey.count > 256 {
+                problems.append("rule '\(rule.keyName)': key name and key must be 1 to 256 characters")
+            }
+            if rule.rights.isEmpty { problems.append("rule '\(rule.keyName)' grants no rights") }
+        }
+        if limits.maxListenersPerEntity < 1 { problems.append("limits.maxListenersPerEntity must be at least 1") }
+        if limits.maxFrameBytes < 1024 { problems.append("limits.maxFrameBytes must be at least 1024") }
+        if limits.missedPongLimit < 1 { problems.append("limits.missedPongLimit must be at least 1") }
+        if !problems.isEmpty { throw ConfigurationError(description: problems.joined(separator: "; ")) }
+    }
+
+    static func isEntityCharacter(_ character: Character) -> Bool {
+        character.isASCII && (character.isLetter || character.isNumber || "/_-.".contains(character))
+    }
+
+    /// The base URL for `address` fields: `publicURL`, or the listen address with the right scheme.
+    public var effectivePublicURL: String {
+        if let publicURL { return publicURL.hasSuffix("/") ? String(publicURL.dropLast()) : publicURL }
+        return "\(tls == nil ? "ws" : "wss")://\(listen)"
+    }
+}
+
+public struct ConfigurationError: Error, CustomStringConvertible, Equatable {
+    public var description: String
+
+    public init(description: String) { self.description = description }
+}
+
+/// `HOST:PORT` with an optional `[v6]` host.
+public struct HostPort: Equatable, Sendable {
+    public var host: String
+    public var port: Int
+
+    public init?(_ text: String) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+            (0...65535).contains(port)
+        else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        self.host = host
+        self.port = port
+    }
+}

@@ -1,0 +1,463 @@
+import HybridConnections
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOWebSocket
+import RelayIO
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// The first handler of every relay connection: reads HTTP/1.1 requests, decides what they are
+/// (listener, sender, rendezvous, HTTP-mode request), answers refusals, holds senders until a
+/// listener accepts, and swaps itself for the WebSocket handlers on upgrade.
+final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private enum State {
+        case idle
+        case webSocketRequested(HTTPRequestHead, HybridConnectionRequest)
+        case awaitingRendezvous(key: String, head: HTTPRequestHead, timeout: Scheduled<Void>)
+        case readingHTTPBody(HTTPModeRequest)
+        case awaitingHTTPResponse(key: String, keepAlive: Bool, timeout: Scheduled<Void>)
+        case done
+    }
+
+    private struct HTTPModeRequest {
+        var head: HTTPRequestHead
+        var target: RequestTarget
+        var entity: HybridConnectionConfiguration
+        var strippedAuthorization: Bool
+        var body: ByteBuffer
+    }
+
+    private let hub: RelayHub
+    private let httpHandlers: [any RemovableChannelHandler]
+    private var state = State.idle
+    private var context: ChannelHandlerContext?
+    private var handshakeTimeout: Scheduled<Void>?
+    private var logger: Logger
+
+    init(hub: RelayHub, httpHandlers: [any RemovableChannelHandler]) {
+        self.hub = hub
+        self.httpHandlers = httpHandlers
+        self.logger = hub.logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        logger[metadataKey: "peer"] = "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")"
+        if context.channel.isActive { startHandshakeTimer(context: context) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        handshakeTimeout?.cancel()
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        startHandshakeTimer(context: context)
+        context.fireChannelActive()
+    }
+
+    private func startHandshakeTimer(context: ChannelHandlerContext) {
+        guard handshakeTimeout == nil else { return }
+        handshakeTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: .fractionalSeconds(hub.limits.handshakeTimeoutSeconds)) {
+            [weak self] in
+            guard let self, let context = self.context else { return }
+            self.logger.warning("handshake timeout: no complete request head in time", metadata: ["reason": "handshake_timeout"])
+            self.respond(context: context, Refusal(status: 408, text: "RequestTimeout: The request head did not arrive in time", reason: "handshake_timeout"), trackingId: nil, entity: nil, close: true)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch (unwrapInboundIn(data), state) {
+        case (.head(let head), .idle):
+            handshakeTimeout?.cancel()
+            requestHeadReceived(context: context, head: head)
+        case (.body(var chunk), .readingHTTPBody(var request)):
+            guard request.body.readableBytes + chunk.readableBytes <= hub.limits.maxHTTPBodyBytes else {
+                respond(context: context, Refusal(status: 413, text: "PayloadTooLarge: The request body exceeds \(hub.limits.maxHTTPBodyBytes) bytes", reason: "body_too_large"), trackingId: nil, entity: request.entity.name, close: true)
+                return
+            }
+            request.body.writeBuffer(&chunk)
+            state = .readingHTTPBody(request)
+        case (.end, .webSocketRequested(let head, let request)):
+            webSocketRequestReceived(context: context, head: head, request: request)
+        case (.end, .readingHTTPBody(let request)):
+            httpRequestReceived(context: context, request: request)
+        default:
+            // Bytes of a request already refused, or a pipelined request while one is in flight.
+            break
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let refusal: Refusal
+        if let parserError = error as? HTTPParserError, parserError == .headerOverflow {
+            refusal = Refusal(status: 431, text: "RequestHeaderFieldsTooLarge: The request headers are too large", reason: "headers_too_large")
+        } else if error is HTTPParserError {
+            refusal = Refusal(status: 400, text: "BadRequest: The request is not valid HTTP/1.1 (\(error))", reason: "malformed_http")
+        } else {
+            logger.debug("connection error: \(error)")
+            context.close(promise: nil)
+            return
+        }
+        logger.warning("refused malformed request: \(refusal.text)", metadata: ["reason": "\(refusal.reason)"])
+        respond(context: context, refusal, trackingId: nil, entity: nil, close: true)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        switch state {
+        case .awaitingRendezvous(let key, _, let timeout):
+            timeout.cancel()
+            if hub.takePending(key: key) != nil {
+                logger.info("sender left before a listener accepted", metadata: ["rendezvous": "\(key)"])
+            }
+        case .awaitingHTTPResponse(let key, _, let timeout):
+            timeout.cancel()
+            _ = hub.takePending(key: key)
+        default:
+            break
+        }
+        state = .done
+        context.fireChannelInactive()
+    }
+
+    // MARK: Request classification
+
+    private func requestHeadReceived(context: ChannelHandlerContext, head: HTTPRequestHead) {
+        let headerBytes = head.headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
+        guard headerBytes <= hub.limits.maxHeaderBytes else {
+            refuse(context: context, Refusal(status: 431, text: "RequestHeaderFieldsTooLarge: The request headers exceed \(hub.limits.maxHeaderBytes) bytes", reason: "headers_too_large"))
+            return
+        }
+        do {
+            let target = try RequestTarget(parsing: head.uri)
+            if let request = try HybridConnectionRequest(target: target) {
+                guard WebSocketHandshake.isUpgradeRequest(head) else {
+                    throw Refusal(status: 400, text: RelayErrorText.webSocketOnly, reason: "not_websocket")
+                }
+                if let problem = WebSocketHandshake.upgradeProblem(head) {
+                    throw Refusal(status: 400, text: "BadRequest: \(problem)", reason: "bad_handshake")
+                }
+                state = .webSocketRequested(head, request)
+            } else {
+                guard !WebSocketHandshake.isUpgradeRequest(head) else {
+                    throw Refusal(status: 400, text: "BadRequest: WebSocket requests must use the /$hc/ path", reason: "websocket_outside_hc")
+                }
+                state = .readingHTTPBody(try admitHTTPRequest(head: head, target: target))
+            }
+        } catch let refusal as Refusal {
+            refuse(context: context, refusal)
+        } catch let error as RequestTargetError {
+            refuse(context: context, Refusal.from(error))
+        } catch {
+            refuse(context: context, Refusal(status: 400, text: "BadRequest: \(error)", reason: "malformed_url"))
+        }
+    }
+
+    private func refuse(context: ChannelHandlerContext, _ refusal: Refusal, trackingId: String? = nil, entity: String? = nil) {
+        logger.warning("refused request: \(refusal.text)", metadata: ["status": "\(refusal.status)", "reason": "\(refusal.reason)"])
+        respond(context: context, refusal, trackingId: trackingId, entity: entity, close: true)
+    }
+
+    private func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+
+    private func hostHeader(_ head: HTTPRequestHead) -> String? { head.headers.first(name: "host") }
+
+    private func token(_ head: HTTPRequestHead, queryToken: String?) -> (token: String, source: TokenSource)? {
+        RelayPolicy.token(
+            queryToken: queryToken, serviceBusAuthorization: head.headers.first(name: "servicebusauthorization"),
+            authorization: head.headers.first(name: "authorization"))
+    }
+
+    private func webSocketRequestReceived(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) {
+        do {
+            switch request.action {
+            case .listen: try listen(context: context, head: head, request: request)
+            case .connect: try connect(context: context, head: head, request: request)
+            case .accept: try acceptRendezvous(context: context, head: head, request: request)
+            case .request: try httpRendezvous(context: context, head: head, request: request)
+            }
+        } catch let refusal as Refusal {
+            refuse(context: context, refusal, trackingId: request.id, entity: request.path)
+        } catch {
+            refuse(context: context, Refusal(status: 500, text: "InternalServerError: \(error)", reason: "internal"), trackingId: request.id, entity: request.path)
+        }
+    }
+
+    // MARK: Listener control channel
+
+    private func listen(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) throws {
+        let (entity, _) = try hub.policy.entity(for: request.path)
+        let expiry = try hub.policy.authorize(
+            entity: entity, token: token(head, queryToken: request.token)?.token, right: .listen,
+            requestHost: hostHeader(head), now: now())
+        let trackingId = request.id ?? UUID().uuidString.lowercased()
+        let control = ListenerControlHandler(
+            hub: hub, entity: entity, trackingId: trackingId, tokenExpiry: expiry ?? .max, requestHost: hostHeader(head))
+        let handle = ListenerHandle(
+            id: hub.makeID(), trackingId: trackingId, entity: entity.name,
+            control: NIOLoopBound(control, eventLoop: context.eventLoop))
+        control.handle = handle
+        guard hub.register(handle) else {
+            throw Refusal(status: 403, text: RelayErrorText.tooManyListeners, reason: "listener_limit")
+        }
+        logger.info("listener connected", metadata: ["entity": "\(entity.name)", "listener_id": "\(trackingId)", "listeners": "\(hub.listenerCount(entity: entity.name))"])
+        upgrade(context: context, head: head, subprotocol: WebSocketHandshake.firstSubprotocol(head.headers), handler: control)
+    }
+
+    // MARK: Sender
+
+    private func connect(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) throws {
+        let (entity, _) = try hub.policy.entity(for: request.path)
+        _ = try hub.policy.authorize(
+            entity: entity, token: token(head, queryToken: request.token)?.token, right: .send,
+            requestHost: hostHeader(head), now: now())
+        let trackingId = request.id ?? UUID().uuidString.lowercased()
+        let key = hub.makeRendezvousKey(trackingId: trackingId)
+        let pending = PendingSender(handler: NIOLoopBound(self, eventLoop: context.eventLoop))
+        guard let listener = hub.dispatch(entity: entity.name, key: key, pending: .webSocket(pending)) else {
+            throw Refusal(status: 404, text: RelayErrorText.noListeners, reason: "no_listener")
+        }
+        let timeout = context.eventLoop.assumeIsolated().scheduleTask(in: .fractionalSeconds(hub.limits.acceptTimeoutSeconds)) { [weak self] in
+            guard let self, let context = self.context, self.hub.takePending(key: key) != nil else { return }
+            self.refuse(context: context, Refusal(status: 504, text: RelayErrorText.acceptTimeout, reason: "accept_timeout"), trackingId: trackingId, entity: entity.name)
+        }
+        state = .awaitingRendezvous(key: key, head: head, timeout: timeout)
+        let accept = AcceptCommand(
+            address: hub.rendezvousAddress(
+                rawPath: request.target.rawPath, applicationQuery: request.target.applicationQuery, action: .accept, key: key),
+            id: trackingId, connectHeaders: Self.connectHeaders(head.headers), remoteEndpoint: remoteEndpoint(context))
+        logger.info("sender waiting for rendezvous", metadata: ["entity": "\(entity.name)", "rendezvous": "\(key)", "listener_id": "\(listener.trackingId)"])
+        listener.send(.accept(accept))
+    }
+
+    /// All sender headers, repeated ones joined with ", ", never the token.
+    static func connectHeaders(_ headers: HTTPHeaders) -> [String: String] {
+        var result: [String: String] = [:]
+        var names: [String: String] = [:]
+        for (name, value) in headers where name.lowercased() != "servicebusauthorization" {
+            let lowered = name.lowercased()
+            let canonical = names[lowered] ?? name
+            names[lowered] = canonical
+            result[canonical] = result[canonical].map { "\($0), \(value)" } ?? value
+        }
+        return result
+    }
+
+    private func remoteEndpoint(_ context: ChannelHandlerContext) -> RemoteEndpoint? {
+        guard let address = context.channel.remoteAddress, let ip = address.ipAddress, let port = address.port else { return nil }
+        return RemoteEndpoint(address: ip, port: port)
+    }
+
+    /// The listener opened the rendezvous: upgrade the held sender and join the two legs.
+    func joinRendezvous(partner: NIOLoopBound<WebSocketBridgeHandler>, subprotocol: String?) {
+        guard let context, case .awaitingRendezvous(let key, let head, let timeout) = state else {
+            partner.eventLoop.execute { partner.value.partnerDidClose() }
+            return
+        }
+        timeout.cancel()
+        let bridge = WebSocketBridgeHandler()
+        bridge.attach(partner: partner)
+        logger.info("rendezvous joined", metadata: ["rendezvous": "\(key)"])
+        upgrade(context: context, head: head, subprotocol: subprotocol, handler: bridge)
+        let bound = NIOLoopBound(bridge, eventLoop: context.eventLoop)
+        partner.eventLoop.execute { partner.value.attach(partner: bound) }
+    }
+
+    /// The listener rejected the sender: the sender gets the listener's status.
+    func rejected(status: Int, description: String?) {
+        guard let context, case .awaitingRendezvous(let key, _, let timeout) = state else { return }
+        timeout.cancel()
+        logger.info("listener rejected sender", metadata: ["rendezvous": "\(key)", "status": "\(status)"])
+        respond(context: context, status: status, reason: description ?? HTTPResponseStatus(statusCode: status).reasonPhrase, close: true)
+    }
+
+    // MARK: Rendezvous legs opened by listeners
+
+    private func acceptRendezvous(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) throws {
+        guard let key = request.id, case .webSocket(let sender) = hub.takePending(key: key) else {
+            throw Refusal(status: 404, text: RelayErrorText.rendezvousNotFound, reason: "no_rendezvous")
+        }
+        let senderHandler = sender.handler
+        if let status = request.statusCode {
+            let description = request.statusDescription
+            senderHandler.eventLoop.execute { senderHandler.value.rejected(status: status, description: description) }
+            respond(context: context, status: 410, reason: "Gone: the sender was rejected with \(status)", close: true)
+            return
+        }
+        let subprotocol = WebSocketHandshake.firstSubprotocol(head.headers)
+        let bridge = WebSocketBridgeHandler()
+        upgrade(context: context, head: head, subprotocol: subprotocol, handler: bridge)
+        let bound = NIOLoopBound(bridge, eventLoop: context.eventLoop)
+        senderHandler.eventLoop.execute { senderHandler.value.joinRendezvous(partner: bound, subprotocol: subprotocol) }
+    }
+
+    private func httpRendezvous(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) throws {
+        guard let key = request.id, let pending = hub.peekHTTP(key: key) else {
+            throw Refusal(status: 404, text: RelayErrorText.rendezvousNotFound, reason: "no_rendezvous")
+        }
+        let handler = HTTPRendezvousHandler(hub: hub, key: key, request: pending.sentOnControlChannel ? nil : pending)
+        upgrade(context: context, head: head, subprotocol: WebSocketHandshake.firstSubprotocol(head.headers), handler: handler)
+    }
+
+    // MARK: HTTP mode
+
+    private func admitHTTPRequest(head: HTTPRequestHead, target: RequestTarget) throws -> HTTPModeRequest {
+        let path = try target.decodedPath()
+        let (entity, _) = try hub.policy.entity(for: String(path.dropFirst()))
+        let found = token(head, queryToken: try target.value(of: "sb-hc-token"))
+        _ = try hub.policy.authorize(entity: entity, token: found?.token, right: .send, requestHost: hostHeader(head), now: now())
+        let strippedAuthorization = entity.requiresClientAuthorization && found?.source == .authorization
+        return HTTPModeRequest(head: head, target: target, entity: entity, strippedAuthorization: strippedAuthorization, body: ByteBuffer())
+    }
+
+    /// Connection-level headers the relay never forwards (RFC 7230), besides the consumed auth.
+    static let hopByHopHeaders: Set<String> = [
+        "connection", "content-length", "te", "trailer", "transfer-encoding", "upgrade", "keep-alive", "proxy-connection",
+        "close", "servicebusauthorization",
+    ]
+
+    private func httpRequestReceived(context: ChannelHandlerContext, request: HTTPModeRequest) {
+        var headers: [String: String] = [:]
+        var names: [String: String] = [:]
+        for (name, value) in request.head.headers {
+            let lowered = name.lowercased()
+            if Self.hopByHopHeaders.contains(lowered) || (lowered == "authorization" && request.strippedAuthorization) { continue }
+            let canonical = names[lowered] ?? name
+            names[lowered] = canonical
+            headers[canonical] = headers[canonical].map { "\($0), \(value)" } ?? value
+        }
+        let via = "1.1 \(hub.policy.publicHost)"
+        let viaName = names["via"] ?? "Via"
+        headers[viaName] = headers[viaName].map { "\($0), \(via)" } ?? via
+
+        let trackingId = UUID().uuidString.lowercased()
+        let key = hub.makeRendezvousKey(trackingId: trackingId)
+        let entityPath = "/$hc/\(request.entity.name)"
+        let command = RequestCommand(
+            address: hub.rendezvousAddress(rawPath: entityPath, applicationQuery: "", action: .request, key: key),
+            id: key, requestTarget: request.target.applicationTarget, method: request.head.method.rawValue,
+            remoteEndpoint: remoteEndpoint(context), requestHeaders: headers, body: request.body.readableBytes > 0)
+        let headerBytes = headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
+        let onControlChannel = headerBytes + request.body.readableBytes <= hub.limits.controlChannelRequestBytes
+        let pending = PendingHTTPRequest(
+            handler: NIOLoopBound(self, eventLoop: context.eventLoop), command: command, body: request.body,
+            sentOnControlChannel: onControlChannel)
+        guard let listener = hub.dispatch(entity: request.entity.name, key: key, pending: .http(pending)) else {
+            refuse(context: context, Refusal(status: 502, text: RelayErrorText.noListeners, reason: "no_listener"), trackingId: trackingId, entity: request.entity.name)
+            return
+        }
+        let timeout = context.eventLoop.assumeIsolated().scheduleTask(in: .fractionalSeconds(hub.limits.httpResponseTimeoutSeconds)) { [weak self] in
+            guard let self, let context = self.context, self.hub.takePending(key: key) != nil else { return }
+            self.refuse(context: context, Refusal(status: 504, text: RelayErrorText.responseTimeout, reason: "response_timeout"), trackingId: trackingId, entity: request.entity.name)
+        }
+        state = .awaitingHTTPResponse(key: key, keepAlive: request.head.isKeepAlive, timeout: timeout)
+        logger.info("http request routed", metadata: ["entity": "\(request.entity.name)", "request_id": "\(key)", "control_channel": "\(onControlChannel)"])
+        if onControlChannel {
+            listener.send(.request(command), body: command.body == true ? request.body : nil)
+        } else {
+            listener.send(.request(command.rendezvousOnly))
+        }
+    }
+
+    func httpResponseArrived(head: HTTPResponseAssembler.ResponseHead, body: ByteBuffer) {
+        guard let context, case .awaitingHTTPResponse(_, let keepAlive, let timeout) = state else { return }
+        timeout.cancel()
+        var headers = HTTPHeaders()
+        for (name, value) in head.headers.sorted(by: { $0.key < $1.key }) where !Self.hopByHopHeaders.contains(name.lowercased()) {
+            headers.add(name: name, value: value)
+        }
+        let via = "1.1 \(hub.policy.publicHost)"
+        if let existing = headers.first(name: "via") {
+            headers.replaceOrAdd(name: "Via", value: "\(existing), \(via)")
+        } else {
+            headers.add(name: "Via", value: via)
+        }
+        headers.add(name: "Content-Length", value: "\(body.readableBytes)")
+        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        let status = Self.status(head.statusCode, reason: head.statusDescription ?? "")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if keepAlive {
+            state = .idle
+        } else {
+            state = .done
+            written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        }
+    }
+
+    // MARK: Replies and upgrade
+
+    private func respond(context: ChannelHandlerContext, _ refusal: Refusal, trackingId: String?, entity: String?, close: Bool) {
+        let phrase = RelayErrorText.phrase(
+            refusal.text, trackingId: "\(trackingId ?? UUID().uuidString.lowercased())_G0",
+            systemTracker: hub.systemTracker(entity: entity), epochSeconds: now())
+        respond(context: context, status: refusal.status, reason: phrase, close: close)
+    }
+
+    private func respond(context: ChannelHandlerContext, status: Int, reason: String, close: Bool) {
+        guard context.channel.isActive else { return }
+        handshakeTimeout?.cancel()
+        let reason = Self.sanitizedReason(reason)
+        var body = context.channel.allocator.buffer(capacity: reason.utf8.count + 1)
+        body.writeString(reason + "\n")
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+        headers.add(name: "Content-Length", value: "\(body.readableBytes)")
+        if close { headers.add(name: "Connection", value: "close") }
+        let head = HTTPResponseHead(version: .http1_1, status: Self.status(status, reason: reason), headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if close {
+            state = .done
+            written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        } else {
+            state = .idle
+        }
+    }
+
+    /// NIO ignores a custom phrase for well-known codes, so build the status explicitly.
+    static func status(_ code: Int, reason: String) -> HTTPResponseStatus {
+        let phrase = sanitizedReason(reason)
+        return phrase.isEmpty ? HTTPResponseStatus(statusCode: code) : .custom(code: UInt(code), reasonPhrase: phrase)
+    }
+
+    /// Reason phrases are ASCII on one line.
+    static func sanitizedReason(_ text: String) -> String {
+        String(text.unicodeScalars.map { $0.isASCII && $0.value >= 0x20 && $0.value != 0x7F ? Character($0) : "?" }.prefix(1024))
+    }
+
+    /// Answers 101 and replaces the HTTP handlers with the WebSocket codec and `handler`.
+    private func upgrade(context: ChannelHandlerContext, head: HTTPRequestHead, subprotocol: String?, handler: any ChannelHandler) {
+        state = .done
+        handshakeTimeout?.cancel()
+        let response = WebSocketHandshake.switchingProtocolsHead(request: head, subprotocol: subprotocol)
+        context.write(wrapOutboundOut(.head(response)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        do {
+            let sync = context.pipeline.syncOperations
+            try sync.addHandler(WebSocketFrameEncoder(), position: .after(self))
+            try sync.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: hub.limits.maxFrameBytes)), position: .after(self))
+            try sync.addHandler(handler)
+            // Leave first: the request decoder hands bytes past the request to the next handler, which
+            // must already be the frame decoder.
+            sync.removeHandler(self, promise: nil)
+            for httpHandler in httpHandlers { sync.removeHandler(httpHandler, promise: nil) }
+        } catch {
+            logger.error("upgrade failed: \(error)")
+            context.close(promise: nil)
+        }
+    }
+}
+
+@available(*, unavailable)
+extension RelayHTTPHandler: Sendable {}

@@ -1,0 +1,142 @@
+import HybridConnections
+import Logging
+import NIOCore
+import RelayIO
+import Synchronization
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// A registered listener control channel, usable from any event loop.
+final class ListenerHandle: Sendable {
+    let id: UInt64
+    /// The listener's `sb-hc-id`, or one the relay made up.
+    let trackingId: String
+    let entity: String
+    private let control: NIOLoopBound<ListenerControlHandler>
+
+    init(id: UInt64, trackingId: String, entity: String, control: NIOLoopBound<ListenerControlHandler>) {
+        self.id = id
+        self.trackingId = trackingId
+        self.entity = entity
+        self.control = control
+    }
+
+    /// Sends a control message, and the binary message that belongs to it, with nothing in between.
+    func send(_ message: ControlMessage, body: ByteBuffer? = nil) {
+        let control = self.control
+        control.eventLoop.execute {
+            control.value.send(message, body: body)
+        }
+    }
+}
+
+/// A sender waiting for a listener to accept or reject.
+struct PendingSender: Sendable {
+    let handler: NIOLoopBound<RelayHTTPHandler>
+}
+
+/// An HTTP-mode request waiting for its response.
+struct PendingHTTPRequest: Sendable {
+    let handler: NIOLoopBound<RelayHTTPHandler>
+    let command: RequestCommand
+    let body: ByteBuffer
+    /// False when the listener was told to fetch the request from the rendezvous.
+    let sentOnControlChannel: Bool
+}
+
+enum PendingRendezvous: Sendable {
+    case webSocket(PendingSender)
+    case http(PendingHTTPRequest)
+}
+
+/// State shared by every connection of one relay: listeners and waiting rendezvous.
+public final class RelayHub: Sendable {
+    public let configuration: RelayConfiguration
+    let policy: RelayPolicy
+    let logger: Logger
+    let publicURL: String
+    private let table: Mutex<RendezvousTable<ListenerHandle, PendingRendezvous>>
+    private let nextID = Atomic<UInt64>(1)
+
+    public init(configuration: RelayConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        policy = RelayPolicy(configuration: configuration)
+        publicURL = configuration.effectivePublicURL
+        table = Mutex(RendezvousTable(listenerLimit: configuration.limits.maxListenersPerEntity))
+    }
+
+    var limits: RelayLimits { configuration.limits }
+
+    func makeID() -> UInt64 {
+        nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+    }
+
+    /// A rendezvous key nobody can guess and no two senders share, even with the same `sb-hc-id`.
+    func makeRendezvousKey(trackingId: String) -> String {
+        "\(trackingId)_\(UUID().uuidString.lowercased().filter { $0 != "-" })"
+    }
+
+    func register(_ listener: ListenerHandle) -> Bool {
+        table.withLock { $0.addListener(entity: listener.entity, id: listener.id, listener) } == .added
+    }
+
+    func unregister(_ listener: ListenerHandle) {
+        _ = table.withLock { $0.removeListener(entity: listener.entity, id: listener.id) }
+    }
+
+    public func listenerCount(entity: String) -> Int {
+        table.withLock { $0.listenerCount(entity: entity) }
+    }
+
+    /// Picks a listener and, in the same critical section, parks the rendezvous, so a listener that
+    /// answers at once finds it.
+    func dispatch(entity: String, key: String, pending: PendingRendezvous) -> ListenerHandle? {
+        table.withLock { table in
+            var generator = SystemRandomNumberGenerator()
+            guard let listener = table.pickListener(entity: entity, using: &generator) else { return nil }
+            table.addPending(key: key, pending)
+            return listener
+        }
+    }
+
+    func takePending(key: String) -> PendingRendezvous? {
+        table.withLock { $0.takePending(key: key) }
+    }
+
+    /// Looks at an HTTP rendezvous without claiming it: the response claims it later.
+    func peekHTTP(key: String) -> PendingHTTPRequest? {
+        table.withLock { table in
+            guard case .http(let request) = table.takePending(key: key) else { return nil }
+            table.addPending(key: key, .http(request))
+            return request
+        }
+    }
+
+    /// Hands a listener's response to the waiting HTTP sender, if it still waits.
+    func completeHTTP(key: String, head: HTTPResponseAssembler.ResponseHead, body: ByteBuffer) -> Bool {
+        guard case .http(let pending) = takePending(key: key) else { return false }
+        let handler = pending.handler
+        handler.eventLoop.execute {
+            handler.value.httpResponseArrived(head: head, body: body)
+        }
+        return true
+    }
+
+    /// `sb://{host}/{entity}` for the SystemTracker part of reason phrases.
+    func systemTracker(entity: String?) -> String {
+        "sb://\(policy.publicHost)/\(entity ?? "")"
+    }
+
+    /// `{publicURL}/$hc/{path}?{appQuery&}sb-hc-action={action}&sb-hc-id={key}`.
+    func rendezvousAddress(rawPath: String, applicationQuery: String, action: HybridConnectionAction, key: String)
+        -> String
+    {
+        let query = applicationQuery.isEmpty ? "" : applicationQuery + "&"
+        return "\(publicURL)\(rawPath)?\(query)sb-hc-action=\(action.rawValue)&sb-hc-id=\(PercentEncoding.encode(key))"
+    }
+}

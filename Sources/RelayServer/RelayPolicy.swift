@@ -1,0 +1,102 @@
+import HybridConnections
+
+/// A refusal the relay answers with an HTTP status and an Azure-shaped reason phrase.
+public struct Refusal: Error, Equatable, Sendable {
+    public var status: Int
+    public var text: String
+    /// A short, bounded label for logs and metrics.
+    public var reason: String
+
+    public init(status: Int, text: String, reason: String) {
+        self.status = status
+        self.text = text
+        self.reason = reason
+    }
+
+    static func from(_ error: TokenError) -> Refusal {
+        Refusal(status: error.httpStatus, text: error.description, reason: error.reason)
+    }
+
+    static func from(_ error: RequestTargetError) -> Refusal {
+        Refusal(status: 400, text: "BadRequest: \(error.description)", reason: "malformed_url")
+    }
+}
+
+/// Where a request's token came from, which decides what is stripped before forwarding (reference §2.5).
+public enum TokenSource: Equatable, Sendable {
+    case query, serviceBusAuthorization, authorization
+}
+
+/// Entity resolution and authorization, without I/O: the decisions the relay makes about a request
+/// before any socket is touched.
+public struct RelayPolicy: Sendable {
+    public let resolver: EntityResolver
+    private let entities: [String: HybridConnectionConfiguration]
+    private let namespaceRules: [AuthorizationRule]
+    private let validator: TokenValidator
+    /// Host names a token audience may name besides the request's own `Host`.
+    public let publicHost: String
+
+    public init(configuration: RelayConfiguration) {
+        resolver = EntityResolver(entityNames: configuration.hybridConnections.map(\.name))
+        var entities: [String: HybridConnectionConfiguration] = [:]
+        for entity in configuration.hybridConnections { entities[entity.name.lowercased()] = entity }
+        self.entities = entities
+        namespaceRules = configuration.namespaceRules
+        validator = TokenValidator(clockSkew: Int64(configuration.limits.clockSkewSeconds))
+        publicHost = WebSocketURLHost.host(of: configuration.effectivePublicURL)
+    }
+
+    /// The entity a path (after `/$hc/` or `/`) addresses, or 404 "Endpoint does not exist".
+    public func entity(for path: String) throws(Refusal) -> (entity: HybridConnectionConfiguration, suffix: String) {
+        guard let (name, suffix) = resolver.resolve(path), let entity = entities[name.lowercased()] else {
+            throw Refusal(status: 404, text: RelayErrorText.endpointNotFound, reason: "no_entity")
+        }
+        return (entity, suffix)
+    }
+
+    /// Picks the token: `sb-hc-token` query, then `ServiceBusAuthorization`, then `Authorization`
+    /// (with or without `Bearer `).
+    public static func token(queryToken: String?, serviceBusAuthorization: String?, authorization: String?)
+        -> (token: String, source: TokenSource)?
+    {
+        if let queryToken, !queryToken.isEmpty { return (queryToken, .query) }
+        if let serviceBusAuthorization, !serviceBusAuthorization.isEmpty {
+            return (serviceBusAuthorization, .serviceBusAuthorization)
+        }
+        if let authorization, !authorization.isEmpty {
+            let bearer = "bearer "
+            let stripped =
+                authorization.lowercased().hasPrefix(bearer) ? String(authorization.dropFirst(bearer.count)) : authorization
+            return (stripped, .authorization)
+        }
+        return nil
+    }
+
+    /// Checks a token for `right` on `entity`. Returns the token's expiry, or nil when the entity lets
+    /// senders in without one.
+    public func authorize(
+        entity: HybridConnectionConfiguration, token: String?, right: AccessRight, requestHost: String?, now: Int64
+    ) throws(Refusal) -> Int64? {
+        if right == .send && !entity.requiresClientAuthorization { return nil }
+        var hosts = [publicHost]
+        if let requestHost { hosts.append(requestHost) }
+        do {
+            return try validator.validate(
+                token: token, rules: entity.rules + namespaceRules, hosts: hosts, entityPath: entity.name, right: right,
+                now: now
+            ).expiry
+        } catch {
+            throw Refusal.from(error)
+        }
+    }
+}
+
+enum WebSocketURLHost {
+    /// The host of `scheme://host[:port]/…`, without brackets or port.
+    static func host(of url: String) -> String {
+        let afterScheme = url.split(separator: "://", maxSplits: 1).last ?? Substring(url)
+        let authority = afterScheme.prefix { $0 != "/" && $0 != "?" }
+        return String(Audience("x://\(authority)").host)
+    }
+}

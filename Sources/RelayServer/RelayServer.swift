@@ -1,0 +1,68 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import RelayIO
+
+/// A running relay: one listening socket serving listeners, senders and HTTP-mode requests.
+public final class RelayServer: Sendable {
+    public let hub: RelayHub
+    private let channel: any Channel
+
+    /// The bound address (useful with port 0).
+    public var localAddress: SocketAddress? { channel.localAddress }
+
+    private init(hub: RelayHub, channel: any Channel) {
+        self.hub = hub
+        self.channel = channel
+    }
+
+    /// Validates the configuration, loads TLS material and binds.
+    public static func start(
+        configuration: RelayConfiguration, group: any EventLoopGroup, logger: Logger
+    ) async throws -> RelayServer {
+        try configuration.validate()
+        guard let address = HostPort(configuration.listen) else {
+            throw ConfigurationError(description: "listen '\(configuration.listen)' is not HOST:PORT")
+        }
+        let tlsContext = try configuration.tls.map {
+            try TLSSetup.serverContext(certificatePath: $0.certificate, keyPath: $0.key)
+        }
+        let hub = RelayHub(configuration: configuration, logger: logger)
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: 64 * 1024, high: 256 * 1024))
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16 * 1024, maximum: 256 * 1024))
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    if let tlsContext {
+                        try sync.addHandler(NIOSSLServerHandler(context: tlsContext))
+                    }
+                    let encoder = HTTPResponseEncoder()
+                    let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes))
+                    try sync.addHandler(encoder)
+                    try sync.addHandler(decoder)
+                    try sync.addHandler(RelayHTTPHandler(hub: hub, httpHandlers: [encoder, decoder]))
+                }
+            }
+            .bind(host: address.host, port: address.port)
+            .get()
+        logger.info(
+            "relay listening",
+            metadata: [
+                "address": "\(channel.localAddress.map { "\($0)" } ?? configuration.listen)",
+                "public_url": "\(configuration.effectivePublicURL)",
+                "hybrid_connections": "\(configuration.hybridConnections.map(\.name).joined(separator: ","))",
+            ])
+        return RelayServer(hub: hub, channel: channel)
+    }
+
+    /// Stops accepting; established connections are left to finish.
+    public func stop() async {
+        try? await channel.close()
+    }
+}

@@ -1,0 +1,192 @@
+import ArgumentParser
+import Dispatch
+import HybridConnections
+import Logging
+import NIOCore
+import NIOPosix
+import RelayServer
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+@main
+struct Hyrelay: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hyrelay",
+        abstract: "A self-hostable Azure Relay Hybrid Connections relay, with tunnel agents and telemetry.",
+        subcommands: [Relay.self, Token.self]
+    )
+}
+
+enum LogLevelOption: String, ExpressibleByArgument, CaseIterable {
+    case trace, debug, info, notice, warning, error, critical
+
+    var level: Logger.Level { Logger.Level(rawValue: rawValue) ?? .info }
+}
+
+struct Relay: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the rendezvous service (listen, connect, accept, reject, HTTP mode).",
+        discussion: """
+            Entities come from --config (YAML or JSON, see docs/relay.md) and from --hybrid-connection. \
+            --sas-key-name/--sas-key add one namespace rule with Listen, Send and Manage on every entity.
+
+            Example:
+              hyrelay relay --listen 127.0.0.1:9350 --hybrid-connection hc1 --sas-key-name root --sas-key SECRET
+            """
+    )
+
+    @Option(name: .long, help: "Configuration file (YAML or JSON); flags override its values.")
+    var config: String?
+
+    @Option(name: .long, help: "Address to bind, HOST:PORT (default 127.0.0.1:9350).")
+    var listen: String?
+
+    @Option(name: .customLong("hybrid-connection"), help: "A hybrid connection (entity) to serve; repeatable. Names may contain '/'.")
+    var hybridConnections: [String] = []
+
+    @Option(name: .customLong("anonymous-sender"), help: "An entity whose senders need no token (requiresClientAuthorization=false); repeatable.")
+    var anonymousSenders: [String] = []
+
+    @Option(name: .customLong("sas-key-name"), help: "Key name of a namespace-wide rule with Listen, Send and Manage.")
+    var sasKeyName: String?
+
+    @Option(name: .customLong("sas-key"), help: "Key of that rule (used as UTF-8 text, as Azure does).")
+    var sasKey: String?
+
+    @Option(name: .customLong("public-url"), help: "Base URL put into accept/request addresses, e.g. wss://relay.example.com (default: from --listen).")
+    var publicURL: String?
+
+    @Option(name: .long, help: "PEM certificate chain; with --key serves wss/https.")
+    var cert: String?
+
+    @Option(name: .long, help: "PEM private key for --cert.")
+    var key: String?
+
+    @Option(name: .customLong("accept-timeout"), help: "Seconds a sender waits for a listener to accept (default 30).")
+    var acceptTimeout: Double?
+
+    @Option(name: .customLong("ping-interval"), help: "Seconds between pings on listener control channels (default 30).")
+    var pingInterval: Double?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
+    var logLevel: LogLevelOption = .info
+
+    func makeConfiguration() throws -> RelayConfiguration {
+        var configuration = RelayConfiguration()
+        if let config {
+            let text: String
+            do {
+                text = try String(contentsOfFile: config, encoding: .utf8)
+            } catch {
+                throw ValidationError("cannot read --config '\(config)': \(error)")
+            }
+            do {
+                configuration = try RelayConfiguration.parse(text)
+            } catch {
+                throw ValidationError("--config '\(config)': \(error.description)")
+            }
+        }
+        if let listen { configuration.listen = listen }
+        if let publicURL { configuration.publicURL = publicURL }
+        switch (cert, key) {
+        case (let cert?, let key?): configuration.tls = TLSFiles(certificate: cert, key: key)
+        case (nil, nil): break
+        default: throw ValidationError("--cert and --key go together")
+        }
+        switch (sasKeyName, sasKey) {
+        case (let name?, let key?):
+            configuration.namespaceRules.append(AuthorizationRule(keyName: name, primaryKey: key, rights: [.listen, .send, .manage]))
+        case (nil, nil): break
+        default: throw ValidationError("--sas-key-name and --sas-key go together")
+        }
+        for name in hybridConnections where !configuration.hybridConnections.contains(where: { $0.name.lowercased() == name.lowercased() }) {
+            configuration.hybridConnections.append(HybridConnectionConfiguration(name: name))
+        }
+        for name in anonymousSenders {
+            if let index = configuration.hybridConnections.firstIndex(where: { $0.name.lowercased() == name.lowercased() }) {
+                configuration.hybridConnections[index].requiresClientAuthorization = false
+            } else {
+                configuration.hybridConnections.append(HybridConnectionConfiguration(name: name, requiresClientAuthorization: false))
+            }
+        }
+        if let acceptTimeout { configuration.limits.acceptTimeoutSeconds = acceptTimeout }
+        if let pingInterval { configuration.limits.pingIntervalSeconds = pingInterval }
+        if configuration.hybridConnections.isEmpty {
+            throw ValidationError("no hybrid connection configured: give --hybrid-connection NAME or a --config with hybridConnections")
+        }
+        do {
+            try configuration.validate()
+        } catch {
+            throw ValidationError(error.description)
+        }
+        return configuration
+    }
+
+    func run() async throws {
+        let configuration = try makeConfiguration()
+        let level = logLevel.level
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "hyrelay.relay")
+        let server = try await RelayServer.start(
+            configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        await SignalWaiter.waitForTermination()
+        logger.info("shutting down")
+        await server.stop()
+    }
+}
+
+struct Token: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print a SAS token for a resource URI.",
+        discussion: "Example: hyrelay token --resource http://127.0.0.1:9350/hc1 --key-name root --key SECRET --ttl 3600"
+    )
+
+    @Option(name: .long, help: "Resource (audience) URI, e.g. http://HOST/ENTITY or sb://NAMESPACE/ENTITY.")
+    var resource: String
+
+    @Option(name: .customLong("key-name"), help: "Shared access key name.")
+    var keyName: String
+
+    @Option(name: .long, help: "Shared access key.")
+    var key: String
+
+    @Option(name: .long, help: "Lifetime in seconds (default 3600).")
+    var ttl: Int = 3600
+
+    func run() throws {
+        guard ttl > 0 else { throw ValidationError("--ttl must be positive") }
+        let expiry = Int64(Date().timeIntervalSince1970) + Int64(ttl)
+        print(SharedAccessSignature.make(resource: resource, keyName: keyName, key: key, expiry: expiry))
+    }
+}
+
+/// Suspends until SIGINT or SIGTERM.
+enum SignalWaiter {
+    static func waitForTermination() async {
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        let sources = [SIGINT, SIGTERM].map { DispatchSource.makeSignalSource(signal: $0, queue: .global()) }
+        let stream = AsyncStream<Void> { continuation in
+            for source in sources {
+                source.setEventHandler { continuation.yield() }
+                source.resume()
+            }
+        }
+        for await _ in stream { break }
+        for source in sources { source.cancel() }
+    }
+}

@@ -1,0 +1,87 @@
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import hc  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Relay:
+    def __init__(self, port, process, log_path):
+        self.host = "127.0.0.1"
+        self.port = port
+        self.process = process
+        self.log_path = log_path
+        self.ws = "ws://127.0.0.1:%d" % port
+
+    def log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+
+CONFIG = """
+listen: "127.0.0.1:{port}"
+namespaceRules:
+  - keyName: {key_name}
+    primaryKey: "{key}"
+    rights: [Listen, Send, Manage]
+hybridConnections:
+  - name: hyco
+    rules:
+      - keyName: {send_key_name}
+        primaryKey: "{send_key}"
+        rights: [Send]
+  - name: open
+    requiresClientAuthorization: false
+  - name: microsoft.hybridcompute/machines/abc
+  - name: limited
+limits:
+  acceptTimeoutSeconds: 3
+  httpResponseTimeoutSeconds: 3
+  pingIntervalSeconds: 1
+"""
+
+
+@pytest.fixture(scope="session")
+def relay(tmp_path_factory):
+    binary = os.environ.get("HYRELAY_BIN", os.path.join(ROOT, ".build", "debug", "hyrelay"))
+    assert os.path.exists(binary), "build hyrelay first (swift build) or set HYRELAY_BIN"
+    port = free_port()
+    directory = tmp_path_factory.mktemp("relay")
+    config = directory / "relay.yaml"
+    config.write_text(CONFIG.format(port=port, key_name=hc.KEY_NAME, key=hc.KEY, send_key_name=hc.SEND_KEY_NAME,
+                                    send_key=hc.SEND_KEY))
+    log_path = directory / "relay.log"
+    log = open(log_path, "w")
+    process = subprocess.Popen([binary, "relay", "--config", str(config), "--log-level", "debug"],
+                               stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert process.poll() is None, open(log_path).read()
+            time.sleep(0.05)
+    else:
+        process.kill()
+        raise AssertionError("relay did not start: " + open(log_path).read())
+    yield Relay(port, process, str(log_path))
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
