@@ -91,6 +91,9 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
 
     public func channelReadComplete(context: ChannelHandlerContext) {
         forwardPending()
+        if receivedClose && sentClose {
+            context.close(promise: nil)
+        }
         context.fireChannelReadComplete()
     }
 

@@ -1,0 +1,151 @@
+import Crypto
+import HybridConnections
+import NIOCore
+import NIOWebSocket
+import RelayIO
+import RelayServer
+import Testing
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// End-to-end through a real relay on 127.0.0.1 with real sockets and WebSocket framing.
+@Suite(.serialized) struct RelayIntegrationTests {
+    @Test func echoIsByteExactUpTo64MiB() async throws {
+        let relay = try await TestRelay.start()
+        let control = try await relay.listen()
+        async let accepted = relay.acceptWithEcho(on: control)
+        let sender = try await relay.connect("/$hc/hc", token: relay.token("hc")).socket()
+        _ = try await accepted
+
+        for size in [1, 65_536, 1 << 20, 64 << 20] {
+            var generator = SystemRandomNumberGenerator()
+            let payload = (0..<size).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            let chunk = 64 * 1024
+            async let sending: Void = {
+                var offset = 0
+                while offset < payload.count {
+                    let end = min(offset + chunk, payload.count)
+                    try await sender.send(.binary, ByteBuffer(bytes: payload[offset..<end]))
+                    offset = end
+                }
+            }()
+            var received = SHA256()
+            var count = 0
+            while count < size, let frame = await sender.next() {
+                #expect(frame.opcode == .binary)
+                received.update(data: Array(frame.data.readableBytesView))
+                count += frame.data.readableBytes
+            }
+            try await sending
+            #expect(count == size)
+            #expect(received.finalize() == SHA256.hash(data: payload), "echo of \(size) bytes is byte-exact")
+        }
+        try await sender.close()
+        try await relay.stop()
+    }
+
+    @Test func balancesAcrossThreeListeners() async throws {
+        let relay = try await TestRelay.start()
+        var controls: [TestSocket] = []
+        for _ in 0..<3 { controls.append(try await relay.listen()) }
+        let counts = AcceptCounter()
+        var tasks: [Task<Void, Never>] = []
+        for (index, control) in controls.enumerated() {
+            tasks.append(Task {
+                while let message = try? await control.nextControlMessage() {
+                    guard case .accept(let accept) = message else { continue }
+                    await counts.add(index)
+                    // Reject at once: only the routing matters here.
+                    _ = try? await WebSocketClient.connect(
+                        to: WebSocketURL(accept.address + "&sb-hc-statusCode=409")!, tlsContext: nil, group: relay.group) { _ in }.get()
+                }
+            })
+        }
+        for _ in 0..<60 {
+            let result = try await relay.connect("/$hc/hc", token: relay.token("hc"))
+            #expect(result.status == 409)
+        }
+        let perListener = await counts.counts
+        #expect(perListener.values.reduce(0, +) == 60)
+        #expect(perListener.count == 3 && perListener.values.allSatisfy { $0 >= 5 }, "\(perListener)")
+        for control in controls { try await control.close() }
+        for task in tasks { await task.value }
+        try await relay.stop()
+    }
+
+    @Test func refusalsCarryAzureStatuses() async throws {
+        let relay = try await TestRelay.start(entities: ["hc", "other"])
+        #expect(try await relay.connect("/$hc/hc", token: relay.token("hc")).status == 404)
+        #expect(try await relay.connect("/$hc/missing", token: relay.token("missing")).status == 404)
+        #expect(try await relay.connect("/$hc/hc?sb-hc-action=listen", token: nil).status == 401)
+        #expect(try await relay.connect("/$hc/hc?sb-hc-action=listen", token: relay.token("hc", expiry: 1_000)).status == 401)
+        #expect(try await relay.connect("/$hc/hc?sb-hc-action=listen", token: relay.token("other")).status == 401)
+        #expect(try await relay.connect("/$hc/hc?sb-hc-action=accept&sb-hc-id=nope", token: nil).status == 404)
+        try await relay.stop()
+    }
+
+    @Test func listenerLimitIsEnforced() async throws {
+        let relay = try await TestRelay.start { $0.maxListenersPerEntity = 3 }
+        var controls: [TestSocket] = []
+        for _ in 0..<3 { controls.append(try await relay.listen()) }
+        let refused = try await relay.connect("/$hc/hc?sb-hc-action=listen", token: relay.token("hc"))
+        #expect(refused.status == 403)
+        #expect(relay.server.hub.listenerCount(entity: "hc") == 3)
+        try await controls[0].channel.close()
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(relay.server.hub.listenerCount(entity: "hc") == 2)
+        _ = try await relay.listen()
+        try await relay.stop()
+    }
+
+    @Test func deadListenersAreEvicted() async throws {
+        let relay = try await TestRelay.start {
+            $0.pingIntervalSeconds = 0.1
+            $0.missedPongLimit = 2
+        }
+        // A listener that never answers pings: its pipeline swallows them.
+        let silent = try await relay.connect(url: relay.url("/$hc/hc?sb-hc-action=listen"), token: relay.token("hc")).socket()
+        let channel = silent.channel
+        try await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.addHandler(PingSwallower(), position: .first)
+        }.get()
+        let live = try await relay.listen()
+        #expect(relay.server.hub.listenerCount(entity: "hc") == 2)
+        try await Task.sleep(for: .milliseconds(1000))
+        #expect(relay.server.hub.listenerCount(entity: "hc") == 1, "the silent listener is gone, the answering one stays")
+        try await live.close()
+        try await relay.stop()
+    }
+
+    @Test func tlsWithSelfSignedCA() async throws {
+        let pki = try TestPKI.make()
+        let relay = try await TestRelay.start(tls: TLSFiles(certificate: pki.serverCertificate, key: pki.serverKey), caFile: pki.caCertificate)
+        let control = try await relay.listen()
+        async let accepted = relay.acceptWithEcho(on: control)
+        let sender = try await relay.connect("/$hc/hc", token: relay.token("hc")).socket()
+        let accept = try await accepted
+        #expect(accept.address.hasPrefix("wss://127.0.0.1:\(relay.port)/$hc/hc?"))
+        try await sender.sendText("over tls")
+        #expect(await sender.next()?.data == ByteBuffer(string: "over tls"))
+        // A client that trusts only the system roots refuses the self-signed certificate.
+        let untrusting = try TLSSetup.clientContext(caFile: nil)
+        await #expect(throws: (any Error).self) {
+            _ = try await WebSocketClient.connect(to: relay.url("/$hc/hc"), tlsContext: untrusting, group: relay.group) { _ in }.get()
+        }
+        try await relay.stop()
+    }
+}
+
+actor AcceptCounter {
+    var counts: [Int: Int] = [:]
+    func add(_ index: Int) { counts[index, default: 0] += 1 }
+}
+
+final class PingSwallower: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+}

@@ -1,0 +1,147 @@
+import HybridConnections
+import NIOCore
+import NIOWebSocket
+import Testing
+
+@testable import RelayServer
+
+@Suite struct RendezvousTableTests {
+    @Test func listenerLimitAndRemoval() {
+        var table = RendezvousTable<String, Int>(listenerLimit: 25)
+        for id in 0..<25 {
+            let result = table.addListener(entity: "HC", id: UInt64(id), "l\(id)")
+            #expect(result == .added)
+        }
+        let overLimit = table.addListener(entity: "hc", id: 99, "extra")
+        #expect(overLimit == .limitReached)
+        #expect(table.listenerCount(entity: "hc") == 25)
+        let removed = table.removeListener(entity: "hc", id: 3)
+        let removedAgain = table.removeListener(entity: "hc", id: 3)
+        #expect(removed && !removedAgain)
+        let replacement = table.addListener(entity: "hc", id: 99, "extra")
+        let other = table.addListener(entity: "other", id: 100, "o")
+        #expect(replacement == .added && other == .added)
+    }
+
+    @Test func pickIsRandomAcrossListeners() {
+        var table = RendezvousTable<String, Int>(listenerLimit: 25)
+        for name in ["a", "b", "c"] { _ = table.addListener(entity: "hc", id: UInt64(name.hashValue & 0xFFFF), name) }
+        var generator = SystemRandomNumberGenerator()
+        var counts: [String: Int] = [:]
+        for _ in 0..<3000 { counts[table.pickListener(entity: "hc", using: &generator)!, default: 0] += 1 }
+        #expect(counts.count == 3)
+        #expect(counts.values.allSatisfy { $0 > 800 })
+        #expect(table.pickListener(entity: "none", using: &generator) == nil)
+        #expect(table.pickListener(entity: "hc", using: &generator, isEligible: { $0 == "b" }) == "b")
+    }
+
+    @Test func pendingIsSingleUse() {
+        var table = RendezvousTable<String, Int>(listenerLimit: 1)
+        table.addPending(key: "k", 7)
+        let first = table.takePending(key: "k")
+        let second = table.takePending(key: "k")
+        #expect(first == 7 && second == nil)
+        #expect(table.pendingCount == 0)
+    }
+}
+
+@Suite struct MessageAssemblerTests {
+    func frame(_ opcode: WebSocketOpcode, _ text: String, fin: Bool) -> WebSocketFrame {
+        WebSocketFrame(fin: fin, opcode: opcode, data: ByteBuffer(string: text))
+    }
+
+    @Test func joinsFragments() {
+        var assembler = MessageAssembler(limit: 100)
+        #expect(assembler.receive(frame(.text, "{\"a\":", fin: false)) == .none)
+        #expect(assembler.receive(frame(.continuation, "1}", fin: true)) == .message(opcode: .text, data: ByteBuffer(string: "{\"a\":1}")))
+        #expect(assembler.receive(frame(.binary, "x", fin: true)) == .message(opcode: .binary, data: ByteBuffer(string: "x")))
+    }
+
+    @Test func refusesOversizeAndBadSequences() {
+        var assembler = MessageAssembler(limit: 4)
+        #expect(assembler.receive(frame(.text, "12345", fin: true)) == .tooLarge)
+        #expect(assembler.receive(frame(.text, "123", fin: false)) == .none)
+        #expect(assembler.receive(frame(.continuation, "45", fin: true)) == .tooLarge)
+        #expect(assembler.receive(frame(.continuation, "4", fin: true)) == .protocolError("continuation frame without a message to continue"))
+        #expect(assembler.receive(frame(.text, "1", fin: false)) == .none)
+        #expect(assembler.receive(frame(.binary, "2", fin: true)) == .protocolError("new message before the previous one finished"))
+    }
+
+    @Test func responseWithAndWithoutBody() {
+        var responses = HTTPResponseAssembler()
+        #expect(responses.binaryMessage(ByteBuffer(string: "stray")) == .unexpected("a binary message arrived with no response waiting for it"))
+        let head = HTTPResponseAssembler.ResponseHead(requestId: "1", statusCode: 200, statusDescription: nil, headers: [:])
+        #expect(responses.response(ResponseCommand(requestId: "1", statusCode: 200)) == .complete(head, body: ByteBuffer()))
+        #expect(responses.response(ResponseCommand(requestId: "1", statusCode: 200, body: true)) == .none)
+        #expect(responses.binaryMessage(ByteBuffer(string: "b")) == .complete(head, body: ByteBuffer(string: "b")))
+    }
+}
+
+@Suite struct RelayPolicyTests {
+    static let configuration = RelayConfiguration(
+        publicURL: "wss://relay.example.com",
+        namespaceRules: [AuthorizationRule(keyName: "root", primaryKey: "k", rights: [.manage])],
+        hybridConnections: [
+            HybridConnectionConfiguration(name: "hc", rules: [AuthorizationRule(keyName: "listen", primaryKey: "l", rights: [.listen])]),
+            HybridConnectionConfiguration(name: "open", requiresClientAuthorization: false),
+        ])
+
+    @Test func tokenPrecedence() {
+        #expect(RelayPolicy.token(queryToken: "q", serviceBusAuthorization: "s", authorization: "a")! == ("q", .query))
+        #expect(RelayPolicy.token(queryToken: nil, serviceBusAuthorization: "s", authorization: "a")! == ("s", .serviceBusAuthorization))
+        #expect(RelayPolicy.token(queryToken: "", serviceBusAuthorization: nil, authorization: "Bearer t")! == ("t", .authorization))
+        #expect(RelayPolicy.token(queryToken: nil, serviceBusAuthorization: nil, authorization: nil) == nil)
+    }
+
+    @Test func authorization() throws {
+        let policy = RelayPolicy(configuration: Self.configuration)
+        #expect(policy.publicHost == "relay.example.com")
+        let (hc, _) = try policy.entity(for: "hc/x")
+        let listenToken = SharedAccessSignature.make(resource: "sb://relay.example.com/hc", keyName: "listen", key: "l", expiry: 2_000_000_000)
+        #expect(try policy.authorize(entity: hc, token: listenToken, right: .listen, requestHost: nil, now: 1) == 2_000_000_000)
+        #expect(throws: Refusal(status: 403, text: TokenError.insufficientRights(.send).description, reason: "insufficient_rights")) {
+            try policy.authorize(entity: hc, token: listenToken, right: .send, requestHost: nil, now: 1)
+        }
+        let localToken = SharedAccessSignature.make(resource: "http://127.0.0.1/hc", keyName: "root", key: "k", expiry: 2_000_000_000)
+        #expect(throws: Refusal.self) { try policy.authorize(entity: hc, token: localToken, right: .send, requestHost: nil, now: 1) }
+        _ = try policy.authorize(entity: hc, token: localToken, right: .send, requestHost: "127.0.0.1:9350", now: 1)
+        let (open, _) = try policy.entity(for: "open")
+        #expect(try policy.authorize(entity: open, token: nil, right: .send, requestHost: nil, now: 1) == nil)
+        #expect(throws: Refusal.self) { try policy.authorize(entity: open, token: nil, right: .listen, requestHost: nil, now: 1) }
+        #expect(throws: Refusal(status: 404, text: RelayErrorText.endpointNotFound, reason: "no_entity")) { try policy.entity(for: "nope") }
+    }
+
+    @Test func configurationParsingAndValidation() throws {
+        let yaml = """
+            listen: 0.0.0.0:443
+            publicURL: wss://relay.example.com/
+            tls: {certificate: /c.pem, key: /k.pem}
+            hybridConnections:
+              - name: a/b
+                requiresClientAuthorization: false
+            limits:
+              acceptTimeoutSeconds: 5
+            """
+        let parsed = try RelayConfiguration.parse(yaml)
+        #expect(parsed.effectivePublicURL == "wss://relay.example.com")
+        #expect(parsed.hybridConnections == [HybridConnectionConfiguration(name: "a/b", requiresClientAuthorization: false)])
+        #expect(parsed.limits.acceptTimeoutSeconds == 5)
+        #expect(parsed.limits.maxListenersPerEntity == 25)
+        try parsed.validate()
+        let json = try RelayConfiguration.parse(#"{"hybridConnections":[{"name":"x"}]}"#)
+        #expect(json.effectivePublicURL == "ws://127.0.0.1:9350")
+
+        #expect(throws: ConfigurationError.self) { try RelayConfiguration.parse("hybridConnections: [{rules: []}]") }
+        #expect(throws: ConfigurationError.self) { try RelayConfiguration.parse("limits: {acceptTimeoutSeconds: soon}") }
+        var bad = RelayConfiguration(listen: "nowhere", hybridConnections: [.init(name: "a b"), .init(name: "x"), .init(name: "X")])
+        bad.namespaceRules = [AuthorizationRule(keyName: "", primaryKey: "k", rights: [])]
+        do {
+            try bad.validate()
+            Issue.record("invalid configuration accepted")
+        } catch {
+            for fragment in ["listen 'nowhere'", "'a b'", "listed twice", "grants no rights"] {
+                #expect(error.description.contains(fragment), "\(fragment)")
+            }
+        }
+    }
+}

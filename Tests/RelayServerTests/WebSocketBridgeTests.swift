@@ -1,0 +1,142 @@
+import NIOCore
+import NIOEmbedded
+import NIOWebSocket
+import RelayIO
+import Testing
+
+@Suite struct WebSocketMaskingTests {
+    @Test(arguments: [0, 1, 7, 8, 9, 63, 64, 1001, 65536 + 3])
+    func wordMaskMatchesByteLoop(count: Int) {
+        let key = WebSocketMaskingKey([0x12, 0x34, 0xAB, 0xCD])!
+        var buffer = ByteBuffer(bytes: (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) })
+        let fast = buffer.webSocketMaskedCopy(key: key, allocator: ByteBufferAllocator())
+        buffer.webSocketMask(key)
+        #expect(fast == buffer)
+    }
+
+    @Test func offsetRotatesTheKey() {
+        let key = WebSocketMaskingKey([1, 2, 3, 4])!
+        let source: [UInt8] = Array(repeating: 0, count: 11)
+        var output = [UInt8](repeating: 0, count: 11)
+        source.withUnsafeBytes { src in
+            output.withUnsafeMutableBytes { dst in
+                WebSocketMasking.apply(key: key, offset: 2, source: src.baseAddress!, destination: dst.baseAddress!, count: 11)
+            }
+        }
+        #expect(output == [3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1])
+    }
+}
+
+/// Two bridge legs on embedded channels: what one peer sends, the other receives, unmasked.
+@Suite struct WebSocketBridgeTests {
+    struct Pair {
+        let a: EmbeddedChannel
+        let b: EmbeddedChannel
+    }
+
+    func makePair() throws -> Pair {
+        let a = EmbeddedChannel()
+        let b = EmbeddedChannel()
+        let legA = WebSocketBridgeHandler()
+        let legB = WebSocketBridgeHandler()
+        try a.pipeline.syncOperations.addHandler(legA)
+        try b.pipeline.syncOperations.addHandler(legB)
+        legA.attach(partner: NIOLoopBound(legB, eventLoop: b.embeddedEventLoop))
+        legB.attach(partner: NIOLoopBound(legA, eventLoop: a.embeddedEventLoop))
+        try a.connect(to: .init(ipAddress: "127.0.0.1", port: 1)).wait()
+        try b.connect(to: .init(ipAddress: "127.0.0.1", port: 2)).wait()
+        return Pair(a: a, b: b)
+    }
+
+    func masked(_ opcode: WebSocketOpcode, _ bytes: [UInt8], fin: Bool = true) -> WebSocketFrame {
+        let key = WebSocketMaskingKey([9, 8, 7, 6])!
+        var data = ByteBuffer(bytes: bytes)
+        data.webSocketMask(key)
+        return WebSocketFrame(fin: fin, opcode: opcode, maskKey: key, data: data)
+    }
+
+    func deliver(_ frame: WebSocketFrame, into channel: EmbeddedChannel, partner: EmbeddedChannel) throws {
+        try channel.writeInbound(frame)
+        channel.pipeline.fireChannelReadComplete()
+        partner.embeddedEventLoop.run()
+    }
+
+    @Test func forwardsDataUnmaskedWithOpcodesAndFin() throws {
+        let pair = try makePair()
+        try deliver(masked(.binary, [1, 2, 3], fin: false), into: pair.a, partner: pair.b)
+        try deliver(masked(.continuation, [4]), into: pair.a, partner: pair.b)
+        try deliver(masked(.text, Array("hi".utf8)), into: pair.a, partner: pair.b)
+        let first = try #require(try pair.b.readOutbound(as: WebSocketFrame.self))
+        #expect(first.opcode == .binary && !first.fin && first.maskKey == nil && first.data == ByteBuffer(bytes: [1, 2, 3]))
+        let second = try #require(try pair.b.readOutbound(as: WebSocketFrame.self))
+        #expect(second.opcode == .continuation && second.fin && second.data == ByteBuffer(bytes: [4]))
+        let third = try #require(try pair.b.readOutbound(as: WebSocketFrame.self))
+        #expect(third.opcode == .text && third.data == ByteBuffer(string: "hi"))
+    }
+
+    @Test func pingIsAnsweredPerLegAndNotForwarded() throws {
+        let pair = try makePair()
+        try deliver(masked(.ping, [7]), into: pair.a, partner: pair.b)
+        try deliver(masked(.pong, [8]), into: pair.a, partner: pair.b)
+        let pong = try #require(try pair.a.readOutbound(as: WebSocketFrame.self))
+        #expect(pong.opcode == .pong && pong.data == ByteBuffer(bytes: [7]))
+        #expect(try pair.b.readOutbound(as: WebSocketFrame.self) == nil)
+    }
+
+    @Test func halfCloseKeepsTheOtherDirectionOpen() throws {
+        let pair = try makePair()
+        try deliver(masked(.connectionClose, [0x03, 0xE8] + Array("Shutdown".utf8)), into: pair.a, partner: pair.b)
+        let close = try #require(try pair.b.readOutbound(as: WebSocketFrame.self))
+        #expect(close.opcode == .connectionClose && close.data == ByteBuffer(bytes: [0x03, 0xE8] + Array("Shutdown".utf8)))
+        #expect(try pair.a.readOutbound(as: WebSocketFrame.self) == nil, "the close is not echoed back at once")
+        #expect(pair.a.isActive && pair.b.isActive)
+        try deliver(masked(.binary, [42]), into: pair.b, partner: pair.a)
+        #expect(try pair.a.readOutbound(as: WebSocketFrame.self)?.data == ByteBuffer(bytes: [42]))
+        try deliver(masked(.connectionClose, [0x03, 0xE8]), into: pair.b, partner: pair.a)
+        #expect(try pair.a.readOutbound(as: WebSocketFrame.self)?.opcode == .connectionClose)
+        #expect(!pair.a.isActive && !pair.b.isActive, "both legs close once each sent and received a Close")
+    }
+
+    @Test func readsAreWithheldWhileThePartnerIsNotWritable() throws {
+        let a = EmbeddedChannel()
+        let b = EmbeddedChannel()
+        let legA = WebSocketBridgeHandler()
+        let legB = WebSocketBridgeHandler()
+        let readCounter = ReadCounter()
+        try a.pipeline.syncOperations.addHandler(readCounter)
+        try a.pipeline.syncOperations.addHandler(legA)
+        try b.pipeline.syncOperations.addHandler(legB)
+        legA.attach(partner: NIOLoopBound(legB, eventLoop: b.embeddedEventLoop))
+        legB.attach(partner: NIOLoopBound(legA, eventLoop: a.embeddedEventLoop))
+        a.read()
+        #expect(readCounter.reads == 1)
+        b.isWritable = false
+        b.pipeline.fireChannelWritabilityChanged()
+        a.embeddedEventLoop.run()
+        a.read()
+        #expect(readCounter.reads == 1, "read withheld while the partner is full")
+        b.isWritable = true
+        b.pipeline.fireChannelWritabilityChanged()
+        a.embeddedEventLoop.run()
+        #expect(readCounter.reads == 2, "the withheld read resumes on writability")
+    }
+
+    @Test func partnerLossSends1001() throws {
+        let pair = try makePair()
+        pair.b.pipeline.fireChannelInactive()
+        pair.a.embeddedEventLoop.run()
+        let close = try #require(try pair.a.readOutbound(as: WebSocketFrame.self))
+        #expect(close.opcode == .connectionClose && close.data.getInteger(at: close.data.readerIndex, as: UInt16.self) == 1001)
+    }
+}
+
+/// Counts `read()` calls that reach the head of the pipeline.
+final class ReadCounter: ChannelOutboundHandler {
+    typealias OutboundIn = NIOAny
+    var reads = 0
+
+    func read(context: ChannelHandlerContext) {
+        reads += 1
+        context.read()
+    }
+}
