@@ -195,7 +195,7 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         do {
             let sync = context.pipeline.syncOperations
-            try sync.addHandler(WebSocketFrameEncoder(), position: .after(self))
+            try sync.addHandler(MaskingFrameEncoder(), position: .after(self))
             try sync.addHandler(
                 ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)), position: .after(self))
             try configure(context.channel)

@@ -140,3 +140,21 @@ final class ReadCounter: ChannelOutboundHandler {
         context.read()
     }
 }
+
+@Suite struct MaskingFrameEncoderTests {
+    @Test(arguments: [0, 5, 125, 126, 65_535, 65_536, 200_000])
+    func roundTripsThroughNIODecoder(size: Int) throws {
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(MaskingFrameEncoder())
+        let payload = ByteBuffer(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 13) })
+        let key = WebSocketMaskingKey([0xDE, 0xAD, 0xBE, 0xEF])!
+        try channel.writeOutbound(WebSocketFrame(fin: false, opcode: .binary, maskKey: key, data: payload))
+        let bytes = try #require(try channel.readOutbound(as: ByteBuffer.self))
+
+        let decoder = EmbeddedChannel(handler: ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 20)))
+        try decoder.writeInbound(bytes)
+        let frame = try #require(try decoder.readInbound(as: WebSocketFrame.self))
+        #expect(!frame.fin && frame.opcode == .binary && frame.maskKey == key)
+        #expect(frame.unmaskedData == payload)
+    }
+}
