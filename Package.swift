@@ -55,20 +55,41 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .target(
+            name: "RelayAgent",
+            dependencies: [
+                "HybridConnections", "RelayIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "hyrelay",
             dependencies: [
-                "HybridConnections", "RelayServer",
+                "HybridConnections", "RelayServer", "RelayAgent", "RelayIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict
         ),
         .testTarget(
             name: "HybridConnectionsTests",
             dependencies: ["HybridConnections"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "RelayAgentTests",
+            dependencies: ["HybridConnections", "RelayAgent"],
             swiftSettings: strict
         ),
         .testTarget(

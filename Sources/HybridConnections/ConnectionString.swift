@@ -10,7 +10,8 @@ public enum ConnectionStringError: Error, Equatable, Sendable, CustomStringConve
         switch self {
         case .malformedPair(let pair): return "Connection string part '\(pair)' is not Key=Value"
         case .missingEndpoint: return "Connection string has no Endpoint"
-        case .badEndpoint(let value): return "Connection string Endpoint '\(value)' is not an sb://, ws:// or wss:// URI"
+        case .badEndpoint(let value):
+            return "Connection string Endpoint '\(value)' is not an sb://, ws:// or wss:// URI"
         case .incompleteKey: return "SharedAccessKeyName and SharedAccessKey must be given together"
         case .conflictingAuthentication: return "Authentication=Managed Identity cannot be combined with SAS values"
         }
@@ -31,8 +32,10 @@ public struct RelayConnectionString: Equatable, Sendable {
     public init(parsing text: String) throws(ConnectionStringError) {
         var values: [String: String] = [:]
         var other: [String: String] = [:]
-        let known = ["endpoint", "sharedaccesskeyname", "sharedaccesskey", "sharedaccesssignature", "entitypath",
-            "authentication"]
+        let known = [
+            "endpoint", "sharedaccesskeyname", "sharedaccesskey", "sharedaccesssignature", "entitypath",
+            "authentication",
+        ]
         for part in text.split(separator: ";") where !part.allSatisfy(\.isWhitespace) {
             guard let equals = part.firstIndex(of: "=") else { throw .malformedPair(String(part.prefix(40))) }
             let key = part[..<equals].trimmingWhitespace()
@@ -66,7 +69,8 @@ public struct RelayConnectionString: Equatable, Sendable {
 }
 
 extension StringProtocol {
-    func trimmingWhitespace() -> String {
+    /// The text without leading and trailing white space (FoundationEssentials has no trimming).
+    public func trimmingWhitespace() -> String {
         String(drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
     }
 }

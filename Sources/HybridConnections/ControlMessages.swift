@@ -1,7 +1,7 @@
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 /// The sender's address as the relay saw it; `address` is an IP literal.
@@ -129,7 +129,8 @@ public enum ControlMessageError: Error, Equatable, Sendable, CustomStringConvert
     public var description: String {
         switch self {
         case .notJSON(let reason): return "The control message is not a JSON object: \(reason)"
-        case .unknownCommand(let keys): return "The control message has no known command (keys: \(keys.joined(separator: ", ")))"
+        case .unknownCommand(let keys):
+            return "The control message has no known command (keys: \(keys.joined(separator: ", ")))"
         case .invalid(let command, let reason): return "The '\(command)' message is invalid: \(reason)"
         }
     }

@@ -13,7 +13,9 @@ public struct RelayErrorText: Sendable {
     public static let rendezvousNotFound = "The rendezvous address is not valid or has expired"
 
     /// Formats one reason phrase; `epochSeconds` becomes `yyyy-MM-ddTHH:mm:ss` UTC.
-    public static func phrase(_ text: String, trackingId: String, systemTracker: String, epochSeconds: Int64)
+    public static func phrase(
+        _ text: String, trackingId: String, systemTracker: String, epochSeconds: Int64
+    )
         -> String
     {
         let trimmed = text.hasSuffix(".") ? String(text.dropLast()) : text
@@ -35,6 +37,7 @@ public struct RelayErrorText: Sendable {
         let month = mp < 10 ? mp + 3 : mp - 9
         let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
         func two(_ value: Int64) -> String { value < 10 ? "0\(value)" : "\(value)" }
-        return "\(year)-\(two(month))-\(two(day))T\(two(secondsOfDay / 3600)):\(two(secondsOfDay / 60 % 60)):\(two(secondsOfDay % 60))"
+        return
+            "\(year)-\(two(month))-\(two(day))T\(two(secondsOfDay / 3600)):\(two(secondsOfDay / 60 % 60)):\(two(secondsOfDay % 60))"
     }
 }

@@ -1,9 +1,9 @@
 import Crypto
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 /// A right an authorization rule grants. Manage implies Listen and Send, as in Azure.
@@ -132,7 +132,8 @@ public struct SharedAccessSignature: Equatable, Sendable {
     public static func make(resource: String, keyName: String, key: String, expiry: Int64) -> String {
         let rawResource = PercentEncoding.encode(resource)
         let sig = signature(rawResource: rawResource, rawExpiry: String(expiry), key: key)
-        return "\(scheme) sr=\(rawResource)&sig=\(PercentEncoding.encode(sig))&se=\(expiry)&skn=\(PercentEncoding.encode(keyName))"
+        return
+            "\(scheme) sr=\(rawResource)&sig=\(PercentEncoding.encode(sig))&se=\(expiry)&skn=\(PercentEncoding.encode(keyName))"
     }
 
     /// Checks the signature against `key` in constant time.

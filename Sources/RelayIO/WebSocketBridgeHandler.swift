@@ -70,7 +70,8 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
         switch frame.opcode {
         case .ping:
             guard !sentClose else { return }
-            let pong = WebSocketFrame(fin: true, opcode: .pong, data: frame.unmasked(allocator: context.channel.allocator).data)
+            let pong = WebSocketFrame(
+                fin: true, opcode: .pong, data: frame.unmasked(allocator: context.channel.allocator).data)
             context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
         case .pong:
             break
@@ -169,7 +170,8 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
             var data = context.channel.allocator.buffer(capacity: 32)
             data.writeInteger(UInt16(1001))
             data.writeString("The peer went away")
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)), promise: nil)
+            context.writeAndFlush(
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)), promise: nil)
         }
         if receivedClose {
             context.close(promise: nil)

@@ -62,6 +62,12 @@ public struct WebSocketURL: Equatable, Sendable, CustomStringConvertible {
     public var description: String { "\(secure ? "wss" : "ws")://\(hostHeader)\(target)" }
 }
 
+/// Fired through the pipeline once a WebSocket upgrade is complete and the HTTP codec is gone: from then
+/// on handlers may write frames.
+public enum WebSocketUpgradeEvent: Sendable {
+    case completed
+}
+
 /// The outcome of a WebSocket client handshake.
 public enum WebSocketConnectResult: Sendable {
     /// The channel now carries `WebSocketFrame`s; `configure` has added the caller's handlers.
@@ -125,7 +131,7 @@ public enum WebSocketClient {
                         ClientHandshakeHandler(
                             request: requestHead, expectedAccept: WebSocketHandshake.acceptValue(forKey: key),
                             promise: promise, maxFrameSize: maxFrameSize, configure: configure,
-                            httpHandlers: [encoder, decoder]))
+                            encoder: encoder, decoder: decoder))
                 }
             }
         bootstrap.connect(host: url.host, port: url.port).whenFailure { error in
@@ -146,21 +152,23 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
     private let promise: EventLoopPromise<WebSocketConnectResult>
     private let maxFrameSize: Int
     private let configure: @Sendable (any Channel) throws -> Void
-    private let httpHandlers: [any RemovableChannelHandler]
+    private let encoder: HTTPRequestEncoder
+    private let decoder: ByteToMessageHandler<HTTPResponseDecoder>
     private var response: HTTPResponseHead?
     private var done = false
 
     init(
         request: HTTPRequestHead, expectedAccept: String, promise: EventLoopPromise<WebSocketConnectResult>,
         maxFrameSize: Int, configure: @escaping @Sendable (any Channel) throws -> Void,
-        httpHandlers: [any RemovableChannelHandler]
+        encoder: HTTPRequestEncoder, decoder: ByteToMessageHandler<HTTPResponseDecoder>
     ) {
         self.request = request
         self.expectedAccept = expectedAccept
         self.promise = promise
         self.maxFrameSize = maxFrameSize
         self.configure = configure
-        self.httpHandlers = httpHandlers
+        self.encoder = encoder
+        self.decoder = decoder
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -185,7 +193,8 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
     private func finish(context: ChannelHandlerContext, response: HTTPResponseHead) {
         guard response.status == .switchingProtocols else {
             promise.succeed(
-                .rejected(status: Int(response.status.code), reason: response.status.reasonPhrase, headers: response.headers))
+                .rejected(
+                    status: Int(response.status.code), reason: response.status.reasonPhrase, headers: response.headers))
             context.close(promise: nil)
             return
         }
@@ -194,16 +203,26 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
             return
         }
         do {
+            // The HTTP codec observes and encodes writes, so it must be gone before anything writes a
+            // frame; the response decoder goes last so any bytes past the 101 reach the frame decoder
+            // and the caller's handlers. Handlers that write first wait for `WebSocketUpgradeEvent`.
             let sync = context.pipeline.syncOperations
             try sync.addHandler(MaskingFrameEncoder(), position: .after(self))
             try sync.addHandler(
                 ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)), position: .after(self))
             try configure(context.channel)
-            // Leave first: the response decoder forwards any bytes past the 101 to the next handler,
-            // which must already be the frame decoder.
             sync.removeHandler(self, promise: nil)
-            for handler in httpHandlers { sync.removeHandler(handler, promise: nil) }
-            promise.succeed(.upgraded(context.channel, subprotocol: response.headers.first(name: "sec-websocket-protocol")))
+            sync.removeHandler(encoder, promise: nil)
+            // A decoder removed from inside its own read finishes that read first: announce the
+            // upgrade once it is really gone.
+            let pipeline = context.pipeline
+            let removed = context.eventLoop.makePromise(of: Void.self)
+            removed.futureResult.assumeIsolated().whenSuccess {
+                pipeline.syncOperations.fireUserInboundEventTriggered(WebSocketUpgradeEvent.completed)
+            }
+            sync.removeHandler(decoder, promise: removed)
+            promise.succeed(
+                .upgraded(context.channel, subprotocol: response.headers.first(name: "sec-websocket-protocol")))
         } catch {
             fail(context: context, error)
         }

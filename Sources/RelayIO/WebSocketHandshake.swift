@@ -3,9 +3,9 @@ import NIOCore
 import NIOHTTP1
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 /// The HTTP/1.1 WebSocket opening handshake (RFC 6455 §4) as pure functions.
@@ -52,7 +52,9 @@ public enum WebSocketHandshake {
         var headers = HTTPHeaders()
         headers.add(name: "Upgrade", value: "websocket")
         headers.add(name: "Connection", value: "Upgrade")
-        headers.add(name: "Sec-WebSocket-Accept", value: acceptValue(forKey: request.headers.first(name: "sec-websocket-key") ?? ""))
+        headers.add(
+            name: "Sec-WebSocket-Accept",
+            value: acceptValue(forKey: request.headers.first(name: "sec-websocket-key") ?? ""))
         if let subprotocol { headers.add(name: "Sec-WebSocket-Protocol", value: subprotocol) }
         return HTTPResponseHead(version: .http1_1, status: .switchingProtocols, headers: headers)
     }

@@ -5,9 +5,9 @@ import NIOWebSocket
 import RelayIO
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 /// The relay's side of a listener control channel: sends `accept` and `request` messages, takes
@@ -34,7 +34,10 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     private var responses = HTTPResponseAssembler()
     private var logger: Logger
 
-    init(hub: RelayHub, entity: HybridConnectionConfiguration, trackingId: String, tokenExpiry: Int64, requestHost: String?) {
+    init(
+        hub: RelayHub, entity: HybridConnectionConfiguration, trackingId: String, tokenExpiry: Int64,
+        requestHost: String?
+    ) {
         self.hub = hub
         self.entity = entity
         self.trackingId = trackingId
@@ -53,7 +56,9 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
 
     private func scheduleTick() {
         guard let context else { return }
-        pingTask = context.eventLoop.assumeIsolated().scheduleTask(in: .fractionalSeconds(hub.limits.pingIntervalSeconds)) {
+        pingTask = context.eventLoop.assumeIsolated().scheduleTask(
+            in: .fractionalSeconds(hub.limits.pingIntervalSeconds)
+        ) {
             [weak self] in
             self?.tick()
         }
@@ -75,7 +80,8 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         let frame = unwrapInboundIn(data).unmasked(allocator: context.channel.allocator)
         switch frame.opcode {
         case .ping:
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.data)), promise: nil)
+            context.writeAndFlush(
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.data)), promise: nil)
         case .pong:
             // Solicited or not (the .NET runtime sends unsolicited pongs as heartbeats): proof of life.
             missedPongs = 0
@@ -116,7 +122,8 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         case .response(let response):
             handle(responses.response(response))
         case .accept, .request:
-            logger.warning("ignored control message the relay sends, not receives", metadata: ["reason": "bad_control_message"])
+            logger.warning(
+                "ignored control message the relay sends, not receives", metadata: ["reason": "bad_control_message"])
         }
     }
 
@@ -159,13 +166,15 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
             return
         }
         if missedPongs >= hub.limits.missedPongLimit {
-            logger.warning("listener evicted: no pong", metadata: ["reason": "ping_timeout", "missed_pongs": "\(missedPongs)"])
+            logger.warning(
+                "listener evicted: no pong", metadata: ["reason": "ping_timeout", "missed_pongs": "\(missedPongs)"])
             closing = true
             context.close(promise: nil)
             return
         }
         missedPongs += 1
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
+        context.writeAndFlush(
+            wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
         scheduleTick()
     }
 
@@ -216,15 +225,13 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
         messages = MessageAssembler(limit: hub.limits.maxHTTPBodyBytes)
     }
 
-    func handlerAdded(context: ChannelHandlerContext) {
-        // Added while the HTTP codec is still being removed: write on the next loop tick.
-        context.eventLoop.assumeIsolated().execute { [weak self] in
-            self?.sendRequest(context: context)
-        }
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case WebSocketUpgradeEvent.completed = event { sendRequest(context: context) }
+        context.fireUserInboundEventTriggered(event)
     }
 
     private func sendRequest(context: ChannelHandlerContext) {
-        guard let request, context.channel.isActive else { return }
+        guard let request else { return }
         var text = context.channel.allocator.buffer(capacity: 1024)
         text.writeString(ControlMessage.request(request.command).encoded())
         context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: text)), promise: nil)
@@ -238,23 +245,30 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
         let frame = unwrapInboundIn(data).unmasked(allocator: context.channel.allocator)
         switch frame.opcode {
         case .ping:
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.data)), promise: nil)
+            context.writeAndFlush(
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.data)), promise: nil)
         case .pong:
             break
         case .connectionClose:
             // The .NET listener closes the rendezvous after every response; answer and hang up.
             if !sentClose {
                 sentClose = true
-                context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: frame.data)))
-                    .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+                context.writeAndFlush(
+                    wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: frame.data))
+                )
+                .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
             }
         default:
             let event: HTTPResponseAssembler.Event
             switch messages.receive(frame) {
             case .none: return
             case .message(.text, let data):
-                guard let message = try? ControlMessage(decoding: data.readableBytesView), case .response(let response) = message else {
-                    hub.logger.warning("ignored rendezvous message that is not a response", metadata: ["reason": "bad_control_message"])
+                guard let message = try? ControlMessage(decoding: data.readableBytesView),
+                    case .response(let response) = message
+                else {
+                    hub.logger.warning(
+                        "ignored rendezvous message that is not a response", metadata: ["reason": "bad_control_message"]
+                    )
                     return
                 }
                 event = responses.response(response)

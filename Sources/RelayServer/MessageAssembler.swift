@@ -86,7 +86,9 @@ struct HTTPResponseAssembler {
     }
 
     mutating func binaryMessage(_ data: ByteBuffer) -> Event {
-        guard let head = awaitingBody else { return .unexpected("a binary message arrived with no response waiting for it") }
+        guard let head = awaitingBody else {
+            return .unexpected("a binary message arrived with no response waiting for it")
+        }
         awaitingBody = nil
         return .complete(head, body: data)
     }

@@ -2,9 +2,9 @@ import HybridConnections
 import Yams
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 /// One hybrid connection (entity) the relay serves.
@@ -147,7 +147,8 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
 
     static func describe(_ error: DecodingError) -> String {
         func path(_ context: DecodingError.Context) -> String {
-            let joined = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+            let joined = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(
+                separator: ".")
             return joined.isEmpty ? "the document" : joined
         }
         switch error {
@@ -176,7 +177,9 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
             if !seen.insert(key).inserted { problems.append("hybrid connection '\(entity.name)' is listed twice") }
         }
         for rule in namespaceRules + hybridConnections.flatMap(\.rules) {
-            if rule.keyName.isEmpty || rule.keyName.count > 256 || rule.primaryKey.isEmpty || rule.primaryKey.count > 256 {
+            if rule.keyName.isEmpty || rule.keyName.count > 256 || rule.primaryKey.isEmpty
+                || rule.primaryKey.count > 256
+            {
                 problems.append("rule '\(rule.keyName)': key name and key must be 1 to 256 characters")
             }
             if rule.rights.isEmpty { problems.append("rule '\(rule.keyName)' grants no rights") }

@@ -6,9 +6,9 @@ import NIOWebSocket
 import RelayIO
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 /// The first handler of every relay connection: reads HTTP/1.1 requests, decides what they are
@@ -36,15 +36,17 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private let hub: RelayHub
-    private let httpHandlers: [any RemovableChannelHandler]
+    private let encoder: HTTPResponseEncoder
+    private let decoder: ByteToMessageHandler<HTTPRequestDecoder>
     private var state = State.idle
     private var context: ChannelHandlerContext?
     private var handshakeTimeout: Scheduled<Void>?
     private var logger: Logger
 
-    init(hub: RelayHub, httpHandlers: [any RemovableChannelHandler]) {
+    init(hub: RelayHub, encoder: HTTPResponseEncoder, decoder: ByteToMessageHandler<HTTPRequestDecoder>) {
         self.hub = hub
-        self.httpHandlers = httpHandlers
+        self.encoder = encoder
+        self.decoder = decoder
         self.logger = hub.logger
     }
 
@@ -66,11 +68,18 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func startHandshakeTimer(context: ChannelHandlerContext) {
         guard handshakeTimeout == nil else { return }
-        handshakeTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: .fractionalSeconds(hub.limits.handshakeTimeoutSeconds)) {
+        handshakeTimeout = context.eventLoop.assumeIsolated().scheduleTask(
+            in: .fractionalSeconds(hub.limits.handshakeTimeoutSeconds)
+        ) {
             [weak self] in
             guard let self, let context = self.context else { return }
-            self.logger.warning("handshake timeout: no complete request head in time", metadata: ["reason": "handshake_timeout"])
-            self.respond(context: context, Refusal(status: 408, text: "RequestTimeout: The request head did not arrive in time", reason: "handshake_timeout"), trackingId: nil, entity: nil, close: true)
+            self.logger.warning(
+                "handshake timeout: no complete request head in time", metadata: ["reason": "handshake_timeout"])
+            self.respond(
+                context: context,
+                Refusal(
+                    status: 408, text: "RequestTimeout: The request head did not arrive in time",
+                    reason: "handshake_timeout"), trackingId: nil, entity: nil, close: true)
         }
     }
 
@@ -81,7 +90,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             requestHeadReceived(context: context, head: head)
         case (.body(var chunk), .readingHTTPBody(var request)):
             guard request.body.readableBytes + chunk.readableBytes <= hub.limits.maxHTTPBodyBytes else {
-                respond(context: context, Refusal(status: 413, text: "PayloadTooLarge: The request body exceeds \(hub.limits.maxHTTPBodyBytes) bytes", reason: "body_too_large"), trackingId: nil, entity: request.entity.name, close: true)
+                respond(
+                    context: context,
+                    Refusal(
+                        status: 413,
+                        text: "PayloadTooLarge: The request body exceeds \(hub.limits.maxHTTPBodyBytes) bytes",
+                        reason: "body_too_large"), trackingId: nil, entity: request.entity.name, close: true)
                 return
             }
             request.body.writeBuffer(&chunk)
@@ -99,9 +113,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         let refusal: Refusal
         if let parserError = error as? HTTPParserError, parserError == .headerOverflow {
-            refusal = Refusal(status: 431, text: "RequestHeaderFieldsTooLarge: The request headers are too large", reason: "headers_too_large")
+            refusal = Refusal(
+                status: 431, text: "RequestHeaderFieldsTooLarge: The request headers are too large",
+                reason: "headers_too_large")
         } else if error is HTTPParserError {
-            refusal = Refusal(status: 400, text: "BadRequest: The request is not valid HTTP/1.1 (\(error))", reason: "malformed_http")
+            refusal = Refusal(
+                status: 400, text: "BadRequest: The request is not valid HTTP/1.1 (\(error))", reason: "malformed_http")
         } else {
             logger.debug("connection error: \(error)")
             context.close(promise: nil)
@@ -133,7 +150,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func requestHeadReceived(context: ChannelHandlerContext, head: HTTPRequestHead) {
         let headerBytes = head.headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
         guard headerBytes <= hub.limits.maxHeaderBytes else {
-            refuse(context: context, Refusal(status: 431, text: "RequestHeaderFieldsTooLarge: The request headers exceed \(hub.limits.maxHeaderBytes) bytes", reason: "headers_too_large"))
+            refuse(
+                context: context,
+                Refusal(
+                    status: 431,
+                    text: "RequestHeaderFieldsTooLarge: The request headers exceed \(hub.limits.maxHeaderBytes) bytes",
+                    reason: "headers_too_large"))
             return
         }
         do {
@@ -148,7 +170,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 state = .webSocketRequested(head, request)
             } else {
                 guard !WebSocketHandshake.isUpgradeRequest(head) else {
-                    throw Refusal(status: 400, text: "BadRequest: WebSocket requests must use the /$hc/ path", reason: "websocket_outside_hc")
+                    throw Refusal(
+                        status: 400, text: "BadRequest: WebSocket requests must use the /$hc/ path",
+                        reason: "websocket_outside_hc")
                 }
                 state = .readingHTTPBody(try admitHTTPRequest(head: head, target: target))
             }
@@ -161,8 +185,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    private func refuse(context: ChannelHandlerContext, _ refusal: Refusal, trackingId: String? = nil, entity: String? = nil) {
-        logger.warning("refused request: \(refusal.text)", metadata: ["status": "\(refusal.status)", "reason": "\(refusal.reason)"])
+    private func refuse(
+        context: ChannelHandlerContext, _ refusal: Refusal, trackingId: String? = nil, entity: String? = nil
+    ) {
+        logger.warning(
+            "refused request: \(refusal.text)",
+            metadata: ["status": "\(refusal.status)", "reason": "\(refusal.reason)"])
         respond(context: context, refusal, trackingId: trackingId, entity: entity, close: true)
     }
 
@@ -176,7 +204,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             authorization: head.headers.first(name: "authorization"))
     }
 
-    private func webSocketRequestReceived(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) {
+    private func webSocketRequestReceived(
+        context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest
+    ) {
         do {
             switch request.action {
             case .listen: try listen(context: context, head: head, request: request)
@@ -187,20 +217,24 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         } catch let refusal as Refusal {
             refuse(context: context, refusal, trackingId: request.id, entity: request.path)
         } catch {
-            refuse(context: context, Refusal(status: 500, text: "InternalServerError: \(error)", reason: "internal"), trackingId: request.id, entity: request.path)
+            refuse(
+                context: context, Refusal(status: 500, text: "InternalServerError: \(error)", reason: "internal"),
+                trackingId: request.id, entity: request.path)
         }
     }
 
     // MARK: Listener control channel
 
-    private func listen(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) throws {
+    private func listen(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) throws
+    {
         let (entity, _) = try hub.policy.entity(for: request.path)
         let expiry = try hub.policy.authorize(
             entity: entity, token: token(head, queryToken: request.token)?.token, right: .listen,
             requestHost: hostHeader(head), now: now())
         let trackingId = request.id ?? UUID().uuidString.lowercased()
         let control = ListenerControlHandler(
-            hub: hub, entity: entity, trackingId: trackingId, tokenExpiry: expiry ?? .max, requestHost: hostHeader(head))
+            hub: hub, entity: entity, trackingId: trackingId, tokenExpiry: expiry ?? .max, requestHost: hostHeader(head)
+        )
         let handle = ListenerHandle(
             id: hub.makeID(), trackingId: trackingId, entity: entity.name,
             control: NIOLoopBound(control, eventLoop: context.eventLoop))
@@ -208,13 +242,21 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard hub.register(handle) else {
             throw Refusal(status: 403, text: RelayErrorText.tooManyListeners, reason: "listener_limit")
         }
-        logger.info("listener connected", metadata: ["entity": "\(entity.name)", "listener_id": "\(trackingId)", "listeners": "\(hub.listenerCount(entity: entity.name))"])
-        upgrade(context: context, head: head, subprotocol: WebSocketHandshake.firstSubprotocol(head.headers), handler: control)
+        logger.info(
+            "listener connected",
+            metadata: [
+                "entity": "\(entity.name)", "listener_id": "\(trackingId)",
+                "listeners": "\(hub.listenerCount(entity: entity.name))",
+            ])
+        upgrade(
+            context: context, head: head, subprotocol: WebSocketHandshake.firstSubprotocol(head.headers),
+            handler: control)
     }
 
     // MARK: Sender
 
-    private func connect(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) throws {
+    private func connect(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) throws
+    {
         let (entity, _) = try hub.policy.entity(for: request.path)
         _ = try hub.policy.authorize(
             entity: entity, token: token(head, queryToken: request.token)?.token, right: .send,
@@ -225,16 +267,23 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard let listener = hub.dispatch(entity: entity.name, key: key, pending: .webSocket(pending)) else {
             throw Refusal(status: 404, text: RelayErrorText.noListeners, reason: "no_listener")
         }
-        let timeout = context.eventLoop.assumeIsolated().scheduleTask(in: .fractionalSeconds(hub.limits.acceptTimeoutSeconds)) { [weak self] in
+        let timeout = context.eventLoop.assumeIsolated().scheduleTask(
+            in: .fractionalSeconds(hub.limits.acceptTimeoutSeconds)
+        ) { [weak self] in
             guard let self, let context = self.context, self.hub.takePending(key: key) != nil else { return }
-            self.refuse(context: context, Refusal(status: 504, text: RelayErrorText.acceptTimeout, reason: "accept_timeout"), trackingId: trackingId, entity: entity.name)
+            self.refuse(
+                context: context, Refusal(status: 504, text: RelayErrorText.acceptTimeout, reason: "accept_timeout"),
+                trackingId: trackingId, entity: entity.name)
         }
         state = .awaitingRendezvous(key: key, head: head, timeout: timeout)
         let accept = AcceptCommand(
             address: hub.rendezvousAddress(
-                rawPath: request.target.rawPath, applicationQuery: request.target.applicationQuery, action: .accept, key: key),
+                rawPath: request.target.rawPath, applicationQuery: request.target.applicationQuery, action: .accept,
+                key: key),
             id: trackingId, connectHeaders: Self.connectHeaders(head.headers), remoteEndpoint: remoteEndpoint(context))
-        logger.info("sender waiting for rendezvous", metadata: ["entity": "\(entity.name)", "rendezvous": "\(key)", "listener_id": "\(listener.trackingId)"])
+        logger.info(
+            "sender waiting for rendezvous",
+            metadata: ["entity": "\(entity.name)", "rendezvous": "\(key)", "listener_id": "\(listener.trackingId)"])
         listener.send(.accept(accept))
     }
 
@@ -252,7 +301,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func remoteEndpoint(_ context: ChannelHandlerContext) -> RemoteEndpoint? {
-        guard let address = context.channel.remoteAddress, let ip = address.ipAddress, let port = address.port else { return nil }
+        guard let address = context.channel.remoteAddress, let ip = address.ipAddress, let port = address.port else {
+            return nil
+        }
         return RemoteEndpoint(address: ip, port: port)
     }
 
@@ -276,12 +327,16 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard let context, case .awaitingRendezvous(let key, _, let timeout) = state else { return }
         timeout.cancel()
         logger.info("listener rejected sender", metadata: ["rendezvous": "\(key)", "status": "\(status)"])
-        respond(context: context, status: status, reason: description ?? HTTPResponseStatus(statusCode: status).reasonPhrase, close: true)
+        respond(
+            context: context, status: status,
+            reason: description ?? HTTPResponseStatus(statusCode: status).reasonPhrase, close: true)
     }
 
     // MARK: Rendezvous legs opened by listeners
 
-    private func acceptRendezvous(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) throws {
+    private func acceptRendezvous(
+        context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest
+    ) throws {
         guard let key = request.id, case .webSocket(let sender) = hub.takePending(key: key) else {
             throw Refusal(status: 404, text: RelayErrorText.rendezvousNotFound, reason: "no_rendezvous")
         }
@@ -299,12 +354,16 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         senderHandler.eventLoop.execute { senderHandler.value.joinRendezvous(partner: bound, subprotocol: subprotocol) }
     }
 
-    private func httpRendezvous(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) throws {
+    private func httpRendezvous(
+        context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest
+    ) throws {
         guard let key = request.id, let pending = hub.peekHTTP(key: key) else {
             throw Refusal(status: 404, text: RelayErrorText.rendezvousNotFound, reason: "no_rendezvous")
         }
         let handler = HTTPRendezvousHandler(hub: hub, key: key, request: pending.sentOnControlChannel ? nil : pending)
-        upgrade(context: context, head: head, subprotocol: WebSocketHandshake.firstSubprotocol(head.headers), handler: handler)
+        upgrade(
+            context: context, head: head, subprotocol: WebSocketHandshake.firstSubprotocol(head.headers),
+            handler: handler)
     }
 
     // MARK: HTTP mode
@@ -313,14 +372,18 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let path = try target.decodedPath()
         let (entity, _) = try hub.policy.entity(for: String(path.dropFirst()))
         let found = token(head, queryToken: try target.value(of: "sb-hc-token"))
-        _ = try hub.policy.authorize(entity: entity, token: found?.token, right: .send, requestHost: hostHeader(head), now: now())
+        _ = try hub.policy.authorize(
+            entity: entity, token: found?.token, right: .send, requestHost: hostHeader(head), now: now())
         let strippedAuthorization = entity.requiresClientAuthorization && found?.source == .authorization
-        return HTTPModeRequest(head: head, target: target, entity: entity, strippedAuthorization: strippedAuthorization, body: ByteBuffer())
+        return HTTPModeRequest(
+            head: head, target: target, entity: entity, strippedAuthorization: strippedAuthorization, body: ByteBuffer()
+        )
     }
 
     /// Connection-level headers the relay never forwards (RFC 7230), besides the consumed auth.
     static let hopByHopHeaders: Set<String> = [
-        "connection", "content-length", "te", "trailer", "transfer-encoding", "upgrade", "keep-alive", "proxy-connection",
+        "connection", "content-length", "te", "trailer", "transfer-encoding", "upgrade", "keep-alive",
+        "proxy-connection",
         "close", "servicebusauthorization",
     ]
 
@@ -329,7 +392,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         var names: [String: String] = [:]
         for (name, value) in request.head.headers {
             let lowered = name.lowercased()
-            if Self.hopByHopHeaders.contains(lowered) || (lowered == "authorization" && request.strippedAuthorization) { continue }
+            if Self.hopByHopHeaders.contains(lowered) || (lowered == "authorization" && request.strippedAuthorization) {
+                continue
+            }
             let canonical = names[lowered] ?? name
             names[lowered] = canonical
             headers[canonical] = headers[canonical].map { "\($0), \(value)" } ?? value
@@ -351,15 +416,26 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             handler: NIOLoopBound(self, eventLoop: context.eventLoop), command: command, body: request.body,
             sentOnControlChannel: onControlChannel)
         guard let listener = hub.dispatch(entity: request.entity.name, key: key, pending: .http(pending)) else {
-            refuse(context: context, Refusal(status: 502, text: RelayErrorText.noListeners, reason: "no_listener"), trackingId: trackingId, entity: request.entity.name)
+            refuse(
+                context: context, Refusal(status: 502, text: RelayErrorText.noListeners, reason: "no_listener"),
+                trackingId: trackingId, entity: request.entity.name)
             return
         }
-        let timeout = context.eventLoop.assumeIsolated().scheduleTask(in: .fractionalSeconds(hub.limits.httpResponseTimeoutSeconds)) { [weak self] in
+        let timeout = context.eventLoop.assumeIsolated().scheduleTask(
+            in: .fractionalSeconds(hub.limits.httpResponseTimeoutSeconds)
+        ) { [weak self] in
             guard let self, let context = self.context, self.hub.takePending(key: key) != nil else { return }
-            self.refuse(context: context, Refusal(status: 504, text: RelayErrorText.responseTimeout, reason: "response_timeout"), trackingId: trackingId, entity: request.entity.name)
+            self.refuse(
+                context: context,
+                Refusal(status: 504, text: RelayErrorText.responseTimeout, reason: "response_timeout"),
+                trackingId: trackingId, entity: request.entity.name)
         }
         state = .awaitingHTTPResponse(key: key, keepAlive: request.head.isKeepAlive, timeout: timeout)
-        logger.info("http request routed", metadata: ["entity": "\(request.entity.name)", "request_id": "\(key)", "control_channel": "\(onControlChannel)"])
+        logger.info(
+            "http request routed",
+            metadata: [
+                "entity": "\(request.entity.name)", "request_id": "\(key)", "control_channel": "\(onControlChannel)",
+            ])
         if onControlChannel {
             listener.send(.request(command), body: command.body == true ? request.body : nil)
         } else {
@@ -371,7 +447,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard let context, case .awaitingHTTPResponse(_, let keepAlive, let timeout) = state else { return }
         timeout.cancel()
         var headers = HTTPHeaders()
-        for (name, value) in head.headers.sorted(by: { $0.key < $1.key }) where !Self.hopByHopHeaders.contains(name.lowercased()) {
+        for (name, value) in head.headers.sorted(by: { $0.key < $1.key })
+        where !Self.hopByHopHeaders.contains(name.lowercased()) {
             headers.add(name: name, value: value)
         }
         let via = "1.1 \(hub.policy.publicHost)"
@@ -383,7 +460,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         headers.add(name: "Content-Length", value: "\(body.readableBytes)")
         if !keepAlive { headers.add(name: "Connection", value: "close") }
         let status = Self.status(head.statusCode, reason: head.statusDescription ?? "")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if keepAlive {
@@ -396,7 +474,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: Replies and upgrade
 
-    private func respond(context: ChannelHandlerContext, _ refusal: Refusal, trackingId: String?, entity: String?, close: Bool) {
+    private func respond(
+        context: ChannelHandlerContext, _ refusal: Refusal, trackingId: String?, entity: String?, close: Bool
+    ) {
         let phrase = RelayErrorText.phrase(
             refusal.text, trackingId: "\(trackingId ?? UUID().uuidString.lowercased())_G0",
             systemTracker: hub.systemTracker(entity: entity), epochSeconds: now())
@@ -433,25 +513,40 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Reason phrases are ASCII on one line.
     static func sanitizedReason(_ text: String) -> String {
-        String(text.unicodeScalars.map { $0.isASCII && $0.value >= 0x20 && $0.value != 0x7F ? Character($0) : "?" }.prefix(1024))
+        String(
+            text.unicodeScalars.map { $0.isASCII && $0.value >= 0x20 && $0.value != 0x7F ? Character($0) : "?" }.prefix(
+                1024))
     }
 
     /// Answers 101 and replaces the HTTP handlers with the WebSocket codec and `handler`.
-    private func upgrade(context: ChannelHandlerContext, head: HTTPRequestHead, subprotocol: String?, handler: any ChannelHandler) {
+    private func upgrade(
+        context: ChannelHandlerContext, head: HTTPRequestHead, subprotocol: String?, handler: any ChannelHandler
+    ) {
         state = .done
         handshakeTimeout?.cancel()
         let response = WebSocketHandshake.switchingProtocolsHead(request: head, subprotocol: subprotocol)
         context.write(wrapOutboundOut(.head(response)), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         do {
+            // The HTTP codec observes and encodes writes, so it must be gone before anything writes a
+            // frame; the request decoder goes last so any bytes past the request reach the frame decoder
+            // and `handler`. Handlers that write first wait for `WebSocketUpgradeEvent`.
             let sync = context.pipeline.syncOperations
             try sync.addHandler(WebSocketFrameEncoder(), position: .after(self))
-            try sync.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: hub.limits.maxFrameBytes)), position: .after(self))
+            try sync.addHandler(
+                ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: hub.limits.maxFrameBytes)),
+                position: .after(self))
             try sync.addHandler(handler)
-            // Leave first: the request decoder hands bytes past the request to the next handler, which
-            // must already be the frame decoder.
             sync.removeHandler(self, promise: nil)
-            for httpHandler in httpHandlers { sync.removeHandler(httpHandler, promise: nil) }
+            sync.removeHandler(encoder, promise: nil)
+            // A decoder removed from inside its own read finishes that read first: announce the
+            // upgrade once it is really gone.
+            let pipeline = context.pipeline
+            let removed = context.eventLoop.makePromise(of: Void.self)
+            removed.futureResult.assumeIsolated().whenSuccess {
+                pipeline.syncOperations.fireUserInboundEventTriggered(WebSocketUpgradeEvent.completed)
+            }
+            sync.removeHandler(decoder, promise: removed)
         } catch {
             logger.error("upgrade failed: \(error)")
             context.close(promise: nil)

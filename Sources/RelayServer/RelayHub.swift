@@ -5,9 +5,9 @@ import RelayIO
 import Synchronization
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 /// A registered listener control channel, usable from any event loop.
@@ -58,7 +58,7 @@ public final class RelayHub: Sendable {
     public let configuration: RelayConfiguration
     let policy: RelayPolicy
     let logger: Logger
-    let publicURL: String
+    private let publicURLBox: Mutex<String>
     private let table: Mutex<RendezvousTable<ListenerHandle, PendingRendezvous>>
     private let nextID = Atomic<UInt64>(1)
 
@@ -66,11 +66,23 @@ public final class RelayHub: Sendable {
         self.configuration = configuration
         self.logger = logger
         policy = RelayPolicy(configuration: configuration)
-        publicURL = configuration.effectivePublicURL
+        publicURLBox = Mutex(configuration.effectivePublicURL)
         table = Mutex(RendezvousTable(listenerLimit: configuration.limits.maxListenersPerEntity))
     }
 
     var limits: RelayLimits { configuration.limits }
+
+    /// Base of the `address` fields handed to listeners.
+    public var publicURL: String { publicURLBox.withLock { $0 } }
+
+    /// With `listen` on port 0 and no `publicURL`, addresses must name the port actually bound.
+    func boundTo(port: Int) {
+        guard configuration.publicURL == nil, HostPort(configuration.listen)?.port == 0 else { return }
+        var bound = HostPort(configuration.listen)!
+        bound.port = port
+        let host = bound.host.contains(":") ? "[\(bound.host)]" : bound.host
+        publicURLBox.withLock { $0 = "\(configuration.tls == nil ? "ws" : "wss")://\(host):\(port)" }
+    }
 
     func makeID() -> UInt64 {
         nextID.wrappingAdd(1, ordering: .relaxed).oldValue
@@ -133,7 +145,9 @@ public final class RelayHub: Sendable {
     }
 
     /// `{publicURL}/$hc/{path}?{appQuery&}sb-hc-action={action}&sb-hc-id={key}`.
-    func rendezvousAddress(rawPath: String, applicationQuery: String, action: HybridConnectionAction, key: String)
+    func rendezvousAddress(
+        rawPath: String, applicationQuery: String, action: HybridConnectionAction, key: String
+    )
         -> String
     {
         let query = applicationQuery.isEmpty ? "" : applicationQuery + "&"

@@ -57,7 +57,9 @@ public struct RelayPolicy: Sendable {
 
     /// Picks the token: `sb-hc-token` query, then `ServiceBusAuthorization`, then `Authorization`
     /// (with or without `Bearer `).
-    public static func token(queryToken: String?, serviceBusAuthorization: String?, authorization: String?)
+    public static func token(
+        queryToken: String?, serviceBusAuthorization: String?, authorization: String?
+    )
         -> (token: String, source: TokenSource)?
     {
         if let queryToken, !queryToken.isEmpty { return (queryToken, .query) }
@@ -67,7 +69,8 @@ public struct RelayPolicy: Sendable {
         if let authorization, !authorization.isEmpty {
             let bearer = "bearer "
             let stripped =
-                authorization.lowercased().hasPrefix(bearer) ? String(authorization.dropFirst(bearer.count)) : authorization
+                authorization.lowercased().hasPrefix(bearer)
+                ? String(authorization.dropFirst(bearer.count)) : authorization
             return (stripped, .authorization)
         }
         return nil

@@ -35,7 +35,10 @@ public final class RelayServer: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 64 * 1024, high: 256 * 1024))
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16 * 1024, maximum: 256 * 1024))
+            .childChannelOption(
+                .recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16 * 1024, maximum: 256 * 1024)
+            )
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
@@ -46,16 +49,17 @@ public final class RelayServer: Sendable {
                     let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes))
                     try sync.addHandler(encoder)
                     try sync.addHandler(decoder)
-                    try sync.addHandler(RelayHTTPHandler(hub: hub, httpHandlers: [encoder, decoder]))
+                    try sync.addHandler(RelayHTTPHandler(hub: hub, encoder: encoder, decoder: decoder))
                 }
             }
             .bind(host: address.host, port: address.port)
             .get()
+        if let port = channel.localAddress?.port { hub.boundTo(port: port) }
         logger.info(
             "relay listening",
             metadata: [
                 "address": "\(channel.localAddress.map { "\($0)" } ?? configuration.listen)",
-                "public_url": "\(configuration.effectivePublicURL)",
+                "public_url": "\(hub.publicURL)",
                 "hybrid_connections": "\(configuration.hybridConnections.map(\.name).joined(separator: ","))",
             ])
         return RelayServer(hub: hub, channel: channel)

@@ -42,7 +42,8 @@ struct RendezvousTable<Listener, Pending> {
     /// A uniformly random listener among those `isEligible` accepts ("balanced across them in random
     /// order").
     func pickListener(
-        entity: String, using generator: inout some RandomNumberGenerator, isEligible: (Listener) -> Bool = { _ in true }
+        entity: String, using generator: inout some RandomNumberGenerator,
+        isEligible: (Listener) -> Bool = { _ in true }
     ) -> Listener? {
         let eligible = (listeners[Self.key(entity)] ?? []).filter { isEligible($0.listener) }
         return eligible.randomElement(using: &generator)?.listener

@@ -7,15 +7,15 @@ import NIOPosix
 import RelayServer
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 @main
@@ -23,8 +23,16 @@ struct Hyrelay: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hyrelay",
         abstract: "A self-hostable Azure Relay Hybrid Connections relay, with tunnel agents and telemetry.",
-        subcommands: [Relay.self, Token.self]
+        subcommands: [Relay.self, Client.self, Edge.self, Demo.self, Check.self, Token.self]
     )
+}
+
+func bootstrapLogging(level: Logger.Level) {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
 }
 
 enum LogLevelOption: String, ExpressibleByArgument, CaseIterable {
@@ -51,10 +59,14 @@ struct Relay: AsyncParsableCommand {
     @Option(name: .long, help: "Address to bind, HOST:PORT (default 127.0.0.1:9350).")
     var listen: String?
 
-    @Option(name: .customLong("hybrid-connection"), help: "A hybrid connection (entity) to serve; repeatable. Names may contain '/'.")
+    @Option(
+        name: .customLong("hybrid-connection"),
+        help: "A hybrid connection (entity) to serve; repeatable. Names may contain '/'.")
     var hybridConnections: [String] = []
 
-    @Option(name: .customLong("anonymous-sender"), help: "An entity whose senders need no token (requiresClientAuthorization=false); repeatable.")
+    @Option(
+        name: .customLong("anonymous-sender"),
+        help: "An entity whose senders need no token (requiresClientAuthorization=false); repeatable.")
     var anonymousSenders: [String] = []
 
     @Option(name: .customLong("sas-key-name"), help: "Key name of a namespace-wide rule with Listen, Send and Manage.")
@@ -63,7 +75,9 @@ struct Relay: AsyncParsableCommand {
     @Option(name: .customLong("sas-key"), help: "Key of that rule (used as UTF-8 text, as Azure does).")
     var sasKey: String?
 
-    @Option(name: .customLong("public-url"), help: "Base URL put into accept/request addresses, e.g. wss://relay.example.com (default: from --listen).")
+    @Option(
+        name: .customLong("public-url"),
+        help: "Base URL put into accept/request addresses, e.g. wss://relay.example.com (default: from --listen).")
     var publicURL: String?
 
     @Option(name: .long, help: "PEM certificate chain; with --key serves wss/https.")
@@ -75,10 +89,12 @@ struct Relay: AsyncParsableCommand {
     @Option(name: .customLong("accept-timeout"), help: "Seconds a sender waits for a listener to accept (default 30).")
     var acceptTimeout: Double?
 
-    @Option(name: .customLong("ping-interval"), help: "Seconds between pings on listener control channels (default 30).")
+    @Option(
+        name: .customLong("ping-interval"), help: "Seconds between pings on listener control channels (default 30).")
     var pingInterval: Double?
 
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
+    @Option(
+        name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
     var logLevel: LogLevelOption = .info
 
     func makeConfiguration() throws -> RelayConfiguration {
@@ -105,24 +121,30 @@ struct Relay: AsyncParsableCommand {
         }
         switch (sasKeyName, sasKey) {
         case (let name?, let key?):
-            configuration.namespaceRules.append(AuthorizationRule(keyName: name, primaryKey: key, rights: [.listen, .send, .manage]))
+            configuration.namespaceRules.append(
+                AuthorizationRule(keyName: name, primaryKey: key, rights: [.listen, .send, .manage]))
         case (nil, nil): break
         default: throw ValidationError("--sas-key-name and --sas-key go together")
         }
-        for name in hybridConnections where !configuration.hybridConnections.contains(where: { $0.name.lowercased() == name.lowercased() }) {
+        for name in hybridConnections
+        where !configuration.hybridConnections.contains(where: { $0.name.lowercased() == name.lowercased() }) {
             configuration.hybridConnections.append(HybridConnectionConfiguration(name: name))
         }
         for name in anonymousSenders {
-            if let index = configuration.hybridConnections.firstIndex(where: { $0.name.lowercased() == name.lowercased() }) {
+            if let index = configuration.hybridConnections.firstIndex(where: {
+                $0.name.lowercased() == name.lowercased()
+            }) {
                 configuration.hybridConnections[index].requiresClientAuthorization = false
             } else {
-                configuration.hybridConnections.append(HybridConnectionConfiguration(name: name, requiresClientAuthorization: false))
+                configuration.hybridConnections.append(
+                    HybridConnectionConfiguration(name: name, requiresClientAuthorization: false))
             }
         }
         if let acceptTimeout { configuration.limits.acceptTimeoutSeconds = acceptTimeout }
         if let pingInterval { configuration.limits.pingIntervalSeconds = pingInterval }
         if configuration.hybridConnections.isEmpty {
-            throw ValidationError("no hybrid connection configured: give --hybrid-connection NAME or a --config with hybridConnections")
+            throw ValidationError(
+                "no hybrid connection configured: give --hybrid-connection NAME or a --config with hybridConnections")
         }
         do {
             try configuration.validate()
@@ -134,12 +156,7 @@ struct Relay: AsyncParsableCommand {
 
     func run() async throws {
         let configuration = try makeConfiguration()
-        let level = logLevel.level
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        bootstrapLogging(level: logLevel.level)
         let logger = Logger(label: "hyrelay.relay")
         let server = try await RelayServer.start(
             configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
@@ -152,7 +169,8 @@ struct Relay: AsyncParsableCommand {
 struct Token: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print a SAS token for a resource URI.",
-        discussion: "Example: hyrelay token --resource http://127.0.0.1:9350/hc1 --key-name root --key SECRET --ttl 3600"
+        discussion:
+            "Example: hyrelay token --resource http://127.0.0.1:9350/hc1 --key-name root --key SECRET --ttl 3600"
     )
 
     @Option(name: .long, help: "Resource (audience) URI, e.g. http://HOST/ENTITY or sb://NAMESPACE/ENTITY.")

@@ -16,26 +16,36 @@ import Testing
 
     @Test func rendezvousOnlyRequestOmitsMethodAndBody() {
         let request = RequestCommand(address: "wss://x", id: "7", requestTarget: "/h", method: "GET", body: false)
-        #expect(ControlMessage.request(request.rendezvousOnly).encoded() == "{\"request\":{\"address\":\"wss://x\",\"id\":\"7\"}}")
+        #expect(
+            ControlMessage.request(request.rendezvousOnly).encoded()
+                == "{\"request\":{\"address\":\"wss://x\",\"id\":\"7\"}}")
     }
 
     @Test func responseStatusCodeAsNumberOrString() throws {
-        let number = try ControlMessage(decoding: Array(#"{"response":{"requestId":"1","statusCode":201,"body":true}}"#.utf8))
+        let number = try ControlMessage(
+            decoding: Array(#"{"response":{"requestId":"1","statusCode":201,"body":true}}"#.utf8))
         #expect(number == .response(ResponseCommand(requestId: "1", statusCode: 201, body: true)))
         let string = try ControlMessage(
-            decoding: Array(#"{"response":{"requestId":"1","statusCode":"200","responseHeaders":{"content-type":"text/plain"}}}"#.utf8))
-        #expect(string == .response(ResponseCommand(requestId: "1", statusCode: 200, responseHeaders: ["content-type": "text/plain"])))
+            decoding: Array(
+                #"{"response":{"requestId":"1","statusCode":"200","responseHeaders":{"content-type":"text/plain"}}}"#
+                    .utf8))
+        #expect(
+            string
+                == .response(
+                    ResponseCommand(requestId: "1", statusCode: 200, responseHeaders: ["content-type": "text/plain"])))
     }
 
     @Test func renewToken() throws {
-        let message = try ControlMessage(decoding: Array(#"{"renewToken":{"token":"SharedAccessSignature sr=a&sig=b&se=1&skn=c"}}"#.utf8))
+        let message = try ControlMessage(
+            decoding: Array(#"{"renewToken":{"token":"SharedAccessSignature sr=a&sig=b&se=1&skn=c"}}"#.utf8))
         #expect(message == .renewToken(RenewTokenCommand(token: "SharedAccessSignature sr=a&sig=b&se=1&skn=c")))
     }
 
     @Test(arguments: [
         ("", "notJSON"), ("[1]", "notJSON"), ("{", "notJSON"), ("{\"hello\":1}", "unknownCommand"),
         (#"{"response":{"requestId":"1","statusCode":"abc"}}"#, "invalid"),
-        (#"{"response":{"requestId":"1","statusCode":42}}"#, "invalid"), (#"{"response":{"statusCode":200}}"#, "invalid"),
+        (#"{"response":{"requestId":"1","statusCode":42}}"#, "invalid"),
+        (#"{"response":{"statusCode":200}}"#, "invalid"),
         (#"{"renewToken":{"token":5}}"#, "invalid"), (#"{"renewToken":null}"#, "invalid"),
     ])
     func malformed(text: String, kind: String) {

@@ -33,13 +33,15 @@ import Testing
         let prefixed = try #require(
             try HybridConnectionRequest(
                 target: RequestTarget(
-                    parsing: "/$hc/h?sb-hc-action=accept&sb-hc-id=1&sb-hc-statusCode=403&sb-hc-statusDescription=No+way")))
+                    parsing: "/$hc/h?sb-hc-action=accept&sb-hc-id=1&sb-hc-statusCode=403&sb-hc-statusDescription=No+way"
+                )))
         #expect(prefixed.action == .accept)
         #expect(prefixed.statusCode == 403)
         #expect(prefixed.statusDescription == "No way")
         let node = try #require(
             try HybridConnectionRequest(
-                target: RequestTarget(parsing: "/$hc/h?sb-hc-action=accept&sb-hc-id=1&statusCode=401&statusDescription=Go%20away")))
+                target: RequestTarget(
+                    parsing: "/$hc/h?sb-hc-action=accept&sb-hc-id=1&statusCode=401&statusDescription=Go%20away")))
         #expect(node.statusCode == 401)
         #expect(node.statusDescription == "Go away")
     }
@@ -73,7 +75,10 @@ import Testing
         #expect(resolver.resolve("a/c")! == ("a", "c"))
         #expect(resolver.resolve("a")! == ("a", ""))
         #expect(resolver.resolve("mixed/")! == ("Mixed", ""))
-        #expect(resolver.resolve("microsoft.hybridcompute/machines/x/y/v2")! == ("microsoft.hybridcompute/machines/x/y", "v2"))
+        #expect(
+            resolver.resolve("microsoft.hybridcompute/machines/x/y/v2")! == (
+                "microsoft.hybridcompute/machines/x/y", "v2"
+            ))
         #expect(resolver.resolve("ab") == nil)
         #expect(resolver.resolve("") == nil)
     }

@@ -30,7 +30,9 @@ import Testing
     static let rule = AuthorizationRule(keyName: keyName, primaryKey: "wrong", secondaryKey: key, rights: [.listen])
     static let hosts = ["contoso.servicebus.windows.net"]
 
-    func validate(_ token: String?, right: AccessRight = .listen, entity: String = "hyco", now: Int64 = 1_700_000_000)
+    func validate(
+        _ token: String?, right: AccessRight = .listen, entity: String = "hyco", now: Int64 = 1_700_000_000
+    )
         throws(TokenError) -> SharedAccessSignature
     {
         try TokenValidator().validate(
@@ -104,7 +106,8 @@ import Testing
 
     @Test func unknownKeyNameAndMissingToken() {
         let token = SharedAccessSignature.make(
-            resource: "http://contoso.servicebus.windows.net/hyco", keyName: "other", key: Self.key, expiry: 1_700_000_000)
+            resource: "http://contoso.servicebus.windows.net/hyco", keyName: "other", key: Self.key,
+            expiry: 1_700_000_000)
         #expect(throws: TokenError.unknownKeyName("other")) { try validate(token) }
         #expect(throws: TokenError.missing) { try validate(nil) }
         #expect(throws: TokenError.missing) { try validate("") }

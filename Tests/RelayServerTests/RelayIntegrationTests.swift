@@ -7,9 +7,9 @@ import RelayServer
 import Testing
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 /// End-to-end through a real relay on 127.0.0.1 with real sockets and WebSocket framing.
@@ -54,15 +54,18 @@ import Foundation
         let counts = AcceptCounter()
         var tasks: [Task<Void, Never>] = []
         for (index, control) in controls.enumerated() {
-            tasks.append(Task {
-                while let message = try? await control.nextControlMessage() {
-                    guard case .accept(let accept) = message else { continue }
-                    await counts.add(index)
-                    // Reject at once: only the routing matters here.
-                    _ = try? await WebSocketClient.connect(
-                        to: WebSocketURL(accept.address + "&sb-hc-statusCode=409")!, tlsContext: nil, group: relay.group) { _ in }.get()
-                }
-            })
+            tasks.append(
+                Task {
+                    while let message = try? await control.nextControlMessage() {
+                        guard case .accept(let accept) = message else { continue }
+                        await counts.add(index)
+                        // Reject at once: only the routing matters here.
+                        _ = try? await WebSocketClient.connect(
+                            to: WebSocketURL(accept.address + "&sb-hc-statusCode=409")!, tlsContext: nil,
+                            group: relay.group
+                        ) { _ in }.get()
+                    }
+                })
         }
         for _ in 0..<60 {
             let result = try await relay.connect("/$hc/hc", token: relay.token("hc"))
@@ -81,7 +84,9 @@ import Foundation
         #expect(try await relay.connect("/$hc/hc", token: relay.token("hc")).status == 404)
         #expect(try await relay.connect("/$hc/missing", token: relay.token("missing")).status == 404)
         #expect(try await relay.connect("/$hc/hc?sb-hc-action=listen", token: nil).status == 401)
-        #expect(try await relay.connect("/$hc/hc?sb-hc-action=listen", token: relay.token("hc", expiry: 1_000)).status == 401)
+        #expect(
+            try await relay.connect("/$hc/hc?sb-hc-action=listen", token: relay.token("hc", expiry: 1_000)).status
+                == 401)
         #expect(try await relay.connect("/$hc/hc?sb-hc-action=listen", token: relay.token("other")).status == 401)
         #expect(try await relay.connect("/$hc/hc?sb-hc-action=accept&sb-hc-id=nope", token: nil).status == 404)
         try await relay.stop()
@@ -107,7 +112,8 @@ import Foundation
             $0.missedPongLimit = 2
         }
         // A listener that never answers pings: its pipeline swallows them.
-        let silent = try await relay.connect(url: relay.url("/$hc/hc?sb-hc-action=listen"), token: relay.token("hc")).socket()
+        let silent = try await relay.connect(url: relay.url("/$hc/hc?sb-hc-action=listen"), token: relay.token("hc"))
+            .socket()
         let channel = silent.channel
         try await channel.eventLoop.submit {
             try channel.pipeline.syncOperations.addHandler(PingSwallower(), position: .first)
@@ -115,14 +121,16 @@ import Foundation
         let live = try await relay.listen()
         #expect(relay.server.hub.listenerCount(entity: "hc") == 2)
         try await Task.sleep(for: .milliseconds(1000))
-        #expect(relay.server.hub.listenerCount(entity: "hc") == 1, "the silent listener is gone, the answering one stays")
+        #expect(
+            relay.server.hub.listenerCount(entity: "hc") == 1, "the silent listener is gone, the answering one stays")
         try await live.close()
         try await relay.stop()
     }
 
     @Test func tlsWithSelfSignedCA() async throws {
         let pki = try TestPKI.make()
-        let relay = try await TestRelay.start(tls: TLSFiles(certificate: pki.serverCertificate, key: pki.serverKey), caFile: pki.caCertificate)
+        let relay = try await TestRelay.start(
+            tls: TLSFiles(certificate: pki.serverCertificate, key: pki.serverKey), caFile: pki.caCertificate)
         let control = try await relay.listen()
         async let accepted = relay.acceptWithEcho(on: control)
         let sender = try await relay.connect("/$hc/hc", token: relay.token("hc")).socket()
@@ -133,7 +141,8 @@ import Foundation
         // A client that trusts only the system roots refuses the self-signed certificate.
         let untrusting = try TLSSetup.clientContext(caFile: nil)
         await #expect(throws: (any Error).self) {
-            _ = try await WebSocketClient.connect(to: relay.url("/$hc/hc"), tlsContext: untrusting, group: relay.group) { _ in }.get()
+            _ = try await WebSocketClient.connect(to: relay.url("/$hc/hc"), tlsContext: untrusting, group: relay.group)
+            { _ in }.get()
         }
         try await relay.stop()
     }

@@ -53,8 +53,12 @@ import Testing
     @Test func joinsFragments() {
         var assembler = MessageAssembler(limit: 100)
         #expect(assembler.receive(frame(.text, "{\"a\":", fin: false)) == .none)
-        #expect(assembler.receive(frame(.continuation, "1}", fin: true)) == .message(opcode: .text, data: ByteBuffer(string: "{\"a\":1}")))
-        #expect(assembler.receive(frame(.binary, "x", fin: true)) == .message(opcode: .binary, data: ByteBuffer(string: "x")))
+        #expect(
+            assembler.receive(frame(.continuation, "1}", fin: true))
+                == .message(opcode: .text, data: ByteBuffer(string: "{\"a\":1}")))
+        #expect(
+            assembler.receive(frame(.binary, "x", fin: true))
+                == .message(opcode: .binary, data: ByteBuffer(string: "x")))
     }
 
     @Test func refusesOversizeAndBadSequences() {
@@ -62,16 +66,24 @@ import Testing
         #expect(assembler.receive(frame(.text, "12345", fin: true)) == .tooLarge)
         #expect(assembler.receive(frame(.text, "123", fin: false)) == .none)
         #expect(assembler.receive(frame(.continuation, "45", fin: true)) == .tooLarge)
-        #expect(assembler.receive(frame(.continuation, "4", fin: true)) == .protocolError("continuation frame without a message to continue"))
+        #expect(
+            assembler.receive(frame(.continuation, "4", fin: true))
+                == .protocolError("continuation frame without a message to continue"))
         #expect(assembler.receive(frame(.text, "1", fin: false)) == .none)
-        #expect(assembler.receive(frame(.binary, "2", fin: true)) == .protocolError("new message before the previous one finished"))
+        #expect(
+            assembler.receive(frame(.binary, "2", fin: true))
+                == .protocolError("new message before the previous one finished"))
     }
 
     @Test func responseWithAndWithoutBody() {
         var responses = HTTPResponseAssembler()
-        #expect(responses.binaryMessage(ByteBuffer(string: "stray")) == .unexpected("a binary message arrived with no response waiting for it"))
-        let head = HTTPResponseAssembler.ResponseHead(requestId: "1", statusCode: 200, statusDescription: nil, headers: [:])
-        #expect(responses.response(ResponseCommand(requestId: "1", statusCode: 200)) == .complete(head, body: ByteBuffer()))
+        #expect(
+            responses.binaryMessage(ByteBuffer(string: "stray"))
+                == .unexpected("a binary message arrived with no response waiting for it"))
+        let head = HTTPResponseAssembler.ResponseHead(
+            requestId: "1", statusCode: 200, statusDescription: nil, headers: [:])
+        #expect(
+            responses.response(ResponseCommand(requestId: "1", statusCode: 200)) == .complete(head, body: ByteBuffer()))
         #expect(responses.response(ResponseCommand(requestId: "1", statusCode: 200, body: true)) == .none)
         #expect(responses.binaryMessage(ByteBuffer(string: "b")) == .complete(head, body: ByteBuffer(string: "b")))
     }
@@ -82,14 +94,21 @@ import Testing
         publicURL: "wss://relay.example.com",
         namespaceRules: [AuthorizationRule(keyName: "root", primaryKey: "k", rights: [.manage])],
         hybridConnections: [
-            HybridConnectionConfiguration(name: "hc", rules: [AuthorizationRule(keyName: "listen", primaryKey: "l", rights: [.listen])]),
+            HybridConnectionConfiguration(
+                name: "hc", rules: [AuthorizationRule(keyName: "listen", primaryKey: "l", rights: [.listen])]),
             HybridConnectionConfiguration(name: "open", requiresClientAuthorization: false),
         ])
 
     @Test func tokenPrecedence() {
         #expect(RelayPolicy.token(queryToken: "q", serviceBusAuthorization: "s", authorization: "a")! == ("q", .query))
-        #expect(RelayPolicy.token(queryToken: nil, serviceBusAuthorization: "s", authorization: "a")! == ("s", .serviceBusAuthorization))
-        #expect(RelayPolicy.token(queryToken: "", serviceBusAuthorization: nil, authorization: "Bearer t")! == ("t", .authorization))
+        #expect(
+            RelayPolicy.token(queryToken: nil, serviceBusAuthorization: "s", authorization: "a")! == (
+                "s", .serviceBusAuthorization
+            ))
+        #expect(
+            RelayPolicy.token(queryToken: "", serviceBusAuthorization: nil, authorization: "Bearer t")! == (
+                "t", .authorization
+            ))
         #expect(RelayPolicy.token(queryToken: nil, serviceBusAuthorization: nil, authorization: nil) == nil)
     }
 
@@ -97,18 +116,31 @@ import Testing
         let policy = RelayPolicy(configuration: Self.configuration)
         #expect(policy.publicHost == "relay.example.com")
         let (hc, _) = try policy.entity(for: "hc/x")
-        let listenToken = SharedAccessSignature.make(resource: "sb://relay.example.com/hc", keyName: "listen", key: "l", expiry: 2_000_000_000)
-        #expect(try policy.authorize(entity: hc, token: listenToken, right: .listen, requestHost: nil, now: 1) == 2_000_000_000)
-        #expect(throws: Refusal(status: 403, text: TokenError.insufficientRights(.send).description, reason: "insufficient_rights")) {
+        let listenToken = SharedAccessSignature.make(
+            resource: "sb://relay.example.com/hc", keyName: "listen", key: "l", expiry: 2_000_000_000)
+        #expect(
+            try policy.authorize(entity: hc, token: listenToken, right: .listen, requestHost: nil, now: 1)
+                == 2_000_000_000)
+        #expect(
+            throws: Refusal(
+                status: 403, text: TokenError.insufficientRights(.send).description, reason: "insufficient_rights")
+        ) {
             try policy.authorize(entity: hc, token: listenToken, right: .send, requestHost: nil, now: 1)
         }
-        let localToken = SharedAccessSignature.make(resource: "http://127.0.0.1/hc", keyName: "root", key: "k", expiry: 2_000_000_000)
-        #expect(throws: Refusal.self) { try policy.authorize(entity: hc, token: localToken, right: .send, requestHost: nil, now: 1) }
+        let localToken = SharedAccessSignature.make(
+            resource: "http://127.0.0.1/hc", keyName: "root", key: "k", expiry: 2_000_000_000)
+        #expect(throws: Refusal.self) {
+            try policy.authorize(entity: hc, token: localToken, right: .send, requestHost: nil, now: 1)
+        }
         _ = try policy.authorize(entity: hc, token: localToken, right: .send, requestHost: "127.0.0.1:9350", now: 1)
         let (open, _) = try policy.entity(for: "open")
         #expect(try policy.authorize(entity: open, token: nil, right: .send, requestHost: nil, now: 1) == nil)
-        #expect(throws: Refusal.self) { try policy.authorize(entity: open, token: nil, right: .listen, requestHost: nil, now: 1) }
-        #expect(throws: Refusal(status: 404, text: RelayErrorText.endpointNotFound, reason: "no_entity")) { try policy.entity(for: "nope") }
+        #expect(throws: Refusal.self) {
+            try policy.authorize(entity: open, token: nil, right: .listen, requestHost: nil, now: 1)
+        }
+        #expect(throws: Refusal(status: 404, text: RelayErrorText.endpointNotFound, reason: "no_entity")) {
+            try policy.entity(for: "nope")
+        }
     }
 
     @Test func configurationParsingAndValidation() throws {
@@ -124,7 +156,9 @@ import Testing
             """
         let parsed = try RelayConfiguration.parse(yaml)
         #expect(parsed.effectivePublicURL == "wss://relay.example.com")
-        #expect(parsed.hybridConnections == [HybridConnectionConfiguration(name: "a/b", requiresClientAuthorization: false)])
+        #expect(
+            parsed.hybridConnections == [HybridConnectionConfiguration(name: "a/b", requiresClientAuthorization: false)]
+        )
         #expect(parsed.limits.acceptTimeoutSeconds == 5)
         #expect(parsed.limits.maxListenersPerEntity == 25)
         try parsed.validate()
@@ -132,8 +166,11 @@ import Testing
         #expect(json.effectivePublicURL == "ws://127.0.0.1:9350")
 
         #expect(throws: ConfigurationError.self) { try RelayConfiguration.parse("hybridConnections: [{rules: []}]") }
-        #expect(throws: ConfigurationError.self) { try RelayConfiguration.parse("limits: {acceptTimeoutSeconds: soon}") }
-        var bad = RelayConfiguration(listen: "nowhere", hybridConnections: [.init(name: "a b"), .init(name: "x"), .init(name: "X")])
+        #expect(throws: ConfigurationError.self) {
+            try RelayConfiguration.parse("limits: {acceptTimeoutSeconds: soon}")
+        }
+        var bad = RelayConfiguration(
+            listen: "nowhere", hybridConnections: [.init(name: "a b"), .init(name: "x"), .init(name: "X")])
         bad.namespaceRules = [AuthorizationRule(keyName: "", primaryKey: "k", rights: [])]
         do {
             try bad.validate()

@@ -14,7 +14,8 @@ struct TestPKI {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let pki = TestPKI(directory: directory)
         let extensions = directory + "/server.ext"
-        try "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n".write(toFile: extensions, atomically: true, encoding: .utf8)
+        try "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n".write(
+            toFile: extensions, atomically: true, encoding: .utf8)
         try run([
             "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
             "-subj", "/CN=HybridRelay Test CA", "-keyout", directory + "/ca.key", "-out", pki.caCertificate,

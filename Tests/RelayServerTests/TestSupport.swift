@@ -9,9 +9,9 @@ import RelayIO
 import RelayServer
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 enum TestKeys {
@@ -27,25 +27,23 @@ struct TestRelay {
     let tlsClientContext: NIOSSLContext?
 
     static func start(
-        entities: [String] = ["hc"], tls: TLSFiles? = nil, caFile: String? = nil, configure: (inout RelayLimits) -> Void = { _ in }
+        entities: [String] = ["hc"], tls: TLSFiles? = nil, caFile: String? = nil,
+        configure: (inout RelayLimits) -> Void = { _ in }
     ) async throws -> TestRelay {
         var limits = RelayLimits()
         configure(&limits)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        var configuration = RelayConfiguration(
+        let configuration = RelayConfiguration(
             listen: "127.0.0.1:0", tls: tls,
             namespaceRules: [AuthorizationRule(keyName: TestKeys.name, primaryKey: TestKeys.key, rights: [.manage])],
             hybridConnections: entities.map { HybridConnectionConfiguration(name: $0) }, limits: limits)
         var logger = Logger(label: "test.relay")
         logger.logLevel = .warning
-        // The public URL names the real port, which is known only after binding: bind, then restart on it.
-        let probe = try await RelayServer.start(configuration: configuration, group: group, logger: logger)
-        let port = probe.localAddress!.port!
-        await probe.stop()
-        configuration.listen = "127.0.0.1:\(port)"
         let server = try await RelayServer.start(configuration: configuration, group: group, logger: logger)
+        let port = server.localAddress!.port!
         return TestRelay(
-            server: server, port: port, group: group, tlsClientContext: try caFile.map { try TLSSetup.clientContext(caFile: $0) })
+            server: server, port: port, group: group,
+            tlsClientContext: try caFile.map { try TLSSetup.clientContext(caFile: $0) })
     }
 
     func stop() async throws {
@@ -56,7 +54,8 @@ struct TestRelay {
     var scheme: String { tlsClientContext == nil ? "ws" : "wss" }
 
     func token(_ entity: String, expiry: Int64 = 4_000_000_000) -> String {
-        SharedAccessSignature.make(resource: "http://127.0.0.1/\(entity)/", keyName: TestKeys.name, key: TestKeys.key, expiry: expiry)
+        SharedAccessSignature.make(
+            resource: "http://127.0.0.1/\(entity)/", keyName: TestKeys.name, key: TestKeys.key, expiry: expiry)
     }
 
     func url(_ target: String) -> WebSocketURL {
@@ -72,7 +71,8 @@ struct TestRelay {
         if let token { headers.add(name: "ServiceBusAuthorization", value: token) }
         let (stream, continuation) = AsyncStream<WebSocketFrame>.makeStream()
         let result = try await WebSocketClient.connect(
-            to: url, headers: headers, subprotocols: subprotocols, tlsContext: tlsClientContext, group: group, maxFrameSize: 1 << 24
+            to: url, headers: headers, subprotocols: subprotocols, tlsContext: tlsClientContext, group: group,
+            maxFrameSize: 1 << 24
         ) { channel in
             try channel.pipeline.syncOperations.addHandler(FrameCollector(continuation: continuation))
         }.get()
@@ -85,7 +85,8 @@ struct TestRelay {
     }
 
     func listen(_ entity: String = "hc") async throws -> TestSocket {
-        try await connect("/$hc/\(entity)?sb-hc-action=listen&sb-hc-id=\(UUID().uuidString)", token: token(entity)).socket()
+        try await connect("/$hc/\(entity)?sb-hc-action=listen&sb-hc-id=\(UUID().uuidString)", token: token(entity))
+            .socket()
     }
 }
 
@@ -142,7 +143,9 @@ final class TestSocket: Sendable {
 
     /// The next control-channel message.
     func nextControlMessage() async throws -> ControlMessage {
-        guard let frame = await next(), frame.opcode == .text else { throw TestSocketResult.NotOpen(status: 0, reason: "no text frame") }
+        guard let frame = await next(), frame.opcode == .text else {
+            throw TestSocketResult.NotOpen(status: 0, reason: "no text frame")
+        }
         return try ControlMessage(decoding: frame.data.readableBytesView)
     }
 }
@@ -157,7 +160,9 @@ final class FrameCollector: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         if frame.opcode == .ping {
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.data)), promise: nil)
+            context.writeAndFlush(
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.data)),
+                promise: nil)
         }
         continuation.yield(frame)
     }
@@ -177,10 +182,16 @@ final class EchoHandler: ChannelInboundHandler {
         let frame = unwrapInboundIn(data)
         switch frame.opcode {
         case .binary, .text, .continuation:
-            context.write(wrapOutboundOut(WebSocketFrame(fin: frame.fin, opcode: frame.opcode, maskKey: .random(), data: frame.data)), promise: nil)
+            context.write(
+                wrapOutboundOut(
+                    WebSocketFrame(fin: frame.fin, opcode: frame.opcode, maskKey: .random(), data: frame.data)),
+                promise: nil)
         case .connectionClose:
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: frame.data)))
-                .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            context.writeAndFlush(
+                wrapOutboundOut(
+                    WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: frame.data))
+            )
+            .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         default:
             break
         }
@@ -194,7 +205,9 @@ final class EchoHandler: ChannelInboundHandler {
 extension TestRelay {
     /// Accepts the next sender on `control` with an echoing rendezvous.
     func acceptWithEcho(on control: TestSocket) async throws -> AcceptCommand {
-        guard case .accept(let accept) = try await control.nextControlMessage() else { throw TestSocketResult.NotOpen(status: 0, reason: "expected accept") }
+        guard case .accept(let accept) = try await control.nextControlMessage() else {
+            throw TestSocketResult.NotOpen(status: 0, reason: "expected accept")
+        }
         let result = try await WebSocketClient.connect(
             to: WebSocketURL(accept.address)!, tlsContext: tlsClientContext, group: group, maxFrameSize: 1 << 24
         ) { channel in

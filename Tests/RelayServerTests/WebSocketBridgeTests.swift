@@ -20,7 +20,8 @@ import Testing
         var output = [UInt8](repeating: 0, count: 11)
         source.withUnsafeBytes { src in
             output.withUnsafeMutableBytes { dst in
-                WebSocketMasking.apply(key: key, offset: 2, source: src.baseAddress!, destination: dst.baseAddress!, count: 11)
+                WebSocketMasking.apply(
+                    key: key, offset: 2, source: src.baseAddress!, destination: dst.baseAddress!, count: 11)
             }
         }
         #expect(output == [3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1])
@@ -67,7 +68,8 @@ import Testing
         try deliver(masked(.continuation, [4]), into: pair.a, partner: pair.b)
         try deliver(masked(.text, Array("hi".utf8)), into: pair.a, partner: pair.b)
         let first = try #require(try pair.b.readOutbound(as: WebSocketFrame.self))
-        #expect(first.opcode == .binary && !first.fin && first.maskKey == nil && first.data == ByteBuffer(bytes: [1, 2, 3]))
+        #expect(
+            first.opcode == .binary && !first.fin && first.maskKey == nil && first.data == ByteBuffer(bytes: [1, 2, 3]))
         let second = try #require(try pair.b.readOutbound(as: WebSocketFrame.self))
         #expect(second.opcode == .continuation && second.fin && second.data == ByteBuffer(bytes: [4]))
         let third = try #require(try pair.b.readOutbound(as: WebSocketFrame.self))
@@ -87,7 +89,8 @@ import Testing
         let pair = try makePair()
         try deliver(masked(.connectionClose, [0x03, 0xE8] + Array("Shutdown".utf8)), into: pair.a, partner: pair.b)
         let close = try #require(try pair.b.readOutbound(as: WebSocketFrame.self))
-        #expect(close.opcode == .connectionClose && close.data == ByteBuffer(bytes: [0x03, 0xE8] + Array("Shutdown".utf8)))
+        #expect(
+            close.opcode == .connectionClose && close.data == ByteBuffer(bytes: [0x03, 0xE8] + Array("Shutdown".utf8)))
         #expect(try pair.a.readOutbound(as: WebSocketFrame.self) == nil, "the close is not echoed back at once")
         #expect(pair.a.isActive && pair.b.isActive)
         try deliver(masked(.binary, [42]), into: pair.b, partner: pair.a)
@@ -126,7 +129,9 @@ import Testing
         pair.b.pipeline.fireChannelInactive()
         pair.a.embeddedEventLoop.run()
         let close = try #require(try pair.a.readOutbound(as: WebSocketFrame.self))
-        #expect(close.opcode == .connectionClose && close.data.getInteger(at: close.data.readerIndex, as: UInt16.self) == 1001)
+        #expect(
+            close.opcode == .connectionClose
+                && close.data.getInteger(at: close.data.readerIndex, as: UInt16.self) == 1001)
     }
 }
 

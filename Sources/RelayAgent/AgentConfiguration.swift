@@ -1,0 +1,255 @@
+import HybridConnections
+import Yams
+
+/// A configuration problem, with the line of the YAML file it comes from when there is one.
+public struct AgentConfigurationError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var line: Int?
+    public var message: String
+
+    public init(line: Int?, _ message: String) {
+        self.line = line
+        self.message = message
+    }
+
+    public var description: String { line.map { "line \($0): \(message)" } ?? message }
+}
+
+/// What the agents run: azbridge's configuration model (reference §3.3), from its YAML schema and from
+/// command-line flags.
+public struct AgentConfiguration: Equatable, Sendable {
+    public var connectionString: String?
+    public var endpoint: String?
+    public var sharedAccessKeyName: String?
+    public var sharedAccessKey: String?
+    public var sharedAccessSignature: String?
+    public var bindAddress: String?
+    public var keepAliveInterval: Double = 30
+    public var exitOnForwardFailure = true
+    public var logLevel: String?
+    public var localForwards: [LocalForward] = []
+    public var remoteForwards: [RemoteForward] = []
+
+    public init() {}
+
+    static let topLevelKeys: Set<String> = [
+        "AddressFamily", "AzureRelayConnectionString", "AzureRelayEndpoint", "AzureRelaySharedAccessKeyName",
+        "AzureRelaySharedAccessKey", "AzureRelaySharedAccessSignature", "BindAddress", "ClearAllForwardings",
+        "ConnectionAttempts", "ConnectTimeout", "ExitOnForwardFailure", "GatewayPorts", "KeepAliveInterval", "LogLevel",
+        "LogFileName", "LocalForward", "RemoteForward",
+    ]
+    static let localKeys: Set<String> = [
+        "RelayName", "ConnectionString", "NoAuthentication", "BindAddress", "BindPort", "PortName", "BindLocalSocket",
+        "HostName", "Bindings",
+    ]
+    static let localBindingKeys: Set<String> = [
+        "BindAddress", "BindPort", "PortName", "BindLocalSocket", "HostName", "NoAuthentication",
+    ]
+    static let remoteKeys: Set<String> = [
+        "RelayName", "ConnectionString", "Host", "HostPort", "PortName", "LocalSocket", "Http", "Bindings",
+    ]
+    static let remoteBindingKeys: Set<String> = ["Host", "HostPort", "PortName", "LocalSocket", "Http", "Insecure"]
+
+    /// Parses an azbridge YAML file. Keys are strict, as in azbridge: an unknown key is an error.
+    public static func parse(yaml: String) throws(AgentConfigurationError) -> AgentConfiguration {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml)
+        } catch let error as YamlError {
+            throw AgentConfigurationError(line: Self.line(of: error), "not valid YAML: \(Self.problem(of: error))")
+        } catch {
+            throw AgentConfigurationError(line: nil, "not valid YAML: \(error)")
+        }
+        var configuration = AgentConfiguration()
+        guard let root else { return configuration }
+        let top = try Fields(root, allowed: topLevelKeys, what: "the configuration")
+        configuration.connectionString = try top.string("AzureRelayConnectionString")
+        configuration.endpoint = try top.string("AzureRelayEndpoint")
+        configuration.sharedAccessKeyName = try top.string("AzureRelaySharedAccessKeyName")
+        configuration.sharedAccessKey = try top.string("AzureRelaySharedAccessKey")
+        configuration.sharedAccessSignature = try top.string("AzureRelaySharedAccessSignature")
+        configuration.bindAddress = try top.string("BindAddress")
+        configuration.logLevel = try top.string("LogLevel")
+        if let interval = try top.int("KeepAliveInterval") {
+            guard interval > 0 else {
+                throw AgentConfigurationError(line: top.line("KeepAliveInterval"), "KeepAliveInterval must be positive")
+            }
+            configuration.keepAliveInterval = Double(interval)
+        }
+        configuration.exitOnForwardFailure = try top.bool("ExitOnForwardFailure") ?? true
+        if let connectionString = configuration.connectionString {
+            do {
+                _ = try RelayConnectionString(parsing: connectionString)
+            } catch {
+                throw AgentConfigurationError(line: top.line("AzureRelayConnectionString"), error.description)
+            }
+        }
+        for entry in try top.sequence("LocalForward") {
+            configuration.localForwards.append(try parseLocal(entry, defaultBindAddress: configuration.bindAddress))
+        }
+        for entry in try top.sequence("RemoteForward") {
+            configuration.remoteForwards.append(try parseRemote(entry))
+        }
+        return configuration
+    }
+
+    private static func parseLocal(
+        _ node: Node, defaultBindAddress: String?
+    ) throws(AgentConfigurationError) -> LocalForward {
+        let fields = try Fields(node, allowed: localKeys, what: "a LocalForward entry")
+        let relayName = try fields.relayName()
+        var bindings: [LocalBinding] = []
+        func binding(_ fields: Fields) throws(AgentConfigurationError) -> LocalBinding? {
+            if fields.has("BindLocalSocket") {
+                throw AgentConfigurationError(
+                    line: fields.line("BindLocalSocket"), "BindLocalSocket (Unix sockets) is not supported yet")
+            }
+            guard let port = try fields.int("BindPort") else { return nil }
+            guard (1...65535).contains(port) else {
+                throw AgentConfigurationError(line: fields.line("BindPort"), "BindPort \(port) is not 1-65535")
+            }
+            let address = try fields.string("BindAddress") ?? defaultBindAddress ?? "127.0.0.1"
+            return LocalBinding(
+                bindAddress: address == "localhost" ? "127.0.0.1" : address, port: port,
+                portName: try fields.string("PortName"))
+        }
+        if let single = try binding(fields) { bindings.append(single) }
+        for entry in try fields.sequence("Bindings") {
+            let bindingFields = try Fields(entry, allowed: localBindingKeys, what: "a LocalForward binding")
+            guard let parsed = try binding(bindingFields) else {
+                throw AgentConfigurationError(line: bindingFields.line, "a LocalForward binding needs BindPort")
+            }
+            bindings.append(parsed)
+        }
+        guard !bindings.isEmpty else {
+            throw AgentConfigurationError(
+                line: fields.line, "LocalForward '\(relayName)' has no BindPort and no Bindings")
+        }
+        return LocalForward(
+            relayName: relayName, bindings: bindings, connectionString: try fields.string("ConnectionString"),
+            noAuthentication: try fields.bool("NoAuthentication") ?? false)
+    }
+
+    private static func parseRemote(_ node: Node) throws(AgentConfigurationError) -> RemoteForward {
+        let fields = try Fields(node, allowed: remoteKeys, what: "a RemoteForward entry")
+        let relayName = try fields.relayName()
+        var bindings: [RemoteBinding] = []
+        func binding(_ fields: Fields) throws(AgentConfigurationError) -> RemoteBinding? {
+            for unsupported in ["LocalSocket", "Http"] where fields.has(unsupported) {
+                throw AgentConfigurationError(
+                    line: fields.line(unsupported), "\(unsupported) forwarding is not supported yet")
+            }
+            guard let port = try fields.int("HostPort") else { return nil }
+            guard (1...65535).contains(port) else {
+                throw AgentConfigurationError(
+                    line: fields.line("HostPort"), "HostPort \(port) is not 1-65535 (UDP is not supported yet)")
+            }
+            return RemoteBinding(
+                portName: try fields.string("PortName"), host: try fields.string("Host") ?? "localhost", port: port)
+        }
+        if let single = try binding(fields) { bindings.append(single) }
+        for entry in try fields.sequence("Bindings") {
+            let bindingFields = try Fields(entry, allowed: remoteBindingKeys, what: "a RemoteForward binding")
+            guard let parsed = try binding(bindingFields) else {
+                throw AgentConfigurationError(line: bindingFields.line, "a RemoteForward binding needs HostPort")
+            }
+            bindings.append(parsed)
+        }
+        guard !bindings.isEmpty else {
+            throw AgentConfigurationError(
+                line: fields.line, "RemoteForward '\(relayName)' has no HostPort and no Bindings")
+        }
+        let names = bindings.map(\.portName)
+        guard Set(names).count == names.count else {
+            throw AgentConfigurationError(line: fields.line, "RemoteForward '\(relayName)' names a port twice")
+        }
+        return RemoteForward(
+            relayName: relayName, bindings: bindings, connectionString: try fields.string("ConnectionString"))
+    }
+
+    private static func line(of error: YamlError) -> Int? {
+        switch error {
+        case .scanner(_, _, let mark, _), .parser(_, _, let mark, _): return mark.line
+        default: return nil
+        }
+    }
+
+    private static func problem(of error: YamlError) -> String {
+        switch error {
+        case .scanner(_, let problem, _, _), .parser(_, let problem, _, _): return problem
+        default: return "\(error)"
+        }
+    }
+}
+
+/// A YAML mapping whose keys are checked against an allowed set, with typed reads that name the line.
+private struct Fields {
+    let values: [String: Node]
+    let keyLines: [String: Int]
+    let line: Int?
+
+    init(_ node: Node, allowed: Set<String>, what: String) throws(AgentConfigurationError) {
+        line = node.mark?.line
+        guard let mapping = node.mapping else { throw AgentConfigurationError(line: line, "\(what) must be a mapping") }
+        var values: [String: Node] = [:]
+        var keyLines: [String: Int] = [:]
+        for (key, value) in mapping {
+            guard let name = key.string else {
+                throw AgentConfigurationError(line: key.mark?.line, "a key must be text")
+            }
+            guard allowed.contains(name) else {
+                throw AgentConfigurationError(line: key.mark?.line, "unknown key '\(name)' in \(what)")
+            }
+            values[name] = value
+            keyLines[name] = key.mark?.line
+        }
+        self.values = values
+        self.keyLines = keyLines
+    }
+
+    func has(_ key: String) -> Bool { values[key] != nil }
+
+    func line(_ key: String) -> Int? { keyLines[key] ?? line }
+
+    func string(_ key: String) throws(AgentConfigurationError) -> String? {
+        guard let node = values[key] else { return nil }
+        guard let scalar = node.scalar else {
+            throw AgentConfigurationError(line: line(key), "\(key) must be a single value")
+        }
+        return scalar.string
+    }
+
+    func int(_ key: String) throws(AgentConfigurationError) -> Int? {
+        guard let node = values[key] else { return nil }
+        guard let value = node.int else {
+            throw AgentConfigurationError(line: line(key), "\(key) must be a whole number")
+        }
+        return value
+    }
+
+    func bool(_ key: String) throws(AgentConfigurationError) -> Bool? {
+        guard let node = values[key] else { return nil }
+        guard let value = node.bool else {
+            throw AgentConfigurationError(line: line(key), "\(key) must be true or false")
+        }
+        return value
+    }
+
+    func sequence(_ key: String) throws(AgentConfigurationError) -> [Node] {
+        guard let node = values[key] else { return [] }
+        guard let sequence = node.sequence else {
+            throw AgentConfigurationError(line: line(key), "\(key) must be a list")
+        }
+        return Array(sequence)
+    }
+
+    func relayName() throws(AgentConfigurationError) -> String {
+        guard let name = try string("RelayName") else {
+            throw AgentConfigurationError(line: line, "RelayName is required")
+        }
+        guard ForwardSpec.isValidRelayName(name) else {
+            throw AgentConfigurationError(
+                line: line("RelayName"), "RelayName '\(name)' may only use A-Z a-z 0-9 / _ - .")
+        }
+        return name
+    }
+}

@@ -1,0 +1,157 @@
+import HybridConnections
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import RelayIO
+import Synchronization
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+
+/// The public side (azbridge `-L`): binds local TCP ports; every accepted connection opens its own
+/// sender WebSocket to the relay, sends the preamble, and pumps bytes.
+public final class ClientAgent: Sendable {
+    private let channels: [any Channel]
+    private let activeTunnels: TunnelCounter
+    private let logger: Logger
+
+    /// The bound addresses, in configuration order.
+    public var localAddresses: [SocketAddress] { channels.compactMap(\.localAddress) }
+
+    public var tunnelCount: Int { activeTunnels.current }
+
+    private init(channels: [any Channel], activeTunnels: TunnelCounter, logger: Logger) {
+        self.channels = channels
+        self.activeTunnels = activeTunnels
+        self.logger = logger
+    }
+
+    public static func start(
+        forwards: [(LocalForward, RelayAccess)], tlsContext: NIOSSLContext?, group: any EventLoopGroup, logger: Logger
+    ) async throws -> ClientAgent {
+        let counter = TunnelCounter()
+        var channels: [any Channel] = []
+        do {
+            for (forward, access) in forwards {
+                for binding in forward.bindings {
+                    let channel = try await ServerBootstrap(group: group)
+                        .serverChannelOption(.backlog, value: 1024)
+                        .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                        .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                        .childChannelOption(.allowRemoteHalfClosure, value: true)
+                        .childChannelOption(.writeBufferWaterMark, value: .init(low: 64 * 1024, high: 256 * 1024))
+                        .childChannelOption(
+                            .recvAllocator,
+                            value: AdaptiveRecvByteBufferAllocator(
+                                minimum: 1024, initial: 64 * 1024, maximum: 256 * 1024)
+                        )
+                        .childChannelInitializer { channel in
+                            channel.eventLoop.makeCompletedFuture {
+                                let tcp = TunnelTCPHandler()
+                                try channel.pipeline.syncOperations.addHandler(tcp)
+                                openSender(
+                                    for: channel, tcp: NIOLoopBound(tcp, eventLoop: channel.eventLoop),
+                                    forward: forward,
+                                    binding: binding, access: access, tlsContext: tlsContext, counter: counter,
+                                    logger: logger)
+                            }
+                        }
+                        .bind(host: binding.bindAddress, port: binding.port)
+                        .get()
+                    logger.info(
+                        "client port bound",
+                        metadata: [
+                            "bind": "\(channel.localAddress.map { "\($0)" } ?? "?")",
+                            "relay_name": "\(forward.relayName)",
+                            "port_name": "\(binding.portName)", "relay": "\(access.base)",
+                        ])
+                    channels.append(channel)
+                }
+            }
+        } catch {
+            for channel in channels { try? await channel.close() }
+            throw error
+        }
+        return ClientAgent(channels: channels, activeTunnels: counter, logger: logger)
+    }
+
+    /// Stops accepting, then waits up to `grace` for open tunnels to finish.
+    public func shutdown(grace: Duration) async {
+        for channel in channels { try? await channel.close() }
+        let deadline = ContinuousClock.now + grace
+        while tunnelCount > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        logger.info("client stopped", metadata: ["open_tunnels": "\(tunnelCount)"])
+    }
+}
+
+/// Open tunnels, shared by every connection of an agent.
+final class TunnelCounter: Sendable {
+    private let value = Atomic<Int>(0)
+
+    var current: Int { value.load(ordering: .relaxed) }
+
+    func opened() { value.add(1, ordering: .relaxed) }
+
+    func closed() { value.subtract(1, ordering: .relaxed) }
+}
+
+extension ClientAgent {
+    /// Opens the sender WebSocket for one accepted TCP connection, on that connection's event loop, so
+    /// the two sides of the tunnel call each other directly.
+    static func openSender(
+        for channel: any Channel, tcp: NIOLoopBound<TunnelTCPHandler>, forward: LocalForward, binding: LocalBinding,
+        access: RelayAccess, tlsContext: NIOSSLContext?, counter: TunnelCounter, logger: Logger
+    ) {
+        var logger = logger
+        logger[metadataKey: "relay_name"] = "\(forward.relayName)"
+        logger[metadataKey: "port_name"] = "\(binding.portName)"
+        logger[metadataKey: "peer"] = "\(channel.remoteAddress.map { "\($0)" } ?? "?")"
+        counter.opened()
+        let (headers, _) = access.headers(relayName: forward.relayName)
+        let url = access.url(
+            relayName: forward.relayName, query: "sb-hc-action=connect&sb-hc-id=\(UUID().uuidString.lowercased())")
+        let started = ContinuousClock.now
+        let tunnelLogger = logger
+        WebSocketClient.connect(
+            to: url, headers: headers, tlsContext: tlsContext, group: channel.eventLoop, maxFrameSize: 16 << 20
+        ) { webSocket in
+            let handler = TunnelWebSocketHandler(role: .sender(portName: binding.portName), tcp: tcp.value) { summary in
+                counter.closed()
+                tunnelLogger.info(
+                    "tunnel closed",
+                    metadata: [
+                        "bytes_up": "\(summary.bytesToRelay)", "bytes_down": "\(summary.bytesFromRelay)",
+                        "duration_ms": "\((ContinuousClock.now - started).milliseconds)",
+                        "cause": "\(summary.closeCause)",
+                    ])
+            }
+            try webSocket.pipeline.syncOperations.addHandler(handler)
+        }.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(.upgraded):
+                logger.debug(
+                    "sender connected", metadata: ["connect_ms": "\((ContinuousClock.now - started).milliseconds)"])
+            case .success(.rejected(let status, let reason, _)):
+                counter.closed()
+                logger.warning(
+                    "sender refused by relay, closing local connection",
+                    metadata: ["status": "\(status)", "cause": "\(reason)"])
+                tcp.value.close()
+            case .failure(let error):
+                counter.closed()
+                logger.warning("cannot reach relay, closing local connection", metadata: ["cause": "\(error)"])
+                tcp.value.close()
+            }
+        }
+    }
+}
+
+extension Duration {
+    var milliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
+}

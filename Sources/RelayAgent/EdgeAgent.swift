@@ -1,0 +1,394 @@
+import HybridConnections
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import NIOWebSocket
+import RelayIO
+import Synchronization
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+
+/// The firewalled side (azbridge `-T`): holds one listener control channel per relay name, and on
+/// each `accept` opens the rendezvous, reads the preamble and dials the configured target.
+public final class EdgeAgent: Sendable {
+    private let listeners: [ListenerLoop]
+    private let counter: TunnelCounter
+    private let logger: Logger
+
+    private init(listeners: [ListenerLoop], counter: TunnelCounter, logger: Logger) {
+        self.listeners = listeners
+        self.counter = counter
+        self.logger = logger
+    }
+
+    public static func start(
+        forwards: [(RemoteForward, RelayAccess)], keepAliveInterval: Double, tlsContext: NIOSSLContext?,
+        group: any EventLoopGroup, logger: Logger
+    ) -> EdgeAgent {
+        let counter = TunnelCounter()
+        let listeners = forwards.map { forward, access in
+            ListenerLoop(
+                forward: forward, access: access, keepAliveInterval: keepAliveInterval, tlsContext: tlsContext,
+                group: group,
+                counter: counter, logger: logger)
+        }
+        for listener in listeners { listener.start() }
+        return EdgeAgent(listeners: listeners, counter: counter, logger: logger)
+    }
+
+    /// True once every listener control channel is online.
+    public var allOnline: Bool { listeners.allSatisfy(\.isOnline) }
+
+    public var tunnelCount: Int { counter.current }
+
+    /// Waits until every listener is online or `timeout` passes; returns whether they all are.
+    public func waitUntilOnline(timeout: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while !allOnline && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return allOnline
+    }
+
+    /// Closes the control channels (no new tunnels), then waits up to `grace` for open tunnels.
+    public func shutdown(grace: Duration) async {
+        for listener in listeners { await listener.stop() }
+        let deadline = ContinuousClock.now + grace
+        while counter.current > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        logger.info("edge stopped", metadata: ["open_tunnels": "\(counter.current)"])
+    }
+}
+
+/// One listener control channel, reconnected with backoff for as long as the agent runs.
+final class ListenerLoop: Sendable {
+    private struct State {
+        var stopped = false
+        var online = false
+        var channel: (any Channel)?
+        var task: Task<Void, Never>?
+    }
+
+    let forward: RemoteForward
+    let access: RelayAccess
+    let keepAliveInterval: Double
+    let tlsContext: NIOSSLContext?
+    let group: any EventLoopGroup
+    let counter: TunnelCounter
+    let logger: Logger
+    private let state = Mutex(State())
+
+    init(
+        forward: RemoteForward, access: RelayAccess, keepAliveInterval: Double, tlsContext: NIOSSLContext?,
+        group: any EventLoopGroup, counter: TunnelCounter, logger: Logger
+    ) {
+        self.forward = forward
+        self.access = access
+        self.keepAliveInterval = keepAliveInterval
+        self.tlsContext = tlsContext
+        self.group = group
+        self.counter = counter
+        var logger = logger
+        logger[metadataKey: "relay_name"] = "\(forward.relayName)"
+        self.logger = logger
+    }
+
+    var isOnline: Bool { state.withLock { $0.online } }
+
+    func start() {
+        let task = Task { await self.run() }
+        state.withLock { $0.task = task }
+    }
+
+    func stop() async {
+        let (channel, task) = state.withLock { state in
+            state.stopped = true
+            return (state.channel, state.task)
+        }
+        try? await channel?.close()
+        task?.cancel()
+        await task?.value
+    }
+
+    private func run() async {
+        var backoff = ReconnectBackoff()
+        var generator = SystemRandomNumberGenerator()
+        var attempt = 0
+        while !state.withLock({ $0.stopped }) {
+            attempt += 1
+            let listenerId = UUID().uuidString.lowercased()
+            let (headers, expiry) = access.headers(relayName: forward.relayName)
+            let url = access.url(relayName: forward.relayName, query: "sb-hc-action=listen&sb-hc-id=\(listenerId)")
+            do {
+                let result = try await WebSocketClient.connect(
+                    to: url, headers: headers, tlsContext: tlsContext, group: group, maxFrameSize: 1 << 20,
+                    connectTimeout: .seconds(10)
+                ) { [self] channel in
+                    try channel.pipeline.syncOperations.addHandler(
+                        EdgeControlHandler(listener: self, tokenExpiry: expiry, logger: logger))
+                }.get()
+                switch result {
+                case .upgraded(let channel, _):
+                    let stopped = state.withLock { state in
+                        state.channel = channel
+                        state.online = true
+                        return state.stopped
+                    }
+                    if stopped { try? await channel.close() }
+                    backoff.reset()
+                    logger.info(
+                        attempt == 1 ? "listener online" : "listener reconnected",
+                        metadata: ["listener_id": "\(listenerId)", "relay": "\(access.base)", "attempt": "\(attempt)"])
+                    attempt = 0
+                    try? await channel.closeFuture.get()
+                    state.withLock { state in
+                        state.online = false
+                        state.channel = nil
+                    }
+                    if !state.withLock({ $0.stopped }) {
+                        logger.warning("listener offline, reconnecting", metadata: ["cause": "control channel closed"])
+                    }
+                case .rejected(let status, let reason, _):
+                    logger.error(
+                        "listener refused by relay",
+                        metadata: ["status": "\(status)", "cause": "\(reason)", "attempt": "\(attempt)"])
+                }
+            } catch {
+                logger.warning("cannot reach relay", metadata: ["cause": "\(error)", "attempt": "\(attempt)"])
+            }
+            guard !state.withLock({ $0.stopped }) else { break }
+            let delay = backoff.nextDelay(using: &generator)
+            try? await Task.sleep(for: .milliseconds(Int(delay * 1000)))
+        }
+    }
+
+    /// The relay asks us to accept a sender: open the rendezvous and let the preamble pick the target.
+    func accept(_ command: AcceptCommand) {
+        guard let url = WebSocketURL(command.address) else {
+            logger.warning("accept with an unusable address", metadata: ["address": "\(command.address)"])
+            return
+        }
+        let subprotocols =
+            command.connectHeaders.first { $0.key.lowercased() == "sec-websocket-protocol" }
+            .map { [String($0.value.split(separator: ",")[0]).trimmingWhitespace()] } ?? []
+        var logger = logger
+        logger[metadataKey: "tunnel_id"] = "\(command.id)"
+        counter.opened()
+        let started = ContinuousClock.now
+        let forward = self.forward
+        let counter = self.counter
+        let tunnelLogger = logger
+        WebSocketClient.connect(
+            to: url, subprotocols: subprotocols, tlsContext: tlsContext, group: group, maxFrameSize: 16 << 20
+        ) { channel in
+            let handler = TunnelWebSocketHandler(
+                role: .listener(dial: { portName, handler in
+                    Self.dial(portName: portName, forward: forward, handler: handler, logger: tunnelLogger)
+                }), tcp: nil
+            ) { summary in
+                counter.closed()
+                tunnelLogger.info(
+                    "tunnel closed",
+                    metadata: [
+                        "bytes_up": "\(summary.bytesFromRelay)", "bytes_down": "\(summary.bytesToRelay)",
+                        "duration_ms": "\((ContinuousClock.now - started).milliseconds)",
+                        "cause": "\(summary.closeCause)",
+                    ])
+            }
+            try channel.pipeline.syncOperations.addHandler(handler)
+        }.whenComplete { result in
+            switch result {
+            case .success(.upgraded): break
+            case .success(.rejected(let status, let reason, _)):
+                counter.closed()
+                tunnelLogger.warning("rendezvous refused", metadata: ["status": "\(status)", "cause": "\(reason)"])
+            case .failure(let error):
+                counter.closed()
+                tunnelLogger.warning("rendezvous failed", metadata: ["cause": "\(error)"])
+            }
+        }
+    }
+
+    /// Dials the target configured for `portName`, and nothing else.
+    static func dial(portName: String, forward: RemoteForward, handler: TunnelWebSocketHandler, logger: Logger) {
+        guard let binding = forward.binding(forPortName: portName), let eventLoop = handler.context?.eventLoop else {
+            let known = forward.bindings.map(\.portName).joined(separator: ", ")
+            logger.warning("unknown port name", metadata: ["port_name": "\(portName)", "known": "\(known)"])
+            handler.fail(code: 1008, cause: "unknown port name '\(portName)'")
+            return
+        }
+        let tcp = TunnelTCPHandler()
+        let boundTCP = NIOLoopBound(tcp, eventLoop: eventLoop)
+        let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
+        let started = ContinuousClock.now
+        ClientBootstrap(group: eventLoop)
+            .connectTimeout(.seconds(10))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.writeBufferWaterMark, value: .init(low: 64 * 1024, high: 256 * 1024))
+            .channelOption(
+                .recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 * 1024, maximum: 256 * 1024)
+            )
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(boundTCP.value)
+                }
+            }
+            .connect(host: binding.host, port: binding.port)
+            .whenComplete { result in
+                switch result {
+                case .success:
+                    logger.debug(
+                        "target dialled",
+                        metadata: [
+                            "target": "\(binding.host):\(binding.port)",
+                            "dial_ms": "\((ContinuousClock.now - started).milliseconds)",
+                        ])
+                    boundHandler.value.dialSucceeded(tcp: boundTCP.value)
+                case .failure(let error):
+                    logger.warning(
+                        "target dial failed",
+                        metadata: ["target": "\(binding.host):\(binding.port)", "cause": "\(error)"])
+                    boundHandler.value.fail(code: 1011, cause: "dial \(binding.host):\(binding.port) failed: \(error)")
+                }
+            }
+    }
+}
+
+/// The agent's side of a listener control channel: takes `accept` messages, keeps the channel alive
+/// with pings, notices a dead channel, and renews the token before it expires.
+final class EdgeControlHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private let listener: ListenerLoop
+    private var tokenExpiry: Int64?
+    private let logger: Logger
+    private var context: ChannelHandlerContext?
+    private var unansweredPings = 0
+    private var keepAliveTask: Scheduled<Void>?
+    private var renewTask: Scheduled<Void>?
+
+    init(listener: ListenerLoop, tokenExpiry: Int64?, logger: Logger) {
+        self.listener = listener
+        self.tokenExpiry = tokenExpiry
+        self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        scheduleKeepAlive()
+        scheduleRenewal()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        keepAliveTask?.cancel()
+        renewTask?.cancel()
+        self.context = nil
+    }
+
+    private func send(_ opcode: WebSocketOpcode, _ data: ByteBuffer) {
+        context?.writeAndFlush(
+            wrapOutboundOut(WebSocketFrame(fin: true, opcode: opcode, maskKey: .random(), data: data)), promise: nil)
+    }
+
+    private func scheduleKeepAlive() {
+        keepAliveTask = context?.eventLoop.assumeIsolated().scheduleTask(
+            in: .fractionalSeconds(listener.keepAliveInterval)
+        ) {
+            [weak self] in
+            guard let self, let context = self.context else { return }
+            if self.unansweredPings >= 2 {
+                self.logger.warning(
+                    "control channel dead: no pong", metadata: ["unanswered_pings": "\(self.unansweredPings)"])
+                context.close(promise: nil)
+                return
+            }
+            self.unansweredPings += 1
+            self.send(.ping, ByteBuffer())
+            self.scheduleKeepAlive()
+        }
+    }
+
+    /// Renews at four fifths of the token's life, well before the relay's grace runs out.
+    private func scheduleRenewal() {
+        guard let tokenExpiry, let context else { return }
+        let now = Int64(Date().timeIntervalSince1970)
+        let delay = max(1, (tokenExpiry - now) * 4 / 5)
+        renewTask = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(delay)) { [weak self] in
+            guard let self else { return }
+            let now = Int64(Date().timeIntervalSince1970)
+            guard let (token, expiry) = self.listener.access.token(relayName: self.listener.forward.relayName, now: now)
+            else { return }
+            self.tokenExpiry = expiry
+            self.send(.text, ByteBuffer(string: ControlMessage.renewToken(RenewTokenCommand(token: token)).encoded()))
+            self.logger.info("token renewed", metadata: ["expiry": "\(expiry.map(String.init) ?? "none")"])
+            self.scheduleRenewal()
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data).unmasked(allocator: context.channel.allocator)
+        unansweredPings = 0
+        switch frame.opcode {
+        case .ping:
+            send(.pong, frame.data)
+        case .pong:
+            break
+        case .connectionClose:
+            var data = frame.data
+            let code = data.readInteger(as: UInt16.self)
+            let reason = data.readString(length: data.readableBytes) ?? ""
+            logger.warning(
+                "relay closed the control channel",
+                metadata: ["code": "\(code.map(String.init) ?? "-")", "cause": "\(reason)"])
+            context.writeAndFlush(
+                wrapOutboundOut(
+                    WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: frame.data))
+            )
+            .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        case .text where frame.fin:
+            do {
+                switch try ControlMessage(decoding: frame.data.readableBytesView) {
+                case .accept(let accept):
+                    listener.accept(accept)
+                case .request(let request):
+                    answerHTTPNotConfigured(request)
+                case .response, .renewToken:
+                    logger.warning("ignored control message the relay should not send")
+                }
+            } catch {
+                logger.warning("ignored control message: \(error)")
+            }
+        default:
+            logger.warning("ignored unexpected frame on the control channel", metadata: ["opcode": "\(frame.opcode)"])
+        }
+    }
+
+    /// This edge forwards TCP; HTTP-mode requests get 501 as from an SDK listener without a handler.
+    private func answerHTTPNotConfigured(_ request: RequestCommand) {
+        let response = ResponseCommand(
+            requestId: request.id, statusCode: 501,
+            statusDescription: "RequestHandler has not been configured on this edge")
+        if request.method != nil {
+            send(.text, ByteBuffer(string: ControlMessage.response(response).encoded()))
+        }
+        logger.warning(
+            "HTTP request refused: this edge has no HTTP forwarding", metadata: ["request_id": "\(request.id)"])
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.warning("control channel error", metadata: ["cause": "\(error)"])
+        context.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension EdgeControlHandler: Sendable {}

@@ -1,0 +1,173 @@
+/// A local port the client agent binds; each accepted connection becomes a sender to `relayName`.
+public struct LocalBinding: Equatable, Sendable {
+    public var bindAddress: String
+    public var port: Int
+    /// Named in the preamble; azbridge's default is the port number as text.
+    public var portName: String
+
+    public init(bindAddress: String = "127.0.0.1", port: Int, portName: String? = nil) {
+        self.bindAddress = bindAddress
+        self.port = port
+        self.portName = portName ?? String(port)
+    }
+}
+
+/// What the edge agent dials for a port name.
+public struct RemoteBinding: Equatable, Sendable {
+    public var portName: String
+    public var host: String
+    public var port: Int
+
+    public init(portName: String? = nil, host: String = "localhost", port: Int) {
+        self.portName = portName ?? String(port)
+        self.host = host
+        self.port = port
+    }
+}
+
+/// `-L` / `LocalForward`: the public side of one hybrid connection.
+public struct LocalForward: Equatable, Sendable {
+    public var relayName: String
+    public var bindings: [LocalBinding]
+    public var connectionString: String?
+    /// Connect with no token (the entity must allow anonymous senders).
+    public var noAuthentication: Bool
+
+    public init(
+        relayName: String, bindings: [LocalBinding], connectionString: String? = nil, noAuthentication: Bool = false
+    ) {
+        self.relayName = relayName
+        self.bindings = bindings
+        self.connectionString = connectionString
+        self.noAuthentication = noAuthentication
+    }
+}
+
+/// `-T` / `RemoteForward`: the firewalled side of one hybrid connection.
+public struct RemoteForward: Equatable, Sendable {
+    public var relayName: String
+    public var bindings: [RemoteBinding]
+    public var connectionString: String?
+
+    public init(relayName: String, bindings: [RemoteBinding], connectionString: String? = nil) {
+        self.relayName = relayName
+        self.bindings = bindings
+        self.connectionString = connectionString
+    }
+
+    /// The binding for a preamble port name. As in azbridge, a single binding with a numeric name
+    /// takes any port name.
+    public func binding(forPortName name: String) -> RemoteBinding? {
+        if let exact = bindings.first(where: { $0.portName == name }) { return exact }
+        if bindings.count == 1, Int(bindings[0].portName) != nil { return bindings[0] }
+        return nil
+    }
+}
+
+public struct ForwardSpecError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var description: String
+
+    public init(_ description: String) { self.description = description }
+}
+
+public enum ForwardSpec {
+    /// Relay names as azbridge allows them: `^[0-9A-Za-z/_\-\.]+$`.
+    public static func isValidRelayName(_ name: String) -> Bool {
+        !name.isEmpty && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "/_-.".contains($0)) }
+    }
+
+    static func port(_ text: Substring, in spec: String) throws(ForwardSpecError) -> Int {
+        if text.hasSuffix("U") || text.hasSuffix("u") {
+            throw ForwardSpecError("'\(spec)': UDP ports (\(text)) are not supported yet")
+        }
+        guard let port = Int(text), (1...65535).contains(port) else {
+            throw ForwardSpecError(
+                "'\(spec)': '\(text)' is not a port number (1-65535); Unix sockets are not supported yet")
+        }
+        return port
+    }
+
+    /// `-L [bind_address:]port[/port_name]{;...}:relay_name`; the relay name follows the last `:`.
+    public static func parseLocal(_ spec: String) throws(ForwardSpecError) -> LocalForward {
+        guard let colon = spec.lastIndex(of: ":") else {
+            throw ForwardSpecError("'\(spec)': expected [bind_address:]port[/port_name]{;...}:relay_name")
+        }
+        let relayName = String(spec[spec.index(after: colon)...])
+        guard isValidRelayName(relayName) else {
+            throw ForwardSpecError("'\(spec)': invalid relay name '\(relayName)'")
+        }
+        var bindings: [LocalBinding] = []
+        for part in spec[..<colon].split(separator: ";", omittingEmptySubsequences: false) {
+            var rest = part
+            var portName: String?
+            if let slash = rest.lastIndex(of: "/") {
+                portName = String(rest[rest.index(after: slash)...])
+                rest = rest[..<slash]
+                guard !(portName ?? "").isEmpty else { throw ForwardSpecError("'\(spec)': empty port name") }
+            }
+            var address = "127.0.0.1"
+            var portText = rest
+            if let separator = rest.lastIndex(of: ":") {
+                address = String(rest[..<separator])
+                portText = rest[rest.index(after: separator)...]
+                if address.hasPrefix("[") && address.hasSuffix("]") { address = String(address.dropFirst().dropLast()) }
+                if address == "localhost" { address = "127.0.0.1" }
+                guard !address.isEmpty else { throw ForwardSpecError("'\(spec)': empty bind address") }
+            }
+            bindings.append(LocalBinding(bindAddress: address, port: try port(portText, in: spec), portName: portName))
+        }
+        return LocalForward(relayName: relayName, bindings: bindings)
+    }
+
+    /// `-T relay_name:[port_name/]host:port{;...}` or `relay_name:[port_name/]port`; the relay name
+    /// precedes the first `:`.
+    public static func parseRemote(_ spec: String) throws(ForwardSpecError) -> RemoteForward {
+        guard let colon = spec.firstIndex(of: ":") else {
+            throw ForwardSpecError("'\(spec)': expected relay_name:[port_name/]host:port{;...}")
+        }
+        let relayName = String(spec[..<colon])
+        guard isValidRelayName(relayName) else {
+            throw ForwardSpecError("'\(spec)': invalid relay name '\(relayName)'")
+        }
+        var bindings: [RemoteBinding] = []
+        for part in spec[spec.index(after: colon)...].split(separator: ";", omittingEmptySubsequences: false) {
+            var rest = part
+            var portName: String?
+            if let slash = rest.firstIndex(of: "/") {
+                portName = String(rest[..<slash])
+                rest = rest[rest.index(after: slash)...]
+                guard !(portName ?? "").isEmpty else { throw ForwardSpecError("'\(spec)': empty port name") }
+            }
+            var host = "localhost"
+            var portText = rest
+            if let separator = rest.lastIndex(of: ":") {
+                host = String(rest[..<separator])
+                portText = rest[rest.index(after: separator)...]
+                if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+                guard !host.isEmpty else { throw ForwardSpecError("'\(spec)': empty host") }
+            }
+            bindings.append(RemoteBinding(portName: portName, host: host, port: try port(portText, in: spec)))
+        }
+        let names = bindings.map(\.portName)
+        guard Set(names).count == names.count else { throw ForwardSpecError("'\(spec)': a port name appears twice") }
+        return RemoteForward(relayName: relayName, bindings: bindings)
+    }
+}
+
+/// The reconnect schedule of the .NET listener: 0, 1, 2, 5, 10, 30, 30, … seconds, plus up to 20 %
+/// jitter so a fleet does not reconnect in step.
+public struct ReconnectBackoff: Sendable {
+    public static let schedule: [Double] = [0, 1, 2, 5, 10, 30]
+    private(set) var attempt = 0
+
+    public init() {}
+
+    public mutating func nextDelay(using generator: inout some RandomNumberGenerator) -> Double {
+        let base = Self.schedule[min(attempt, Self.schedule.count - 1)]
+        attempt += 1
+        return base + base * Double.random(in: 0...0.2, using: &generator)
+    }
+
+    /// Called once the channel is online again.
+    public mutating func reset() { attempt = 0 }
+}

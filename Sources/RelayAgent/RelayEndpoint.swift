@@ -1,0 +1,93 @@
+import HybridConnections
+import NIOHTTP1
+import RelayIO
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+
+/// Where the relay is and how to prove the right to use it, for one relay name.
+public struct RelayAccess: Sendable, Equatable {
+    /// The relay's base URL (`ws://host:port` or `wss://host[:port]`).
+    public var base: WebSocketURL
+    public var keyName: String?
+    public var key: String?
+    /// A pre-made token (`-s`): used as it is and never renewed.
+    public var signature: String?
+    public var noAuthentication = false
+
+    /// How long tokens this agent makes are valid.
+    public static let tokenLifetime: Int64 = 3600
+
+    public init(base: WebSocketURL, keyName: String? = nil, key: String? = nil, signature: String? = nil) {
+        self.base = base
+        self.keyName = keyName
+        self.key = key
+        self.signature = signature
+    }
+
+    /// Resolves endpoint and credentials as azbridge does: the entry's connection string, else the
+    /// global one, then `-e`/`-K`/`-k`/`-s` values override.
+    public static func resolve(
+        configuration: AgentConfiguration, entryConnectionString: String?, relayName: String
+    ) throws(AgentConfigurationError) -> RelayAccess {
+        var endpoint = configuration.endpoint
+        var keyName = configuration.sharedAccessKeyName
+        var key = configuration.sharedAccessKey
+        var signature = configuration.sharedAccessSignature
+        if let text = entryConnectionString ?? configuration.connectionString {
+            let parsed: RelayConnectionString
+            do {
+                parsed = try RelayConnectionString(parsing: text)
+            } catch {
+                throw AgentConfigurationError(line: nil, "connection string: \(error.description)")
+            }
+            if let entityPath = parsed.entityPath, entityPath.lowercased() != relayName.lowercased() {
+                throw AgentConfigurationError(
+                    line: nil,
+                    "the connection string's EntityPath '\(entityPath)' does not allow relay name '\(relayName)'")
+            }
+            endpoint = configuration.endpoint ?? parsed.endpoint
+            keyName = configuration.sharedAccessKeyName ?? parsed.sharedAccessKeyName
+            key = configuration.sharedAccessKey ?? parsed.sharedAccessKey
+            signature = configuration.sharedAccessSignature ?? parsed.sharedAccessSignature
+        }
+        guard let endpoint else {
+            throw AgentConfigurationError(line: nil, "no relay endpoint: give -e, -x or AzureRelayEndpoint")
+        }
+        guard let url = WebSocketURL(endpoint) else {
+            throw AgentConfigurationError(line: nil, "endpoint '\(endpoint)' is not an sb://, ws:// or wss:// URL")
+        }
+        guard (keyName == nil) == (key == nil) else {
+            throw AgentConfigurationError(
+                line: nil, "a SAS key name needs a key and a key needs a key name (-K and -k)")
+        }
+        let base = WebSocketURL(secure: url.secure, host: url.host, port: url.port, target: "")
+        return RelayAccess(base: base, keyName: keyName, key: key, signature: signature)
+    }
+
+    /// The token for `relayName`, or nil when none is configured. Audience as the .NET SDK forms it.
+    public func token(relayName: String, now: Int64) -> (token: String, expiry: Int64?)? {
+        if noAuthentication { return nil }
+        if let signature { return (signature, nil) }
+        guard let keyName, let key else { return nil }
+        let expiry = now + Self.tokenLifetime
+        let resource = "http://\(base.host)/\(relayName)/"
+        return (SharedAccessSignature.make(resource: resource, keyName: keyName, key: key, expiry: expiry), expiry)
+    }
+
+    func url(relayName: String, query: String) -> WebSocketURL {
+        var url = base
+        url.target = "/$hc/\(relayName)?\(query)"
+        return url
+    }
+
+    func headers(relayName: String) -> (HTTPHeaders, Int64?) {
+        var headers = HTTPHeaders()
+        let token = token(relayName: relayName, now: Int64(Date().timeIntervalSince1970))
+        if let token { headers.add(name: "ServiceBusAuthorization", value: token.token) }
+        return (headers, token?.expiry)
+    }
+}

@@ -1,0 +1,378 @@
+import HybridConnections
+import Logging
+import NIOCore
+import NIOWebSocket
+import RelayIO
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+
+/// What one tunnelled connection moved, and why it ended.
+public struct TunnelSummary: Sendable, Equatable {
+    /// Bytes from the local TCP peer toward the relay.
+    public var bytesToRelay = 0
+    /// Bytes from the relay toward the local TCP peer.
+    public var bytesFromRelay = 0
+    public var closeCause = "closed"
+}
+
+/// The WebSocket side of an agent tunnel: the preamble exchange, then payload frames to and from the
+/// TCP side, which lives on the same event loop. Outbound frames are masked word-wise (both agents are
+/// WebSocket clients).
+///
+/// Back-pressure: each side withholds `read()` while the other side's channel is not writable.
+/// Half-close: TCP EOF becomes `Close(1000, "Shutdown")`; a Close from the relay shuts the TCP output
+/// down; the other direction keeps flowing until it ends too.
+final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    enum Role {
+        /// Sends the preamble for `portName` and waits for the answer (client agent).
+        case sender(portName: String)
+        /// Reads the preamble and asks `dial` to connect the named port (edge agent).
+        case listener(dial: (_ portName: String, _ handler: TunnelWebSocketHandler) -> Void)
+    }
+
+    private enum Phase {
+        case awaitingReply(PreambleResponseParser)
+        case awaitingRequest(PreambleRequestParser)
+        case dialing(leftover: [UInt8])
+        case pumping
+    }
+
+    private let role: Role
+    private var phase: Phase
+    private(set) var context: ChannelHandlerContext?
+    private var tcp: TunnelTCPHandler?
+    private var readPending = false
+    private var receivedClose = false
+    private(set) var sentClose = false
+    private var summary = TunnelSummary()
+    private var finished = false
+    private let onFinished: (TunnelSummary) -> Void
+
+    init(role: Role, tcp: TunnelTCPHandler?, onFinished: @escaping (TunnelSummary) -> Void) {
+        self.role = role
+        self.tcp = tcp
+        self.onFinished = onFinished
+        switch role {
+        case .sender: phase = .awaitingReply(PreambleResponseParser())
+        case .listener: phase = .awaitingRequest(PreambleRequestParser())
+        }
+    }
+
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        tcp?.attach(self)
+        if let tcp, !tcp.isActive {
+            summary.closeCause = "the local connection closed before the tunnel opened"
+            context.close(promise: nil)
+            return
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case WebSocketUpgradeEvent.completed = event, case .sender(let portName) = role {
+            let (header, name) = Preamble.request(portName: portName)
+            sendFrame(.binary, ByteBuffer(bytes: header))
+            sendFrame(.binary, ByteBuffer(bytes: name))
+            context.flush()
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    private func sendFrame(_ opcode: WebSocketOpcode, _ data: ByteBuffer) {
+        context?.write(
+            wrapOutboundOut(WebSocketFrame(fin: true, opcode: opcode, maskKey: .random(), data: data)), promise: nil)
+    }
+
+    // MARK: From the relay
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch frame.opcode {
+        case .ping:
+            sendFrame(.pong, frame.unmasked(allocator: context.channel.allocator).data)
+            context.flush()
+        case .pong:
+            break
+        case .connectionClose:
+            closeReceived(frame.unmasked(allocator: context.channel.allocator).data)
+        default:
+            guard !receivedClose else { return }
+            payloadReceived(frame.unmasked(allocator: context.channel.allocator).data)
+        }
+    }
+
+    private func payloadReceived(_ data: ByteBuffer) {
+        switch phase {
+        case .pumping:
+            summary.bytesFromRelay &+= data.readableBytes
+            tcp?.write(data)
+        case .awaitingReply(var parser):
+            switch parser.feed(data.readableBytesView) {
+            case .needMore:
+                phase = .awaitingReply(parser)
+            case .accepted(let leftover):
+                phase = .pumping
+                if !leftover.isEmpty {
+                    summary.bytesFromRelay += leftover.count
+                    tcp?.write(ByteBuffer(bytes: leftover))
+                }
+                tcp?.startReading()
+            case .refused(_, let reason):
+                fail(code: 1002, cause: "preamble refused: \(reason)")
+            }
+        case .awaitingRequest(var parser):
+            switch parser.feed(data.readableBytesView) {
+            case .needMore:
+                phase = .awaitingRequest(parser)
+            case .complete(let portName, .stream, let leftover):
+                phase = .dialing(leftover: leftover)
+                if case .listener(let dial) = role { dial(portName, self) }
+            case .complete(_, .datagram, _):
+                sendFrame(.binary, ByteBuffer(bytes: [0, 0, 255]))
+                fail(code: 1003, cause: "datagram (UDP) tunnels are not supported")
+            case .unsupportedVersion(let major):
+                sendFrame(.binary, ByteBuffer(bytes: Preamble.unsupportedVersion))
+                fail(code: 1002, cause: "unsupported preamble version \(major)")
+            case .invalid(let why):
+                fail(code: 1002, cause: "invalid preamble: \(why)")
+            }
+        case .dialing:
+            // The sender waits for the preamble answer before sending payload; anything else is a
+            // protocol error.
+            fail(code: 1002, cause: "payload arrived before the preamble was answered")
+        }
+    }
+
+    private func closeReceived(_ data: ByteBuffer) {
+        guard !receivedClose else { return }
+        receivedClose = true
+        var data = data
+        let code = data.readInteger(as: UInt16.self)
+        let reason = data.readString(length: data.readableBytes) ?? ""
+        if case .pumping = phase {
+            if summary.closeCause == "closed" { summary.closeCause = "remote close \(code.map(String.init) ?? "-")" }
+            tcp?.shutdownOutput()
+        } else {
+            let detail = reason.isEmpty ? "" : ": \(reason)"
+            summary.closeCause =
+                "closed by peer before the tunnel opened (\(code.map(String.init) ?? "no code")\(detail))"
+            tcp?.close()
+        }
+        if sentClose { context?.close(promise: nil) }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        tcp?.flush()
+        context.fireChannelReadComplete()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        switch phase {
+        case .dialing:
+            readPending = true
+        case .pumping where !(tcp?.isWritable ?? true):
+            readPending = true
+        default:
+            context.read()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { tcp?.resumeReading() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !receivedClose, summary.closeCause == "closed" { summary.closeCause = "relay connection lost" }
+        tcp?.close()
+        finish()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        summary.closeCause = "websocket error: \(error)"
+        context.close(promise: nil)
+    }
+
+    // MARK: From the TCP side
+
+    /// The dial for this tunnel succeeded: answer the preamble and start pumping.
+    func dialSucceeded(tcp: TunnelTCPHandler) {
+        guard case .dialing(let leftover) = phase, let context else {
+            tcp.close()
+            return
+        }
+        self.tcp = tcp
+        tcp.attach(self)
+        phase = .pumping
+        sendFrame(.binary, ByteBuffer(bytes: Preamble.accepted()))
+        context.flush()
+        if !leftover.isEmpty {
+            summary.bytesFromRelay += leftover.count
+            tcp.write(ByteBuffer(bytes: leftover))
+            tcp.flush()
+        }
+        tcp.startReading()
+        resumeReading()
+    }
+
+    /// The dial failed or the port name is unknown: tell the sender why, then close.
+    func fail(code: UInt16, cause: String) {
+        summary.closeCause = cause
+        sendClose(code: code, reason: cause)
+        tcp?.close()
+    }
+
+    func send(_ data: ByteBuffer) {
+        summary.bytesToRelay &+= data.readableBytes
+        sendFrame(.binary, data)
+    }
+
+    func flush() { context?.flush() }
+
+    func sendClose(code: UInt16, reason: String) {
+        guard let context, !sentClose else { return }
+        sentClose = true
+        var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
+        data.writeInteger(code)
+        data.writeString(String(reason.utf8.prefix(120)) ?? "")
+        sendFrame(.connectionClose, data)
+        context.flush()
+        if receivedClose {
+            context.close(promise: nil)
+        } else {
+            // The peer's Close reply ends it; a peer that never replies is cut off.
+            context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(30)) { [weak self] in
+                self?.context?.close(promise: nil)
+            }
+        }
+    }
+
+    /// TCP side became writable again.
+    func resumeReading() {
+        guard readPending, let context else { return }
+        readPending = false
+        context.read()
+    }
+
+    private func finish() {
+        guard !finished else { return }
+        finished = true
+        tcp = nil
+        onFinished(summary)
+    }
+}
+
+@available(*, unavailable)
+extension TunnelWebSocketHandler: Sendable {}
+
+/// The TCP side of an agent tunnel. Reads stay off until the preamble exchange is done.
+final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var context: ChannelHandlerContext?
+    private weak var webSocket: TunnelWebSocketHandler?
+    private var started = false
+    private var readPending = false
+    private var outputShut = false
+
+    init() {}
+
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    var isActive: Bool { context?.channel.isActive ?? false }
+
+    func attach(_ webSocket: TunnelWebSocketHandler) { self.webSocket = webSocket }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        webSocket?.send(unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        webSocket?.flush()
+        context.fireChannelReadComplete()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            webSocket?.sendClose(code: 1000, reason: "Shutdown")
+            if outputShut { context.close(promise: nil) }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if started && (webSocket?.isWritable ?? false) {
+            context.read()
+        } else {
+            readPending = true
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { webSocket?.resumeReading() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        webSocket?.sendClose(code: 1000, reason: "Shutdown")
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        webSocket?.sendClose(code: 1011, reason: "TCP error: \(error)")
+        context.close(promise: nil)
+    }
+
+    func startReading() {
+        started = true
+        resumeReading()
+    }
+
+    func resumeReading() {
+        guard readPending, started, let context else { return }
+        readPending = false
+        context.read()
+    }
+
+    func write(_ data: ByteBuffer) { context?.write(wrapOutboundOut(data), promise: nil) }
+
+    func flush() { context?.flush() }
+
+    /// The relay side closed: no more bytes toward the TCP peer.
+    func shutdownOutput() {
+        guard let context, !outputShut else { return }
+        outputShut = true
+        context.flush()
+        context.close(mode: .output, promise: nil)
+    }
+
+    func close() {
+        guard let context else { return }
+        context.flush()
+        context.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension TunnelTCPHandler: Sendable {}

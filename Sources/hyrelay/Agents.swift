@@ -1,0 +1,219 @@
+import ArgumentParser
+import HybridConnections
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import RelayAgent
+import RelayIO
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+
+/// Endpoint, credentials and config-file options shared by `client` and `edge`, named as azbridge
+/// names them.
+struct AgentOptions: ParsableArguments {
+    @Option(
+        name: .customShort("x"),
+        help: "Connection string: Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=…[;EntityPath=…]")
+    var connectionString: String?
+
+    @Option(
+        name: .customShort("e"),
+        help: "Relay endpoint: sb://HOST[:PORT]/ (wss), or ws://HOST:PORT / wss://HOST[:PORT] for a self-hosted relay.")
+    var endpoint: String?
+
+    @Option(name: .customShort("K"), help: "SAS key name.")
+    var keyName: String?
+
+    @Option(name: .customShort("k"), help: "SAS key.")
+    var key: String?
+
+    @Option(name: .customShort("s"), help: "A pre-made SAS token (never renewed).")
+    var signature: String?
+
+    @Option(name: .customShort("f"), help: "azbridge-style YAML configuration file (LocalForward / RemoteForward).")
+    var configFile: String?
+
+    @Option(name: .customLong("ca-file"), help: "PEM file of CA certificates to trust for wss (default: the system's).")
+    var caFile: String?
+
+    @Option(
+        name: .customShort("a"), help: "Seconds between keep-alive pings on listener control channels (default 30).")
+    var keepAlive: Double?
+
+    @Option(name: .customLong("grace"), help: "Seconds to let open tunnels finish on SIGTERM (default 10).")
+    var grace: Double = 10
+
+    @Option(
+        name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
+    var logLevel: LogLevelOption = .info
+
+    func loadConfiguration() throws -> AgentConfiguration {
+        var configuration = AgentConfiguration()
+        if let configFile {
+            let text: String
+            do {
+                text = try String(contentsOfFile: configFile, encoding: .utf8)
+            } catch {
+                throw ValidationError("cannot read -f '\(configFile)': \(error)")
+            }
+            do {
+                configuration = try AgentConfiguration.parse(yaml: text)
+            } catch {
+                throw ValidationError("\(configFile): \(error.description)")
+            }
+        }
+        if let connectionString { configuration.connectionString = connectionString }
+        if let endpoint { configuration.endpoint = endpoint }
+        if let keyName { configuration.sharedAccessKeyName = keyName }
+        if let key { configuration.sharedAccessKey = key }
+        if let signature { configuration.sharedAccessSignature = signature }
+        if let keepAlive {
+            guard keepAlive > 0 else { throw ValidationError("-a must be positive") }
+            configuration.keepAliveInterval = keepAlive
+        }
+        return configuration
+    }
+
+    func access(_ configuration: AgentConfiguration, entry: String?, relayName: String) throws -> RelayAccess {
+        do {
+            return try RelayAccess.resolve(
+                configuration: configuration, entryConnectionString: entry, relayName: relayName)
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
+    func tlsContext() throws -> NIOSSLContext {
+        do {
+            return try TLSSetup.clientContext(caFile: caFile)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+}
+
+struct Client: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Public side (azbridge -L): bind local TCP ports and tunnel each connection through the relay.",
+        discussion: """
+            Example: hyrelay client -e ws://127.0.0.1:9350 -K root -k KEY -L 127.0.0.1:8080:hc1
+            -L takes [bind_address:]port[/port_name]{;...}:relay_name and may be repeated.
+            """
+    )
+
+    @OptionGroup var options: AgentOptions
+
+    @Option(name: .customShort("L"), help: "[bind_address:]port[/port_name]{;...}:relay_name (repeatable).")
+    var localForwards: [String] = []
+
+    func run() async throws {
+        var configuration = try options.loadConfiguration()
+        for spec in localForwards {
+            do {
+                configuration.localForwards.append(try ForwardSpec.parseLocal(spec))
+            } catch {
+                throw ValidationError("-L \(error.description)")
+            }
+        }
+        guard !configuration.localForwards.isEmpty else {
+            throw ValidationError("You must specify at least one -L forwarder (or LocalForward in -f).")
+        }
+        let forwards = try configuration.localForwards.map { forward in
+            var access = try options.access(
+                configuration, entry: forward.connectionString, relayName: forward.relayName)
+            access.noAuthentication = forward.noAuthentication
+            return (forward, access)
+        }
+        bootstrapLogging(level: options.logLevel.level)
+        let logger = Logger(label: "hyrelay.client")
+        let agent = try await ClientAgent.start(
+            forwards: forwards, tlsContext: try options.tlsContext(), group: MultiThreadedEventLoopGroup.singleton,
+            logger: logger)
+        await SignalWaiter.waitForTermination()
+        logger.info("draining", metadata: ["open_tunnels": "\(agent.tunnelCount)"])
+        await agent.shutdown(grace: .milliseconds(Int(options.grace * 1000)))
+    }
+}
+
+struct Edge: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Firewalled side (azbridge -T): listen on the relay and dial the configured targets.",
+        discussion: """
+            Example: hyrelay edge -e ws://127.0.0.1:9350 -K root -k KEY -T hc1:127.0.0.1:5432
+            -T takes relay_name:[port_name/]host:port{;...} and may be repeated. Only these targets are ever dialled.
+            """
+    )
+
+    @OptionGroup var options: AgentOptions
+
+    @Option(name: .customShort("T"), help: "relay_name:[port_name/]host:port{;...} (repeatable).")
+    var remoteForwards: [String] = []
+
+    func run() async throws {
+        var configuration = try options.loadConfiguration()
+        for spec in remoteForwards {
+            do {
+                configuration.remoteForwards.append(try ForwardSpec.parseRemote(spec))
+            } catch {
+                throw ValidationError("-T \(error.description)")
+            }
+        }
+        guard !configuration.remoteForwards.isEmpty else {
+            throw ValidationError("You must specify at least one -T forwarder (or RemoteForward in -f).")
+        }
+        let forwards = try configuration.remoteForwards.map { forward in
+            (forward, try options.access(configuration, entry: forward.connectionString, relayName: forward.relayName))
+        }
+        bootstrapLogging(level: options.logLevel.level)
+        let logger = Logger(label: "hyrelay.edge")
+        let agent = EdgeAgent.start(
+            forwards: forwards, keepAliveInterval: configuration.keepAliveInterval,
+            tlsContext: try options.tlsContext(),
+            group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        await SignalWaiter.waitForTermination()
+        logger.info("draining", metadata: ["open_tunnels": "\(agent.tunnelCount)"])
+        await agent.shutdown(grace: .milliseconds(Int(options.grace * 1000)))
+    }
+}
+
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Validate an azbridge-style agent configuration file and report errors with their line."
+    )
+
+    @Option(name: .customShort("f"), help: "The YAML file to check.")
+    var file: String
+
+    func run() throws {
+        let text: String
+        do {
+            text = try String(contentsOfFile: file, encoding: .utf8)
+        } catch {
+            throw ValidationError("cannot read '\(file)': \(error)")
+        }
+        do {
+            let configuration = try AgentConfiguration.parse(yaml: text)
+            for forward in configuration.localForwards {
+                _ = try RelayAccess.resolve(
+                    configuration: configuration, entryConnectionString: forward.connectionString,
+                    relayName: forward.relayName)
+            }
+            for forward in configuration.remoteForwards {
+                _ = try RelayAccess.resolve(
+                    configuration: configuration, entryConnectionString: forward.connectionString,
+                    relayName: forward.relayName)
+            }
+            print(
+                "\(file): OK (\(configuration.localForwards.count) LocalForward, \(configuration.remoteForwards.count) RemoteForward)"
+            )
+        } catch {
+            print("\(file): \(error.description)")
+            throw ExitCode(2)
+        }
+    }
+}
