@@ -89,7 +89,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RelayAgentTests",
-            dependencies: ["HybridConnections", "RelayAgent"],
+            dependencies: ["HybridConnections", "RelayAgent", "RelayIO"],
             swiftSettings: strict
         ),
         .testTarget(

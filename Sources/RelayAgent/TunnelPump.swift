@@ -291,6 +291,10 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var started = false
     private var readPending = false
     private var outputShut = false
+    private var inputClosed = false
+    /// Bytes that arrived before the tunnel opened: on a peer's FIN, NIO drains the socket whether or
+    /// not `read()` was asked for.
+    private var early: [ByteBuffer] = []
 
     init() {}
 
@@ -305,7 +309,11 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        webSocket?.send(unwrapInboundIn(data))
+        if started, let webSocket {
+            webSocket.send(unwrapInboundIn(data))
+        } else {
+            early.append(unwrapInboundIn(data))
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -315,8 +323,11 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case ChannelEvent.inputClosed = event {
-            webSocket?.sendClose(code: 1000, reason: "Shutdown")
-            if outputShut { context.close(promise: nil) }
+            inputClosed = true
+            if started {
+                webSocket?.sendClose(code: 1000, reason: "Shutdown")
+                if outputShut { context.close(promise: nil) }
+            }
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -346,6 +357,15 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func startReading() {
         started = true
+        if let webSocket {
+            for data in early { webSocket.send(data) }
+            early.removeAll()
+            webSocket.flush()
+            if inputClosed {
+                webSocket.sendClose(code: 1000, reason: "Shutdown")
+                if outputShut { context?.close(promise: nil) }
+            }
+        }
         resumeReading()
     }
 

@@ -51,6 +51,13 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     /// Joins this leg to its partner. Until then reads are withheld, so nothing is lost.
     public func attach(partner: NIOLoopBound<WebSocketBridgeHandler>) {
         self.partner = partner
+        if finished {
+            // This leg went away before it was joined: the partner learns now.
+            partner.eventLoop.execute { partner.value.partnerDidClose() }
+            return
+        }
+        // Frames can arrive before the join despite withheld reads: NIO drains input on a peer's FIN.
+        forwardPending()
         if readPending, let context {
             readPending = false
             context.read()

@@ -1,3 +1,4 @@
+import HybridConnections
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -155,6 +156,7 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
     private let encoder: HTTPRequestEncoder
     private let decoder: ByteToMessageHandler<HTTPResponseDecoder>
     private var response: HTTPResponseHead?
+    private var rejectionBody = ""
     private var done = false
 
     init(
@@ -181,8 +183,12 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
         switch unwrapInboundIn(data) {
         case .head(let head):
             response = head
-        case .body:
-            break
+        case .body(var chunk):
+            // NIO keeps only standard reason phrases for known codes; the relay repeats its phrase in
+            // the body, so keep the start of it.
+            if rejectionBody.count < 1024, let text = chunk.readString(length: min(chunk.readableBytes, 1024)) {
+                rejectionBody += text
+            }
         case .end:
             guard let response, !done else { return }
             done = true
@@ -194,7 +200,7 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
         guard response.status == .switchingProtocols else {
             promise.succeed(
                 .rejected(
-                    status: Int(response.status.code), reason: response.status.reasonPhrase, headers: response.headers))
+                    status: Int(response.status.code), reason: rejectionReason(response), headers: response.headers))
             context.close(promise: nil)
             return
         }
@@ -226,6 +232,11 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
         } catch {
             fail(context: context, error)
         }
+    }
+
+    private func rejectionReason(_ response: HTTPResponseHead) -> String {
+        let body = rejectionBody.trimmingWhitespace()
+        return body.isEmpty ? response.status.reasonPhrase : String(body.prefix(512))
     }
 
     private func fail(context: ChannelHandlerContext, _ error: any Error) {

@@ -1,0 +1,185 @@
+"""Process helpers for end-to-end agent tests: relays, edges, clients and small TCP targets."""
+import hashlib
+import os
+import socket
+import subprocess
+import threading
+import time
+
+from conftest import ROOT, free_port
+
+KEY_NAME = "root"
+KEY = "YWdlbnRzLWtleS1mb3ItdGVzdGluZy0xMjM0NTY3OA=="
+
+
+def binary():
+    path = os.environ.get("HYRELAY_BIN", os.path.join(ROOT, ".build", "debug", "hyrelay"))
+    assert os.path.exists(path), path
+    return path
+
+
+class Process:
+    def __init__(self, args, log_path):
+        self.args = args
+        self.log_path = log_path
+        self.log_file = open(log_path, "w")
+        self.popen = subprocess.Popen([binary()] + args, stdout=self.log_file, stderr=subprocess.STDOUT)
+
+    def log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def wait_for_log(self, text, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if text in self.log():
+                return
+            assert self.popen.poll() is None, "exited: " + self.log()
+            time.sleep(0.05)
+        raise AssertionError("'%s' not logged within %ss:\n%s" % (text, timeout, self.log()))
+
+    def stop(self, sig=None):
+        if self.popen.poll() is None:
+            if sig is None:
+                self.popen.terminate()
+            else:
+                self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.log_file.close()
+
+
+def start_relay(tmp_path, entities, port=None, tls=None, name="relay"):
+    port = port or free_port()
+    args = ["relay", "--listen", "127.0.0.1:%d" % port, "--sas-key-name", KEY_NAME, "--sas-key", KEY]
+    for entity in entities:
+        args += ["--hybrid-connection", entity]
+    if tls:
+        args += ["--cert", tls["cert"], "--key", tls["key"]]
+    process = Process(args, str(tmp_path / ("%s-%d.log" % (name, time.time_ns()))))
+    process.port = port
+    process.wait_for_log("relay listening")
+    return process
+
+
+def start_edge(tmp_path, relay_url, specs, extra=()):
+    args = ["edge", "-e", relay_url, "-K", KEY_NAME, "-k", KEY, "-a", "1"]
+    for spec in specs:
+        args += ["-T", spec]
+    process = Process(args + list(extra), str(tmp_path / ("edge-%d.log" % time.time_ns())))
+    process.wait_for_log("listener online")
+    return process
+
+
+def start_client(tmp_path, relay_url, specs, ports, extra=()):
+    args = ["client", "-e", relay_url, "-K", KEY_NAME, "-k", KEY]
+    for spec in specs:
+        args += ["-L", spec]
+    process = Process(args + list(extra), str(tmp_path / ("client-%d.log" % time.time_ns())))
+    # Probing the ports with connect() would open tunnels; the log says when they are bound.
+    deadline = time.time() + 20
+    while process.log().count("client port bound") < len(ports):
+        assert time.time() < deadline, "ports not bound: " + process.log()
+        assert process.popen.poll() is None, "exited: " + process.log()
+        time.sleep(0.05)
+    return process
+
+
+def wait_port(port, process=None, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if process is not None:
+                assert process.popen.poll() is None, process.log()
+            time.sleep(0.05)
+    raise AssertionError("port %d not open" % port)
+
+
+class TcpServer:
+    """A threaded TCP target. `mode` echo: echo bytes, then FIN after the peer's FIN. `reply`: read to
+    EOF, then answer with a summary (half-close request/reply). `tag`: send a fixed tag, then echo."""
+
+    def __init__(self, mode="echo", tag=b""):
+        self.mode = mode
+        self.tag = tag
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        buffer = bytearray(1 << 20)
+        view = memoryview(buffer)
+        try:
+            if self.tag:
+                conn.sendall(self.tag)
+            if self.mode == "reply":
+                digest = hashlib.sha256()
+                total = 0
+                while True:
+                    n = conn.recv_into(buffer)
+                    if n == 0:
+                        break
+                    digest.update(view[:n])
+                    total += n
+                conn.sendall(("%d %s" % (total, digest.hexdigest())).encode())
+            else:
+                while True:
+                    n = conn.recv_into(buffer)
+                    if n == 0:
+                        break
+                    conn.sendall(view[:n])
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def echo_roundtrip(port, payload, chunk=1 << 20):
+    """Sends `payload`, half-closes, reads the echo to EOF; returns (sent digest, received digest, count)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sent = hashlib.sha256()
+    received = hashlib.sha256()
+    count = {"n": 0}
+
+    def reader():
+        buffer = bytearray(1 << 20)
+        while True:
+            n = sock.recv_into(buffer)
+            if n == 0:
+                return
+            received.update(memoryview(buffer)[:n])
+            count["n"] += n
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for offset in range(0, len(payload), chunk):
+        part = payload[offset:offset + chunk]
+        sock.sendall(part)
+        sent.update(part)
+    sock.shutdown(socket.SHUT_WR)
+    thread.join(timeout=120)
+    sock.close()
+    return sent.hexdigest(), received.hexdigest(), count["n"]

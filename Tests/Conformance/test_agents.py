@@ -1,0 +1,322 @@
+"""End to end through real processes on 127.0.0.1: hyrelay client -> hyrelay relay -> hyrelay edge -> target."""
+import asyncio
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from websockets.asyncio.client import connect
+
+import agents
+import hc
+from conftest import free_port
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("agents")
+    process = agents.start_relay(directory, ["tcp", "multi", "refused", "pyedge", "pylisten", "gig"])
+    process.url = "ws://127.0.0.1:%d" % process.port
+    process.directory = directory
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def echo_tunnel(relay):
+    """The script forms of the issue, verbatim: edge -T NAME:HOST:PORT, client -L HOST:PORT:NAME."""
+    target = agents.TcpServer("echo")
+    edge = agents.start_edge(relay.directory, relay.url, ["tcp:127.0.0.1:%d" % target.port])
+    port = free_port()
+    client = agents.start_client(relay.directory, relay.url, ["127.0.0.1:%d:tcp" % port], [port])
+    yield port, edge, client, target
+    client.stop()
+    edge.stop()
+    target.close()
+
+
+def test_echo_through_the_tunnel(echo_tunnel):
+    port = echo_tunnel[0]
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    sent, received, count = agents.echo_roundtrip(port, payload)
+    assert count == len(payload) and sent == received
+
+
+def test_one_gib_both_ways_is_byte_exact(relay):
+    target = agents.TcpServer("echo")
+    edge = agents.start_edge(relay.directory, relay.url, ["gig:127.0.0.1:%d" % target.port])
+    port = free_port()
+    client = agents.start_client(relay.directory, relay.url, ["127.0.0.1:%d:gig" % port], [port])
+    try:
+        block = os.urandom(1 << 20)
+        payload = block * 1024
+        started = time.time()
+        sent, received, count = agents.echo_roundtrip(port, payload)
+        elapsed = time.time() - started
+        assert count == 1 << 30 and sent == received
+        print("1 GiB each way in %.1f s" % elapsed)
+        client.wait_for_log("bytes_down=1073741824")
+        client.wait_for_log("bytes_up=1073741824")
+    finally:
+        client.stop()
+        edge.stop()
+        target.close()
+
+
+def test_two_hundred_concurrent_tunnels(echo_tunnel):
+    port = echo_tunnel[0]
+
+    async def one(index):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        payload = os.urandom(32 * 1024 + index)
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+        data = await asyncio.wait_for(reader.read(-1), 60)
+        writer.close()
+        return data == payload
+
+    async def run():
+        return await asyncio.gather(*(one(i) for i in range(200)))
+
+    results = asyncio.run(run())
+    assert all(results), "%d of 200 tunnels were not byte-exact" % results.count(False)
+
+
+def test_half_close_request_reply(relay):
+    target = agents.TcpServer("reply")
+    edge = agents.start_edge(relay.directory, relay.url, ["refused:127.0.0.1:%d" % target.port])
+    port = free_port()
+    client = agents.start_client(relay.directory, relay.url, ["127.0.0.1:%d:refused" % port], [port])
+    try:
+        request = os.urandom(500_000)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        sock.close()
+        assert reply == ("%d %s" % (len(request), hashlib.sha256(request).hexdigest())).encode()
+    finally:
+        client.stop()
+        edge.stop()
+        target.close()
+
+
+def test_two_port_names_reach_two_targets(relay):
+    a = agents.TcpServer("echo", tag=b"A")
+    b = agents.TcpServer("echo", tag=b"B")
+    edge = agents.start_edge(relay.directory, relay.url, ["multi:one/127.0.0.1:%d;two/127.0.0.1:%d" % (a.port, b.port)])
+    port_a, port_b = free_port(), free_port()
+    client = agents.start_client(
+        relay.directory, relay.url, ["127.0.0.1:%d/one;127.0.0.1:%d/two:multi" % (port_a, port_b)], [port_a, port_b])
+    try:
+        for port, tag in ((port_a, b"A"), (port_b, b"B")):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            assert sock.recv(1) == tag
+            sock.sendall(b"ping")
+            assert sock.recv(4) == b"ping"
+            sock.close()
+    finally:
+        client.stop()
+        edge.stop()
+        a.close()
+        b.close()
+
+
+def test_unknown_port_name_and_refused_target_are_reported(relay):
+    closed_port = free_port()
+    edge = agents.start_edge(relay.directory, relay.url, ["pyedge:known/127.0.0.1:%d" % closed_port])
+    refused_port, unknown_port = free_port(), free_port()
+    client = agents.start_client(
+        relay.directory, relay.url, ["127.0.0.1:%d/known;127.0.0.1:%d/unknown:pyedge" % (refused_port, unknown_port)],
+        [refused_port, unknown_port])
+    try:
+        for port in (refused_port, unknown_port):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"hello")
+            try:
+                data = sock.recv(100)
+            except ConnectionResetError:
+                data = b""  # closed with the unread "hello" still queued: a reset
+            assert data == b"", "the client closes the local connection"
+            sock.close()
+        client.wait_for_log("failed")
+        client.wait_for_log("unknown port name 'unknown'")
+        edge.wait_for_log("target dial failed")
+        edge.wait_for_log("unknown port name")
+    finally:
+        client.stop()
+        edge.stop()
+
+
+def test_relay_restart_edge_reconnects(tmp_path):
+    port = free_port()
+    relay = agents.start_relay(tmp_path, ["restart"], port=port, name="restart")
+    url = "ws://127.0.0.1:%d" % port
+    target = agents.TcpServer("echo")
+    edge = agents.start_edge(tmp_path, url, ["restart:127.0.0.1:%d" % target.port])
+    client_port = free_port()
+    client = agents.start_client(tmp_path, url, ["127.0.0.1:%d:restart" % client_port], [client_port])
+    try:
+        assert agents.echo_roundtrip(client_port, b"before")[2] == 6
+        relay.stop(signal.SIGKILL)
+        edge.wait_for_log("listener offline")
+        relay = agents.start_relay(tmp_path, ["restart"], port=port, name="restart")
+        edge.wait_for_log("listener reconnected", timeout=30)
+        sent, received, count = agents.echo_roundtrip(client_port, b"after restart")
+        assert count == 13 and sent == received
+    finally:
+        client.stop()
+        edge.stop()
+        relay.stop()
+        target.close()
+
+
+def test_wss_with_self_signed_ca(tmp_path):
+    ca_key, ca_cert = tmp_path / "ca.key", tmp_path / "ca.pem"
+    key, csr, cert, ext = tmp_path / "s.key", tmp_path / "s.csr", tmp_path / "s.pem", tmp_path / "s.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+        "-subj", "/CN=test CA", "-keyout", str(ca_key), "-out", str(ca_cert))
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", str(key), "-out", str(csr))
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial", "-days", "2",
+        "-extfile", str(ext), "-out", str(cert))
+    relay = agents.start_relay(tmp_path, ["secure"], tls={"cert": str(cert), "key": str(key)}, name="tls")
+    url = "wss://127.0.0.1:%d" % relay.port
+    target = agents.TcpServer("echo")
+    edge = agents.start_edge(tmp_path, url, ["secure:127.0.0.1:%d" % target.port], extra=["--ca-file", str(ca_cert)])
+    client_port = free_port()
+    client = agents.start_client(tmp_path, url, ["127.0.0.1:%d:secure" % client_port], [client_port],
+                                 extra=["--ca-file", str(ca_cert)])
+    untrusting_port = free_port()
+    untrusting = agents.start_client(tmp_path, url, ["127.0.0.1:%d:secure" % untrusting_port], [untrusting_port])
+    try:
+        payload = os.urandom(2_000_000)
+        sent, received, count = agents.echo_roundtrip(client_port, payload)
+        assert count == len(payload) and sent == received
+        sock = socket.create_connection(("127.0.0.1", untrusting_port), timeout=10)
+        assert sock.recv(10) == b""
+        sock.close()
+        untrusting.wait_for_log("cannot reach relay")
+    finally:
+        for process in (untrusting, client, edge, relay):
+            process.stop()
+        target.close()
+
+
+def test_python_sender_talks_to_our_edge(relay):
+    """The conformance client acts as an azbridge -L sender: preamble, answer, payload."""
+    target = agents.TcpServer("echo")
+    edge = agents.start_edge(relay.directory, relay.url, ["pyedge:web/127.0.0.1:%d" % target.port])
+
+    async def run():
+        token = hc.sas_token(hc.dotnet_audience("127.0.0.1", "pyedge"), agents.KEY_NAME, agents.KEY)
+        sender = await connect(relay.url + "/$hc/pyedge", additional_headers={"ServiceBusAuthorization": token})
+        await sender.send(bytes([1, 0, 0, 3]))
+        await sender.send(b"web")
+        assert await sender.recv() == bytes([1, 0, 0])
+        await sender.send(b"payload")
+        received = b""
+        while len(received) < 7:
+            received += await sender.recv()
+        assert received == b"payload"
+        await sender.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        edge.stop()
+        target.close()
+
+
+def test_python_listener_serves_our_client(relay):
+    """The conformance client acts as an azbridge -T listener for our client agent."""
+    port = free_port()
+    client = agents.start_client(relay.directory, relay.url, ["127.0.0.1:%d/svc:pylisten" % port], [port])
+
+    async def run():
+        token = hc.sas_token(hc.dotnet_audience("127.0.0.1", "pylisten"), agents.KEY_NAME, agents.KEY)
+        control = await connect(hc.listen_uri(relay.url, "pylisten"), additional_headers={"ServiceBusAuthorization": token})
+        loop = asyncio.get_running_loop()
+
+        def local_peer():
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"from tcp")
+            data = sock.recv(100)
+            sock.close()
+            return data
+
+        peer = loop.run_in_executor(None, local_peer)
+        kind, accept = hc.parse_control(await asyncio.wait_for(control.recv(), 10))
+        assert kind == "accept"
+        rendezvous = await connect(accept["address"])
+        assert await rendezvous.recv() == bytes([1, 0, 0, 3])
+        assert await rendezvous.recv() == b"svc"
+        await rendezvous.send(bytes([1, 0, 0]))
+        assert await rendezvous.recv() == b"from tcp"
+        await rendezvous.send(b"from listener")
+        assert await peer == b"from listener"
+        await control.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        client.stop()
+
+
+def test_check_validates_azbridge_files(tmp_path):
+    good = tmp_path / "good.yml"
+    good.write_text("AzureRelayEndpoint: sb://ns.servicebus.windows.net/\nAzureRelaySharedAccessKeyName: k\n"
+                    "AzureRelaySharedAccessKey: v\nLocalForward:\n  - RelayName: db\n    BindPort: 1433\n")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("LocalForward:\n  - RelayName: db\n    BindPort: 1433\n    RemoteHostName: x\n")
+    ok = subprocess.run([agents.binary(), "check", "-f", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    failed = subprocess.run([agents.binary(), "check", "-f", str(bad)], capture_output=True, text=True)
+    assert failed.returncode == 2 and "line 4: unknown key 'RemoteHostName'" in failed.stdout
+
+
+def test_client_from_azbridge_config_file(relay, echo_tunnel, tmp_path):
+    port = free_port()
+    config = tmp_path / "azbridge.yml"
+    config.write_text("AzureRelayEndpoint: %s\nAzureRelaySharedAccessKeyName: %s\nAzureRelaySharedAccessKey: %s\n"
+                      "LocalForward:\n  - RelayName: tcp\n    BindAddress: 127.0.0.1\n    BindPort: %d\n"
+                      % (relay.url, agents.KEY_NAME, agents.KEY, port))
+    client = agents.Process(["client", "-f", str(config)], str(tmp_path / "cfg-client.log"))
+    try:
+        client.wait_for_log("client port bound")
+        sent, received, count = agents.echo_roundtrip(port, b"configured")
+        assert count == 10 and sent == received
+    finally:
+        client.stop()
+
+
+def test_sigterm_drains_open_tunnels(relay, echo_tunnel):
+    port, edge, _, target = echo_tunnel
+    client_port = free_port()
+    client = agents.start_client(relay.directory, relay.url, ["127.0.0.1:%d:tcp" % client_port], [client_port],
+                                 extra=["--grace", "5"])
+    sock = socket.create_connection(("127.0.0.1", client_port), timeout=10)
+    sock.sendall(b"first")
+    assert sock.recv(5) == b"first"
+    client.popen.send_signal(signal.SIGTERM)
+    client.wait_for_log("draining")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", client_port), timeout=1).close()
+    sock.sendall(b"still open")
+    assert sock.recv(10) == b"still open"
+    sock.shutdown(socket.SHUT_WR)
+    assert sock.recv(10) == b""
+    sock.close()
+    assert client.popen.wait(timeout=10) == 0
+    client.stop()

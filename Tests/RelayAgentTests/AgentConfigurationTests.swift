@@ -1,0 +1,201 @@
+import HybridConnections
+import RelayIO
+import Testing
+
+@testable import RelayAgent
+
+@Suite struct ForwardSpecTests {
+    @Test func localForms() throws {
+        #expect(
+            try ForwardSpec.parseLocal("8080:hc1")
+                == LocalForward(relayName: "hc1", bindings: [LocalBinding(port: 8080)]))
+        let full = try ForwardSpec.parseLocal("0.0.0.0:1433/sql;127.0.0.2:3389/rdp:db/relay")
+        #expect(full.relayName == "db/relay")
+        #expect(
+            full.bindings == [
+                LocalBinding(bindAddress: "0.0.0.0", port: 1433, portName: "sql"),
+                LocalBinding(bindAddress: "127.0.0.2", port: 3389, portName: "rdp"),
+            ])
+        #expect(try ForwardSpec.parseLocal("[::1]:22:ssh").bindings == [LocalBinding(bindAddress: "::1", port: 22)])
+        #expect(try ForwardSpec.parseLocal("localhost:22:ssh").bindings[0].bindAddress == "127.0.0.1")
+    }
+
+    @Test func remoteForms() throws {
+        #expect(
+            try ForwardSpec.parseRemote("hc1:5432")
+                == RemoteForward(relayName: "hc1", bindings: [RemoteBinding(port: 5432)]))
+        let full = try ForwardSpec.parseRemote("db:sql/10.0.0.5:1433;rdp/host.internal:3389")
+        #expect(
+            full.bindings == [
+                RemoteBinding(portName: "sql", host: "10.0.0.5", port: 1433),
+                RemoteBinding(portName: "rdp", host: "host.internal", port: 3389),
+            ])
+        #expect(full.binding(forPortName: "rdp")?.port == 3389)
+        #expect(full.binding(forPortName: "ssh") == nil)
+        let single = try ForwardSpec.parseRemote("hc:127.0.0.1:80")
+        #expect(single.binding(forPortName: "8080")?.port == 80, "one numeric binding takes any port name")
+    }
+
+    @Test(arguments: [
+        "hc1", "abc:hc1", "8080:", "8080:bad name", "70000:hc", "3434U:hc", "/tmp/sock:hc", "1:/x:hc", ":80:hc",
+    ])
+    func badLocal(spec: String) {
+        #expect(throws: ForwardSpecError.self) { try ForwardSpec.parseLocal(spec) }
+    }
+
+    @Test(arguments: ["hc", ":80", "hc:", "hc:host:x", "hc:a/1;a/2", "bad name:80", "hc:/80", "hc::80"])
+    func badRemote(spec: String) {
+        #expect(throws: ForwardSpecError.self) { try ForwardSpec.parseRemote(spec) }
+    }
+
+    @Test func backoffFollowsTheSdkScheduleWithJitter() {
+        var backoff = ReconnectBackoff()
+        var generator = SystemRandomNumberGenerator()
+        let delays = (0..<8).map { _ in backoff.nextDelay(using: &generator) }
+        for (delay, base) in zip(delays, [0.0, 1, 2, 5, 10, 30, 30, 30]) {
+            #expect(delay >= base && delay <= base * 1.2)
+        }
+        backoff.reset()
+        #expect(backoff.nextDelay(using: &generator) == 0)
+    }
+}
+
+@Suite struct PreambleTests {
+    @Test func requestAcrossMessagesWithLeftover() {
+        let (header, name) = Preamble.request(portName: "sql")
+        #expect(header == [1, 0, 0, 3] && name == Array("sql".utf8))
+        var parser = PreambleRequestParser()
+        #expect(parser.feed(header.prefix(2)) == .needMore)
+        #expect(parser.feed(header.suffix(2) + [UInt8(ascii: "s")]) == .needMore)
+        #expect(parser.feed(Array("ql".utf8) + [9, 9]) == .complete(portName: "sql", mode: .stream, leftover: [9, 9]))
+    }
+
+    @Test func requestRefusals() {
+        var version = PreambleRequestParser()
+        #expect(version.feed([2, 0, 0, 0]) == .unsupportedVersion(major: 2))
+        var mode = PreambleRequestParser()
+        #expect(mode.feed([1, 0, 7, 0]) == .invalid("unknown mode 7"))
+        var utf8 = PreambleRequestParser()
+        #expect(utf8.feed([1, 0, 0, 1, 0xFF]) == .invalid("the port name is not UTF-8"))
+    }
+
+    @Test func responses() {
+        var ok = PreambleResponseParser()
+        #expect(ok.feed([1, 0]) == .needMore)
+        #expect(ok.feed([0, 42]) == .accepted(leftover: [42]))
+        for (bytes, code) in [([0, 0, 0], 0), ([0, 0, 1], 1), ([0, 0, 255], 255), ([7, 7, 7], 7)] as [([UInt8], UInt8)]
+        {
+            var parser = PreambleResponseParser()
+            guard case .refused(let refusedCode, _) = parser.feed(bytes) else {
+                Issue.record("\(bytes) accepted")
+                continue
+            }
+            #expect(refusedCode == code)
+        }
+    }
+}
+
+@Suite struct AgentConfigurationTests {
+    /// The shapes of azbridge's README/CONFIG examples (reference §3.3).
+    @Test func azbridgeExamples() throws {
+        let yaml = """
+            AzureRelayConnectionString: Endpoint=sb://contoso.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=abc=
+            KeepAliveInterval: 15
+            ExitOnForwardFailure: false
+            LogLevel: INFO
+            LocalForward:
+              - RelayName: sql
+                BindAddress: 127.0.0.1
+                BindPort: 1433
+                PortName: sql
+              - RelayName: multi
+                Bindings:
+                  - BindAddress: 0.0.0.0
+                    BindPort: 3389
+                    PortName: rdp
+                  - BindPort: 8022
+            RemoteForward:
+              - RelayName: db
+                Host: 10.1.1.1
+                HostPort: 1433
+                PortName: sql
+              - RelayName: web
+                ConnectionString: Endpoint=sb://other.servicebus.windows.net/;SharedAccessKeyName=l;SharedAccessKey=k;EntityPath=web
+                Bindings:
+                  - Host: localhost
+                    HostPort: 80
+                    PortName: http80
+            """
+        let configuration = try AgentConfiguration.parse(yaml: yaml)
+        #expect(configuration.keepAliveInterval == 15 && !configuration.exitOnForwardFailure)
+        #expect(configuration.localForwards.count == 2)
+        #expect(
+            configuration.localForwards[1].bindings == [
+                LocalBinding(bindAddress: "0.0.0.0", port: 3389, portName: "rdp"), LocalBinding(port: 8022),
+            ])
+        #expect(
+            configuration.remoteForwards[0].bindings == [RemoteBinding(portName: "sql", host: "10.1.1.1", port: 1433)])
+        let web = try RelayAccess.resolve(
+            configuration: configuration, entryConnectionString: configuration.remoteForwards[1].connectionString,
+            relayName: "web")
+        #expect(web.base.host == "other.servicebus.windows.net" && web.base.secure && web.base.port == 443)
+        #expect(web.keyName == "l")
+        #expect(throws: AgentConfigurationError.self) {
+            try RelayAccess.resolve(
+                configuration: configuration, entryConnectionString: configuration.remoteForwards[1].connectionString,
+                relayName: "other")
+        }
+    }
+
+    @Test(arguments: [
+        (
+            "LocalForward:\n  - RelayName: a\n    BindPort: 1\n    RemoteHostName: x\n", 4,
+            "unknown key 'RemoteHostName'"
+        ),
+        ("Bogus: 1\n", 1, "unknown key 'Bogus'"),
+        ("LocalForward:\n  - BindPort: 1\n", 2, "RelayName is required"),
+        ("RemoteForward:\n  - RelayName: a\n    HostPort: -5\n", 3, "HostPort -5"),
+        ("RemoteForward:\n  - RelayName: a\n    Http: true\n    HostPort: 80\n", 3, "Http forwarding is not supported"),
+        ("KeepAliveInterval: soon\n", 1, "KeepAliveInterval must be a whole number"),
+        ("LocalForward:\n  - RelayName: a\n", 2, "has no BindPort"),
+        ("LocalForward: [\n", 2, "not valid YAML"),
+        ("AzureRelayConnectionString: nonsense\n", 1, "is not Key=Value"),
+        ("RemoteForward:\n  - RelayName: bad name\n    HostPort: 1\n", 2, "RelayName 'bad name'"),
+    ])
+    func badFilesNameTheLine(yaml: String, line: Int, fragment: String) {
+        do {
+            _ = try AgentConfiguration.parse(yaml: yaml)
+            Issue.record("accepted: \(yaml)")
+        } catch {
+            #expect(error.line == line, "\(error)")
+            #expect(error.description.contains(fragment), "\(error)")
+        }
+    }
+
+    @Test func accessResolution() throws {
+        var configuration = AgentConfiguration()
+        configuration.endpoint = "ws://127.0.0.1:9350"
+        configuration.sharedAccessKeyName = "root"
+        configuration.sharedAccessKey = "key"
+        let access = try RelayAccess.resolve(configuration: configuration, entryConnectionString: nil, relayName: "hc")
+        #expect(access.base == WebSocketURLProbe.url("ws://127.0.0.1:9350"))
+        let token = try #require(access.token(relayName: "hc", now: 1000))
+        #expect(token.expiry == 1000 + RelayAccess.tokenLifetime)
+        let sas = try SharedAccessSignature(parsing: token.token)
+        #expect(sas.resource == "http://127.0.0.1/hc/" && sas.isSigned(with: "key"))
+
+        configuration.sharedAccessSignature = "SharedAccessSignature sr=x&sig=y&se=1&skn=z"
+        let premade = try RelayAccess.resolve(configuration: configuration, entryConnectionString: nil, relayName: "hc")
+        #expect(premade.token(relayName: "hc", now: 0)?.token == configuration.sharedAccessSignature)
+
+        #expect(throws: AgentConfigurationError.self) {
+            try RelayAccess.resolve(configuration: AgentConfiguration(), entryConnectionString: nil, relayName: "hc")
+        }
+        var halfKey = AgentConfiguration()
+        halfKey.endpoint = "sb://ns.servicebus.windows.net/"
+        halfKey.sharedAccessKeyName = "only-name"
+        #expect(throws: AgentConfigurationError.self) {
+            try RelayAccess.resolve(configuration: halfKey, entryConnectionString: nil, relayName: "hc")
+        }
+    }
+}
