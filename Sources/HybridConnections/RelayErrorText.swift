@@ -20,11 +20,15 @@ public struct RelayErrorText: Sendable {
     {
         let trimmed = text.hasSuffix(".") ? String(text.dropLast()) : text
         let clean = trimmed.filter { $0 != "\r" && $0 != "\n" }
-        return "\(clean). TrackingId:\(trackingId), SystemTracker:\(systemTracker), Timestamp:\(utc(epochSeconds))"
+        return
+            "\(clean). TrackingId:\(trackingId), SystemTracker:\(systemTracker), Timestamp:\(CivilTime.utc(epochSeconds))"
     }
+}
 
+/// UTC calendar time without a calendar API (FoundationEssentials has none to format with).
+public enum CivilTime {
     /// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm), so no calendar API is needed.
-    static func utc(_ epochSeconds: Int64) -> String {
+    public static func utc(_ epochSeconds: Int64) -> String {
         let days = epochSeconds >= 0 ? epochSeconds / 86_400 : (epochSeconds - 86_399) / 86_400
         let secondsOfDay = epochSeconds - days * 86_400
         let z = days + 719_468

@@ -3,7 +3,9 @@ import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
+import Prometheus
 import RelayIO
+import RelayTelemetry
 import Synchronization
 
 #if canImport(FoundationEssentials)
@@ -31,9 +33,10 @@ public final class ClientAgent: Sendable {
     }
 
     public static func start(
-        forwards: [(LocalForward, RelayAccess)], tlsContext: NIOSSLContext?, group: any EventLoopGroup, logger: Logger
+        forwards: [(LocalForward, RelayAccess)], tlsContext: NIOSSLContext?, group: any EventLoopGroup, logger: Logger,
+        metrics: RelayMetrics = RelayMetrics()
     ) async throws -> ClientAgent {
-        let counter = TunnelCounter()
+        let counter = TunnelCounter(gauge: metrics.activeTunnels(role: .client))
         var channels: [any Channel] = []
         do {
             for (forward, access) in forwards {
@@ -57,7 +60,7 @@ public final class ClientAgent: Sendable {
                                     for: channel, tcp: NIOLoopBound(tcp, eventLoop: channel.eventLoop),
                                     forward: forward,
                                     binding: binding, access: access, tlsContext: tlsContext, counter: counter,
-                                    logger: logger)
+                                    metrics: metrics, logger: logger)
                             }
                         }
                         .bind(host: binding.bindAddress, port: binding.port)
@@ -93,12 +96,21 @@ public final class ClientAgent: Sendable {
 /// Open tunnels, shared by every connection of an agent.
 final class TunnelCounter: Sendable {
     private let value = Atomic<Int>(0)
+    private let gauge: Gauge
+
+    init(gauge: Gauge) { self.gauge = gauge }
 
     var current: Int { value.load(ordering: .relaxed) }
 
-    func opened() { value.add(1, ordering: .relaxed) }
+    func opened() {
+        value.add(1, ordering: .relaxed)
+        gauge.increment()
+    }
 
-    func closed() { value.subtract(1, ordering: .relaxed) }
+    func closed() {
+        value.subtract(1, ordering: .relaxed)
+        gauge.decrement()
+    }
 }
 
 extension ClientAgent {
@@ -106,23 +118,34 @@ extension ClientAgent {
     /// the two sides of the tunnel call each other directly.
     static func openSender(
         for channel: any Channel, tcp: NIOLoopBound<TunnelTCPHandler>, forward: LocalForward, binding: LocalBinding,
-        access: RelayAccess, tlsContext: NIOSSLContext?, counter: TunnelCounter, logger: Logger
+        access: RelayAccess, tlsContext: NIOSSLContext?, counter: TunnelCounter, metrics: RelayMetrics, logger: Logger
     ) {
         var logger = logger
         logger[metadataKey: "relay_name"] = "\(forward.relayName)"
         logger[metadataKey: "port_name"] = "\(binding.portName)"
         logger[metadataKey: "peer"] = "\(channel.remoteAddress.map { "\($0)" } ?? "?")"
         counter.opened()
+        metrics.connectionAccepted(role: .client)
         let (headers, _) = access.headers(relayName: forward.relayName)
         let url = access.url(
             relayName: forward.relayName, query: "sb-hc-action=connect&sb-hc-id=\(UUID().uuidString.lowercased())")
         let started = ContinuousClock.now
+        let startedDeadline = NIODeadline.now()
+        let upBytes = metrics.bytes(role: .client, direction: .up)
+        let downBytes = metrics.bytes(role: .client, direction: .down)
+        tcp.value.countBytes = { upBytes.increment(by: Int64($0)) }
         let tunnelLogger = logger
         WebSocketClient.connect(
             to: url, headers: headers, tlsContext: tlsContext, group: channel.eventLoop, maxFrameSize: 16 << 20
         ) { webSocket in
-            let handler = TunnelWebSocketHandler(role: .sender(portName: binding.portName), tcp: tcp.value) { summary in
+            let handler = TunnelWebSocketHandler(
+                role: .sender(portName: binding.portName), tcp: tcp.value, started: startedDeadline,
+                countBytes: { downBytes.increment(by: Int64($0)) }
+            ) { summary in
                 counter.closed()
+                metrics.tunnelClosed(
+                    role: .client, seconds: (ContinuousClock.now - started).seconds, cause: summary.causeLabel)
+                if let ttfb = summary.timeToFirstByte { metrics.timeToFirstByte(role: .client, seconds: ttfb) }
                 tunnelLogger.info(
                     "tunnel closed",
                     metadata: [
@@ -135,16 +158,23 @@ extension ClientAgent {
         }.assumeIsolated().whenComplete { result in
             switch result {
             case .success(.upgraded):
+                metrics.clientConnect(outcome: "connected", seconds: (ContinuousClock.now - started).seconds)
                 logger.debug(
                     "sender connected", metadata: ["connect_ms": "\((ContinuousClock.now - started).milliseconds)"])
             case .success(.rejected(let status, let reason, _)):
                 counter.closed()
+                metrics.clientConnect(outcome: "refused_\(status)", seconds: (ContinuousClock.now - started).seconds)
+                metrics.tunnelClosed(
+                    role: .client, seconds: (ContinuousClock.now - started).seconds, cause: "relay_refused")
                 logger.warning(
                     "sender refused by relay, closing local connection",
                     metadata: ["status": "\(status)", "cause": "\(reason)"])
                 tcp.value.close()
             case .failure(let error):
                 counter.closed()
+                metrics.clientConnect(outcome: "unreachable", seconds: (ContinuousClock.now - started).seconds)
+                metrics.tunnelClosed(
+                    role: .client, seconds: (ContinuousClock.now - started).seconds, cause: "relay_unreachable")
                 logger.warning("cannot reach relay, closing local connection", metadata: ["cause": "\(error)"])
                 tcp.value.close()
             }
@@ -154,4 +184,6 @@ extension ClientAgent {
 
 extension Duration {
     var milliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
+
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

@@ -4,7 +4,9 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import NIOWebSocket
+import Prometheus
 import RelayIO
+import RelayTelemetry
 import Synchronization
 
 #if canImport(FoundationEssentials)
@@ -28,14 +30,14 @@ public final class EdgeAgent: Sendable {
 
     public static func start(
         forwards: [(RemoteForward, RelayAccess)], keepAliveInterval: Double, tlsContext: NIOSSLContext?,
-        group: any EventLoopGroup, logger: Logger
+        group: any EventLoopGroup, logger: Logger, metrics: RelayMetrics = RelayMetrics()
     ) -> EdgeAgent {
-        let counter = TunnelCounter()
+        let counter = TunnelCounter(gauge: metrics.activeTunnels(role: .edge))
         let listeners = forwards.map { forward, access in
             ListenerLoop(
                 forward: forward, access: access, keepAliveInterval: keepAliveInterval, tlsContext: tlsContext,
                 group: group,
-                counter: counter, logger: logger)
+                counter: counter, metrics: metrics, logger: logger)
         }
         for listener in listeners { listener.start() }
         return EdgeAgent(listeners: listeners, counter: counter, logger: logger)
@@ -81,12 +83,13 @@ final class ListenerLoop: Sendable {
     let tlsContext: NIOSSLContext?
     let group: any EventLoopGroup
     let counter: TunnelCounter
+    let metrics: RelayMetrics
     let logger: Logger
     private let state = Mutex(State())
 
     init(
         forward: RemoteForward, access: RelayAccess, keepAliveInterval: Double, tlsContext: NIOSSLContext?,
-        group: any EventLoopGroup, counter: TunnelCounter, logger: Logger
+        group: any EventLoopGroup, counter: TunnelCounter, metrics: RelayMetrics, logger: Logger
     ) {
         self.forward = forward
         self.access = access
@@ -94,6 +97,7 @@ final class ListenerLoop: Sendable {
         self.tlsContext = tlsContext
         self.group = group
         self.counter = counter
+        self.metrics = metrics
         var logger = logger
         logger[metadataKey: "relay_name"] = "\(forward.relayName)"
         self.logger = logger
@@ -142,6 +146,9 @@ final class ListenerLoop: Sendable {
                     }
                     if stopped { try? await channel.close() }
                     backoff.reset()
+                    metrics.listenerEvent(
+                        role: .edge, entity: forward.relayName, event: attempt == 1 ? "connect" : "reconnect")
+                    metrics.listeners(role: .edge, entity: forward.relayName).set(to: 1)
                     logger.info(
                         attempt == 1 ? "listener online" : "listener reconnected",
                         metadata: ["listener_id": "\(listenerId)", "relay": "\(access.base)", "attempt": "\(attempt)"])
@@ -151,15 +158,21 @@ final class ListenerLoop: Sendable {
                         state.online = false
                         state.channel = nil
                     }
+                    metrics.listeners(role: .edge, entity: forward.relayName).set(to: 0)
+                    metrics.listenerEvent(
+                        role: .edge, entity: forward.relayName, event: "disconnect", cause: "channel_closed")
                     if !state.withLock({ $0.stopped }) {
                         logger.warning("listener offline, reconnecting", metadata: ["cause": "control channel closed"])
                     }
                 case .rejected(let status, let reason, _):
+                    metrics.listenerEvent(
+                        role: .edge, entity: forward.relayName, event: "refused", cause: "status_\(status)")
                     logger.error(
                         "listener refused by relay",
                         metadata: ["status": "\(status)", "cause": "\(reason)", "attempt": "\(attempt)"])
                 }
             } catch {
+                metrics.listenerEvent(role: .edge, entity: forward.relayName, event: "refused", cause: "unreachable")
                 logger.warning("cannot reach relay", metadata: ["cause": "\(error)", "attempt": "\(attempt)"])
             }
             guard !state.withLock({ $0.stopped }) else { break }
@@ -180,19 +193,27 @@ final class ListenerLoop: Sendable {
         var logger = logger
         logger[metadataKey: "tunnel_id"] = "\(command.id)"
         counter.opened()
+        metrics.connectionAccepted(role: .edge)
         let started = ContinuousClock.now
+        let startedDeadline = NIODeadline.now()
         let forward = self.forward
         let counter = self.counter
+        let metrics = self.metrics
+        let upBytes = metrics.bytes(role: .edge, direction: .up)
         let tunnelLogger = logger
         WebSocketClient.connect(
             to: url, subprotocols: subprotocols, tlsContext: tlsContext, group: group, maxFrameSize: 16 << 20
         ) { channel in
             let handler = TunnelWebSocketHandler(
                 role: .listener(dial: { portName, handler in
-                    Self.dial(portName: portName, forward: forward, handler: handler, logger: tunnelLogger)
-                }), tcp: nil
+                    Self.dial(
+                        portName: portName, forward: forward, handler: handler, metrics: metrics, logger: tunnelLogger)
+                }), tcp: nil, started: startedDeadline, countBytes: { upBytes.increment(by: Int64($0)) }
             ) { summary in
                 counter.closed()
+                metrics.tunnelClosed(
+                    role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: summary.causeLabel)
+                if let ttfb = summary.timeToFirstByte { metrics.timeToFirstByte(role: .edge, seconds: ttfb) }
                 tunnelLogger.info(
                     "tunnel closed",
                     metadata: [
@@ -207,23 +228,31 @@ final class ListenerLoop: Sendable {
             case .success(.upgraded): break
             case .success(.rejected(let status, let reason, _)):
                 counter.closed()
+                metrics.tunnelClosed(
+                    role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: "rendezvous_refused")
                 tunnelLogger.warning("rendezvous refused", metadata: ["status": "\(status)", "cause": "\(reason)"])
             case .failure(let error):
                 counter.closed()
+                metrics.tunnelClosed(
+                    role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: "rendezvous_failed")
                 tunnelLogger.warning("rendezvous failed", metadata: ["cause": "\(error)"])
             }
         }
     }
 
     /// Dials the target configured for `portName`, and nothing else.
-    static func dial(portName: String, forward: RemoteForward, handler: TunnelWebSocketHandler, logger: Logger) {
+    static func dial(
+        portName: String, forward: RemoteForward, handler: TunnelWebSocketHandler, metrics: RelayMetrics, logger: Logger
+    ) {
         guard let binding = forward.binding(forPortName: portName), let eventLoop = handler.context?.eventLoop else {
             let known = forward.bindings.map(\.portName).joined(separator: ", ")
             logger.warning("unknown port name", metadata: ["port_name": "\(portName)", "known": "\(known)"])
-            handler.fail(code: 1008, cause: "unknown port name '\(portName)'")
+            metrics.dial(outcome: "unknown_port", seconds: nil)
+            handler.fail(code: 1008, label: "unknown_port", cause: "unknown port name '\(portName)'")
             return
         }
-        let tcp = TunnelTCPHandler()
+        let downBytes = metrics.bytes(role: .edge, direction: .down)
+        let tcp = TunnelTCPHandler(countBytes: { downBytes.increment(by: Int64($0)) })
         let boundTCP = NIOLoopBound(tcp, eventLoop: eventLoop)
         let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
         let started = ContinuousClock.now
@@ -245,6 +274,7 @@ final class ListenerLoop: Sendable {
             .whenComplete { result in
                 switch result {
                 case .success:
+                    metrics.dial(outcome: "connected", seconds: (ContinuousClock.now - started).seconds)
                     logger.debug(
                         "target dialled",
                         metadata: [
@@ -256,7 +286,10 @@ final class ListenerLoop: Sendable {
                     logger.warning(
                         "target dial failed",
                         metadata: ["target": "\(binding.host):\(binding.port)", "cause": "\(error)"])
-                    boundHandler.value.fail(code: 1011, cause: "dial \(binding.host):\(binding.port) failed: \(error)")
+                    metrics.dial(outcome: "failed", seconds: (ContinuousClock.now - started).seconds)
+                    boundHandler.value.fail(
+                        code: 1011, label: "dial_failed", cause: "dial \(binding.host):\(binding.port) failed: \(error)"
+                    )
                 }
             }
     }
@@ -308,6 +341,8 @@ final class EdgeControlHandler: ChannelInboundHandler {
             if self.unansweredPings >= 2 {
                 self.logger.warning(
                     "control channel dead: no pong", metadata: ["unanswered_pings": "\(self.unansweredPings)"])
+                self.listener.metrics.listenerEvent(
+                    role: .edge, entity: self.listener.forward.relayName, event: "dead_channel", cause: "ping_timeout")
                 context.close(promise: nil)
                 return
             }
@@ -329,6 +364,7 @@ final class EdgeControlHandler: ChannelInboundHandler {
             else { return }
             self.tokenExpiry = expiry
             self.send(.text, ByteBuffer(string: ControlMessage.renewToken(RenewTokenCommand(token: token)).encoded()))
+            self.listener.metrics.listenerEvent(role: .edge, entity: self.listener.forward.relayName, event: "renew")
             self.logger.info("token renewed", metadata: ["expiry": "\(expiry.map(String.init) ?? "none")"])
             self.scheduleRenewal()
         }

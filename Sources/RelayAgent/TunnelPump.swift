@@ -17,6 +17,15 @@ public struct TunnelSummary: Sendable, Equatable {
     /// Bytes from the relay toward the local TCP peer.
     public var bytesFromRelay = 0
     public var closeCause = "closed"
+    /// `closeCause` as a short bounded label for metrics.
+    public var causeLabel = "closed"
+    /// Seconds from the tunnel's start to its first payload byte from the relay, if one came.
+    public var timeToFirstByte: Double?
+
+    mutating func set(_ label: String, _ cause: String) {
+        causeLabel = label
+        closeCause = cause
+    }
 }
 
 /// The WebSocket side of an agent tunnel: the preamble exchange, then payload frames to and from the
@@ -54,11 +63,23 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     private(set) var sentClose = false
     private var summary = TunnelSummary()
     private var finished = false
+    private var uncountedBytes = 0
+    private let started: NIODeadline
+    private let countBytes: (Int) -> Void
     private let onFinished: (TunnelSummary) -> Void
 
-    init(role: Role, tcp: TunnelTCPHandler?, onFinished: @escaping (TunnelSummary) -> Void) {
+    /// - Parameters:
+    ///   - started: when the tunnel began (TCP accept on the client, `accept` on the edge).
+    ///   - countBytes: payload bytes received from the relay, reported once per read burst.
+    init(
+        role: Role, tcp: TunnelTCPHandler?, started: NIODeadline = .now(),
+        countBytes: @escaping (Int) -> Void = { _ in },
+        onFinished: @escaping (TunnelSummary) -> Void
+    ) {
         self.role = role
         self.tcp = tcp
+        self.started = started
+        self.countBytes = countBytes
         self.onFinished = onFinished
         switch role {
         case .sender: phase = .awaitingReply(PreambleResponseParser())
@@ -72,7 +93,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
         self.context = context
         tcp?.attach(self)
         if let tcp, !tcp.isActive {
-            summary.closeCause = "the local connection closed before the tunnel opened"
+            summary.set("local_closed_early", "the local connection closed before the tunnel opened")
             context.close(promise: nil)
             return
         }
@@ -118,7 +139,11 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     private func payloadReceived(_ data: ByteBuffer) {
         switch phase {
         case .pumping:
+            if summary.timeToFirstByte == nil {
+                summary.timeToFirstByte = Double((NIODeadline.now() - started).nanoseconds) / 1e9
+            }
             summary.bytesFromRelay &+= data.readableBytes
+            uncountedBytes &+= data.readableBytes
             tcp?.write(data)
         case .awaitingReply(var parser):
             switch parser.feed(data.readableBytesView) {
@@ -128,11 +153,12 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
                 phase = .pumping
                 if !leftover.isEmpty {
                     summary.bytesFromRelay += leftover.count
+                    uncountedBytes += leftover.count
                     tcp?.write(ByteBuffer(bytes: leftover))
                 }
                 tcp?.startReading()
             case .refused(_, let reason):
-                fail(code: 1002, cause: "preamble refused: \(reason)")
+                fail(code: 1002, label: "preamble_refused", cause: "preamble refused: \(reason)")
             }
         case .awaitingRequest(var parser):
             switch parser.feed(data.readableBytesView) {
@@ -143,17 +169,17 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
                 if case .listener(let dial) = role { dial(portName, self) }
             case .complete(_, .datagram, _):
                 sendFrame(.binary, ByteBuffer(bytes: [0, 0, 255]))
-                fail(code: 1003, cause: "datagram (UDP) tunnels are not supported")
+                fail(code: 1003, label: "protocol_error", cause: "datagram (UDP) tunnels are not supported")
             case .unsupportedVersion(let major):
                 sendFrame(.binary, ByteBuffer(bytes: Preamble.unsupportedVersion))
-                fail(code: 1002, cause: "unsupported preamble version \(major)")
+                fail(code: 1002, label: "protocol_error", cause: "unsupported preamble version \(major)")
             case .invalid(let why):
-                fail(code: 1002, cause: "invalid preamble: \(why)")
+                fail(code: 1002, label: "protocol_error", cause: "invalid preamble: \(why)")
             }
         case .dialing:
             // The sender waits for the preamble answer before sending payload; anything else is a
             // protocol error.
-            fail(code: 1002, cause: "payload arrived before the preamble was answered")
+            fail(code: 1002, label: "protocol_error", cause: "payload arrived before the preamble was answered")
         }
     }
 
@@ -164,18 +190,22 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
         let code = data.readInteger(as: UInt16.self)
         let reason = data.readString(length: data.readableBytes) ?? ""
         if case .pumping = phase {
-            if summary.closeCause == "closed" { summary.closeCause = "remote close \(code.map(String.init) ?? "-")" }
+            if summary.causeLabel == "closed" {
+                summary.set("remote_close", "remote close \(code.map(String.init) ?? "-")")
+            }
             tcp?.shutdownOutput()
         } else {
             let detail = reason.isEmpty ? "" : ": \(reason)"
-            summary.closeCause =
-                "closed by peer before the tunnel opened (\(code.map(String.init) ?? "no code")\(detail))"
+            summary.set(
+                "refused_by_peer",
+                "closed by peer before the tunnel opened (\(code.map(String.init) ?? "no code")\(detail))")
             tcp?.close()
         }
         if sentClose { context?.close(promise: nil) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        reportBytes()
         tcp?.flush()
         context.fireChannelReadComplete()
     }
@@ -197,15 +227,23 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if !receivedClose, summary.closeCause == "closed" { summary.closeCause = "relay connection lost" }
+        reportBytes()
+        if !receivedClose, summary.causeLabel == "closed" { summary.set("relay_lost", "relay connection lost") }
         tcp?.close()
         finish()
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        summary.closeCause = "websocket error: \(error)"
+        summary.set("error", "websocket error: \(error)")
         context.close(promise: nil)
+    }
+
+    /// Byte metrics move once per read burst, and once more when the channel goes.
+    private func reportBytes() {
+        guard uncountedBytes > 0 else { return }
+        countBytes(uncountedBytes)
+        uncountedBytes = 0
     }
 
     // MARK: From the TCP side
@@ -231,8 +269,8 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     /// The dial failed or the port name is unknown: tell the sender why, then close.
-    func fail(code: UInt16, cause: String) {
-        summary.closeCause = cause
+    func fail(code: UInt16, label: String, cause: String) {
+        summary.set(label, cause)
         sendClose(code: code, reason: cause)
         tcp?.close()
     }
@@ -295,8 +333,13 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Bytes that arrived before the tunnel opened: on a peer's FIN, NIO drains the socket whether or
     /// not `read()` was asked for.
     private var early: [ByteBuffer] = []
+    private var uncountedBytes = 0
+    /// Bytes read from the TCP peer, reported once per read burst.
+    var countBytes: (Int) -> Void
 
-    init() {}
+    init(countBytes: @escaping (Int) -> Void = { _ in }) {
+        self.countBytes = countBytes
+    }
 
     var isWritable: Bool { context?.channel.isWritable ?? false }
 
@@ -309,6 +352,7 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        uncountedBytes &+= unwrapInboundIn(data).readableBytes
         if started, let webSocket {
             webSocket.send(unwrapInboundIn(data))
         } else {
@@ -317,6 +361,7 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        reportBytes()
         webSocket?.flush()
         context.fireChannelReadComplete()
     }
@@ -346,6 +391,7 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        reportBytes()
         webSocket?.sendClose(code: 1000, reason: "Shutdown")
         context.fireChannelInactive()
     }
@@ -353,6 +399,12 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         webSocket?.sendClose(code: 1011, reason: "TCP error: \(error)")
         context.close(promise: nil)
+    }
+
+    private func reportBytes() {
+        guard uncountedBytes > 0 else { return }
+        countBytes(uncountedBytes)
+        uncountedBytes = 0
     }
 
     func startReading() {

@@ -41,10 +41,19 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     private var partnerGone = false
     private var finished = false
     private var statistics = BridgeLegStatistics()
+    private var uncountedBytes = 0
+    private let countBytes: @Sendable (Int) -> Void
     private let onFinished: @Sendable (BridgeLegStatistics) -> Void
 
-    /// - Parameter onFinished: called once, on this leg's loop, when the leg's channel is gone.
-    public init(onFinished: @escaping @Sendable (BridgeLegStatistics) -> Void = { _ in }) {
+    /// - Parameters:
+    ///   - countBytes: called once per read burst with the payload bytes received since the last call,
+    ///     so byte metrics move while a connection runs at the cost of one update per burst.
+    ///   - onFinished: called once, on this leg's loop, when the leg's channel is gone.
+    public init(
+        countBytes: @escaping @Sendable (Int) -> Void = { _ in },
+        onFinished: @escaping @Sendable (BridgeLegStatistics) -> Void = { _ in }
+    ) {
+        self.countBytes = countBytes
         self.onFinished = onFinished
     }
 
@@ -93,11 +102,16 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
             guard !receivedClose else { return }
             statistics.bytesIn &+= frame.length
             statistics.framesIn &+= 1
+            uncountedBytes &+= frame.length
             pending.append(frame.unmasked(allocator: context.channel.allocator))
         }
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
+        if uncountedBytes > 0 {
+            countBytes(uncountedBytes)
+            uncountedBytes = 0
+        }
         forwardPending()
         if receivedClose && sentClose {
             context.close(promise: nil)
@@ -157,6 +171,10 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
+        if uncountedBytes > 0 {
+            countBytes(uncountedBytes)
+            uncountedBytes = 0
+        }
         forwardPending()
         finish()
         if let partner {

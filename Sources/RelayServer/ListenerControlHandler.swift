@@ -2,7 +2,9 @@ import HybridConnections
 import Logging
 import NIOCore
 import NIOWebSocket
+import Prometheus
 import RelayIO
+import RelayTelemetry
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -30,6 +32,8 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     private var pingTask: Scheduled<Void>?
     private var missedPongs = 0
     private var closing = false
+    /// Why the channel ended, as a bounded metric label.
+    private var closeCause = "closed"
     private var messages: MessageAssembler
     private var responses = HTTPResponseAssembler()
     private var logger: Logger
@@ -72,6 +76,7 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     func channelInactive(context: ChannelHandlerContext) {
         pingTask?.cancel()
         if let handle { hub.unregister(handle) }
+        hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: "disconnect", cause: closeCause)
         logger.info("listener disconnected", metadata: ["listeners": "\(hub.listenerCount(entity: entity.name))"])
         context.fireChannelInactive()
     }
@@ -86,6 +91,7 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
             // Solicited or not (the .NET runtime sends unsolicited pongs as heartbeats): proof of life.
             missedPongs = 0
         case .connectionClose:
+            closeCause = "listener_closed"
             close(code: 1000, reason: "Normal Closure")
         default:
             missedPongs = 0
@@ -93,8 +99,12 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
             case .none: break
             case .message(.text, let data): textMessage(data)
             case .message(_, let data): binaryMessage(data)
-            case .tooLarge: close(code: 1009, reason: "Message too big")
-            case .protocolError(let why): close(code: 1002, reason: why)
+            case .tooLarge:
+                closeCause = "message_too_big"
+                close(code: 1009, reason: "Message too big")
+            case .protocolError(let why):
+                closeCause = "protocol_error"
+                close(code: 1002, reason: why)
             }
         }
     }
@@ -150,8 +160,11 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
                 entity: entity, token: token, right: .listen, requestHost: requestHost,
                 now: Int64(Date().timeIntervalSince1970))
             tokenExpiry = expiry ?? .max
+            hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: "renew")
             logger.info("listener token renewed", metadata: ["expiry": "\(tokenExpiry)"])
         } catch {
+            closeCause = "renew_refused"
+            hub.metrics.authFailure(role: .relay, reason: error.reason)
             logger.warning("renewToken refused: \(error.text)", metadata: ["reason": "\(error.reason)"])
             close(code: 1008, reason: "Token renewal failed: \(error.reason)")
         }
@@ -161,11 +174,13 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         guard let context, !closing else { return }
         let now = Int64(Date().timeIntervalSince1970)
         if tokenExpiry != .max && Double(now) > Double(tokenExpiry) + hub.limits.tokenGraceSeconds {
+            closeCause = "token_expired"
             logger.warning("listener token expired", metadata: ["reason": "token_expired"])
             close(code: 1008, reason: "The security token expired")
             return
         }
         if missedPongs >= hub.limits.missedPongLimit {
+            closeCause = "ping_timeout"
             logger.warning(
                 "listener evicted: no pong", metadata: ["reason": "ping_timeout", "missed_pongs": "\(missedPongs)"])
             closing = true

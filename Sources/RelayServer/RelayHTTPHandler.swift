@@ -3,7 +3,9 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOWebSocket
+import Prometheus
 import RelayIO
+import RelayTelemetry
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -21,10 +23,21 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private enum State {
         case idle
         case webSocketRequested(HTTPRequestHead, HybridConnectionRequest)
-        case awaitingRendezvous(key: String, head: HTTPRequestHead, timeout: Scheduled<Void>)
+        case awaitingRendezvous(WaitingSender)
         case readingHTTPBody(HTTPModeRequest)
         case awaitingHTTPResponse(key: String, keepAlive: Bool, timeout: Scheduled<Void>)
         case done
+    }
+
+    /// A sender held until a listener accepts, rejects or the time runs out.
+    private struct WaitingSender {
+        var key: String
+        var head: HTTPRequestHead
+        var timeout: Scheduled<Void>
+        var entity: String
+        var arrived: NIODeadline
+
+        var elapsedSeconds: Double { Double((NIODeadline.now() - arrived).nanoseconds) / 1e9 }
     }
 
     private struct HTTPModeRequest {
@@ -73,13 +86,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         ) {
             [weak self] in
             guard let self, let context = self.context else { return }
-            self.logger.warning(
-                "handshake timeout: no complete request head in time", metadata: ["reason": "handshake_timeout"])
-            self.respond(
+            self.refuse(
                 context: context,
                 Refusal(
                     status: 408, text: "RequestTimeout: The request head did not arrive in time",
-                    reason: "handshake_timeout"), trackingId: nil, entity: nil, close: true)
+                    reason: "handshake_timeout"))
         }
     }
 
@@ -124,16 +135,17 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
-        logger.warning("refused malformed request: \(refusal.text)", metadata: ["reason": "\(refusal.reason)"])
-        respond(context: context, refusal, trackingId: nil, entity: nil, close: true)
+        refuse(context: context, refusal)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         switch state {
-        case .awaitingRendezvous(let key, _, let timeout):
-            timeout.cancel()
-            if hub.takePending(key: key) != nil {
-                logger.info("sender left before a listener accepted", metadata: ["rendezvous": "\(key)"])
+        case .awaitingRendezvous(let waiting):
+            waiting.timeout.cancel()
+            if hub.takePending(key: waiting.key) != nil {
+                hub.metrics.rendezvous(
+                    entity: waiting.entity, outcome: "abandoned", status: 0, seconds: waiting.elapsedSeconds)
+                logger.info("sender left before a listener accepted", metadata: ["rendezvous": "\(waiting.key)"])
             }
         case .awaitingHTTPResponse(let key, _, let timeout):
             timeout.cancel()
@@ -188,6 +200,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func refuse(
         context: ChannelHandlerContext, _ refusal: Refusal, trackingId: String? = nil, entity: String? = nil
     ) {
+        hub.metrics.refused(role: .relay, reason: refusal.reason, status: refusal.status)
+        if refusal.isAuthorizationFailure { hub.metrics.authFailure(role: .relay, reason: refusal.reason) }
         logger.warning(
             "refused request: \(refusal.text)",
             metadata: ["status": "\(refusal.status)", "reason": "\(refusal.reason)"])
@@ -242,6 +256,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard hub.register(handle) else {
             throw Refusal(status: 403, text: RelayErrorText.tooManyListeners, reason: "listener_limit")
         }
+        hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: "connect")
         logger.info(
             "listener connected",
             metadata: [
@@ -257,6 +272,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func connect(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) throws
     {
+        hub.metrics.connectionAccepted(role: .relay)
+        let arrived = NIODeadline.now()
         let (entity, _) = try hub.policy.entity(for: request.path)
         _ = try hub.policy.authorize(
             entity: entity, token: token(head, queryToken: request.token)?.token, right: .send,
@@ -265,17 +282,22 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let key = hub.makeRendezvousKey(trackingId: trackingId)
         let pending = PendingSender(handler: NIOLoopBound(self, eventLoop: context.eventLoop))
         guard let listener = hub.dispatch(entity: entity.name, key: key, pending: .webSocket(pending)) else {
+            hub.metrics.rendezvous(entity: entity.name, outcome: "no_listener", status: 404, seconds: 0)
             throw Refusal(status: 404, text: RelayErrorText.noListeners, reason: "no_listener")
         }
         let timeout = context.eventLoop.assumeIsolated().scheduleTask(
             in: .fractionalSeconds(hub.limits.acceptTimeoutSeconds)
         ) { [weak self] in
             guard let self, let context = self.context, self.hub.takePending(key: key) != nil else { return }
+            self.hub.metrics.rendezvous(
+                entity: entity.name, outcome: "timeout", status: 504,
+                seconds: Double((NIODeadline.now() - arrived).nanoseconds) / 1e9)
             self.refuse(
                 context: context, Refusal(status: 504, text: RelayErrorText.acceptTimeout, reason: "accept_timeout"),
                 trackingId: trackingId, entity: entity.name)
         }
-        state = .awaitingRendezvous(key: key, head: head, timeout: timeout)
+        state = .awaitingRendezvous(
+            WaitingSender(key: key, head: head, timeout: timeout, entity: entity.name, arrived: arrived))
         let accept = AcceptCommand(
             address: hub.rendezvousAddress(
                 rawPath: request.target.rawPath, applicationQuery: request.target.applicationQuery, action: .accept,
@@ -309,24 +331,37 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// The listener opened the rendezvous: upgrade the held sender and join the two legs.
     func joinRendezvous(partner: NIOLoopBound<WebSocketBridgeHandler>, subprotocol: String?) {
-        guard let context, case .awaitingRendezvous(let key, let head, let timeout) = state else {
+        guard let context, case .awaitingRendezvous(let waiting) = state else {
             partner.eventLoop.execute { partner.value.partnerDidClose() }
             return
         }
-        timeout.cancel()
-        let bridge = WebSocketBridgeHandler()
+        waiting.timeout.cancel()
+        let metrics = hub.metrics
+        metrics.rendezvous(entity: waiting.entity, outcome: "accepted", status: 101, seconds: waiting.elapsedSeconds)
+        let active = metrics.activeTunnels(role: .relay)
+        active.increment()
+        let upBytes = metrics.bytes(role: .relay, direction: .up)
+        let joined = NIODeadline.now()
+        let bridge = WebSocketBridgeHandler(countBytes: { upBytes.increment(by: Int64($0)) }) { statistics in
+            active.decrement()
+            metrics.tunnelClosed(
+                role: .relay, seconds: Double((NIODeadline.now() - joined).nanoseconds) / 1e9,
+                cause: statistics.closeCode.map { "close_\($0)" } ?? "connection_lost")
+        }
         bridge.attach(partner: partner)
-        logger.info("rendezvous joined", metadata: ["rendezvous": "\(key)"])
-        upgrade(context: context, head: head, subprotocol: subprotocol, handler: bridge)
+        logger.info("rendezvous joined", metadata: ["rendezvous": "\(waiting.key)", "entity": "\(waiting.entity)"])
+        upgrade(context: context, head: waiting.head, subprotocol: subprotocol, handler: bridge)
         let bound = NIOLoopBound(bridge, eventLoop: context.eventLoop)
         partner.eventLoop.execute { partner.value.attach(partner: bound) }
     }
 
     /// The listener rejected the sender: the sender gets the listener's status.
     func rejected(status: Int, description: String?) {
-        guard let context, case .awaitingRendezvous(let key, _, let timeout) = state else { return }
-        timeout.cancel()
-        logger.info("listener rejected sender", metadata: ["rendezvous": "\(key)", "status": "\(status)"])
+        guard let context, case .awaitingRendezvous(let waiting) = state else { return }
+        waiting.timeout.cancel()
+        hub.metrics.rendezvous(
+            entity: waiting.entity, outcome: "rejected", status: status, seconds: waiting.elapsedSeconds)
+        logger.info("listener rejected sender", metadata: ["rendezvous": "\(waiting.key)", "status": "\(status)"])
         respond(
             context: context, status: status,
             reason: description ?? HTTPResponseStatus(statusCode: status).reasonPhrase, close: true)
@@ -348,7 +383,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         let subprotocol = WebSocketHandshake.firstSubprotocol(head.headers)
-        let bridge = WebSocketBridgeHandler()
+        let downBytes = hub.metrics.bytes(role: .relay, direction: .down)
+        let bridge = WebSocketBridgeHandler(countBytes: { downBytes.increment(by: Int64($0)) })
         upgrade(context: context, head: head, subprotocol: subprotocol, handler: bridge)
         let bound = NIOLoopBound(bridge, eventLoop: context.eventLoop)
         senderHandler.eventLoop.execute { senderHandler.value.joinRendezvous(partner: bound, subprotocol: subprotocol) }

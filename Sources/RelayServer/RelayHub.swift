@@ -1,7 +1,9 @@
 import HybridConnections
 import Logging
 import NIOCore
+import Prometheus
 import RelayIO
+import RelayTelemetry
 import Synchronization
 
 #if canImport(FoundationEssentials)
@@ -58,13 +60,15 @@ public final class RelayHub: Sendable {
     public let configuration: RelayConfiguration
     let policy: RelayPolicy
     let logger: Logger
+    public let metrics: RelayMetrics
     private let publicURLBox: Mutex<String>
     private let table: Mutex<RendezvousTable<ListenerHandle, PendingRendezvous>>
     private let nextID = Atomic<UInt64>(1)
 
-    public init(configuration: RelayConfiguration, logger: Logger) {
+    public init(configuration: RelayConfiguration, logger: Logger, metrics: RelayMetrics) {
         self.configuration = configuration
         self.logger = logger
+        self.metrics = metrics
         policy = RelayPolicy(configuration: configuration)
         publicURLBox = Mutex(configuration.effectivePublicURL)
         table = Mutex(RendezvousTable(listenerLimit: configuration.limits.maxListenersPerEntity))
@@ -94,11 +98,25 @@ public final class RelayHub: Sendable {
     }
 
     func register(_ listener: ListenerHandle) -> Bool {
-        table.withLock { $0.addListener(entity: listener.entity, id: listener.id, listener) } == .added
+        let (result, count) = table.withLock { table in
+            let result = table.addListener(entity: listener.entity, id: listener.id, listener)
+            return (result, table.listenerCount(entity: listener.entity))
+        }
+        metrics.listeners(role: .relay, entity: listener.entity).set(to: Double(count))
+        return result == .added
     }
 
-    func unregister(_ listener: ListenerHandle) {
-        _ = table.withLock { $0.removeListener(entity: listener.entity, id: listener.id) }
+    /// Returns whether the listener was still registered.
+    @discardableResult
+    func unregister(_ listener: ListenerHandle) -> Bool {
+        let (removed, count) = table.withLock { table in
+            (
+                table.removeListener(entity: listener.entity, id: listener.id),
+                table.listenerCount(entity: listener.entity)
+            )
+        }
+        metrics.listeners(role: .relay, entity: listener.entity).set(to: Double(count))
+        return removed
     }
 
     public func listenerCount(entity: String) -> Int {

@@ -13,6 +13,9 @@ public struct Refusal: Error, Equatable, Sendable {
         self.reason = reason
     }
 
+    /// Refusals that come from a token: counted as authentication failures too.
+    public var isAuthorizationFailure: Bool { status == 401 || status == 403 && reason != "listener_limit" }
+
     static func from(_ error: TokenError) -> Refusal {
         Refusal(status: error.httpStatus, text: error.description, reason: error.reason)
     }

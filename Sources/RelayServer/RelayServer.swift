@@ -4,6 +4,7 @@ import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import RelayIO
+import RelayTelemetry
 
 /// A running relay: one listening socket serving listeners, senders and HTTP-mode requests.
 public final class RelayServer: Sendable {
@@ -20,7 +21,8 @@ public final class RelayServer: Sendable {
 
     /// Validates the configuration, loads TLS material and binds.
     public static func start(
-        configuration: RelayConfiguration, group: any EventLoopGroup, logger: Logger
+        configuration: RelayConfiguration, group: any EventLoopGroup, logger: Logger,
+        metrics: RelayMetrics = RelayMetrics()
     ) async throws -> RelayServer {
         try configuration.validate()
         guard let address = HostPort(configuration.listen) else {
@@ -29,7 +31,7 @@ public final class RelayServer: Sendable {
         let tlsContext = try configuration.tls.map {
             try TLSSetup.serverContext(certificatePath: $0.certificate, keyPath: $0.key)
         }
-        let hub = RelayHub(configuration: configuration, logger: logger)
+        let hub = RelayHub(configuration: configuration, logger: logger, metrics: metrics)
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)

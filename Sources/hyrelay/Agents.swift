@@ -6,6 +6,7 @@ import NIOPosix
 import NIOSSL
 import RelayAgent
 import RelayIO
+import RelayTelemetry
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -48,9 +49,7 @@ struct AgentOptions: ParsableArguments {
     @Option(name: .customLong("grace"), help: "Seconds to let open tunnels finish on SIGTERM (default 10).")
     var grace: Double = 10
 
-    @Option(
-        name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
-    var logLevel: LogLevelOption = .info
+    @OptionGroup var telemetry: TelemetryOptions
 
     func loadConfiguration() throws -> AgentConfiguration {
         var configuration = AgentConfiguration()
@@ -129,14 +128,20 @@ struct Client: AsyncParsableCommand {
             access.noAuthentication = forward.noAuthentication
             return (forward, access)
         }
-        bootstrapLogging(level: options.logLevel.level)
+        options.telemetry.bootstrapLogging(role: "client")
         let logger = Logger(label: "hyrelay.client")
+        let metrics = RelayMetrics()
         let agent = try await ClientAgent.start(
             forwards: forwards, tlsContext: try options.tlsContext(), group: MultiThreadedEventLoopGroup.singleton,
-            logger: logger)
+            logger: logger, metrics: metrics)
+        let ports = agent.localAddresses.count
+        let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
+            (true, "\(ports) client port(s) bound")
+        }
         await SignalWaiter.waitForTermination()
         logger.info("draining", metadata: ["open_tunnels": "\(agent.tunnelCount)"])
         await agent.shutdown(grace: .milliseconds(Int(options.grace * 1000)))
+        await side?.stop()
     }
 }
 
@@ -169,15 +174,20 @@ struct Edge: AsyncParsableCommand {
         let forwards = try configuration.remoteForwards.map { forward in
             (forward, try options.access(configuration, entry: forward.connectionString, relayName: forward.relayName))
         }
-        bootstrapLogging(level: options.logLevel.level)
+        options.telemetry.bootstrapLogging(role: "edge")
         let logger = Logger(label: "hyrelay.edge")
+        let metrics = RelayMetrics()
         let agent = EdgeAgent.start(
             forwards: forwards, keepAliveInterval: configuration.keepAliveInterval,
             tlsContext: try options.tlsContext(),
-            group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+            group: MultiThreadedEventLoopGroup.singleton, logger: logger, metrics: metrics)
+        let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
+            agent.allOnline ? (true, "all listeners online") : (false, "not every listener is online")
+        }
         await SignalWaiter.waitForTermination()
         logger.info("draining", metadata: ["open_tunnels": "\(agent.tunnelCount)"])
         await agent.shutdown(grace: .milliseconds(Int(options.grace * 1000)))
+        await side?.stop()
     }
 }
 

@@ -7,6 +7,7 @@ import NIOPosix
 import RelayAgent
 import RelayIO
 import RelayServer
+import RelayTelemetry
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -40,12 +41,11 @@ struct Demo: AsyncParsableCommand {
     @Flag(name: .long, help: "Exit after the sample traffic instead of waiting for Ctrl-C.")
     var once = false
 
-    @Option(
-        name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
-    var logLevel: LogLevelOption = .info
+    @OptionGroup var telemetry: TelemetryOptions
 
     func run() async throws {
-        bootstrapLogging(level: logLevel.level)
+        telemetry.bootstrapLogging(role: "demo")
+        let metrics = RelayMetrics()
         let group = MultiThreadedEventLoopGroup.singleton
         let key = Data((0..<32).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
         let relayConfiguration = RelayConfiguration(
@@ -53,7 +53,7 @@ struct Demo: AsyncParsableCommand {
             namespaceRules: [AuthorizationRule(keyName: "demo", primaryKey: key, rights: [.listen, .send])],
             hybridConnections: [HybridConnectionConfiguration(name: "demo")])
         let relay = try await RelayServer.start(
-            configuration: relayConfiguration, group: group, logger: Logger(label: "hyrelay.relay"))
+            configuration: relayConfiguration, group: group, logger: Logger(label: "hyrelay.relay"), metrics: metrics)
         let relayAddress = "ws://127.0.0.1:\(relay.localAddress?.port ?? relayPort)"
         let service = try await EchoService.start(group: group)
         let access = RelayAccess(base: WebSocketURL(relayAddress)!, keyName: "demo", key: key)
@@ -64,7 +64,8 @@ struct Demo: AsyncParsableCommand {
                     access
                 )
             ],
-            keepAliveInterval: 30, tlsContext: nil, group: group, logger: Logger(label: "hyrelay.edge"))
+            keepAliveInterval: 30, tlsContext: nil, group: group, logger: Logger(label: "hyrelay.edge"),
+            metrics: metrics)
         guard await edge.waitUntilOnline(timeout: .seconds(10)) else {
             throw ValidationError("the edge did not come online; see the log above")
         }
@@ -75,8 +76,11 @@ struct Demo: AsyncParsableCommand {
                         relayName: "demo", bindings: [LocalBinding(bindAddress: "127.0.0.1", port: clientPort)]), access
                 )
             ],
-            tlsContext: nil, group: group, logger: Logger(label: "hyrelay.client"))
+            tlsContext: nil, group: group, logger: Logger(label: "hyrelay.client"), metrics: metrics)
         let clientPort = client.localAddresses.first?.port ?? self.clientPort
+        let side = try await telemetry.startServer(metrics: metrics, logger: Logger(label: "hyrelay.demo")) {
+            edge.allOnline ? (true, "relay, edge and client up") : (false, "the edge listener is offline")
+        }
 
         print(
             """
@@ -106,7 +110,10 @@ struct Demo: AsyncParsableCommand {
         print(
             """
 
-            Each tunnel logged its bytes, duration and close cause above ("tunnel closed").
+            Telemetry (every role in this process; labels role, direction, cause):
+            \(Self.summary(metrics))
+            Each tunnel logged its bytes, duration and close cause above ("tunnel closed").\(
+                side.map { "\nPrometheus metrics: http://\($0.localAddress.map { "127.0.0.1:\($0.port ?? 0)" } ?? "?")/metrics" } ?? "")
             Try it yourself:  printf 'hello\\n' | nc -q1 127.0.0.1 \(clientPort)
             Token for SDK clients:  hyrelay token --resource http://127.0.0.1/demo --key-name demo --key '\(key)'
             """)
@@ -117,8 +124,26 @@ struct Demo: AsyncParsableCommand {
         await client.shutdown(grace: .seconds(2))
         await edge.shutdown(grace: .seconds(2))
         await relay.stop()
+        await side?.stop()
         try? await service.channel.close()
         if intact != results.count { throw ExitCode(1) }
+    }
+}
+
+extension Demo {
+    /// The headline series of the exposition, one per line.
+    static func summary(_ metrics: RelayMetrics) -> String {
+        let text = String(decoding: metrics.exposition(), as: UTF8.self)
+        let wanted = [
+            "hyrelay_transferred_bytes_total", "hyrelay_connections_accepted_total", "hyrelay_rendezvous_total",
+            "hyrelay_dials_total", "hyrelay_tunnels_closed_total", "hyrelay_listeners{",
+            "hyrelay_rendezvous_duration_seconds_count",
+        ]
+        return text.split(separator: "\n")
+            .filter { line in !line.hasPrefix("#") && wanted.contains { line.hasPrefix($0) } }
+            .sorted()
+            .map { "  " + $0 }
+            .joined(separator: "\n")
     }
 }
 

@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import RelayServer
+import RelayTelemetry
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -25,20 +26,6 @@ struct Hyrelay: AsyncParsableCommand {
         abstract: "A self-hostable Azure Relay Hybrid Connections relay, with tunnel agents and telemetry.",
         subcommands: [Relay.self, Client.self, Edge.self, Demo.self, Check.self, Token.self]
     )
-}
-
-func bootstrapLogging(level: Logger.Level) {
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = level
-        return handler
-    }
-}
-
-enum LogLevelOption: String, ExpressibleByArgument, CaseIterable {
-    case trace, debug, info, notice, warning, error, critical
-
-    var level: Logger.Level { Logger.Level(rawValue: rawValue) ?? .info }
 }
 
 struct Relay: AsyncParsableCommand {
@@ -93,9 +80,7 @@ struct Relay: AsyncParsableCommand {
         name: .customLong("ping-interval"), help: "Seconds between pings on listener control channels (default 30).")
     var pingInterval: Double?
 
-    @Option(
-        name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
-    var logLevel: LogLevelOption = .info
+    @OptionGroup var telemetry: TelemetryOptions
 
     func makeConfiguration() throws -> RelayConfiguration {
         var configuration = RelayConfiguration()
@@ -156,13 +141,19 @@ struct Relay: AsyncParsableCommand {
 
     func run() async throws {
         let configuration = try makeConfiguration()
-        bootstrapLogging(level: logLevel.level)
+        telemetry.bootstrapLogging(role: "relay")
         let logger = Logger(label: "hyrelay.relay")
+        let metrics = RelayMetrics()
         let server = try await RelayServer.start(
-            configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+            configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger, metrics: metrics
+        )
+        let side = try await telemetry.startServer(metrics: metrics, logger: logger) {
+            (true, "relay listening on \(configuration.listen)")
+        }
         await SignalWaiter.waitForTermination()
         logger.info("shutting down")
         await server.stop()
+        await side?.stop()
     }
 }
 

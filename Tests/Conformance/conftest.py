@@ -51,6 +51,7 @@ limits:
   acceptTimeoutSeconds: 3
   httpResponseTimeoutSeconds: 3
   pingIntervalSeconds: 1
+  handshakeTimeoutSeconds: 2
 """
 
 

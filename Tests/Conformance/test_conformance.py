@@ -375,3 +375,20 @@ def test_bad_input_keeps_relay_serving(relay):
         sock.close()
         assert expected in reply.split(b"\r\n")[0], (raw[:60], reply[:200])
     assert relay.process.poll() is None
+
+
+def test_incomplete_handshakes_time_out_and_do_not_block_others(relay):
+    import socket
+    stalled = []
+    for _ in range(100):
+        sock = socket.create_connection((relay.host, relay.port), timeout=10)
+        sock.sendall(b"GET /$hc/hyco HTTP/1.1\r\nHost: x\r\n")  # never finished
+        stalled.append(sock)
+    # New work goes through while a hundred handshakes hang.
+    status, _, _, _ = hc.http_request(relay.host, relay.port, "GET", "/nothere/x")
+    assert status == 404
+    started = time.time()
+    reply = stalled[0].recv(4096)
+    assert b" 408 " in reply.split(b"\r\n")[0] and 1 < time.time() - started < 6
+    for sock in stalled:
+        sock.close()

@@ -49,7 +49,7 @@ import Testing
             text
                 == "There are no listeners connected for the endpoint. TrackingId:abc_G0, SystemTracker:sb://ns/hyco, Timestamp:2025-04-24T11:08:15"
         )
-        #expect(RelayErrorText.utc(0) == "1970-01-01T00:00:00")
-        #expect(RelayErrorText.utc(951_782_400) == "2000-02-29T00:00:00")
+        #expect(CivilTime.utc(0) == "1970-01-01T00:00:00")
+        #expect(CivilTime.utc(951_782_400) == "2000-02-29T00:00:00")
     }
 }

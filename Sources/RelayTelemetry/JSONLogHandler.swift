@@ -1,0 +1,94 @@
+import HybridConnections
+import Logging
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// One JSON object per line on standard error: `time`, `level`, `role`, `message`, `label`, then the
+/// metadata (which carries `trace_id` and `span_id` on hop logs). Values are strings; keys that look like
+/// secrets are redacted, so a token can never reach a log by accident.
+public struct JSONLogHandler: LogHandler {
+    public var logLevel: Logger.Level = .info
+    public var metadata: Logger.Metadata = [:]
+    public var metadataProvider: Logger.MetadataProvider?
+    private let label: String
+    private let role: String
+
+    static let secretKeys: Set<String> = ["token", "sas", "key", "signature", "authorization", "password", "secret"]
+
+    public init(label: String, role: String) {
+        self.label = label
+        self.role = role
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var merged = metadata
+        if let provided = metadataProvider?.get() { merged.merge(provided) { $1 } }
+        if let extra = event.metadata { merged.merge(extra) { $1 } }
+        let line = Self.render(
+            time: Date(), level: event.level, role: role, label: label, message: "\(event.message)", metadata: merged)
+        // One write(2) per line keeps lines from different threads whole.
+        var bytes = Array(line.utf8)
+        _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+    }
+
+    static func render(
+        time: Date, level: Logger.Level, role: String, label: String, message: String, metadata: Logger.Metadata
+    ) -> String {
+        var out = "{\"time\":\"\(iso8601(time))\",\"level\":\"\(level.rawValue)\",\"role\":"
+        appendString(role, to: &out)
+        out += ",\"label\":"
+        appendString(label, to: &out)
+        out += ",\"message\":"
+        appendString(message, to: &out)
+        for key in metadata.keys.sorted() where !["time", "level", "role", "label", "message"].contains(key) {
+            out += ","
+            appendString(key, to: &out)
+            out += ":"
+            appendString(secretKeys.contains(key.lowercased()) ? "[redacted]" : "\(metadata[key]!)", to: &out)
+        }
+        out += "}\n"
+        return out
+    }
+
+    static func appendString(_ value: String, to out: inout String) {
+        out += "\""
+        for scalar in value.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        out += "\""
+    }
+
+    /// `2026-11-29T14:02:54.123Z`.
+    static func iso8601(_ date: Date) -> String {
+        let milliseconds = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
+        let seconds = milliseconds / 1000
+        let fraction = Int(milliseconds % 1000)
+        let pad = fraction < 10 ? "00" : fraction < 100 ? "0" : ""
+        return "\(CivilTime.utc(seconds)).\(pad)\(fraction)Z"
+    }
+}

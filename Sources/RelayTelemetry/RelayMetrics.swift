@@ -1,0 +1,155 @@
+import Prometheus
+
+/// The process's role in a tunnel, the `role` label on every metric.
+public enum TelemetryRole: String, Sendable, CaseIterable {
+    case relay, client, edge
+}
+
+/// Byte direction: `up` flows from the device (client side) toward the service (edge side).
+public enum ByteDirection: String, Sendable, CaseIterable {
+    case up, down
+}
+
+/// Every metric HybridRelay exposes, registered in one place with help texts, so the exposition always
+/// carries `# HELP` and `# TYPE` and label sets stay bounded (role, entity, outcome, reason; never a
+/// connection id). swift-prometheus is used directly: swift-metrics has no help texts, which promtool
+/// requires.
+public final class RelayMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+
+    /// Latency buckets in seconds, 0.5 ms to 30 s.
+    public static let latencyBuckets: [Double] = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+    ]
+    /// Connection lifetimes in seconds, 10 ms to 1 h.
+    public static let durationBuckets: [Double] = [0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600]
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+    }
+
+    private func counter(_ name: String, _ help: String, _ labels: [(String, String)]) -> Counter {
+        registry.makeCounter(
+            descriptor: MetricNameDescriptor(namespace: "hyrelay", metricName: name, unitName: "total", helpText: help),
+            labels: labels)
+    }
+
+    private func gauge(_ name: String, _ help: String, _ labels: [(String, String)]) -> Gauge {
+        registry.makeGauge(
+            descriptor: MetricNameDescriptor(namespace: "hyrelay", metricName: name, unitName: "", helpText: help),
+            labels: labels)
+    }
+
+    private func histogram(
+        _ name: String, _ help: String, _ labels: [(String, String)], buckets: [Double]
+    )
+        -> ValueHistogram
+    {
+        registry.makeValueHistogram(
+            descriptor: MetricNameDescriptor(
+                namespace: "hyrelay", metricName: name, unitName: "seconds", helpText: help),
+            labels: labels, buckets: buckets)
+    }
+
+    // MARK: Counters
+
+    /// The live byte counter for a role and direction; connections add to it on every read burst.
+    public func bytes(role: TelemetryRole, direction: ByteDirection) -> Counter {
+        counter(
+            "transferred_bytes", "Payload bytes moved through tunnels, counted as they flow.",
+            [("role", role.rawValue), ("direction", direction.rawValue)])
+    }
+
+    public func connectionAccepted(role: TelemetryRole) {
+        counter(
+            "connections_accepted",
+            "Connections accepted: TCP on client ports, senders at the relay, accepts at the edge.",
+            [("role", role.rawValue)]
+        ).increment()
+    }
+
+    /// One sender's rendezvous at the relay, with how it ended and how long it took.
+    public func rendezvous(entity: String, outcome: String, status: Int, seconds: Double) {
+        counter(
+            "rendezvous", "Sender rendezvous at the relay by outcome and HTTP status.",
+            [("entity", entity), ("outcome", outcome), ("status", String(status))]
+        ).increment()
+        histogram(
+            "rendezvous_duration", "Sender arrival to listener accept, reject or timeout.", [("entity", entity)],
+            buckets: Self.latencyBuckets
+        ).record(seconds)
+    }
+
+    public func dial(outcome: String, seconds: Double?) {
+        counter("dials", "Edge dials of targets by outcome.", [("outcome", outcome)]).increment()
+        if let seconds {
+            histogram("dial_duration", "Edge TCP connect to the target.", [], buckets: Self.latencyBuckets).record(
+                seconds)
+        }
+    }
+
+    public func clientConnect(outcome: String, seconds: Double) {
+        counter("client_connects", "Client sender upgrades by outcome.", [("outcome", outcome)]).increment()
+        histogram(
+            "client_connect_duration",
+            "Client sender upgrade until 101 or refusal (the rendezvous as the client sees it).",
+            [], buckets: Self.latencyBuckets
+        ).record(seconds)
+    }
+
+    public func timeToFirstByte(role: TelemetryRole, seconds: Double) {
+        histogram(
+            "time_to_first_byte", "Tunnel open until the first payload byte.", [("role", role.rawValue)],
+            buckets: Self.latencyBuckets
+        ).record(seconds)
+    }
+
+    /// A tunnel ended; `cause` is a short bounded label.
+    public func tunnelClosed(role: TelemetryRole, seconds: Double, cause: String) {
+        counter(
+            "tunnels_closed", "Tunnels ended, by role and close cause.", [("role", role.rawValue), ("cause", cause)]
+        ).increment()
+        histogram(
+            "connection_duration", "Tunnel lifetime.", [("role", role.rawValue)], buckets: Self.durationBuckets
+        ).record(seconds)
+    }
+
+    /// Listener lifecycle: connect, disconnect, reconnect, renew, evict, refused; `cause` bounded.
+    public func listenerEvent(role: TelemetryRole, entity: String, event: String, cause: String = "none") {
+        counter(
+            "listener_events", "Listener control channel lifecycle events by cause.",
+            [("role", role.rawValue), ("entity", entity), ("event", event), ("cause", cause)]
+        ).increment()
+    }
+
+    public func authFailure(role: TelemetryRole, reason: String) {
+        counter("auth_failures", "Refused tokens by reason.", [("role", role.rawValue), ("reason", reason)]).increment()
+    }
+
+    public func refused(role: TelemetryRole, reason: String, status: Int) {
+        counter(
+            "refused_requests", "Requests refused by reason and HTTP status.",
+            [("role", role.rawValue), ("reason", reason), ("status", String(status))]
+        ).increment()
+    }
+
+    // MARK: Gauges
+
+    public func activeTunnels(role: TelemetryRole) -> Gauge {
+        gauge("active_tunnels", "Tunnels open now.", [("role", role.rawValue)])
+    }
+
+    /// Listener control channels: registered at the relay, or online at the edge.
+    public func listeners(role: TelemetryRole, entity: String) -> Gauge {
+        gauge(
+            "listeners", "Listener control channels online, per entity.", [("role", role.rawValue), ("entity", entity)])
+    }
+
+    /// Text exposition format 0.0.4.
+    public func exposition() -> [UInt8] {
+        var buffer: [UInt8] = []
+        buffer.reserveCapacity(16 * 1024)
+        registry.emit(into: &buffer)
+        return buffer
+    }
+}

@@ -1,0 +1,65 @@
+import ArgumentParser
+import Logging
+import NIOCore
+import NIOPosix
+import RelayServer
+import RelayTelemetry
+
+enum LogLevelOption: String, ExpressibleByArgument, CaseIterable {
+    case trace, debug, info, notice, warning, error, critical
+
+    var level: Logger.Level { Logger.Level(rawValue: rawValue) ?? .info }
+}
+
+enum LogFormatOption: String, ExpressibleByArgument, CaseIterable {
+    case text, json
+}
+
+/// Logging and metrics options every role takes.
+struct TelemetryOptions: ParsableArguments {
+    @Option(name: .customLong("metrics"), help: "Serve /metrics, /healthz and /readyz on HOST:PORT.")
+    var metricsAddress: String?
+
+    @Option(name: .customLong("log-format"), help: "text or json (one JSON object per line, default text).")
+    var logFormat: LogFormatOption = .text
+
+    @Option(
+        name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
+    var logLevel: LogLevelOption = .info
+
+    func validate() throws {
+        if let metricsAddress, HostPort(metricsAddress) == nil {
+            throw ValidationError("--metrics '\(metricsAddress)' is not HOST:PORT")
+        }
+    }
+
+    /// Sets up logging for `role`; call once, before anything logs.
+    func bootstrapLogging(role: String) {
+        let level = logLevel.level
+        let format = logFormat
+        LoggingSystem.bootstrap { label in
+            switch format {
+            case .json:
+                var handler = JSONLogHandler(label: label, role: role)
+                handler.logLevel = level
+                return handler
+            case .text:
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
+        }
+    }
+
+    /// Starts the side port when `--metrics` was given.
+    func startServer(
+        metrics: RelayMetrics, logger: Logger, readiness: @escaping TelemetryServer.Readiness
+    ) async throws -> TelemetryServer? {
+        guard let metricsAddress, let address = HostPort(metricsAddress) else { return nil }
+        let server = try await TelemetryServer.start(
+            host: address.host, port: address.port, metrics: metrics, readiness: readiness,
+            group: MultiThreadedEventLoopGroup.singleton)
+        logger.info("metrics served", metadata: ["address": "\(server.localAddress.map { "\($0)" } ?? metricsAddress)"])
+        return server
+    }
+}
