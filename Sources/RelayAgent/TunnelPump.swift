@@ -196,9 +196,11 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
             tcp?.shutdownOutput()
         } else {
             let detail = reason.isEmpty ? "" : ": \(reason)"
-            summary.set(
+            if summary.causeLabel == "closed" {
+                summary.set(
                 "refused_by_peer",
                 "closed by peer before the tunnel opened (\(code.map(String.init) ?? "no code")\(detail))")
+            }
             tcp?.close()
         }
         if sentClose { context?.close(promise: nil) }

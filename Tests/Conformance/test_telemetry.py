@@ -1,0 +1,164 @@
+"""Telemetry of real processes: /metrics of relay, edge and client after real traffic, checked by
+promtool and scraped by a real Prometheus whose query API must agree with the bytes and tunnels moved."""
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+import agents
+from conftest import free_port
+
+TUNNELS = 12
+PAYLOAD = 300_000
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, response.read().decode()
+
+
+def parse_metrics(text):
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("telemetry")
+    ports = {role: free_port() for role in ("relay", "edge", "client")}
+    relay_port = free_port()
+    relay = agents.Process(
+        ["relay", "--listen", "127.0.0.1:%d" % relay_port, "--hybrid-connection", "tele", "--sas-key-name",
+         agents.KEY_NAME, "--sas-key", agents.KEY, "--metrics", "127.0.0.1:%d" % ports["relay"], "--log-format", "json"],
+        str(directory / "relay.log"))
+    relay.wait_for_log("relay listening")
+    url = "ws://127.0.0.1:%d" % relay_port
+    target = agents.TcpServer("echo")
+    closed = free_port()
+    edge = agents.start_edge(directory, url, ["tele:ok/127.0.0.1:%d;down/127.0.0.1:%d" % (target.port, closed)],
+                             extra=["--metrics", "127.0.0.1:%d" % ports["edge"], "--log-format", "json"])
+    client_port, refused_port = free_port(), free_port()
+    client = agents.start_client(directory, url, ["127.0.0.1:%d/ok;127.0.0.1:%d/down:tele" % (client_port, refused_port)],
+                                 [client_port, refused_port],
+                                 extra=["--metrics", "127.0.0.1:%d" % ports["client"], "--log-format", "json"])
+    for _ in range(TUNNELS):
+        sent, received, count = agents.echo_roundtrip(client_port, os.urandom(PAYLOAD))
+        assert count == PAYLOAD and sent == received
+    import socket
+    sock = socket.create_connection(("127.0.0.1", refused_port), timeout=10)
+    assert sock.recv(10) == b""
+    sock.close()
+    time.sleep(0.5)
+    yield {"ports": ports, "relay": relay, "edge": edge, "client": client, "directory": directory}
+    for process in (client, edge, relay):
+        process.stop()
+    target.close()
+
+
+def test_metrics_of_every_role_pass_promtool(stack):
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian package prometheus) is required"
+    for role, port in stack["ports"].items():
+        status, text = get("http://127.0.0.1:%d/metrics" % port)
+        assert status == 200
+        check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+        assert check.returncode == 0, "%s: %s%s" % (role, check.stdout, check.stderr)
+        assert "hyrelay_" in text
+
+
+def test_counters_match_the_traffic(stack):
+    values = {role: parse_metrics(get("http://127.0.0.1:%d/metrics" % port)[1]) for role, port in stack["ports"].items()}
+    client, edge, relay = values["client"], values["edge"], values["relay"]
+    moved = TUNNELS * PAYLOAD
+    assert client['hyrelay_transferred_bytes_total{role="client",direction="up"}'] == moved
+    assert client['hyrelay_transferred_bytes_total{role="client",direction="down"}'] == moved
+    assert edge['hyrelay_transferred_bytes_total{role="edge",direction="up"}'] == moved
+    assert edge['hyrelay_transferred_bytes_total{role="edge",direction="down"}'] == moved
+    # The relay is protocol-blind: it also carries each preamble (4 + len("ok") bytes up, 3 down; the
+    # refused tunnel sent 4 + len("down") and got no answer).
+    assert relay['hyrelay_transferred_bytes_total{role="relay",direction="up"}'] == moved + TUNNELS * 6 + 8
+    assert relay['hyrelay_transferred_bytes_total{role="relay",direction="down"}'] == moved + TUNNELS * 3
+    assert relay['hyrelay_rendezvous_total{entity="tele",outcome="accepted",status="101"}'] == TUNNELS + 1
+    assert relay['hyrelay_rendezvous_duration_seconds_count{entity="tele"}'] == TUNNELS + 1
+    assert edge['hyrelay_dials_total{outcome="connected"}'] == TUNNELS
+    assert edge['hyrelay_dials_total{outcome="failed"}'] == 1, "the refused dial is counted"
+    assert edge['hyrelay_tunnels_closed_total{role="edge",cause="dial_failed"}'] == 1
+    assert client['hyrelay_tunnels_closed_total{role="client",cause="refused_by_peer"}'] == 1
+    assert client['hyrelay_connection_duration_seconds_count{role="client"}'] == TUNNELS + 1
+    assert client['hyrelay_client_connect_duration_seconds_count'] == TUNNELS + 1
+    assert relay['hyrelay_listeners{role="relay",entity="tele"}'] == 1
+    assert edge['hyrelay_listeners{role="edge",entity="tele"}'] == 1
+    assert client['hyrelay_active_tunnels{role="client"}'] == 0
+
+
+def test_health_and_readiness(stack):
+    for port in stack["ports"].values():
+        assert get("http://127.0.0.1:%d/healthz" % port) == (200, "ok\n")
+        status, text = get("http://127.0.0.1:%d/readyz" % port)
+        assert status == 200, text
+
+
+def test_json_logs_carry_fields_and_no_secrets(stack):
+    for role in ("relay", "edge", "client"):
+        text = stack[role].log()
+        assert agents.KEY not in text, "the key leaked into the %s log" % role
+        assert "sig=" not in text
+        lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        assert lines, role
+        for line in lines:
+            for field in ("time", "level", "role", "message"):
+                assert field in line
+            assert line["role"] == role
+    closed = [json.loads(l) for l in stack["client"].log().splitlines() if '"tunnel closed"' in l]
+    assert len(closed) == TUNNELS + 1 and all("bytes_up" in line and "cause" in line for line in closed)
+
+
+def test_real_prometheus_scrapes_all_roles(stack, tmp_path):
+    prometheus = shutil.which("prometheus")
+    assert prometheus, "prometheus (Debian package) is required"
+    port = free_port()
+    targets = ", ".join("'127.0.0.1:%d'" % p for p in stack["ports"].values())
+    config = tmp_path / "prometheus.yml"
+    config.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: hyrelay\n"
+                      "    static_configs:\n      - targets: [%s]\n" % targets)
+    log = open(tmp_path / "prometheus.log", "w")
+    process = subprocess.Popen([prometheus, "--config.file=%s" % config, "--storage.tsdb.path=%s" % (tmp_path / "data"),
+                                "--web.listen-address=127.0.0.1:%d" % port], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def query(expression):
+            url = "http://127.0.0.1:%d/api/v1/query?query=%s" % (port, urllib.request.quote(expression))
+            body = json.loads(get(url)[1])
+            assert body["status"] == "success", body
+            return body["data"]["result"]
+
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if len(query("up == 1")) == 3:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError("Prometheus did not scrape all three roles: " + open(tmp_path / "prometheus.log").read())
+        moved = TUNNELS * PAYLOAD
+        up = query('sum(hyrelay_transferred_bytes_total{role="client",direction="up"})')
+        assert float(up[0]["value"][1]) == moved
+        down = query('sum(hyrelay_transferred_bytes_total{role="edge",direction="down"})')
+        assert float(down[0]["value"][1]) == moved
+        rendezvous = query('sum(hyrelay_rendezvous_duration_seconds_count)')
+        assert float(rendezvous[0]["value"][1]) == TUNNELS + 1
+        p99 = query('histogram_quantile(0.99, sum by (le) (hyrelay_rendezvous_duration_seconds_bucket))')
+        assert 0 < float(p99[0]["value"][1]) <= 30
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
