@@ -1,12 +1,14 @@
 import HybridConnections
 import Logging
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import Prometheus
 import RelayIO
 import RelayTelemetry
 import Synchronization
+import Tracing
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -34,8 +36,9 @@ public final class ClientAgent: Sendable {
 
     public static func start(
         forwards: [(LocalForward, RelayAccess)], tlsContext: NIOSSLContext?, group: any EventLoopGroup, logger: Logger,
-        metrics: RelayMetrics = RelayMetrics()
+        metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil
     ) async throws -> ClientAgent {
+        let tracer = tracer ?? HopTracer(logger: logger)
         let counter = TunnelCounter(gauge: metrics.activeTunnels(role: .client))
         var channels: [any Channel] = []
         do {
@@ -60,7 +63,7 @@ public final class ClientAgent: Sendable {
                                     for: channel, tcp: NIOLoopBound(tcp, eventLoop: channel.eventLoop),
                                     forward: forward,
                                     binding: binding, access: access, tlsContext: tlsContext, counter: counter,
-                                    metrics: metrics, logger: logger)
+                                    metrics: metrics, tracer: tracer, logger: logger)
                             }
                         }
                         .bind(host: binding.bindAddress, port: binding.port)
@@ -118,40 +121,71 @@ extension ClientAgent {
     /// the two sides of the tunnel call each other directly.
     static func openSender(
         for channel: any Channel, tcp: NIOLoopBound<TunnelTCPHandler>, forward: LocalForward, binding: LocalBinding,
-        access: RelayAccess, tlsContext: NIOSSLContext?, counter: TunnelCounter, metrics: RelayMetrics, logger: Logger
+        access: RelayAccess, tlsContext: NIOSSLContext?, counter: TunnelCounter, metrics: RelayMetrics,
+        tracer: HopTracer, logger: Logger
     ) {
+        let peer = channel.remoteAddress.map { "\($0)" } ?? "?"
+        let acceptSpan = tracer.startSpan("client.accept", context: .topLevel, ofKind: .server)
+        acceptSpan.attributes["tunnel"] = forward.relayName
+        acceptSpan.attributes["port_name"] = binding.portName
+        acceptSpan.attributes["bind"] = "\(binding.bindAddress):\(binding.port)"
+        acceptSpan.attributes["peer"] = peer
+        let connectSpan = tracer.startSpan("client.connect", context: acceptSpan.context, ofKind: .client)
         var logger = logger
         logger[metadataKey: "relay_name"] = "\(forward.relayName)"
         logger[metadataKey: "port_name"] = "\(binding.portName)"
-        logger[metadataKey: "peer"] = "\(channel.remoteAddress.map { "\($0)" } ?? "?")"
+        logger[metadataKey: "peer"] = "\(peer)"
+        logger[metadataKey: "trace_id"] = "\(acceptSpan.traceContext.traceID)"
         counter.opened()
         metrics.connectionAccepted(role: .client)
-        let (headers, _) = access.headers(relayName: forward.relayName)
+        var (headers, _) = access.headers(relayName: forward.relayName)
+        // The relay continues this trace; against Azure Relay the header reaches the listener as it is.
+        headers.add(name: "traceparent", value: connectSpan.traceContext.traceparent)
         let url = access.url(
             relayName: forward.relayName, query: "sb-hc-action=connect&sb-hc-id=\(UUID().uuidString.lowercased())")
+        connectSpan.attributes["relay"] = "\(access.base)"
         let started = ContinuousClock.now
         let startedDeadline = NIODeadline.now()
         let upBytes = metrics.bytes(role: .client, direction: .up)
         let downBytes = metrics.bytes(role: .client, direction: .down)
         tcp.value.countBytes = { upBytes.increment(by: Int64($0)) }
         let tunnelLogger = logger
+
+        /// Ends the tunnel's telemetry when it never opened.
+        @Sendable func failed(cause: String, outcome: String, status: Int?, message: String) {
+            counter.closed()
+            metrics.clientConnect(outcome: outcome, seconds: (ContinuousClock.now - started).seconds)
+            metrics.tunnelClosed(role: .client, seconds: (ContinuousClock.now - started).seconds, cause: cause)
+            if let status { connectSpan.attributes["status"] = status }
+            connectSpan.setStatus(SpanStatus(code: .error, message: message))
+            connectSpan.end()
+            acceptSpan.attributes["close_cause"] = cause
+            acceptSpan.setStatus(SpanStatus(code: .error, message: message))
+            acceptSpan.end()
+        }
+
         WebSocketClient.connect(
             to: url, headers: headers, tlsContext: tlsContext, group: channel.eventLoop, maxFrameSize: 16 << 20
         ) { webSocket in
+            let bridgeSpan = tracer.startSpan("client.bridge", context: acceptSpan.context, ofKind: .internal)
             let handler = TunnelWebSocketHandler(
                 role: .sender(portName: binding.portName), tcp: tcp.value, started: startedDeadline,
                 countBytes: { downBytes.increment(by: Int64($0)) }
             ) { summary in
                 counter.closed()
-                metrics.tunnelClosed(
-                    role: .client, seconds: (ContinuousClock.now - started).seconds, cause: summary.causeLabel)
+                let seconds = (ContinuousClock.now - started).seconds
+                metrics.tunnelClosed(role: .client, seconds: seconds, cause: summary.causeLabel)
                 if let ttfb = summary.timeToFirstByte { metrics.timeToFirstByte(role: .client, seconds: ttfb) }
+                bridgeSpan.record(summary)
+                bridgeSpan.end()
+                acceptSpan.attributes["close_cause"] = summary.causeLabel
+                acceptSpan.end()
                 tunnelLogger.info(
                     "tunnel closed",
                     metadata: [
                         "bytes_up": "\(summary.bytesToRelay)", "bytes_down": "\(summary.bytesFromRelay)",
                         "duration_ms": "\((ContinuousClock.now - started).milliseconds)",
-                        "cause": "\(summary.closeCause)",
+                        "cause": "\(summary.closeCause)", "cause_label": "\(summary.causeLabel)",
                     ])
             }
             try webSocket.pipeline.syncOperations.addHandler(handler)
@@ -159,22 +193,18 @@ extension ClientAgent {
             switch result {
             case .success(.upgraded):
                 metrics.clientConnect(outcome: "connected", seconds: (ContinuousClock.now - started).seconds)
+                connectSpan.attributes["status"] = 101
+                connectSpan.end()
                 logger.debug(
                     "sender connected", metadata: ["connect_ms": "\((ContinuousClock.now - started).milliseconds)"])
             case .success(.rejected(let status, let reason, _)):
-                counter.closed()
-                metrics.clientConnect(outcome: "refused_\(status)", seconds: (ContinuousClock.now - started).seconds)
-                metrics.tunnelClosed(
-                    role: .client, seconds: (ContinuousClock.now - started).seconds, cause: "relay_refused")
+                failed(cause: "relay_refused", outcome: "refused_\(status)", status: status, message: reason)
                 logger.warning(
                     "sender refused by relay, closing local connection",
                     metadata: ["status": "\(status)", "cause": "\(reason)"])
                 tcp.value.close()
             case .failure(let error):
-                counter.closed()
-                metrics.clientConnect(outcome: "unreachable", seconds: (ContinuousClock.now - started).seconds)
-                metrics.tunnelClosed(
-                    role: .client, seconds: (ContinuousClock.now - started).seconds, cause: "relay_unreachable")
+                failed(cause: "relay_unreachable", outcome: "unreachable", status: nil, message: "\(error)")
                 logger.warning("cannot reach relay, closing local connection", metadata: ["cause": "\(error)"])
                 tcp.value.close()
             }

@@ -8,6 +8,7 @@ import Prometheus
 import RelayIO
 import RelayTelemetry
 import Synchronization
+import Tracing
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -30,14 +31,15 @@ public final class EdgeAgent: Sendable {
 
     public static func start(
         forwards: [(RemoteForward, RelayAccess)], keepAliveInterval: Double, tlsContext: NIOSSLContext?,
-        group: any EventLoopGroup, logger: Logger, metrics: RelayMetrics = RelayMetrics()
+        group: any EventLoopGroup, logger: Logger, metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil
     ) -> EdgeAgent {
+        let tracer = tracer ?? HopTracer(logger: logger)
         let counter = TunnelCounter(gauge: metrics.activeTunnels(role: .edge))
         let listeners = forwards.map { forward, access in
             ListenerLoop(
                 forward: forward, access: access, keepAliveInterval: keepAliveInterval, tlsContext: tlsContext,
                 group: group,
-                counter: counter, metrics: metrics, logger: logger)
+                counter: counter, metrics: metrics, tracer: tracer, logger: logger)
         }
         for listener in listeners { listener.start() }
         return EdgeAgent(listeners: listeners, counter: counter, logger: logger)
@@ -84,12 +86,14 @@ final class ListenerLoop: Sendable {
     let group: any EventLoopGroup
     let counter: TunnelCounter
     let metrics: RelayMetrics
+    let tracer: HopTracer
     let logger: Logger
     private let state = Mutex(State())
 
     init(
         forward: RemoteForward, access: RelayAccess, keepAliveInterval: Double, tlsContext: NIOSSLContext?,
-        group: any EventLoopGroup, counter: TunnelCounter, metrics: RelayMetrics, logger: Logger
+        group: any EventLoopGroup, counter: TunnelCounter, metrics: RelayMetrics, tracer: HopTracer,
+        logger: Logger
     ) {
         self.forward = forward
         self.access = access
@@ -98,6 +102,7 @@ final class ListenerLoop: Sendable {
         self.group = group
         self.counter = counter
         self.metrics = metrics
+        self.tracer = tracer
         var logger = logger
         logger[metadataKey: "relay_name"] = "\(forward.relayName)"
         self.logger = logger
@@ -190,8 +195,14 @@ final class ListenerLoop: Sendable {
         let subprotocols =
             command.connectHeaders.first { $0.key.lowercased() == "sec-websocket-protocol" }
             .map { [String($0.value.split(separator: ",")[0]).trimmingWhitespace()] } ?? []
+        // The sender's trace, continued from the relay's hop (or from the sender itself on Azure Relay).
+        let parent = tracer.context(
+            traceparent: command.connectHeaders.first { $0.key.lowercased() == "traceparent" }?.value)
+        let bridgeSpan = tracer.startSpan("edge.bridge", context: parent, ofKind: .internal)
+        bridgeSpan.attributes["tunnel"] = forward.relayName
         var logger = logger
         logger[metadataKey: "tunnel_id"] = "\(command.id)"
+        logger[metadataKey: "trace_id"] = "\(bridgeSpan.traceContext.traceID)"
         counter.opened()
         metrics.connectionAccepted(role: .edge)
         let started = ContinuousClock.now
@@ -199,6 +210,7 @@ final class ListenerLoop: Sendable {
         let forward = self.forward
         let counter = self.counter
         let metrics = self.metrics
+        let tracer = self.tracer
         let upBytes = metrics.bytes(role: .edge, direction: .up)
         let tunnelLogger = logger
         WebSocketClient.connect(
@@ -207,13 +219,16 @@ final class ListenerLoop: Sendable {
             let handler = TunnelWebSocketHandler(
                 role: .listener(dial: { portName, handler in
                     Self.dial(
-                        portName: portName, forward: forward, handler: handler, metrics: metrics, logger: tunnelLogger)
+                        portName: portName, forward: forward, handler: handler, metrics: metrics,
+                        span: tracer.startSpan("edge.dial", context: parent, ofKind: .client), logger: tunnelLogger)
                 }), tcp: nil, started: startedDeadline, countBytes: { upBytes.increment(by: Int64($0)) }
             ) { summary in
                 counter.closed()
                 metrics.tunnelClosed(
                     role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: summary.causeLabel)
                 if let ttfb = summary.timeToFirstByte { metrics.timeToFirstByte(role: .edge, seconds: ttfb) }
+                bridgeSpan.record(summary)
+                bridgeSpan.end()
                 tunnelLogger.info(
                     "tunnel closed",
                     metadata: [
@@ -231,30 +246,40 @@ final class ListenerLoop: Sendable {
                 metrics.tunnelClosed(
                     role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: "rendezvous_refused")
                 tunnelLogger.warning("rendezvous refused", metadata: ["status": "\(status)", "cause": "\(reason)"])
+                bridgeSpan.setStatus(SpanStatus(code: .error, message: "rendezvous refused: \(status) \(reason)"))
+                bridgeSpan.end()
             case .failure(let error):
                 counter.closed()
                 metrics.tunnelClosed(
                     role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: "rendezvous_failed")
                 tunnelLogger.warning("rendezvous failed", metadata: ["cause": "\(error)"])
+                bridgeSpan.setStatus(SpanStatus(code: .error, message: "rendezvous failed: \(error)"))
+                bridgeSpan.end()
             }
         }
     }
 
     /// Dials the target configured for `portName`, and nothing else.
     static func dial(
-        portName: String, forward: RemoteForward, handler: TunnelWebSocketHandler, metrics: RelayMetrics, logger: Logger
+        portName: String, forward: RemoteForward, handler: TunnelWebSocketHandler, metrics: RelayMetrics,
+        span: HopSpan, logger: Logger
     ) {
+        span.attributes["port_name"] = portName
         guard let binding = forward.binding(forPortName: portName), let eventLoop = handler.context?.eventLoop else {
             let known = forward.bindings.map(\.portName).joined(separator: ", ")
             logger.warning("unknown port name", metadata: ["port_name": "\(portName)", "known": "\(known)"])
             metrics.dial(outcome: "unknown_port", seconds: nil)
             handler.fail(code: 1008, label: "unknown_port", cause: "unknown port name '\(portName)'")
+            span.attributes["outcome"] = "unknown_port"
+            span.setStatus(SpanStatus(code: .error, message: "unknown port name '\(portName)'"))
+            span.end()
             return
         }
         let downBytes = metrics.bytes(role: .edge, direction: .down)
         let tcp = TunnelTCPHandler(countBytes: { downBytes.increment(by: Int64($0)) })
         let boundTCP = NIOLoopBound(tcp, eventLoop: eventLoop)
         let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
+        span.attributes["target"] = "\(binding.host):\(binding.port)"
         let started = ContinuousClock.now
         ClientBootstrap(group: eventLoop)
             .connectTimeout(.seconds(10))
@@ -275,6 +300,8 @@ final class ListenerLoop: Sendable {
                 switch result {
                 case .success:
                     metrics.dial(outcome: "connected", seconds: (ContinuousClock.now - started).seconds)
+                    span.attributes["outcome"] = "connected"
+                    span.end()
                     logger.debug(
                         "target dialled",
                         metadata: [
@@ -287,6 +314,10 @@ final class ListenerLoop: Sendable {
                         "target dial failed",
                         metadata: ["target": "\(binding.host):\(binding.port)", "cause": "\(error)"])
                     metrics.dial(outcome: "failed", seconds: (ContinuousClock.now - started).seconds)
+                    span.attributes["outcome"] = "failed"
+                    span.attributes["error"] = "\(error)"
+                    span.setStatus(SpanStatus(code: .error, message: "\(error)"))
+                    span.end()
                     boundHandler.value.fail(
                         code: 1011, label: "dial_failed", cause: "dial \(binding.host):\(binding.port) failed: \(error)"
                     )

@@ -3,6 +3,8 @@ import Logging
 import NIOCore
 import NIOWebSocket
 import RelayIO
+import RelayTelemetry
+import Tracing
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -198,8 +200,8 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
             let detail = reason.isEmpty ? "" : ": \(reason)"
             if summary.causeLabel == "closed" {
                 summary.set(
-                "refused_by_peer",
-                "closed by peer before the tunnel opened (\(code.map(String.init) ?? "no code")\(detail))")
+                    "refused_by_peer",
+                    "closed by peer before the tunnel opened (\(code.map(String.init) ?? "no code")\(detail))")
             }
             tcp?.close()
         }
@@ -450,3 +452,16 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
 @available(*, unavailable)
 extension TunnelTCPHandler: Sendable {}
+
+extension HopSpan {
+    /// The bridge attributes of a finished tunnel.
+    func record(_ summary: TunnelSummary) {
+        attributes["bytes_up"] = summary.bytesToRelay
+        attributes["bytes_down"] = summary.bytesFromRelay
+        attributes["close_cause"] = summary.causeLabel
+        if let ttfb = summary.timeToFirstByte { attributes["ttfb_ms"] = (ttfb * 1000 * 1000).rounded() / 1000 }
+        if !["closed", "remote_close"].contains(summary.causeLabel) {
+            setStatus(SpanStatus(code: .error, message: summary.closeCause))
+        }
+    }
+}

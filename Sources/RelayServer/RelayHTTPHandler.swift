@@ -6,6 +6,7 @@ import NIOWebSocket
 import Prometheus
 import RelayIO
 import RelayTelemetry
+import Tracing
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -34,10 +35,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         var key: String
         var head: HTTPRequestHead
         var timeout: Scheduled<Void>
-        var entity: String
-        var arrived: NIODeadline
-
-        var elapsedSeconds: Double { Double((NIODeadline.now() - arrived).nanoseconds) / 1e9 }
+        var record: RendezvousRecord
     }
 
     private struct HTTPModeRequest {
@@ -143,8 +141,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .awaitingRendezvous(let waiting):
             waiting.timeout.cancel()
             if hub.takePending(key: waiting.key) != nil {
-                hub.metrics.rendezvous(
-                    entity: waiting.entity, outcome: "abandoned", status: 0, seconds: waiting.elapsedSeconds)
+                waiting.record.finish(
+                    outcome: "abandoned", status: 0, error: "the sender left before a listener accepted")
                 logger.info("sender left before a listener accepted", metadata: ["rendezvous": "\(waiting.key)"])
             }
         case .awaitingHTTPResponse(let key, _, let timeout):
@@ -273,39 +271,57 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func connect(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) throws
     {
         hub.metrics.connectionAccepted(role: .relay)
-        let arrived = NIODeadline.now()
-        let (entity, _) = try hub.policy.entity(for: request.path)
-        _ = try hub.policy.authorize(
-            entity: entity, token: token(head, queryToken: request.token)?.token, right: .send,
-            requestHost: hostHeader(head), now: now())
+        let span = hub.tracer.startSpan(
+            "relay.rendezvous", context: hub.tracer.context(traceparent: head.headers.first(name: "traceparent")),
+            ofKind: .server)
+        span.attributes["entity"] = request.path
+        let record = RendezvousRecord(span: span, entity: request.path, arrived: .now(), metrics: hub.metrics)
+        let listener: ListenerHandle
+        let key: String
         let trackingId = request.id ?? UUID().uuidString.lowercased()
-        let key = hub.makeRendezvousKey(trackingId: trackingId)
-        let pending = PendingSender(handler: NIOLoopBound(self, eventLoop: context.eventLoop))
-        guard let listener = hub.dispatch(entity: entity.name, key: key, pending: .webSocket(pending)) else {
-            hub.metrics.rendezvous(entity: entity.name, outcome: "no_listener", status: 404, seconds: 0)
-            throw Refusal(status: 404, text: RelayErrorText.noListeners, reason: "no_listener")
+        do {
+            let (entity, _) = try hub.policy.entity(for: request.path)
+            record.entity = entity.name
+            _ = try hub.policy.authorize(
+                entity: entity, token: token(head, queryToken: request.token)?.token, right: .send,
+                requestHost: hostHeader(head), now: now())
+            key = hub.makeRendezvousKey(trackingId: trackingId)
+            let pending = PendingSender(handler: NIOLoopBound(self, eventLoop: context.eventLoop))
+            guard let picked = hub.dispatch(entity: entity.name, key: key, pending: .webSocket(pending)) else {
+                throw Refusal(status: 404, text: RelayErrorText.noListeners, reason: "no_listener")
+            }
+            listener = picked
+        } catch let refusal as Refusal {
+            record.finish(outcome: refusal.reason, status: refusal.status, error: refusal.text)
+            throw refusal
         }
+        span.attributes["listener_id"] = listener.trackingId
+        span.attributes["rendezvous_id"] = key
         let timeout = context.eventLoop.assumeIsolated().scheduleTask(
             in: .fractionalSeconds(hub.limits.acceptTimeoutSeconds)
         ) { [weak self] in
             guard let self, let context = self.context, self.hub.takePending(key: key) != nil else { return }
-            self.hub.metrics.rendezvous(
-                entity: entity.name, outcome: "timeout", status: 504,
-                seconds: Double((NIODeadline.now() - arrived).nanoseconds) / 1e9)
+            record.finish(outcome: "timeout", status: 504, error: RelayErrorText.acceptTimeout)
             self.refuse(
                 context: context, Refusal(status: 504, text: RelayErrorText.acceptTimeout, reason: "accept_timeout"),
-                trackingId: trackingId, entity: entity.name)
+                trackingId: trackingId, entity: record.entity)
         }
-        state = .awaitingRendezvous(
-            WaitingSender(key: key, head: head, timeout: timeout, entity: entity.name, arrived: arrived))
+        state = .awaitingRendezvous(WaitingSender(key: key, head: head, timeout: timeout, record: record))
+        // The listener continues the trace from this hop, so the relay's span is its parent.
+        var connectHeaders = Self.connectHeaders(head.headers)
+        for name in connectHeaders.keys where name.lowercased() == "traceparent" { connectHeaders[name] = nil }
+        connectHeaders["traceparent"] = span.traceContext.traceparent
         let accept = AcceptCommand(
             address: hub.rendezvousAddress(
                 rawPath: request.target.rawPath, applicationQuery: request.target.applicationQuery, action: .accept,
                 key: key),
-            id: trackingId, connectHeaders: Self.connectHeaders(head.headers), remoteEndpoint: remoteEndpoint(context))
+            id: trackingId, connectHeaders: connectHeaders, remoteEndpoint: remoteEndpoint(context))
         logger.info(
             "sender waiting for rendezvous",
-            metadata: ["entity": "\(entity.name)", "rendezvous": "\(key)", "listener_id": "\(listener.trackingId)"])
+            metadata: [
+                "entity": "\(record.entity)", "rendezvous": "\(key)", "listener_id": "\(listener.trackingId)",
+                "trace_id": "\(span.traceContext.traceID)", "span_id": "\(span.traceContext.spanID)",
+            ])
         listener.send(.accept(accept))
     }
 
@@ -330,26 +346,37 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// The listener opened the rendezvous: upgrade the held sender and join the two legs.
-    func joinRendezvous(partner: NIOLoopBound<WebSocketBridgeHandler>, subprotocol: String?) {
+    func joinRendezvous(
+        partner: NIOLoopBound<WebSocketBridgeHandler>, subprotocol: String?, collector: BridgeSpanCollector
+    ) {
         guard let context, case .awaitingRendezvous(let waiting) = state else {
             partner.eventLoop.execute { partner.value.partnerDidClose() }
             return
         }
         waiting.timeout.cancel()
         let metrics = hub.metrics
-        metrics.rendezvous(entity: waiting.entity, outcome: "accepted", status: 101, seconds: waiting.elapsedSeconds)
+        waiting.record.finish(outcome: "accepted", status: 101)
+        let bridgeSpan = hub.tracer.startSpan("relay.bridge", context: waiting.record.span.context, ofKind: .internal)
+        bridgeSpan.attributes["entity"] = waiting.record.entity
+        collector.start(bridgeSpan)
         let active = metrics.activeTunnels(role: .relay)
         active.increment()
         let upBytes = metrics.bytes(role: .relay, direction: .up)
         let joined = NIODeadline.now()
         let bridge = WebSocketBridgeHandler(countBytes: { upBytes.increment(by: Int64($0)) }) { statistics in
+            collector.senderLegFinished(statistics)
             active.decrement()
             metrics.tunnelClosed(
                 role: .relay, seconds: Double((NIODeadline.now() - joined).nanoseconds) / 1e9,
                 cause: statistics.closeCode.map { "close_\($0)" } ?? "connection_lost")
         }
         bridge.attach(partner: partner)
-        logger.info("rendezvous joined", metadata: ["rendezvous": "\(waiting.key)", "entity": "\(waiting.entity)"])
+        logger.info(
+            "rendezvous joined",
+            metadata: [
+                "rendezvous": "\(waiting.key)", "entity": "\(waiting.record.entity)",
+                "trace_id": "\(waiting.record.span.traceContext.traceID)",
+            ])
         upgrade(context: context, head: waiting.head, subprotocol: subprotocol, handler: bridge)
         let bound = NIOLoopBound(bridge, eventLoop: context.eventLoop)
         partner.eventLoop.execute { partner.value.attach(partner: bound) }
@@ -359,8 +386,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     func rejected(status: Int, description: String?) {
         guard let context, case .awaitingRendezvous(let waiting) = state else { return }
         waiting.timeout.cancel()
-        hub.metrics.rendezvous(
-            entity: waiting.entity, outcome: "rejected", status: status, seconds: waiting.elapsedSeconds)
+        waiting.record.finish(outcome: "rejected", status: status, error: description ?? "rejected by the listener")
         logger.info("listener rejected sender", metadata: ["rendezvous": "\(waiting.key)", "status": "\(status)"])
         respond(
             context: context, status: status,
@@ -384,10 +410,15 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         let subprotocol = WebSocketHandshake.firstSubprotocol(head.headers)
         let downBytes = hub.metrics.bytes(role: .relay, direction: .down)
-        let bridge = WebSocketBridgeHandler(countBytes: { downBytes.increment(by: Int64($0)) })
+        let collector = BridgeSpanCollector()
+        let bridge = WebSocketBridgeHandler(countBytes: { downBytes.increment(by: Int64($0)) }) { statistics in
+            collector.listenerLegFinished(statistics)
+        }
         upgrade(context: context, head: head, subprotocol: subprotocol, handler: bridge)
         let bound = NIOLoopBound(bridge, eventLoop: context.eventLoop)
-        senderHandler.eventLoop.execute { senderHandler.value.joinRendezvous(partner: bound, subprotocol: subprotocol) }
+        senderHandler.eventLoop.execute {
+            senderHandler.value.joinRendezvous(partner: bound, subprotocol: subprotocol, collector: collector)
+        }
     }
 
     private func httpRendezvous(

@@ -5,6 +5,7 @@ import Prometheus
 import RelayIO
 import RelayTelemetry
 import Synchronization
+import Tracing
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -36,6 +37,78 @@ final class ListenerHandle: Sendable {
     }
 }
 
+/// The relay's bridge span: started when the legs join, ended when both legs have reported.
+final class BridgeSpanCollector: Sendable {
+    private struct State {
+        var span: HopSpan?
+        var bytesUp: Int?
+        var bytesDown: Int?
+        var closeCode: Int?
+    }
+
+    private let state = Mutex(State())
+
+    func start(_ span: HopSpan) { finish { $0.span = span } }
+
+    func senderLegFinished(_ statistics: BridgeLegStatistics) {
+        finish { state in
+            state.bytesUp = statistics.bytesIn
+            state.closeCode = state.closeCode ?? statistics.closeCode
+        }
+    }
+
+    func listenerLegFinished(_ statistics: BridgeLegStatistics) {
+        finish { state in
+            state.bytesDown = statistics.bytesIn
+            state.closeCode = state.closeCode ?? statistics.closeCode
+        }
+    }
+
+    private func finish(_ update: (inout State) -> Void) {
+        let ready: (HopSpan, Int, Int, Int?)? = state.withLock { state in
+            update(&state)
+            guard let span = state.span, let up = state.bytesUp, let down = state.bytesDown else { return nil }
+            state.span = nil
+            return (span, up, down, state.closeCode)
+        }
+        guard let (span, up, down, code) = ready else { return }
+        span.attributes["bytes_up"] = up
+        span.attributes["bytes_down"] = down
+        span.attributes["close_code"] = code.map { String($0) } ?? "none"
+        span.end()
+    }
+}
+
+/// One sender's rendezvous as telemetry sees it: its span and metrics, finished exactly once.
+final class RendezvousRecord: @unchecked Sendable {
+    // Touched only on the sender's event loop.
+    let span: HopSpan
+    var entity: String
+    let arrived: NIODeadline
+    private let metrics: RelayMetrics
+    private var finished = false
+
+    init(span: HopSpan, entity: String, arrived: NIODeadline, metrics: RelayMetrics) {
+        self.span = span
+        self.entity = entity
+        self.arrived = arrived
+        self.metrics = metrics
+    }
+
+    /// Counts the outcome, records the wait, and ends the `relay.rendezvous` span.
+    func finish(outcome: String, status: Int, error: String? = nil) {
+        guard !finished else { return }
+        finished = true
+        let seconds = Double((NIODeadline.now() - arrived).nanoseconds) / 1e9
+        metrics.rendezvous(entity: entity, outcome: outcome, status: status, seconds: seconds)
+        span.attributes["entity"] = entity
+        span.attributes["outcome"] = outcome
+        span.attributes["status"] = status
+        if let error { span.setStatus(SpanStatus(code: .error, message: error)) }
+        span.end()
+    }
+}
+
 /// A sender waiting for a listener to accept or reject.
 struct PendingSender: Sendable {
     let handler: NIOLoopBound<RelayHTTPHandler>
@@ -61,14 +134,16 @@ public final class RelayHub: Sendable {
     let policy: RelayPolicy
     let logger: Logger
     public let metrics: RelayMetrics
+    public let tracer: HopTracer
     private let publicURLBox: Mutex<String>
     private let table: Mutex<RendezvousTable<ListenerHandle, PendingRendezvous>>
     private let nextID = Atomic<UInt64>(1)
 
-    public init(configuration: RelayConfiguration, logger: Logger, metrics: RelayMetrics) {
+    public init(configuration: RelayConfiguration, logger: Logger, metrics: RelayMetrics, tracer: HopTracer) {
         self.configuration = configuration
         self.logger = logger
         self.metrics = metrics
+        self.tracer = tracer
         policy = RelayPolicy(configuration: configuration)
         publicURLBox = Mutex(configuration.effectivePublicURL)
         table = Mutex(RendezvousTable(listenerLimit: configuration.limits.maxListenersPerEntity))

@@ -22,7 +22,7 @@ public final class RelayServer: Sendable {
     /// Validates the configuration, loads TLS material and binds.
     public static func start(
         configuration: RelayConfiguration, group: any EventLoopGroup, logger: Logger,
-        metrics: RelayMetrics = RelayMetrics()
+        metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil
     ) async throws -> RelayServer {
         try configuration.validate()
         guard let address = HostPort(configuration.listen) else {
@@ -31,7 +31,8 @@ public final class RelayServer: Sendable {
         let tlsContext = try configuration.tls.map {
             try TLSSetup.serverContext(certificatePath: $0.certificate, keyPath: $0.key)
         }
-        let hub = RelayHub(configuration: configuration, logger: logger, metrics: metrics)
+        let hub = RelayHub(
+            configuration: configuration, logger: logger, metrics: metrics, tracer: tracer ?? HopTracer(logger: logger))
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)

@@ -162,3 +162,39 @@ def test_real_prometheus_scrapes_all_roles(stack, tmp_path):
         process.terminate()
         process.wait(timeout=20)
         log.close()
+
+
+def spans_of(process):
+    return [json.loads(line) for line in process.log().splitlines()
+            if line.startswith("{") and '"message":"span"' in line]
+
+
+def test_one_trace_per_tunnel_across_three_processes(stack):
+    spans = spans_of(stack["client"]) + spans_of(stack["relay"]) + spans_of(stack["edge"])
+    by_trace = {}
+    for span in spans:
+        by_trace.setdefault(span["trace_id"], {})[span["span_name"]] = span
+    roots = [span for span in spans if span["span_name"] == "client.accept"]
+    assert len(roots) == TUNNELS + 1
+    complete = 0
+    for root in roots:
+        trace = by_trace[root["trace_id"]]
+        assert "parent_span_id" not in root, "client.accept is the root"
+        assert trace["client.connect"]["parent_span_id"] == root["span_id"]
+        assert trace["client.bridge"]["parent_span_id"] == root["span_id"]
+        rendezvous = trace["relay.rendezvous"]
+        assert rendezvous["parent_span_id"] == trace["client.connect"]["span_id"], "the relay continues the client's trace"
+        assert rendezvous["outcome"] == "accepted" and rendezvous["entity"] == "tele"
+        assert trace["relay.bridge"]["parent_span_id"] == rendezvous["span_id"]
+        assert trace["edge.dial"]["parent_span_id"] == rendezvous["span_id"], "the edge continues the relay's trace"
+        assert trace["edge.bridge"]["parent_span_id"] == rendezvous["span_id"]
+        if trace["edge.dial"]["outcome"] == "connected":
+            complete += 1
+            assert trace["client.bridge"]["bytes_up"] == str(PAYLOAD)
+            assert trace["edge.bridge"]["bytes_down"] == str(PAYLOAD)
+            assert trace["relay.bridge"]["bytes_up"] == str(PAYLOAD + 6)
+        else:
+            dial = trace["edge.dial"]
+            assert dial["status"] == "error" and dial["outcome"] == "failed" and "refused" in dial["error"].lower()
+            assert trace["client.bridge"]["status"] == "error"
+    assert complete == TUNNELS

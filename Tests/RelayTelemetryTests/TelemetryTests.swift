@@ -1,0 +1,112 @@
+import Logging
+import Synchronization
+import Testing
+import Tracing
+
+@testable import RelayTelemetry
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+
+@Suite struct TraceContextTests {
+    @Test func parsesAndFormatsTraceparent() throws {
+        let context = try #require(TraceContext(traceparent: "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"))
+        #expect(context.traceID == "0af7651916cd43dd8448eb211c80319c")
+        #expect(context.spanID == "b7ad6b7169203331" && context.sampled)
+        #expect(context.traceparent == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        let child = context.child()
+        #expect(child.traceID == context.traceID && child.spanID != context.spanID && child.spanID.count == 16)
+        #expect(
+            TraceContext(traceparent: "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00-extra")?.sampled == false
+        )
+    }
+
+    @Test(arguments: [
+        "", "00", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "00-0af7651916cd43dd8448eb211c80319-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319g-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333z-01",
+    ])
+    func refusesMalformedTraceparent(header: String) {
+        #expect(TraceContext(traceparent: header) == nil)
+    }
+
+    @Test func newTracesAreRandomAndValid() {
+        let a = TraceContext.newTrace()
+        let b = TraceContext.newTrace()
+        #expect(a.traceID != b.traceID && a.traceID.count == 32)
+        #expect(TraceContext(traceparent: a.traceparent) == a)
+    }
+}
+
+@Suite struct HopTracerTests {
+    final class Sink: Sendable {
+        let spans = Mutex<[FinishedSpan]>([])
+    }
+
+    struct DictionaryInjector: Injector {
+        func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) { carrier[key] = value }
+    }
+
+    struct DictionaryExtractor: Extractor {
+        func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
+    }
+
+    @Test func childSpansContinueTheTraceAndPropagate() throws {
+        let sink = Sink()
+        let tracer = HopTracer { span in sink.spans.withLock { $0.append(span) } }
+        let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        var context = InstrumentationContext.topLevel
+        tracer.extract(["traceparent": incoming], into: &context, using: DictionaryExtractor())
+        let span = tracer.startSpan("relay.rendezvous", context: context, ofKind: .server)
+        span.attributes["entity"] = "hc"
+        span.attributes["status"] = 101
+        var carrier: [String: String] = [:]
+        tracer.inject(span.context, into: &carrier, using: DictionaryInjector())
+        #expect(carrier["traceparent"] == span.traceContext.traceparent)
+        span.setStatus(SpanStatus(code: .error, message: "boom"))
+        span.end()
+        span.end()
+        let finished = sink.spans.withLock { $0 }
+        #expect(finished.count == 1, "a span ends once")
+        let only = try #require(finished.first)
+        #expect(only.context.traceID == "0af7651916cd43dd8448eb211c80319c")
+        #expect(only.parentSpanID == "b7ad6b7169203331")
+        #expect(only.attributes == ["entity": "hc", "status": "101"])
+        #expect(only.isError && only.statusMessage == "boom" && only.end >= only.start)
+
+        let root = tracer.startSpan("client.accept", context: .topLevel, ofKind: .server)
+        #expect(root.traceContext.traceID != only.context.traceID)
+        #expect(tracer.context(traceparent: "garbage").traceContext == nil)
+    }
+}
+
+@Suite struct JSONLogHandlerTests {
+    @Test func rendersOneEscapedObjectPerLineAndRedactsSecrets() throws {
+        let line = JSONLogHandler.render(
+            time: Date(timeIntervalSince1970: 1_745_492_895.25), level: .warning, role: "relay", label: "hyrelay.relay",
+            message: "refused \"x\"\nnext",
+            metadata: ["token": "SharedAccessSignature sr=a&sig=b", "trace_id": "abc", "n": "1"])
+        #expect(line.hasSuffix("}\n") && line.filter { $0 == "\n" }.count == 1)
+        let object = try #require(try JSONSerializationLike.parse(line))
+        #expect(object["time"] == "2025-04-24T11:08:15.250Z")
+        #expect(object["level"] == "warning" && object["role"] == "relay")
+        #expect(object["message"] == "refused \"x\"\nnext")
+        #expect(object["token"] == "[redacted]" && object["trace_id"] == "abc")
+        #expect(!line.contains("sig=b"))
+    }
+}
+
+/// Decodes a flat JSON object of strings.
+enum JSONSerializationLike {
+    static func parse(_ line: String) throws -> [String: String]? {
+        try JSONDecoder().decode([String: String].self, from: Data(line.utf8))
+    }
+}
