@@ -175,7 +175,9 @@ extension ClientAgent {
                 counter.closed()
                 let seconds = (ContinuousClock.now - started).seconds
                 metrics.tunnelClosed(role: .client, seconds: seconds, cause: summary.causeLabel)
-                if let ttfb = summary.timeToFirstByte { metrics.timeToFirstByte(role: .client, seconds: ttfb) }
+                if let ttfb = summary.timeToFirstByte {
+                    metrics.timeToFirstByte(role: .client, seconds: ttfb, traceID: acceptSpan.traceContext.traceID)
+                }
                 bridgeSpan.record(summary)
                 bridgeSpan.end()
                 acceptSpan.attributes["close_cause"] = summary.causeLabel
@@ -192,7 +194,9 @@ extension ClientAgent {
         }.assumeIsolated().whenComplete { result in
             switch result {
             case .success(.upgraded):
-                metrics.clientConnect(outcome: "connected", seconds: (ContinuousClock.now - started).seconds)
+                metrics.clientConnect(
+                    outcome: "connected", seconds: (ContinuousClock.now - started).seconds,
+                    traceID: connectSpan.traceContext.traceID)
                 connectSpan.attributes["status"] = 101
                 connectSpan.end()
                 logger.debug(

@@ -226,7 +226,9 @@ final class ListenerLoop: Sendable {
                 counter.closed()
                 metrics.tunnelClosed(
                     role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: summary.causeLabel)
-                if let ttfb = summary.timeToFirstByte { metrics.timeToFirstByte(role: .edge, seconds: ttfb) }
+                if let ttfb = summary.timeToFirstByte {
+                    metrics.timeToFirstByte(role: .edge, seconds: ttfb, traceID: bridgeSpan.traceContext.traceID)
+                }
                 bridgeSpan.record(summary)
                 bridgeSpan.end()
                 tunnelLogger.info(
@@ -299,7 +301,9 @@ final class ListenerLoop: Sendable {
             .whenComplete { result in
                 switch result {
                 case .success:
-                    metrics.dial(outcome: "connected", seconds: (ContinuousClock.now - started).seconds)
+                    metrics.dial(
+                        outcome: "connected", seconds: (ContinuousClock.now - started).seconds,
+                        traceID: span.traceContext.traceID)
                     span.attributes["outcome"] = "connected"
                     span.end()
                     logger.debug(

@@ -100,7 +100,8 @@ final class RendezvousRecord: @unchecked Sendable {
         guard !finished else { return }
         finished = true
         let seconds = Double((NIODeadline.now() - arrived).nanoseconds) / 1e9
-        metrics.rendezvous(entity: entity, outcome: outcome, status: status, seconds: seconds)
+        metrics.rendezvous(
+            entity: entity, outcome: outcome, status: status, seconds: seconds, traceID: span.traceContext.traceID)
         span.attributes["entity"] = entity
         span.attributes["outcome"] = outcome
         span.attributes["status"] = status

@@ -1,4 +1,11 @@
 import Prometheus
+import Synchronization
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// The process's role in a tunnel, the `role` label on every metric.
 public enum TelemetryRole: String, Sendable, CaseIterable {
@@ -16,6 +23,8 @@ public enum ByteDirection: String, Sendable, CaseIterable {
 /// requires.
 public final class RelayMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
+    /// The latest trace per latency bucket, for OpenMetrics exemplars.
+    private let exemplars = Mutex<[BucketKey: Exemplar]>([:])
 
     /// Latency buckets in seconds, 0.5 ms to 30 s.
     public static let latencyBuckets: [Double] = [
@@ -38,6 +47,20 @@ public final class RelayMetrics: Sendable {
         registry.makeGauge(
             descriptor: MetricNameDescriptor(namespace: "hyrelay", metricName: name, unitName: "", helpText: help),
             labels: labels)
+    }
+
+    /// Records `value` and, with a trace id, keeps it as the exemplar of the bucket it falls in.
+    private func observe(
+        _ name: String, _ help: String, _ labels: [(String, String)], buckets: [Double], value: Double, traceID: String?
+    ) {
+        histogram(name, help, labels, buckets: buckets).record(value)
+        guard let traceID else { return }
+        let bound = buckets.first { value <= $0 } ?? .infinity
+        var labelMap: [String: String] = [:]
+        for (key, labelValue) in labels { labelMap[key] = labelValue }
+        let key = BucketKey(name: "hyrelay_\(name)_seconds", labels: labelMap, upperBound: bound)
+        let exemplar = Exemplar(traceID: traceID, value: value, timestamp: Date().timeIntervalSince1970)
+        exemplars.withLock { $0[key] = exemplar }
     }
 
     private func histogram(
@@ -69,39 +92,37 @@ public final class RelayMetrics: Sendable {
     }
 
     /// One sender's rendezvous at the relay, with how it ended and how long it took.
-    public func rendezvous(entity: String, outcome: String, status: Int, seconds: Double) {
+    public func rendezvous(entity: String, outcome: String, status: Int, seconds: Double, traceID: String? = nil) {
         counter(
             "rendezvous", "Sender rendezvous at the relay by outcome and HTTP status.",
             [("entity", entity), ("outcome", outcome), ("status", String(status))]
         ).increment()
-        histogram(
+        observe(
             "rendezvous_duration", "Sender arrival to listener accept, reject or timeout.", [("entity", entity)],
-            buckets: Self.latencyBuckets
-        ).record(seconds)
+            buckets: Self.latencyBuckets, value: seconds, traceID: traceID)
     }
 
-    public func dial(outcome: String, seconds: Double?) {
+    public func dial(outcome: String, seconds: Double?, traceID: String? = nil) {
         counter("dials", "Edge dials of targets by outcome.", [("outcome", outcome)]).increment()
         if let seconds {
-            histogram("dial_duration", "Edge TCP connect to the target.", [], buckets: Self.latencyBuckets).record(
-                seconds)
+            observe(
+                "dial_duration", "Edge TCP connect to the target.", [], buckets: Self.latencyBuckets, value: seconds,
+                traceID: traceID)
         }
     }
 
-    public func clientConnect(outcome: String, seconds: Double) {
+    public func clientConnect(outcome: String, seconds: Double, traceID: String? = nil) {
         counter("client_connects", "Client sender upgrades by outcome.", [("outcome", outcome)]).increment()
-        histogram(
+        observe(
             "client_connect_duration",
             "Client sender upgrade until 101 or refusal (the rendezvous as the client sees it).",
-            [], buckets: Self.latencyBuckets
-        ).record(seconds)
+            [], buckets: Self.latencyBuckets, value: seconds, traceID: traceID)
     }
 
-    public func timeToFirstByte(role: TelemetryRole, seconds: Double) {
-        histogram(
+    public func timeToFirstByte(role: TelemetryRole, seconds: Double, traceID: String? = nil) {
+        observe(
             "time_to_first_byte", "Tunnel open until the first payload byte.", [("role", role.rawValue)],
-            buckets: Self.latencyBuckets
-        ).record(seconds)
+            buckets: Self.latencyBuckets, value: seconds, traceID: traceID)
     }
 
     /// A tunnel ended; `cause` is a short bounded label.
@@ -143,6 +164,12 @@ public final class RelayMetrics: Sendable {
     public func listeners(role: TelemetryRole, entity: String) -> Gauge {
         gauge(
             "listeners", "Listener control channels online, per entity.", [("role", role.rawValue), ("entity", entity)])
+    }
+
+    /// OpenMetrics 1.0 with trace-id exemplars on latency buckets.
+    public func openMetricsExposition() -> String {
+        let text = String(decoding: exposition(), as: UTF8.self)
+        return OpenMetricsRenderer.render(text: text, exemplars: exemplars.withLock { $0 })
     }
 
     /// Text exposition format 0.0.4.

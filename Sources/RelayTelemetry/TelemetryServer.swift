@@ -68,8 +68,13 @@ final class TelemetryHTTPHandler: ChannelInboundHandler {
         switch (head.method, path) {
         case (.GET, "/metrics"):
             status = .ok
-            contentType = "text/plain; version=0.0.4; charset=utf-8"
-            body.writeBytes(metrics.exposition())
+            if head.headers[canonicalForm: "accept"].contains(where: { $0.contains("application/openmetrics-text") }) {
+                contentType = OpenMetricsRenderer.contentType
+                body.writeString(metrics.openMetricsExposition())
+            } else {
+                contentType = "text/plain; version=0.0.4; charset=utf-8"
+                body.writeBytes(metrics.exposition())
+            }
         case (.GET, "/healthz"):
             status = .ok
             contentType = "text/plain; charset=utf-8"

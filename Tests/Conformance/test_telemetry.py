@@ -198,3 +198,48 @@ def test_one_trace_per_tunnel_across_three_processes(stack):
             assert dial["status"] == "error" and dial["outcome"] == "failed" and "refused" in dial["error"].lower()
             assert trace["client.bridge"]["status"] == "error"
     assert complete == TUNNELS
+
+
+def test_openmetrics_exemplars_reach_prometheus(stack, tmp_path):
+    request = urllib.request.Request("http://127.0.0.1:%d/metrics" % stack["ports"]["relay"],
+                                     headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+        text = response.read().decode()
+    assert text.endswith("# EOF\n")
+    assert "# TYPE hyrelay_rendezvous counter" in text
+    exemplar_lines = [line for line in text.splitlines() if "_bucket{" in line and ' # {trace_id="' in line]
+    assert exemplar_lines, "latency buckets carry trace-id exemplars"
+    relay_traces = {span["trace_id"] for span in spans_of(stack["relay"]) if span["span_name"] == "relay.rendezvous"}
+    exemplar_traces = {line.split('trace_id="')[1].split('"')[0] for line in exemplar_lines}
+    assert exemplar_traces <= relay_traces, "exemplars name real traces"
+    # promtool's linter reads only the 0.0.4 text format (checked above); Prometheus itself parses this.
+
+    port = free_port()
+    targets = ", ".join("'127.0.0.1:%d'" % p for p in stack["ports"].values())
+    config = tmp_path / "prometheus.yml"
+    config.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: hyrelay\n"
+                      "    static_configs:\n      - targets: [%s]\n" % targets)
+    log = open(tmp_path / "prometheus.log", "w")
+    process = subprocess.Popen([shutil.which("prometheus"), "--config.file=%s" % config,
+                                "--storage.tsdb.path=%s" % (tmp_path / "data"), "--enable-feature=exemplar-storage",
+                                "--web.listen-address=127.0.0.1:%d" % port], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        found = []
+        while time.time() < deadline and not found:
+            time.sleep(1)
+            now = time.time()
+            url = "http://127.0.0.1:%d/api/v1/query_exemplars?query=%s&start=%f&end=%f" % (
+                port, urllib.request.quote("hyrelay_rendezvous_duration_seconds_bucket"), now - 600, now + 60)
+            try:
+                body = json.loads(get(url)[1])
+            except OSError:
+                continue
+            found = [e for series in body.get("data") or [] for e in series["exemplars"]]
+        assert found, "Prometheus stored no exemplars: " + open(tmp_path / "prometheus.log").read()[-2000:]
+        assert {e["labels"]["trace_id"] for e in found} <= relay_traces
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()

@@ -110,3 +110,34 @@ enum JSONSerializationLike {
         try JSONDecoder().decode([String: String].self, from: Data(line.utf8))
     }
 }
+
+@Suite struct OpenMetricsTests {
+    @Test func countersLoseTotalInFamilyNamesAndBucketsGetExemplars() {
+        let text = """
+            # HELP hyrelay_dials_total Edge dials.
+            # TYPE hyrelay_dials_total counter
+            hyrelay_dials_total{outcome="connected"} 3
+            # TYPE hyrelay_dial_duration_seconds histogram
+            hyrelay_dial_duration_seconds_bucket{le="0.001"} 1
+            hyrelay_dial_duration_seconds_bucket{le="+Inf"} 3
+            hyrelay_dial_duration_seconds_count 3
+
+            """
+        let key = BucketKey(name: "hyrelay_dial_duration_seconds", labels: [:], upperBound: 0.001)
+        let rendered = OpenMetricsRenderer.render(
+            text: text, exemplars: [key: Exemplar(traceID: "abc", value: 0.0004, timestamp: 1_700_000_000.5)])
+        #expect(rendered.contains("# HELP hyrelay_dials Edge dials.\n# TYPE hyrelay_dials counter\n"))
+        #expect(rendered.contains("hyrelay_dials_total{outcome=\"connected\"} 3\n"))
+        #expect(rendered.contains("_bucket{le=\"0.001\"} 1 # {trace_id=\"abc\"} 0.0004 1700000000.5\n"))
+        #expect(rendered.contains("_bucket{le=\"+Inf\"} 3\n"))
+        #expect(rendered.hasSuffix("# EOF\n"))
+    }
+
+    @Test func exemplarsLandInTheBucketOfTheirValue() throws {
+        let metrics = RelayMetrics()
+        metrics.dial(outcome: "connected", seconds: 0.003, traceID: "feed")
+        let rendered = metrics.openMetricsExposition()
+        let line = try #require(rendered.split(separator: "\n").first { $0.contains("trace_id=\"feed\"") })
+        #expect(line.hasPrefix("hyrelay_dial_duration_seconds_bucket{le=\"0.005\"} 1 # {trace_id=\"feed\"} 0.003 "))
+    }
+}
