@@ -274,8 +274,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let span = hub.tracer.startSpan(
             "relay.rendezvous", context: hub.tracer.context(traceparent: head.headers.first(name: "traceparent")),
             ofKind: .server)
-        span.attributes["entity"] = request.path
-        let record = RendezvousRecord(span: span, entity: request.path, arrived: .now(), metrics: hub.metrics)
+        span.attributes["path"] = request.path
+        // Metric labels take only configured entity names; an unknown path must not mint new series.
+        let record = RendezvousRecord(span: span, entity: "unknown", arrived: .now(), metrics: hub.metrics)
         let listener: ListenerHandle
         let key: String
         let trackingId = request.id ?? UUID().uuidString.lowercased()
