@@ -63,6 +63,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var readPending = false
     private var receivedClose = false
     private(set) var sentClose = false
+    private var closeWritten: EventLoopFuture<Void>?
     private var summary = TunnelSummary()
     private var finished = false
     private var uncountedBytes = 0
@@ -205,7 +206,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
             }
             tcp?.close()
         }
-        if sentClose { context?.close(promise: nil) }
+        if sentClose, let context { closeOnceWritten(context) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -292,16 +293,29 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
         var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
         data.writeInteger(code)
         data.writeString(String(reason.utf8.prefix(120)) ?? "")
-        sendFrame(.connectionClose, data)
-        context.flush()
+        // The Close is the last frame written, so its completion means everything before it is out.
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(
+            wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: data)),
+            promise: written)
+        closeWritten = written.futureResult
         if receivedClose {
-            context.close(promise: nil)
+            closeOnceWritten(context)
         } else {
             // The peer's Close reply ends it; a peer that never replies is cut off.
             context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(30)) { [weak self] in
                 self?.context?.close(promise: nil)
             }
         }
+    }
+
+    /// NIO's full close drops writes still queued, so close only after the Close frame went out.
+    private func closeOnceWritten(_ context: ChannelHandlerContext) {
+        guard let closeWritten else {
+            context.close(promise: nil)
+            return
+        }
+        closeWritten.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
     /// TCP side became writable again.
@@ -375,7 +389,7 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             inputClosed = true
             if started {
                 webSocket?.sendClose(code: 1000, reason: "Shutdown")
-                if outputShut { context.close(promise: nil) }
+                if outputShut { close() }
             }
         }
         context.fireUserInboundEventTriggered(event)
@@ -419,7 +433,7 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             webSocket.flush()
             if inputClosed {
                 webSocket.sendClose(code: 1000, reason: "Shutdown")
-                if outputShut { context?.close(promise: nil) }
+                if outputShut { close() }
             }
         }
         resumeReading()
@@ -439,14 +453,21 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func shutdownOutput() {
         guard let context, !outputShut else { return }
         outputShut = true
-        context.flush()
-        context.close(mode: .output, promise: nil)
+        // After the peer's FIN NIO turns an output close into a full close, which drops queued writes:
+        // wait for everything written so far first.
+        afterPendingWrites(context) { context.close(mode: .output, promise: nil) }
     }
 
     func close() {
         guard let context else { return }
-        context.flush()
-        context.close(promise: nil)
+        afterPendingWrites(context) { context.close(promise: nil) }
+    }
+
+    /// Runs `body` once every write issued so far has reached the socket (writes complete in order).
+    private func afterPendingWrites(_ context: ChannelHandlerContext, _ body: @escaping () -> Void) {
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer()), promise: written)
+        written.futureResult.assumeIsolated().whenComplete { _ in body() }
     }
 }
 

@@ -38,6 +38,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     private var readPending = false
     private var receivedClose = false
     private var sentClose = false
+    private var closeWritten: EventLoopFuture<Void>?
     private var partnerGone = false
     private var finished = false
     private var statistics = BridgeLegStatistics()
@@ -114,7 +115,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
         }
         forwardPending()
         if receivedClose && sentClose {
-            context.close(promise: nil)
+            closeOnceWritten(context)
         }
         context.fireChannelReadComplete()
     }
@@ -133,14 +134,14 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
         guard let context, !sentClose else { return }
         for frame in frames {
             if frame.opcode == .connectionClose {
-                sentClose = true
+                writeClose(frame, context: context)
+                break
             }
             context.write(wrapOutboundOut(frame), promise: nil)
-            if sentClose { break }
         }
         context.flush()
         if sentClose && receivedClose {
-            context.close(promise: nil)
+            closeOnceWritten(context)
         }
     }
 
@@ -195,16 +196,33 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
             var data = context.channel.allocator.buffer(capacity: 32)
             data.writeInteger(UInt16(1001))
             data.writeString("The peer went away")
-            context.writeAndFlush(
-                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)), promise: nil)
+            writeClose(WebSocketFrame(fin: true, opcode: .connectionClose, data: data), context: context)
+            context.flush()
         }
         if receivedClose {
-            context.close(promise: nil)
+            closeOnceWritten(context)
         } else {
             context.eventLoop.assumeIsolated().scheduleTask(in: Self.closeReplyTimeout) { [weak self] in
                 self?.context?.close(promise: nil)
             }
         }
+    }
+
+    /// The Close is the last frame this leg writes, so its completion means everything before it is out.
+    private func writeClose(_ frame: WebSocketFrame, context: ChannelHandlerContext) {
+        sentClose = true
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.write(wrapOutboundOut(frame), promise: written)
+        closeWritten = written.futureResult
+    }
+
+    /// NIO's full close drops writes still queued, so close only after the Close frame went out.
+    private func closeOnceWritten(_ context: ChannelHandlerContext) {
+        guard let closeWritten else {
+            context.close(promise: nil)
+            return
+        }
+        closeWritten.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
