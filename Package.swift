@@ -7,6 +7,20 @@ let strict: [SwiftSetting] = [
     .treatAllWarnings(as: .error),
 ]
 
+let nio: [Target.Dependency] = [
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+    .product(name: "NIOHTTP1", package: "swift-nio"),
+    .product(name: "NIOWebSocket", package: "swift-nio"),
+    .product(name: "NIOSSL", package: "swift-nio-ssl"),
+]
+
+let log: Target.Dependency = .product(name: "Logging", package: "swift-log")
+let crypto: Target.Dependency = .product(name: "Crypto", package: "swift-crypto")
+let prometheus: Target.Dependency = .product(name: "Prometheus", package: "swift-prometheus")
+let tracing: Target.Dependency = .product(name: "Tracing", package: "swift-distributed-tracing")
+let yams: Target.Dependency = .product(name: "Yams", package: "Yams")
+
 let package = Package(
     name: "HybridRelay",
     platforms: [.macOS(.v15)],
@@ -25,114 +39,48 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
     ],
     targets: [
-        .target(
-            name: "HybridConnections",
-            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
-            swiftSettings: strict
-        ),
-        .target(
-            name: "RelayIO",
-            dependencies: [
-                "HybridConnections",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOWebSocket", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "Crypto", package: "swift-crypto"),
-            ],
-            swiftSettings: strict
-        ),
+        // The protocol as values: no I/O.
+        .target(name: "HybridConnections", dependencies: [crypto], swiftSettings: strict),
+        // NIO building blocks shared by relay and agents.
+        .target(name: "RelayIO", dependencies: ["HybridConnections", crypto] + nio, swiftSettings: strict),
         .target(
             name: "RelayTelemetry",
             dependencies: [
-                "HybridConnections",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                "HybridConnections", log, prometheus, tracing, .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),
         .target(
             name: "RelayServer",
-            dependencies: [
-                "HybridConnections", "RelayIO", "RelayTelemetry",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOWebSocket", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Yams", package: "Yams"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "Tracing", package: "swift-distributed-tracing"),
-            ],
+            dependencies: ["HybridConnections", "RelayIO", "RelayTelemetry", log, yams, prometheus, tracing] + nio,
             swiftSettings: strict
         ),
         .target(
             name: "RelayAgent",
-            dependencies: [
-                "HybridConnections", "RelayIO", "RelayTelemetry",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOWebSocket", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Yams", package: "Yams"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "Tracing", package: "swift-distributed-tracing"),
-            ],
+            dependencies: ["HybridConnections", "RelayIO", "RelayTelemetry", log, yams, prometheus, tracing] + nio,
             swiftSettings: strict
         ),
         .executableTarget(
             name: "hyrelay",
             dependencies: [
-                "HybridConnections", "RelayServer", "RelayAgent", "RelayIO", "RelayTelemetry",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
+                "HybridConnections", "RelayServer", "RelayAgent", "RelayIO", "RelayTelemetry", log, crypto,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "Crypto", package: "swift-crypto"),
-            ],
+            ] + nio,
             swiftSettings: strict
         ),
+        .testTarget(name: "HybridConnectionsTests", dependencies: ["HybridConnections"], swiftSettings: strict),
         .testTarget(
-            name: "HybridConnectionsTests",
-            dependencies: ["HybridConnections"],
-            swiftSettings: strict
-        ),
+            name: "RelayTelemetryTests", dependencies: ["RelayTelemetry", log, tracing], swiftSettings: strict),
         .testTarget(
-            name: "RelayTelemetryTests",
-            dependencies: [
-                "RelayTelemetry",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Tracing", package: "swift-distributed-tracing"),
-            ],
-            swiftSettings: strict
-        ),
-        .testTarget(
-            name: "RelayAgentTests",
-            dependencies: ["HybridConnections", "RelayAgent", "RelayIO"],
-            swiftSettings: strict
+            name: "RelayAgentTests", dependencies: ["HybridConnections", "RelayAgent", "RelayIO"], swiftSettings: strict
         ),
         .testTarget(
             name: "RelayServerTests",
             dependencies: [
-                "HybridConnections", "RelayIO", "RelayServer",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOWebSocket", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                "HybridConnections", "RelayIO", "RelayServer", log, crypto,
                 .product(name: "NIOEmbedded", package: "swift-nio"),
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
+            ] + nio,
             swiftSettings: strict
         ),
     ]

@@ -32,16 +32,7 @@ public final class MaskingFrameEncoder: ChannelOutboundHandler, RemovableChannel
         }
         if let key = frame.maskKey {
             output.writeBytes(key)
-            frame.data.withUnsafeReadableBytes { source in
-                _ = output.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { destination in
-                    if length > 0 {
-                        WebSocketMasking.apply(
-                            key: key, offset: 0, source: source.baseAddress!, destination: destination.baseAddress!,
-                            count: length)
-                    }
-                    return length
-                }
-            }
+            output.writeWebSocketMasked(frame.data, key: key)
         } else {
             output.writeImmutableBuffer(frame.data)
         }

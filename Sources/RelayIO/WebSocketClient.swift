@@ -63,12 +63,6 @@ public struct WebSocketURL: Equatable, Sendable, CustomStringConvertible {
     public var description: String { "\(secure ? "wss" : "ws")://\(hostHeader)\(target)" }
 }
 
-/// Fired through the pipeline once a WebSocket upgrade is complete and the HTTP codec is gone: from then
-/// on handlers may write frames.
-public enum WebSocketUpgradeEvent: Sendable {
-    case completed
-}
-
 /// The outcome of a WebSocket client handshake.
 public enum WebSocketConnectResult: Sendable {
     /// The channel now carries `WebSocketFrame`s; `configure` has added the caller's handlers.
@@ -209,24 +203,12 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
             return
         }
         do {
-            // The HTTP codec observes and encodes writes, so it must be gone before anything writes a
-            // frame; the response decoder goes last so any bytes past the 101 reach the frame decoder
-            // and the caller's handlers. Handlers that write first wait for `WebSocketUpgradeEvent`.
-            let sync = context.pipeline.syncOperations
-            try sync.addHandler(MaskingFrameEncoder(), position: .after(self))
-            try sync.addHandler(
-                ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)), position: .after(self))
-            try configure(context.channel)
-            sync.removeHandler(self, promise: nil)
-            sync.removeHandler(encoder, promise: nil)
-            // A decoder removed from inside its own read finishes that read first: announce the
-            // upgrade once it is really gone.
-            let pipeline = context.pipeline
-            let removed = context.eventLoop.makePromise(of: Void.self)
-            removed.futureResult.assumeIsolated().whenSuccess {
-                pipeline.syncOperations.fireUserInboundEventTriggered(WebSocketUpgradeEvent.completed)
+            try WebSocketPipeline.switchToWebSocket(
+                context: context, handshakeHandler: self, httpEncoder: encoder, httpDecoder: decoder,
+                frameEncoder: MaskingFrameEncoder(), maxFrameSize: maxFrameSize
+            ) {
+                try configure(context.channel)
             }
-            sync.removeHandler(decoder, promise: removed)
             promise.succeed(
                 .upgraded(context.channel, subprotocol: response.headers.first(name: "sec-websocket-protocol")))
         } catch {

@@ -42,19 +42,24 @@ extension ByteBuffer {
     /// the decoder's shared cumulation buffer is never copied-on-write first.
     @inlinable
     public func webSocketMaskedCopy(key: WebSocketMaskingKey, allocator: ByteBufferAllocator) -> ByteBuffer {
-        let count = readableBytes
-        var output = allocator.buffer(capacity: count)
-        withUnsafeReadableBytes { source in
-            _ = output.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { destination in
-                if count > 0 {
-                    WebSocketMasking.apply(
-                        key: key, offset: 0, source: source.baseAddress!, destination: destination.baseAddress!,
-                        count: count)
-                }
+        var output = allocator.buffer(capacity: readableBytes)
+        output.writeWebSocketMasked(self, key: key)
+        return output
+    }
+
+    /// Appends `source`'s readable bytes XORed with `key`, word-wise, in one pass.
+    @inlinable
+    public mutating func writeWebSocketMasked(_ source: ByteBuffer, key: WebSocketMaskingKey) {
+        let count = source.readableBytes
+        guard count > 0 else { return }
+        source.withUnsafeReadableBytes { input in
+            _ = writeWithUnsafeMutableBytes(minimumWritableBytes: count) { destination in
+                WebSocketMasking.apply(
+                    key: key, offset: 0, source: input.baseAddress!, destination: destination.baseAddress!, count: count
+                )
                 return count
             }
         }
-        return output
     }
 }
 

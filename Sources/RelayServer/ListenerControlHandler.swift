@@ -196,13 +196,7 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     /// Writes `message` and its body back to back, so no other message can come between them.
     func send(_ message: ControlMessage, body: ByteBuffer?) {
         guard let context, !closing else { return }
-        var text = context.channel.allocator.buffer(capacity: 512)
-        text.writeString(message.encoded())
-        context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: text)), promise: nil)
-        if let body {
-            context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: body)), promise: nil)
-        }
-        context.flush()
+        context.writeControlMessage(message, body: body)
     }
 
     private func close(code: UInt16, reason: String) {
@@ -247,13 +241,7 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
 
     private func sendRequest(context: ChannelHandlerContext) {
         guard let request else { return }
-        var text = context.channel.allocator.buffer(capacity: 1024)
-        text.writeString(ControlMessage.request(request.command).encoded())
-        context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: text)), promise: nil)
-        if request.command.body == true {
-            context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: request.body)), promise: nil)
-        }
-        context.flush()
+        context.writeControlMessage(.request(request.command), body: request.command.body == true ? request.body : nil)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -310,3 +298,17 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
 
 @available(*, unavailable)
 extension HTTPRendezvousHandler: Sendable {}
+
+extension ChannelHandlerContext {
+    /// Writes a control message and the binary message that belongs to it back to back, so nothing can
+    /// come between them (the SDKs take "the next message" as the body).
+    fileprivate func writeControlMessage(_ message: ControlMessage, body: ByteBuffer?) {
+        var text = channel.allocator.buffer(capacity: 512)
+        text.writeString(message.encoded())
+        write(NIOAny(WebSocketFrame(fin: true, opcode: .text, data: text)), promise: nil)
+        if let body {
+            write(NIOAny(WebSocketFrame(fin: true, opcode: .binary, data: body)), promise: nil)
+        }
+        flush()
+    }
+}

@@ -596,25 +596,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.write(wrapOutboundOut(.head(response)), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         do {
-            // The HTTP codec observes and encodes writes, so it must be gone before anything writes a
-            // frame; the request decoder goes last so any bytes past the request reach the frame decoder
-            // and `handler`. Handlers that write first wait for `WebSocketUpgradeEvent`.
-            let sync = context.pipeline.syncOperations
-            try sync.addHandler(WebSocketFrameEncoder(), position: .after(self))
-            try sync.addHandler(
-                ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: hub.limits.maxFrameBytes)),
-                position: .after(self))
-            try sync.addHandler(handler)
-            sync.removeHandler(self, promise: nil)
-            sync.removeHandler(encoder, promise: nil)
-            // A decoder removed from inside its own read finishes that read first: announce the
-            // upgrade once it is really gone.
-            let pipeline = context.pipeline
-            let removed = context.eventLoop.makePromise(of: Void.self)
-            removed.futureResult.assumeIsolated().whenSuccess {
-                pipeline.syncOperations.fireUserInboundEventTriggered(WebSocketUpgradeEvent.completed)
+            try WebSocketPipeline.switchToWebSocket(
+                context: context, handshakeHandler: self, httpEncoder: encoder, httpDecoder: decoder,
+                frameEncoder: WebSocketFrameEncoder(), maxFrameSize: hub.limits.maxFrameBytes
+            ) {
+                try context.pipeline.syncOperations.addHandler(handler)
             }
-            sync.removeHandler(decoder, promise: removed)
         } catch {
             logger.error("upgrade failed: \(error)")
             context.close(promise: nil)

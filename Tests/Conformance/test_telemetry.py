@@ -30,6 +30,21 @@ def parse_metrics(text):
     return values
 
 
+def start_prometheus(stack, tmp_path, *flags):
+    """A real Prometheus on a free loopback port scraping relay, edge and client every second."""
+    prometheus = shutil.which("prometheus")
+    assert prometheus, "prometheus (Debian package) is required"
+    port = free_port()
+    targets = ", ".join("'127.0.0.1:%d'" % p for p in stack["ports"].values())
+    config = tmp_path / "prometheus.yml"
+    config.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: hyrelay\n"
+                      "    static_configs:\n      - targets: [%s]\n" % targets)
+    log = open(tmp_path / "prometheus.log", "w")
+    process = subprocess.Popen([prometheus, "--config.file=%s" % config, "--storage.tsdb.path=%s" % (tmp_path / "data"),
+                                "--web.listen-address=127.0.0.1:%d" % port, *flags], stdout=log, stderr=subprocess.STDOUT)
+    return process, port
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     directory = tmp_path_factory.mktemp("telemetry")
@@ -122,16 +137,7 @@ def test_json_logs_carry_fields_and_no_secrets(stack):
 
 
 def test_real_prometheus_scrapes_all_roles(stack, tmp_path):
-    prometheus = shutil.which("prometheus")
-    assert prometheus, "prometheus (Debian package) is required"
-    port = free_port()
-    targets = ", ".join("'127.0.0.1:%d'" % p for p in stack["ports"].values())
-    config = tmp_path / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: hyrelay\n"
-                      "    static_configs:\n      - targets: [%s]\n" % targets)
-    log = open(tmp_path / "prometheus.log", "w")
-    process = subprocess.Popen([prometheus, "--config.file=%s" % config, "--storage.tsdb.path=%s" % (tmp_path / "data"),
-                                "--web.listen-address=127.0.0.1:%d" % port], stdout=log, stderr=subprocess.STDOUT)
+    process, port = start_prometheus(stack, tmp_path)
     try:
         def query(expression):
             url = "http://127.0.0.1:%d/api/v1/query?query=%s" % (port, urllib.request.quote(expression))
@@ -161,7 +167,6 @@ def test_real_prometheus_scrapes_all_roles(stack, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
-        log.close()
 
 
 def spans_of(process):
@@ -215,15 +220,7 @@ def test_openmetrics_exemplars_reach_prometheus(stack, tmp_path):
     assert exemplar_traces <= relay_traces, "exemplars name real traces"
     # promtool's linter reads only the 0.0.4 text format (checked above); Prometheus itself parses this.
 
-    port = free_port()
-    targets = ", ".join("'127.0.0.1:%d'" % p for p in stack["ports"].values())
-    config = tmp_path / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: hyrelay\n"
-                      "    static_configs:\n      - targets: [%s]\n" % targets)
-    log = open(tmp_path / "prometheus.log", "w")
-    process = subprocess.Popen([shutil.which("prometheus"), "--config.file=%s" % config,
-                                "--storage.tsdb.path=%s" % (tmp_path / "data"), "--enable-feature=exemplar-storage",
-                                "--web.listen-address=127.0.0.1:%d" % port], stdout=log, stderr=subprocess.STDOUT)
+    process, port = start_prometheus(stack, tmp_path, "--enable-feature=exemplar-storage")
     try:
         deadline = time.time() + 30
         found = []
@@ -242,4 +239,3 @@ def test_openmetrics_exemplars_reach_prometheus(stack, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
-        log.close()
