@@ -129,6 +129,7 @@ final class ListenerLoop: Sendable {
         var backoff = ReconnectBackoff()
         var generator = SystemRandomNumberGenerator()
         var attempt = 0
+        var wasOnline = false
         while !state.withLock({ $0.stopped }) {
             attempt += 1
             let listenerId = UUID().uuidString.lowercased()
@@ -152,12 +153,13 @@ final class ListenerLoop: Sendable {
                     if stopped { try? await channel.close() }
                     backoff.reset()
                     metrics.listenerEvent(
-                        role: .edge, entity: forward.relayName, event: attempt == 1 ? "connect" : "reconnect")
+                        role: .edge, entity: forward.relayName, event: wasOnline ? "reconnect" : "connect")
                     metrics.listeners(role: .edge, entity: forward.relayName).set(to: 1)
                     logger.info(
-                        attempt == 1 ? "listener online" : "listener reconnected",
+                        wasOnline ? "listener reconnected" : "listener online",
                         metadata: ["listener_id": "\(listenerId)", "relay": "\(access.base)", "attempt": "\(attempt)"])
                     attempt = 0
+                    wasOnline = true
                     try? await channel.closeFuture.get()
                     state.withLock { state in
                         state.online = false

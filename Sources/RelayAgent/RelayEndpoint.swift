@@ -17,9 +17,11 @@ public struct RelayAccess: Sendable, Equatable {
     /// A pre-made token (`-s`): used as it is and never renewed.
     public var signature: String?
     public var noAuthentication = false
+    /// How long the tokens this agent makes are valid, in seconds.
+    public var tokenLifetime: Int64 = Self.defaultTokenLifetime
 
-    /// How long tokens this agent makes are valid.
-    public static let tokenLifetime: Int64 = 3600
+    /// The .NET SDK's token lifetime.
+    public static let defaultTokenLifetime: Int64 = 3600
 
     public init(base: WebSocketURL, keyName: String? = nil, key: String? = nil, signature: String? = nil) {
         self.base = base
@@ -73,7 +75,7 @@ public struct RelayAccess: Sendable, Equatable {
         if noAuthentication { return nil }
         if let signature { return (signature, nil) }
         guard let keyName, let key else { return nil }
-        let expiry = now + Self.tokenLifetime
+        let expiry = now + tokenLifetime
         let resource = "http://\(base.host)/\(relayName)/"
         return (SharedAccessSignature.make(resource: resource, keyName: keyName, key: key, expiry: expiry), expiry)
     }

@@ -78,6 +78,7 @@ public struct WebSocketClientError: Error, CustomStringConvertible {
 /// Opens client WebSockets: TCP (and TLS), the HTTP/1.1 upgrade, then frame codecs.
 public enum WebSocketClient {
     /// - Parameters:
+    ///   - connectTimeout: limits the TCP connect and, separately, the wait for the handshake response.
     ///   - configure: runs on the channel's event loop once the upgrade succeeded, before any frame is
     ///     read; it adds the handlers that consume frames.
     public static func connect(
@@ -125,8 +126,8 @@ public enum WebSocketClient {
                     try sync.addHandler(
                         ClientHandshakeHandler(
                             request: requestHead, expectedAccept: WebSocketHandshake.acceptValue(forKey: key),
-                            promise: promise, maxFrameSize: maxFrameSize, configure: configure,
-                            encoder: encoder, decoder: decoder))
+                            promise: promise, maxFrameSize: maxFrameSize, handshakeTimeout: connectTimeout,
+                            configure: configure, encoder: encoder, decoder: decoder))
                 }
             }
         bootstrap.connect(host: url.host, port: url.port).whenFailure { error in
@@ -151,13 +152,16 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
     private let decoder: ByteToMessageHandler<HTTPResponseDecoder>
     private var response: HTTPResponseHead?
     private var rejectionBody = ""
+    private let handshakeTimeout: TimeAmount
+    private var timeout: Scheduled<Void>?
     private var done = false
 
     init(
         request: HTTPRequestHead, expectedAccept: String, promise: EventLoopPromise<WebSocketConnectResult>,
-        maxFrameSize: Int, configure: @escaping @Sendable (any Channel) throws -> Void,
+        maxFrameSize: Int, handshakeTimeout: TimeAmount, configure: @escaping @Sendable (any Channel) throws -> Void,
         encoder: HTTPRequestEncoder, decoder: ByteToMessageHandler<HTTPResponseDecoder>
     ) {
+        self.handshakeTimeout = handshakeTimeout
         self.request = request
         self.expectedAccept = expectedAccept
         self.promise = promise
@@ -170,6 +174,14 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
     func channelActive(context: ChannelHandlerContext) {
         context.write(wrapOutboundOut(.head(request)), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        // A server that accepts the connection but never answers (a frozen process) must not hold the
+        // caller forever.
+        timeout = context.eventLoop.assumeIsolated().scheduleTask(in: handshakeTimeout) { [weak self] in
+            guard let self, !self.done else { return }
+            self.fail(
+                context: context,
+                WebSocketClientError(description: "no handshake response within \(self.handshakeTimeout)"))
+        }
         context.fireChannelActive()
     }
 
@@ -186,6 +198,7 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
         case .end:
             guard let response, !done else { return }
             done = true
+            timeout?.cancel()
             finish(context: context, response: response)
         }
     }
@@ -223,6 +236,7 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     private func fail(context: ChannelHandlerContext, _ error: any Error) {
         done = true
+        timeout?.cancel()
         promise.fail(error)
         context.close(promise: nil)
     }

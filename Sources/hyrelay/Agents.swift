@@ -46,6 +46,11 @@ struct AgentOptions: ParsableArguments {
         name: .customShort("a"), help: "Seconds between keep-alive pings on listener control channels (default 30).")
     var keepAlive: Double?
 
+    @Option(
+        name: .customLong("token-ttl"),
+        help: "Lifetime in seconds of the SAS tokens the agent makes; renewed at 4/5 of it (default 3600).")
+    var tokenTTL: Int64 = RelayAccess.defaultTokenLifetime
+
     @Option(name: .customLong("grace"), help: "Seconds to let open tunnels finish on SIGTERM (default 10).")
     var grace: Double = 10
 
@@ -71,6 +76,7 @@ struct AgentOptions: ParsableArguments {
         if let keyName { configuration.sharedAccessKeyName = keyName }
         if let key { configuration.sharedAccessKey = key }
         if let signature { configuration.sharedAccessSignature = signature }
+        guard tokenTTL >= 2 else { throw ValidationError("--token-ttl must be at least 2 seconds") }
         if let keepAlive {
             guard keepAlive > 0 else { throw ValidationError("-a must be positive") }
             configuration.keepAliveInterval = keepAlive
@@ -80,8 +86,10 @@ struct AgentOptions: ParsableArguments {
 
     func access(_ configuration: AgentConfiguration, entry: String?, relayName: String) throws -> RelayAccess {
         do {
-            return try RelayAccess.resolve(
+            var access = try RelayAccess.resolve(
                 configuration: configuration, entryConnectionString: entry, relayName: relayName)
+            access.tokenLifetime = tokenTTL
+            return access
         } catch {
             throw ValidationError(error.description)
         }

@@ -320,3 +320,54 @@ def test_sigterm_drains_open_tunnels(relay, echo_tunnel):
     sock.close()
     assert client.popen.wait(timeout=10) == 0
     client.stop()
+
+
+def test_frozen_relay_is_detected_and_the_edge_comes_back(tmp_path):
+    """SIGSTOP the relay past the keep-alive: the edge sees a dead control channel, retries, and is back
+    online once the relay runs again."""
+    port = free_port()
+    relay = agents.start_relay(tmp_path, ["frozen"], port=port, name="frozen")
+    url = "ws://127.0.0.1:%d" % port
+    target = agents.TcpServer("echo")
+    edge = agents.start_edge(tmp_path, url, ["frozen:127.0.0.1:%d" % target.port])  # -a 1
+    client_port = free_port()
+    client = agents.start_client(tmp_path, url, ["127.0.0.1:%d:frozen" % client_port], [client_port])
+    try:
+        relay.popen.send_signal(signal.SIGSTOP)
+        edge.wait_for_log("control channel dead: no pong", timeout=15)
+        relay.popen.send_signal(signal.SIGCONT)
+        edge.wait_for_log("listener reconnected", timeout=40)
+        sent, received, count = agents.echo_roundtrip(client_port, b"thawed")
+        assert count == 6 and sent == received
+    finally:
+        relay.popen.send_signal(signal.SIGCONT)
+        for process in (client, edge, relay):
+            process.stop()
+        target.close()
+
+
+def test_edge_renews_its_token_before_the_relay_would_drop_it(tmp_path):
+    port = free_port()
+    config = tmp_path / "relay.yaml"
+    config.write_text("listen: 127.0.0.1:%d\nnamespaceRules:\n  - {keyName: %s, primaryKey: '%s', rights: [Listen, Send]}\n"
+                      "hybridConnections:\n  - name: renew\nlimits:\n  pingIntervalSeconds: 0.5\n  tokenGraceSeconds: 1\n"
+                      "  clockSkewSeconds: 0\n" % (port, agents.KEY_NAME, agents.KEY))
+    relay = agents.Process(["relay", "--config", str(config)], str(tmp_path / "renew-relay.log"))
+    relay.wait_for_log("relay listening")
+    url = "ws://127.0.0.1:%d" % port
+    renewing = agents.start_edge(tmp_path, url, ["renew:127.0.0.1:1"], extra=["--token-ttl", "3"])
+    # A pre-made token cannot be renewed: the relay drops that listener once se + grace has passed.
+    expiring = agents.Process(
+        ["edge", "-e", url, "-a", "1", "-s", hc.sas_token(hc.dotnet_audience("127.0.0.1", "renew"), agents.KEY_NAME,
+                                                        agents.KEY, expiry=int(time.time()) + 3),
+         "-T", "renew:127.0.0.1:1"], str(tmp_path / "renew-expiring.log"))
+    try:
+        expiring.wait_for_log("listener online")
+        time.sleep(8)
+        assert relay.log().count("listener token renewed") >= 2, relay.log()
+        assert "listener offline" not in renewing.log(), renewing.log()
+        assert "listener token expired" in relay.log()
+        assert "listener offline" in expiring.log()
+    finally:
+        for process in (expiring, renewing, relay):
+            process.stop()

@@ -180,7 +180,7 @@ import Testing
         let access = try RelayAccess.resolve(configuration: configuration, entryConnectionString: nil, relayName: "hc")
         #expect(access.base == WebSocketURLProbe.url("ws://127.0.0.1:9350"))
         let token = try #require(access.token(relayName: "hc", now: 1000))
-        #expect(token.expiry == 1000 + RelayAccess.tokenLifetime)
+        #expect(token.expiry == 1000 + RelayAccess.defaultTokenLifetime)
         let sas = try SharedAccessSignature(parsing: token.token)
         #expect(sas.resource == "http://127.0.0.1/hc/" && sas.isSigned(with: "key"))
 
