@@ -36,7 +36,7 @@ public final class ClientAgent: Sendable {
 
     public static func start(
         forwards: [(LocalForward, RelayAccess)], tlsContext: NIOSSLContext?, group: any EventLoopGroup, logger: Logger,
-        metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil
+        metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil, allowedSources: AddressFilter? = nil
     ) async throws -> ClientAgent {
         let tracer = tracer ?? HopTracer(logger: logger)
         let counter = TunnelCounter(gauge: metrics.activeTunnels(role: .client))
@@ -57,6 +57,17 @@ public final class ClientAgent: Sendable {
                         )
                         .childChannelInitializer { channel in
                             channel.eventLoop.makeCompletedFuture {
+                                if let allowedSources,
+                                    !allowedSources.allows(channel.remoteAddress?.ipAddress ?? "")
+                                {
+                                    // Refused before any relay traffic: the port is not an open door.
+                                    metrics.refused(role: .client, reason: "source_not_allowed", status: 0)
+                                    logger.warning(
+                                        "connection refused: source not allowed",
+                                        metadata: ["peer": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
+                                    channel.close(promise: nil)
+                                    return
+                                }
                                 let tcp = TunnelTCPHandler()
                                 try channel.pipeline.syncOperations.addHandler(tcp)
                                 openSender(

@@ -58,6 +58,10 @@ public struct RelayLimits: Codable, Equatable, Sendable {
     /// Requests (headers plus body) up to this size go on the control channel, larger ones through a
     /// rendezvous (Azure: 64 kB).
     public var controlChannelRequestBytes: Int = 64 * 1024
+    /// Failed authentications a source may make in a burst before it is refused with 429 unchecked.
+    public var authFailureBurst: Double = 30
+    /// How fast that budget comes back, per second.
+    public var authFailuresPerSecond: Double = 1
 
     public init() {}
 
@@ -79,6 +83,8 @@ public struct RelayLimits: Codable, Equatable, Sendable {
         try read(.maxFrameBytes, \.maxFrameBytes)
         try read(.maxHTTPBodyBytes, \.maxHTTPBodyBytes)
         try read(.controlChannelRequestBytes, \.controlChannelRequestBytes)
+        try read(.authFailureBurst, \.authFailureBurst)
+        try read(.authFailuresPerSecond, \.authFailuresPerSecond)
         self = limits
     }
 }

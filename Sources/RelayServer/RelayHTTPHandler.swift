@@ -216,6 +216,22 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             authorization: head.headers.first(name: "authorization"))
     }
 
+    /// Checks a token, refusing at once a source that already spent its budget of failures.
+    private func authorize(
+        entity: HybridConnectionConfiguration, token: String?, right: AccessRight, head: HTTPRequestHead
+    ) throws(Refusal) -> Int64? {
+        if right == .send && !entity.requiresClientAuthorization { return nil }
+        let source = context?.channel.remoteAddress?.ipAddress
+        try hub.checkAuthBudget(source: source)
+        do {
+            return try hub.policy.authorize(
+                entity: entity, token: token, right: right, requestHost: hostHeader(head), now: now())
+        } catch {
+            hub.recordAuthFailure(source: source)
+            throw error
+        }
+    }
+
     private func webSocketRequestReceived(
         context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest
     ) {
@@ -240,9 +256,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func listen(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) throws
     {
         let (entity, _) = try hub.policy.entity(for: request.path)
-        let expiry = try hub.policy.authorize(
-            entity: entity, token: token(head, queryToken: request.token)?.token, right: .listen,
-            requestHost: hostHeader(head), now: now())
+        let expiry = try authorize(
+            entity: entity, token: token(head, queryToken: request.token)?.token, right: .listen, head: head)
         let trackingId = request.id ?? UUID().uuidString.lowercased()
         let control = ListenerControlHandler(
             hub: hub, entity: entity, trackingId: trackingId, tokenExpiry: expiry ?? .max, requestHost: hostHeader(head)
@@ -283,9 +298,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         do {
             let (entity, _) = try hub.policy.entity(for: request.path)
             record.entity = entity.name
-            _ = try hub.policy.authorize(
-                entity: entity, token: token(head, queryToken: request.token)?.token, right: .send,
-                requestHost: hostHeader(head), now: now())
+            _ = try authorize(
+                entity: entity, token: token(head, queryToken: request.token)?.token, right: .send, head: head)
             key = hub.makeRendezvousKey(trackingId: trackingId)
             let pending = PendingSender(handler: NIOLoopBound(self, eventLoop: context.eventLoop))
             guard let picked = hub.dispatch(entity: entity.name, key: key, pending: .webSocket(pending)) else {
@@ -440,8 +454,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let path = try target.decodedPath()
         let (entity, _) = try hub.policy.entity(for: String(path.dropFirst()))
         let found = token(head, queryToken: try target.value(of: "sb-hc-token"))
-        _ = try hub.policy.authorize(
-            entity: entity, token: found?.token, right: .send, requestHost: hostHeader(head), now: now())
+        _ = try authorize(entity: entity, token: found?.token, right: .send, head: head)
         let strippedAuthorization = entity.requiresClientAuthorization && found?.source == .authorization
         return HTTPModeRequest(
             head: head, target: target, entity: entity, strippedAuthorization: strippedAuthorization, body: ByteBuffer()

@@ -139,6 +139,7 @@ public final class RelayHub: Sendable {
     private let publicURLBox: Mutex<String>
     private let table: Mutex<RendezvousTable<ListenerHandle, PendingRendezvous>>
     private let nextID = Atomic<UInt64>(1)
+    private let authFailures: Mutex<FailureRateLimiter>
 
     public init(configuration: RelayConfiguration, logger: Logger, metrics: RelayMetrics, tracer: HopTracer) {
         self.configuration = configuration
@@ -148,6 +149,9 @@ public final class RelayHub: Sendable {
         policy = RelayPolicy(configuration: configuration)
         publicURLBox = Mutex(configuration.effectivePublicURL)
         table = Mutex(RendezvousTable(listenerLimit: configuration.limits.maxListenersPerEntity))
+        authFailures = Mutex(
+            FailureRateLimiter(
+                burst: configuration.limits.authFailureBurst, perSecond: configuration.limits.authFailuresPerSecond))
     }
 
     var limits: RelayLimits { configuration.limits }
@@ -162,6 +166,23 @@ public final class RelayHub: Sendable {
         bound.port = port
         let host = bound.host.contains(":") ? "[\(bound.host)]" : bound.host
         publicURLBox.withLock { $0 = "\(configuration.tls == nil ? "ws" : "wss")://\(host):\(port)" }
+    }
+
+    /// Refuses a source that spent its budget of failed authentications, before any signature check.
+    func checkAuthBudget(source: String?) throws(Refusal) {
+        guard let source else { return }
+        let now = Date().timeIntervalSince1970
+        if authFailures.withLock({ $0.isBlocked(source: source, now: now) }) {
+            throw Refusal(
+                status: 429, text: "TooManyRequests: Too many failed authentication attempts from this address",
+                reason: "auth_rate_limited")
+        }
+    }
+
+    func recordAuthFailure(source: String?) {
+        guard let source else { return }
+        let now = Date().timeIntervalSince1970
+        authFailures.withLock { $0.recordFailure(source: source, now: now) }
     }
 
     func makeID() -> UInt64 {

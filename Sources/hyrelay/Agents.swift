@@ -118,6 +118,13 @@ struct Client: AsyncParsableCommand {
     @Option(name: .customShort("L"), help: "[bind_address:]port[/port_name]{;...}:relay_name (repeatable).")
     var localForwards: [String] = []
 
+    @Option(
+        name: .customLong("allow"),
+        help:
+            "Accept connections only from this address or CIDR network (repeatable; default: anyone who can reach the port)."
+    )
+    var allow: [String] = []
+
     func run() async throws {
         var configuration = try options.loadConfiguration()
         for spec in localForwards {
@@ -136,12 +143,18 @@ struct Client: AsyncParsableCommand {
             access.noAuthentication = forward.noAuthentication
             return (forward, access)
         }
+        let allowedSources: AddressFilter?
+        do {
+            allowedSources = allow.isEmpty ? nil : try AddressFilter(allow)
+        } catch {
+            throw ValidationError("--allow \(error.description)")
+        }
         options.telemetry.bootstrapLogging(role: "client")
         let logger = Logger(label: "hyrelay.client")
         let metrics = RelayMetrics()
         let agent = try await ClientAgent.start(
             forwards: forwards, tlsContext: try options.tlsContext(), group: MultiThreadedEventLoopGroup.singleton,
-            logger: logger, metrics: metrics)
+            logger: logger, metrics: metrics, allowedSources: allowedSources)
         let ports = agent.localAddresses.count
         let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
             (true, "\(ports) client port(s) bound")

@@ -371,3 +371,26 @@ def test_edge_renews_its_token_before_the_relay_would_drop_it(tmp_path):
     finally:
         for process in (expiring, renewing, relay):
             process.stop()
+
+
+def test_client_allow_list_refuses_other_sources(relay, echo_tunnel):
+    closed_port, open_port = free_port(), free_port()
+    refusing = agents.start_client(relay.directory, relay.url, ["127.0.0.1:%d:tcp" % closed_port], [closed_port],
+                                   extra=["--allow", "10.0.0.0/8"])
+    allowing = agents.start_client(relay.directory, relay.url, ["127.0.0.1:%d:tcp" % open_port], [open_port],
+                                   extra=["--allow", "127.0.0.0/8", "--allow", "::1"])
+    try:
+        sock = socket.create_connection(("127.0.0.1", closed_port), timeout=10)
+        try:
+            data = sock.recv(10)
+        except ConnectionResetError:
+            data = b""
+        assert data == b""
+        sock.close()
+        refusing.wait_for_log("connection refused: source not allowed")
+        assert "sender connected" not in refusing.log()
+        sent, received, count = agents.echo_roundtrip(open_port, b"allowed")
+        assert count == 7 and sent == received
+    finally:
+        refusing.stop()
+        allowing.stop()

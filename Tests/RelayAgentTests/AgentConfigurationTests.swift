@@ -199,3 +199,22 @@ import Testing
         }
     }
 }
+
+@Suite struct AddressFilterTests {
+    @Test func networksAndSingleAddresses() throws {
+        let filter = try AddressFilter(["10.0.0.0/8", "192.168.1.7", "fd00::/8", "::1"])
+        for allowed in ["10.1.2.3", "10.255.255.255", "192.168.1.7", "fd12::1", "::1", "::ffff:10.0.0.1"] {
+            #expect(filter.allows(allowed), "\(allowed)")
+        }
+        for refused in ["11.0.0.1", "192.168.1.8", "fe80::1", "::2", "not an ip", ""] {
+            #expect(!filter.allows(refused), "\(refused)")
+        }
+        #expect(try AddressFilter(["0.0.0.0/0"]).allows("8.8.8.8"))
+        #expect(try AddressFilter(["127.0.0.1/31"]).allows("127.0.0.0"))
+    }
+
+    @Test(arguments: ["10.0.0.0/33", "::/129", "nonsense", "10.0.0/8", "10.0.0.0/x", "/8"])
+    func badSpecs(spec: String) {
+        #expect(throws: ForwardSpecError.self) { try AddressFilter([spec]) }
+    }
+}

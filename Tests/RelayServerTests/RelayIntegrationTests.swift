@@ -173,3 +173,24 @@ final class PingSwallower: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }
+
+@Suite(.serialized) struct AuthenticationFloodTests {
+    @Test func failedAuthenticationsAreRateLimitedPerSource() async throws {
+        let relay = try await TestRelay.start {
+            $0.authFailureBurst = 3
+            $0.authFailuresPerSecond = 2
+        }
+        let bad = SharedAccessSignature.make(
+            resource: "http://127.0.0.1/hc", keyName: TestKeys.name, key: "wrong", expiry: 4_000_000_000)
+        for _ in 0..<3 {
+            #expect(try await relay.connect("/$hc/hc?sb-hc-action=listen", token: bad).status == 401)
+        }
+        #expect(try await relay.connect("/$hc/hc?sb-hc-action=listen", token: bad).status == 429)
+        #expect(
+            try await relay.connect("/$hc/hc?sb-hc-action=listen", token: relay.token("hc")).status == 429,
+            "refused unchecked")
+        try await Task.sleep(for: .milliseconds(700))
+        _ = try await relay.listen()
+        try await relay.stop()
+    }
+}

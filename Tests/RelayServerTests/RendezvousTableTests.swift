@@ -182,3 +182,24 @@ import Testing
         }
     }
 }
+
+@Suite struct FailureRateLimiterTests {
+    @Test func budgetSpendsAndRefills() {
+        var limiter = FailureRateLimiter(burst: 3, perSecond: 1)
+        for second in 0..<3 {
+            #expect(!limiter.isBlocked(source: "a", now: 100 + Double(second) * 0.01))
+            limiter.recordFailure(source: "a", now: 100 + Double(second) * 0.01)
+        }
+        #expect(limiter.isBlocked(source: "a", now: 100.1))
+        #expect(!limiter.isBlocked(source: "b", now: 100.1), "other sources are not affected")
+        #expect(!limiter.isBlocked(source: "a", now: 101.2), "one failure's worth came back after a second")
+    }
+
+    @Test func memoryStaysBounded() {
+        var limiter = FailureRateLimiter(burst: 2, perSecond: 0.001, maxSources: 100)
+        for index in 0..<10_000 {
+            limiter.recordFailure(source: "10.0.\(index / 256).\(index % 256)", now: Double(index))
+        }
+        #expect(limiter.sourceCount <= 100)
+    }
+}
