@@ -59,15 +59,25 @@ public struct RelayAccess: Sendable, Equatable {
         guard let endpoint else {
             throw AgentConfigurationError(line: nil, "no relay endpoint: give -e, -x or AzureRelayEndpoint")
         }
-        guard let url = WebSocketURL(endpoint) else {
-            throw AgentConfigurationError(line: nil, "endpoint '\(endpoint)' is not an sb://, ws:// or wss:// URL")
-        }
         guard (keyName == nil) == (key == nil) else {
             throw AgentConfigurationError(
                 line: nil, "a SAS key name needs a key and a key needs a key name (-K and -k)")
         }
-        let base = WebSocketURL(secure: url.secure, host: url.host, port: url.port, target: "")
-        return RelayAccess(base: base, keyName: keyName, key: key, signature: signature)
+        return RelayAccess(base: try baseURL(endpoint), keyName: keyName, key: key, signature: signature)
+    }
+
+    static func baseURL(_ endpoint: String) throws(AgentConfigurationError) -> WebSocketURL {
+        guard let url = WebSocketURL(endpoint) else {
+            throw AgentConfigurationError(line: nil, "endpoint '\(endpoint)' is not an sb://, ws:// or wss:// URL")
+        }
+        return WebSocketURL(secure: url.secure, host: url.host, port: url.port, target: "")
+    }
+
+    /// The same credentials for another relay endpoint.
+    public func with(endpoint: String) throws(AgentConfigurationError) -> RelayAccess {
+        var copy = self
+        copy.base = try Self.baseURL(endpoint)
+        return copy
     }
 
     /// The token for `relayName`, or nil when none is configured. Audience as the .NET SDK forms it.

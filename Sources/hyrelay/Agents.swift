@@ -24,8 +24,11 @@ struct AgentOptions: ParsableArguments {
 
     @Option(
         name: .customShort("e"),
-        help: "Relay endpoint: sb://HOST[:PORT]/ (wss), or ws://HOST:PORT / wss://HOST[:PORT] for a self-hosted relay.")
-    var endpoint: String?
+        help: """
+            Relay endpoint: sb://HOST[:PORT]/ (wss), or ws://HOST:PORT / wss://HOST[:PORT] for a self-hosted relay. \
+            The edge takes several and listens on every one (relays behind a load balancer); the client takes one.
+            """)
+    var endpoints: [String] = []
 
     @Option(name: .customShort("K"), help: "SAS key name.")
     var keyName: String?
@@ -72,7 +75,7 @@ struct AgentOptions: ParsableArguments {
             }
         }
         if let connectionString { configuration.connectionString = connectionString }
-        if let endpoint { configuration.endpoint = endpoint }
+        if let endpoint = endpoints.first { configuration.endpoint = endpoint }
         if let keyName { configuration.sharedAccessKeyName = keyName }
         if let key { configuration.sharedAccessKey = key }
         if let signature { configuration.sharedAccessSignature = signature }
@@ -126,6 +129,10 @@ struct Client: AsyncParsableCommand {
     var allow: [String] = []
 
     func run() async throws {
+        guard options.endpoints.count <= 1 else {
+            throw ValidationError(
+                "the client takes one -e; put several relays behind a load balancer and give its address")
+        }
         var configuration = try options.loadConfiguration()
         for spec in localForwards {
             do {
@@ -192,8 +199,19 @@ struct Edge: AsyncParsableCommand {
         guard !configuration.remoteForwards.isEmpty else {
             throw ValidationError("You must specify at least one -T forwarder (or RemoteForward in -f).")
         }
-        let forwards = try configuration.remoteForwards.map { forward in
-            (forward, try options.access(configuration, entry: forward.connectionString, relayName: forward.relayName))
+        // One listener per relay name and endpoint: with several relays, each can complete any rendezvous.
+        var forwards: [(RemoteForward, RelayAccess)] = []
+        for forward in configuration.remoteForwards {
+            let access = try options.access(
+                configuration, entry: forward.connectionString, relayName: forward.relayName)
+            forwards.append((forward, access))
+            for endpoint in options.endpoints.dropFirst() {
+                do {
+                    forwards.append((forward, try access.with(endpoint: endpoint)))
+                } catch {
+                    throw ValidationError("-e \(error.description)")
+                }
+            }
         }
         options.telemetry.bootstrapLogging(role: "edge")
         let logger = Logger(label: "hyrelay.edge")

@@ -2,6 +2,7 @@
 import asyncio
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -394,3 +395,51 @@ def test_client_allow_list_refuses_other_sources(relay, echo_tunnel):
     finally:
         refusing.stop()
         allowing.stop()
+
+
+def test_two_relays_behind_haproxy_share_one_hybrid_connection(tmp_path):
+    """Beyond one relay: the edge listens on both relays, haproxy spreads senders over them, and killing
+    one relay loses no new tunnel."""
+    haproxy = shutil.which("haproxy")
+    assert haproxy, "haproxy (Debian package) is required"
+    ports = [free_port(), free_port()]
+    relays = [agents.start_relay(tmp_path, ["lb"], port=port, name="lb%d" % i) for i, port in enumerate(ports)]
+    balancer = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  retries 3\n"
+        "  option redispatch\nfrontend fe\n  bind 127.0.0.1:%d\n  default_backend relays\nbackend relays\n"
+        "  balance roundrobin\n%s" % (balancer, "".join(
+            "  server r%d 127.0.0.1:%d check inter 200ms fall 1 rise 2\n" % (i, port) for i, port in enumerate(ports))))
+    log = open(tmp_path / "haproxy.log", "w")
+    lb = subprocess.Popen([haproxy, "-f", str(config), "-db"], stdout=log, stderr=subprocess.STDOUT)
+    target = agents.TcpServer("echo")
+    edge = agents.Process(["edge", "-e", "ws://127.0.0.1:%d" % ports[0], "-e", "ws://127.0.0.1:%d" % ports[1],
+                           "-K", agents.KEY_NAME, "-k", agents.KEY, "-a", "1", "-T", "lb:127.0.0.1:%d" % target.port],
+                          str(tmp_path / "lb-edge.log"))
+    client_port = free_port()
+    client = agents.start_client(tmp_path, "ws://127.0.0.1:%d" % balancer, ["127.0.0.1:%d:lb" % client_port],
+                                 [client_port])
+    try:
+        deadline = time.time() + 20
+        while edge.log().count("listener online") < 2:
+            assert time.time() < deadline, edge.log()
+            time.sleep(0.05)
+        agents.wait_port(balancer)
+        for i in range(20):
+            sent, received, count = agents.echo_roundtrip(client_port, b"tunnel %02d" % i)
+            assert count == 9 and sent == received
+        assert all("rendezvous joined" in relay.log() for relay in relays), "both relays served tunnels"
+        relays[0].stop(signal.SIGKILL)
+        for i in range(20):
+            sent, received, count = agents.echo_roundtrip(client_port, b"after %02d" % i)
+            assert count == 8 and sent == received, "tunnel %d after the kill" % i
+    finally:
+        for process in (client, edge):
+            process.stop()
+        for relay in relays:
+            relay.stop()
+        lb.terminate()
+        lb.wait(timeout=10)
+        log.close()
+        target.close()
