@@ -49,11 +49,10 @@ public final class ClientAgent: Sendable {
                         .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                         .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                         .childChannelOption(.allowRemoteHalfClosure, value: true)
-                        .childChannelOption(.writeBufferWaterMark, value: .init(low: 64 * 1024, high: 256 * 1024))
+                        .childChannelOption(.writeBufferWaterMark, value: SocketTuning.writeWaterMark)
                         .childChannelOption(
                             .recvAllocator,
-                            value: AdaptiveRecvByteBufferAllocator(
-                                minimum: 1024, initial: 64 * 1024, maximum: 256 * 1024)
+                            value: SocketTuning.receiveAllocator
                         )
                         .childChannelInitializer { channel in
                             channel.eventLoop.makeCompletedFuture {

@@ -289,10 +289,10 @@ final class ListenerLoop: Sendable {
             .connectTimeout(.seconds(10))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.writeBufferWaterMark, value: .init(low: 64 * 1024, high: 256 * 1024))
+            .channelOption(.writeBufferWaterMark, value: SocketTuning.writeWaterMark)
             .channelOption(
                 .recvAllocator,
-                value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 * 1024, maximum: 256 * 1024)
+                value: SocketTuning.receiveAllocator
             )
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

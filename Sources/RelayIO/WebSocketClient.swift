@@ -112,6 +112,8 @@ public enum WebSocketClient {
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.recvAllocator, value: SocketTuning.receiveAllocator)
+            .channelOption(.writeBufferWaterMark, value: SocketTuning.writeWaterMark)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations

@@ -1,0 +1,181 @@
+"""Load and faults through real processes: 1000 concurrent tunnels byte-exact with memory and
+file descriptors accounted for, and the processes of a tunnel dying mid-stream."""
+import asyncio
+import hashlib
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+import agents
+from conftest import free_port
+
+TUNNELS = int(os.environ.get("HYRELAY_LOAD_TUNNELS", "1000"))
+
+
+def rss(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def fds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("reliability")
+    relay = agents.start_relay(directory, ["load", "faults"], name="load")
+    relay.url = "ws://127.0.0.1:%d" % relay.port
+    yield relay, directory
+    relay.stop()
+
+
+def test_thousand_concurrent_tunnels_byte_exact_with_bounded_memory(chain):
+    relay, directory = chain
+
+    async def echo(reader, writer):
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def run():
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, backlog=2048)
+        target_port = server.sockets[0].getsockname()[1]
+        edge = agents.start_edge(directory, relay.url, ["load:127.0.0.1:%d" % target_port])
+        client_port = free_port()
+        client = agents.start_client(directory, relay.url, ["127.0.0.1:%d:load" % client_port], [client_port])
+        processes = {"relay": relay.popen.pid, "edge": edge.popen.pid, "client": client.popen.pid}
+        before = {name: (rss(pid), fds(pid)) for name, pid in processes.items()}
+        opened = asyncio.Event()
+        ready = 0
+        peak = {}
+
+        async def tunnel(index):
+            nonlocal ready
+            reader, writer = await asyncio.open_connection("127.0.0.1", client_port)
+            payload = os.urandom(16 * 1024 + index)
+            writer.write(payload)
+            await writer.drain()
+            echoed = await asyncio.wait_for(reader.readexactly(len(payload)), 120)
+            ready += 1
+            if ready == TUNNELS:
+                opened.set()
+            await opened.wait()  # every tunnel is open at once here
+            writer.write_eof()
+            rest = await asyncio.wait_for(reader.read(), 60)
+            writer.close()
+            return hashlib.sha256(echoed + rest).digest() == hashlib.sha256(payload).digest()
+
+        async def sample():
+            await opened.wait()
+            for name, pid in processes.items():
+                peak[name] = rss(pid)
+
+        try:
+            results, _ = await asyncio.gather(asyncio.gather(*(tunnel(i) for i in range(TUNNELS))), sample())
+            assert all(results), "%d of %d tunnels were not byte-exact" % (results.count(False), TUNNELS)
+            await asyncio.sleep(1.5)
+            after = {name: (rss(pid), fds(pid)) for name, pid in processes.items()}
+            per_tunnel = sum(peak[name] - before[name][0] for name in processes) / TUNNELS
+            print("\n%d tunnels; RSS growth per open tunnel across client+relay+edge: %.1f KiB" % (TUNNELS, per_tunnel / 1024))
+            for name in processes:
+                print("  %s: RSS %d -> peak %d -> %d KiB; fds %d -> %d" % (
+                    name, before[name][0] // 1024, peak[name] // 1024, after[name][0] // 1024, before[name][1], after[name][1]))
+                assert after[name][1] <= before[name][1] + 5, "%s leaked file descriptors" % name
+            assert per_tunnel < 256 * 1024, "memory per tunnel is bounded"
+        finally:
+            client.stop()
+            edge.stop()
+            server.close()
+
+    asyncio.run(run())
+
+
+def test_relay_killed_mid_transfer_fails_tunnels_cleanly_and_edges_return(tmp_path):
+    port = free_port()
+    relay = agents.start_relay(tmp_path, ["midway"], port=port, name="midway")
+    url = "ws://127.0.0.1:%d" % port
+    target = agents.TcpServer("echo")
+    edge = agents.start_edge(tmp_path, url, ["midway:127.0.0.1:%d" % target.port])
+    client_port = free_port()
+    client = agents.start_client(tmp_path, url, ["127.0.0.1:%d:midway" % client_port], [client_port])
+    try:
+        sock = socket.create_connection(("127.0.0.1", client_port), timeout=10)
+        sock.sendall(b"x" * 100_000)
+        got = 0
+        while got < 100_000:
+            got += len(sock.recv(65536))
+        relay.stop(signal.SIGKILL)
+        # The running tunnel ends: the client closes the local connection, with the cause logged.
+        sock.settimeout(10)
+        try:
+            while sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        sock.close()
+        client.wait_for_log("cause_label=relay_lost")
+        edge.wait_for_log("listener offline")
+        relay = agents.start_relay(tmp_path, ["midway"], port=port, name="midway")
+        edge.wait_for_log("listener reconnected", timeout=30)
+        sent, received, count = agents.echo_roundtrip(client_port, b"again")
+        assert count == 5 and sent == received
+    finally:
+        for process in (client, edge, relay):
+            process.stop()
+        target.close()
+
+
+def test_target_dying_mid_stream_and_edge_killed(tmp_path):
+    port = free_port()
+    relay = agents.start_relay(tmp_path, ["dying"], port=port, name="dying")
+    url = "ws://127.0.0.1:%d" % port
+    # A target that answers once and then drops the connection hard.
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    edge = agents.start_edge(tmp_path, url, ["dying:127.0.0.1:%d" % server.getsockname()[1]])
+    client_port = free_port()
+    client = agents.start_client(tmp_path, url, ["127.0.0.1:%d:dying" % client_port], [client_port])
+    try:
+        sock = socket.create_connection(("127.0.0.1", client_port), timeout=10)
+        sock.sendall(b"hello")
+        conn, _ = server.accept()
+        assert conn.recv(5) == b"hello"
+        conn.sendall(b"partial")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.close()  # RST
+        data = b""
+        try:
+            while True:
+                chunk = sock.recv(100)
+                if not chunk:
+                    break
+                data += chunk
+        except ConnectionResetError:
+            pass
+        assert data == b"partial", "what the target sent before dying still arrives"
+        sock.close()
+        edge.wait_for_log("tunnel closed")
+        # The edge dies: the relay drops its listener, and new senders get a clear 404 at the client.
+        edge.stop(signal.SIGKILL)
+        relay.wait_for_log("listener disconnected")
+        sock = socket.create_connection(("127.0.0.1", client_port), timeout=10)
+        assert sock.recv(10) == b""
+        sock.close()
+        client.wait_for_log("There are no listeners connected for the endpoint")
+    finally:
+        for process in (client, edge, relay):
+            process.stop()
+        server.close()
