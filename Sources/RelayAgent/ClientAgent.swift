@@ -19,90 +19,137 @@ import Tracing
 /// The public side (azbridge `-L`): binds local TCP ports; every accepted connection opens its own
 /// sender WebSocket to the relay, sends the preamble, and pumps bytes.
 public final class ClientAgent: Sendable {
-    private let channels: [any Channel]
-    private let activeTunnels: TunnelCounter
-    private let logger: Logger
+    /// One bound port: what it forwards to, with which credentials.
+    struct BindingKey: Hashable {
+        var relayName: String
+        var binding: LocalBinding
+        var access: RelayAccess
+    }
+
+    private struct Settings: Sendable {
+        var tlsContext: NIOSSLContext?
+        var group: any EventLoopGroup
+        var logger: Logger
+        var metrics: RelayMetrics
+        var tracer: HopTracer
+        var allowedSources: AddressFilter?
+        var counter: TunnelCounter
+    }
+
+    private let settings: Settings
+    private let bound = Mutex<[(key: BindingKey, channel: any Channel)]>([])
 
     /// The bound addresses, in configuration order.
-    public var localAddresses: [SocketAddress] { channels.compactMap(\.localAddress) }
+    public var localAddresses: [SocketAddress] { bound.withLock { $0.compactMap(\.channel.localAddress) } }
 
-    public var tunnelCount: Int { activeTunnels.current }
+    public var tunnelCount: Int { settings.counter.current }
 
-    private init(channels: [any Channel], activeTunnels: TunnelCounter, logger: Logger) {
-        self.channels = channels
-        self.activeTunnels = activeTunnels
-        self.logger = logger
+    private init(settings: Settings) {
+        self.settings = settings
     }
 
     public static func start(
         forwards: [(LocalForward, RelayAccess)], tlsContext: NIOSSLContext?, group: any EventLoopGroup, logger: Logger,
         metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil, allowedSources: AddressFilter? = nil
     ) async throws -> ClientAgent {
-        let tracer = tracer ?? HopTracer(logger: logger)
-        let counter = TunnelCounter(gauge: metrics.activeTunnels(role: .client))
-        var channels: [any Channel] = []
+        let agent = ClientAgent(
+            settings: Settings(
+                tlsContext: tlsContext, group: group, logger: logger, metrics: metrics,
+                tracer: tracer ?? HopTracer(logger: logger), allowedSources: allowedSources,
+                counter: TunnelCounter(gauge: metrics.activeTunnels(role: .client))))
         do {
-            for (forward, access) in forwards {
-                for binding in forward.bindings {
-                    let channel = try await ServerBootstrap(group: group)
-                        .serverChannelOption(.backlog, value: 1024)
-                        .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                        .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                        .childChannelOption(.allowRemoteHalfClosure, value: true)
-                        .childChannelOption(.writeBufferWaterMark, value: SocketTuning.writeWaterMark)
-                        .childChannelOption(
-                            .recvAllocator,
-                            value: SocketTuning.receiveAllocator
-                        )
-                        .childChannelInitializer { channel in
-                            channel.eventLoop.makeCompletedFuture {
-                                if let allowedSources,
-                                    !allowedSources.allows(channel.remoteAddress?.ipAddress ?? "")
-                                {
-                                    // Refused before any relay traffic: the port is not an open door.
-                                    metrics.refused(role: .client, reason: "source_not_allowed", status: 0)
-                                    logger.warning(
-                                        "connection refused: source not allowed",
-                                        metadata: ["peer": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
-                                    channel.close(promise: nil)
-                                    return
-                                }
-                                let tcp = TunnelTCPHandler()
-                                try channel.pipeline.syncOperations.addHandler(tcp)
-                                openSender(
-                                    for: channel, tcp: NIOLoopBound(tcp, eventLoop: channel.eventLoop),
-                                    forward: forward,
-                                    binding: binding, access: access, tlsContext: tlsContext, counter: counter,
-                                    metrics: metrics, tracer: tracer, logger: logger)
-                            }
-                        }
-                        .bind(host: binding.bindAddress, port: binding.port)
-                        .get()
-                    logger.info(
-                        "client port bound",
-                        metadata: [
-                            "bind": "\(channel.localAddress.map { "\($0)" } ?? "?")",
-                            "relay_name": "\(forward.relayName)",
-                            "port_name": "\(binding.portName)", "relay": "\(access.base)",
-                        ])
-                    channels.append(channel)
-                }
-            }
+            _ = try await agent.reload(forwards: forwards)
         } catch {
-            for channel in channels { try? await channel.close() }
+            await agent.closePorts()
             throw error
         }
-        return ClientAgent(channels: channels, activeTunnels: counter, logger: logger)
+        return agent
+    }
+
+    /// Makes the bound ports match `forwards`: binds what is new, closes what is gone, keeps the rest.
+    /// Tunnels already open are never touched, whatever their port's fate.
+    @discardableResult
+    public func reload(forwards: [(LocalForward, RelayAccess)]) async throws -> (added: Int, removed: Int) {
+        let wanted = forwards.flatMap { forward, access in
+            forward.bindings.map { (BindingKey(relayName: forward.relayName, binding: $0, access: access), forward) }
+        }
+        let wantedKeys = Set(wanted.map(\.0))
+        let (kept, gone) = bound.withLock { bound in
+            let gone = bound.filter { !wantedKeys.contains($0.key) }
+            bound.removeAll { !wantedKeys.contains($0.key) }
+            return (Set(bound.map(\.key)), gone)
+        }
+        for (key, channel) in gone {
+            try? await channel.close()
+            settings.logger.info(
+                "client port closed", metadata: ["relay_name": "\(key.relayName)", "port": "\(key.binding.port)"])
+        }
+        var added = 0
+        for (key, forward) in wanted where !kept.contains(key) {
+            let channel = try await bind(key: key, forward: forward)
+            bound.withLock { $0.append((key, channel)) }
+            added += 1
+        }
+        return (added, gone.count)
+    }
+
+    private func bind(key: BindingKey, forward: LocalForward) async throws -> any Channel {
+        let settings = self.settings
+        let binding = key.binding
+        let access = key.access
+        let channel = try await ServerBootstrap(group: settings.group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.writeBufferWaterMark, value: SocketTuning.writeWaterMark)
+            .childChannelOption(.recvAllocator, value: SocketTuning.receiveAllocator)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let allowed = settings.allowedSources, !allowed.allows(channel.remoteAddress?.ipAddress ?? "") {
+                        // Refused before any relay traffic: the port is not an open door.
+                        settings.metrics.refused(role: .client, reason: "source_not_allowed", status: 0)
+                        settings.logger.warning(
+                            "connection refused: source not allowed",
+                            metadata: ["peer": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
+                        channel.close(promise: nil)
+                        return
+                    }
+                    let tcp = TunnelTCPHandler()
+                    try channel.pipeline.syncOperations.addHandler(tcp)
+                    Self.openSender(
+                        for: channel, tcp: NIOLoopBound(tcp, eventLoop: channel.eventLoop), forward: forward,
+                        binding: binding, access: access, tlsContext: settings.tlsContext, counter: settings.counter,
+                        metrics: settings.metrics, tracer: settings.tracer, logger: settings.logger)
+                }
+            }
+            .bind(host: binding.bindAddress, port: binding.port)
+            .get()
+        settings.logger.info(
+            "client port bound",
+            metadata: [
+                "bind": "\(channel.localAddress.map { "\($0)" } ?? "?")", "relay_name": "\(forward.relayName)",
+                "port_name": "\(binding.portName)", "relay": "\(access.base)",
+            ])
+        return channel
+    }
+
+    private func closePorts() async {
+        let channels = bound.withLock { bound in
+            defer { bound.removeAll() }
+            return bound.map(\.channel)
+        }
+        for channel in channels { try? await channel.close() }
     }
 
     /// Stops accepting, then waits up to `grace` for open tunnels to finish.
     public func shutdown(grace: Duration) async {
-        for channel in channels { try? await channel.close() }
+        await closePorts()
         let deadline = ContinuousClock.now + grace
         while tunnelCount > 0 && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(50))
         }
-        logger.info("client stopped", metadata: ["open_tunnels": "\(tunnelCount)"])
+        settings.logger.info("client stopped", metadata: ["open_tunnels": "\(tunnelCount)"])
     }
 }
 

@@ -19,36 +19,77 @@ import Tracing
 /// The firewalled side (azbridge `-T`): holds one listener control channel per relay name, and on
 /// each `accept` opens the rendezvous, reads the preamble and dials the configured target.
 public final class EdgeAgent: Sendable {
-    private let listeners: [ListenerLoop]
-    private let counter: TunnelCounter
-    private let logger: Logger
+    struct ListenerKey: Hashable {
+        var forward: RemoteForward
+        var access: RelayAccess
+    }
 
-    private init(listeners: [ListenerLoop], counter: TunnelCounter, logger: Logger) {
-        self.listeners = listeners
-        self.counter = counter
-        self.logger = logger
+    private struct Settings: Sendable {
+        var keepAliveInterval: Double
+        var tlsContext: NIOSSLContext?
+        var group: any EventLoopGroup
+        var logger: Logger
+        var metrics: RelayMetrics
+        var tracer: HopTracer
+        var counter: TunnelCounter
+    }
+
+    private let settings: Settings
+    private let listeners = Mutex<[(key: ListenerKey, loop: ListenerLoop)]>([])
+
+    private init(settings: Settings) {
+        self.settings = settings
     }
 
     public static func start(
         forwards: [(RemoteForward, RelayAccess)], keepAliveInterval: Double, tlsContext: NIOSSLContext?,
         group: any EventLoopGroup, logger: Logger, metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil
     ) -> EdgeAgent {
-        let tracer = tracer ?? HopTracer(logger: logger)
-        let counter = TunnelCounter(gauge: metrics.activeTunnels(role: .edge))
-        let listeners = forwards.map { forward, access in
-            ListenerLoop(
-                forward: forward, access: access, keepAliveInterval: keepAliveInterval, tlsContext: tlsContext,
-                group: group,
-                counter: counter, metrics: metrics, tracer: tracer, logger: logger)
+        let agent = EdgeAgent(
+            settings: Settings(
+                keepAliveInterval: keepAliveInterval, tlsContext: tlsContext, group: group, logger: logger,
+                metrics: metrics, tracer: tracer ?? HopTracer(logger: logger),
+                counter: TunnelCounter(gauge: metrics.activeTunnels(role: .edge))))
+        agent.startListeners(for: forwards.map { ListenerKey(forward: $0.0, access: $0.1) })
+        return agent
+    }
+
+    private func startListeners(for keys: [ListenerKey]) {
+        let settings = self.settings
+        let loops = keys.map { key in
+            (
+                key,
+                ListenerLoop(
+                    forward: key.forward, access: key.access, keepAliveInterval: settings.keepAliveInterval,
+                    tlsContext: settings.tlsContext, group: settings.group, counter: settings.counter,
+                    metrics: settings.metrics, tracer: settings.tracer, logger: settings.logger)
+            )
         }
-        for listener in listeners { listener.start() }
-        return EdgeAgent(listeners: listeners, counter: counter, logger: logger)
+        listeners.withLock { $0 += loops.map { (key: $0.0, loop: $0.1) } }
+        for (_, loop) in loops { loop.start() }
+    }
+
+    /// Makes the listeners match `forwards`: starts what is new, stops what is gone (or changed), keeps the
+    /// rest. Tunnels already open are never touched.
+    @discardableResult
+    public func reload(forwards: [(RemoteForward, RelayAccess)]) async -> (added: Int, removed: Int) {
+        let wanted = forwards.map { ListenerKey(forward: $0.0, access: $0.1) }
+        let wantedKeys = Set(wanted)
+        let (kept, gone) = listeners.withLock { listeners in
+            let gone = listeners.filter { !wantedKeys.contains($0.key) }
+            listeners.removeAll { !wantedKeys.contains($0.key) }
+            return (Set(listeners.map(\.key)), gone)
+        }
+        for (_, loop) in gone { await loop.stop() }
+        let added = wanted.filter { !kept.contains($0) }
+        startListeners(for: added)
+        return (added.count, gone.count)
     }
 
     /// True once every listener control channel is online.
-    public var allOnline: Bool { listeners.allSatisfy(\.isOnline) }
+    public var allOnline: Bool { listeners.withLock { $0.allSatisfy(\.loop.isOnline) } }
 
-    public var tunnelCount: Int { counter.current }
+    public var tunnelCount: Int { settings.counter.current }
 
     /// Waits until every listener is online or `timeout` passes; returns whether they all are.
     public func waitUntilOnline(timeout: Duration) async -> Bool {
@@ -61,12 +102,16 @@ public final class EdgeAgent: Sendable {
 
     /// Closes the control channels (no new tunnels), then waits up to `grace` for open tunnels.
     public func shutdown(grace: Duration) async {
-        for listener in listeners { await listener.stop() }
+        let loops = listeners.withLock { listeners in
+            defer { listeners.removeAll() }
+            return listeners.map(\.loop)
+        }
+        for loop in loops { await loop.stop() }
         let deadline = ContinuousClock.now + grace
-        while counter.current > 0 && ContinuousClock.now < deadline {
+        while settings.counter.current > 0 && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(50))
         }
-        logger.info("edge stopped", metadata: ["open_tunnels": "\(counter.current)"])
+        settings.logger.info("edge stopped", metadata: ["open_tunnels": "\(settings.counter.current)"])
     }
 }
 

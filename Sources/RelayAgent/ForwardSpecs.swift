@@ -1,5 +1,5 @@
 /// A local port the client agent binds; each accepted connection becomes a sender to `relayName`.
-public struct LocalBinding: Equatable, Sendable {
+public struct LocalBinding: Hashable, Sendable {
     public var bindAddress: String
     public var port: Int
     /// Named in the preamble; azbridge's default is the port number as text.
@@ -13,7 +13,7 @@ public struct LocalBinding: Equatable, Sendable {
 }
 
 /// What the edge agent dials for a port name.
-public struct RemoteBinding: Equatable, Sendable {
+public struct RemoteBinding: Hashable, Sendable {
     public var portName: String
     public var host: String
     public var port: Int
@@ -44,7 +44,7 @@ public struct LocalForward: Equatable, Sendable {
 }
 
 /// `-T` / `RemoteForward`: the firewalled side of one hybrid connection.
-public struct RemoteForward: Equatable, Sendable {
+public struct RemoteForward: Hashable, Sendable {
     public var relayName: String
     public var bindings: [RemoteBinding]
     public var connectionString: String?

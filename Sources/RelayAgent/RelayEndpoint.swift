@@ -9,7 +9,7 @@ import RelayIO
 #endif
 
 /// Where the relay is and how to prove the right to use it, for one relay name.
-public struct RelayAccess: Sendable, Equatable {
+public struct RelayAccess: Sendable, Hashable {
     /// The relay's base URL (`ws://host:port` or `wss://host[:port]`).
     public var base: WebSocketURL
     public var keyName: String?

@@ -6,7 +6,7 @@ import NIOSSL
 import NIOWebSocket
 
 /// A `ws://` or `wss://` URL split for connecting.
-public struct WebSocketURL: Equatable, Sendable, CustomStringConvertible {
+public struct WebSocketURL: Hashable, Sendable, CustomStringConvertible {
     public var secure: Bool
     public var host: String
     public var port: Int

@@ -128,11 +128,8 @@ struct Client: AsyncParsableCommand {
     )
     var allow: [String] = []
 
-    func run() async throws {
-        guard options.endpoints.count <= 1 else {
-            throw ValidationError(
-                "the client takes one -e; put several relays behind a load balancer and give its address")
-        }
+    /// The forwards from `-f` and the flags; read again on SIGHUP.
+    func makeForwards() throws -> [(LocalForward, RelayAccess)] {
         var configuration = try options.loadConfiguration()
         for spec in localForwards {
             do {
@@ -144,12 +141,20 @@ struct Client: AsyncParsableCommand {
         guard !configuration.localForwards.isEmpty else {
             throw ValidationError("You must specify at least one -L forwarder (or LocalForward in -f).")
         }
-        let forwards = try configuration.localForwards.map { forward in
+        return try configuration.localForwards.map { forward in
             var access = try options.access(
                 configuration, entry: forward.connectionString, relayName: forward.relayName)
             access.noAuthentication = forward.noAuthentication
             return (forward, access)
         }
+    }
+
+    func run() async throws {
+        guard options.endpoints.count <= 1 else {
+            throw ValidationError(
+                "the client takes one -e; put several relays behind a load balancer and give its address")
+        }
+        let forwards = try makeForwards()
         let allowedSources: AddressFilter?
         do {
             allowedSources = allow.isEmpty ? nil : try AddressFilter(allow)
@@ -162,11 +167,18 @@ struct Client: AsyncParsableCommand {
         let agent = try await ClientAgent.start(
             forwards: forwards, tlsContext: try options.tlsContext(), group: MultiThreadedEventLoopGroup.singleton,
             logger: logger, metrics: metrics, allowedSources: allowedSources)
-        let ports = agent.localAddresses.count
         let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
-            (true, "\(ports) client port(s) bound")
+            (true, "\(agent.localAddresses.count) client port(s) bound")
         }
-        await SignalWaiter.waitForTermination()
+        await SignalWaiter.waitForTermination {
+            do {
+                let (added, removed) = try await agent.reload(forwards: try makeForwards())
+                logger.info(
+                    "configuration reloaded", metadata: ["ports_added": "\(added)", "ports_removed": "\(removed)"])
+            } catch {
+                logger.error("reload failed, the running configuration stays", metadata: ["cause": "\(error)"])
+            }
+        }
         logger.info("draining", metadata: ["open_tunnels": "\(agent.tunnelCount)"])
         await agent.shutdown(grace: .milliseconds(Int(options.grace * 1000)))
         await side?.stop()
@@ -187,7 +199,9 @@ struct Edge: AsyncParsableCommand {
     @Option(name: .customShort("T"), help: "relay_name:[port_name/]host:port{;...} (repeatable).")
     var remoteForwards: [String] = []
 
-    func run() async throws {
+    /// One listener per relay name and endpoint (with several relays, each can complete any rendezvous),
+    /// from `-f` and the flags; read again on SIGHUP.
+    func makeForwards() throws -> (forwards: [(RemoteForward, RelayAccess)], keepAliveInterval: Double) {
         var configuration = try options.loadConfiguration()
         for spec in remoteForwards {
             do {
@@ -199,7 +213,6 @@ struct Edge: AsyncParsableCommand {
         guard !configuration.remoteForwards.isEmpty else {
             throw ValidationError("You must specify at least one -T forwarder (or RemoteForward in -f).")
         }
-        // One listener per relay name and endpoint: with several relays, each can complete any rendezvous.
         var forwards: [(RemoteForward, RelayAccess)] = []
         for forward in configuration.remoteForwards {
             let access = try options.access(
@@ -213,17 +226,30 @@ struct Edge: AsyncParsableCommand {
                 }
             }
         }
+        return (forwards, configuration.keepAliveInterval)
+    }
+
+    func run() async throws {
+        let (forwards, keepAliveInterval) = try makeForwards()
         options.telemetry.bootstrapLogging(role: "edge")
         let logger = Logger(label: "hyrelay.edge")
         let metrics = RelayMetrics()
         let agent = EdgeAgent.start(
-            forwards: forwards, keepAliveInterval: configuration.keepAliveInterval,
-            tlsContext: try options.tlsContext(),
+            forwards: forwards, keepAliveInterval: keepAliveInterval, tlsContext: try options.tlsContext(),
             group: MultiThreadedEventLoopGroup.singleton, logger: logger, metrics: metrics)
         let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
             agent.allOnline ? (true, "all listeners online") : (false, "not every listener is online")
         }
-        await SignalWaiter.waitForTermination()
+        await SignalWaiter.waitForTermination {
+            do {
+                let (added, removed) = await agent.reload(forwards: try makeForwards().forwards)
+                logger.info(
+                    "configuration reloaded",
+                    metadata: ["listeners_added": "\(added)", "listeners_removed": "\(removed)"])
+            } catch {
+                logger.error("reload failed, the running configuration stays", metadata: ["cause": "\(error)"])
+            }
+        }
         logger.info("draining", metadata: ["open_tunnels": "\(agent.tunnelCount)"])
         await agent.shutdown(grace: .milliseconds(Int(options.grace * 1000)))
         await side?.stop()

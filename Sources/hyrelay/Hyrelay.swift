@@ -183,19 +183,22 @@ struct Token: ParsableCommand {
     }
 }
 
-/// Suspends until SIGINT or SIGTERM.
+/// Suspends until SIGINT or SIGTERM; with `onReload`, runs it for every SIGHUP meanwhile.
 enum SignalWaiter {
-    static func waitForTermination() async {
-        signal(SIGINT, SIG_IGN)
-        signal(SIGTERM, SIG_IGN)
-        let sources = [SIGINT, SIGTERM].map { DispatchSource.makeSignalSource(signal: $0, queue: .global()) }
-        let stream = AsyncStream<Void> { continuation in
-            for source in sources {
-                source.setEventHandler { continuation.yield() }
+    static func waitForTermination(onReload: (@Sendable () async -> Void)? = nil) async {
+        let numbers = [SIGINT, SIGTERM] + (onReload == nil ? [] : [SIGHUP])
+        for number in numbers { signal(number, SIG_IGN) }
+        let sources = numbers.map { DispatchSource.makeSignalSource(signal: $0, queue: .global()) }
+        let stream = AsyncStream<Int32> { continuation in
+            for (number, source) in zip(numbers, sources) {
+                source.setEventHandler { continuation.yield(number) }
                 source.resume()
             }
         }
-        for await _ in stream { break }
+        for await number in stream {
+            guard number == SIGHUP, let onReload else { break }
+            await onReload()
+        }
         for source in sources { source.cancel() }
     }
 }

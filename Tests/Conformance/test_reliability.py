@@ -179,3 +179,52 @@ def test_target_dying_mid_stream_and_edge_killed(tmp_path):
         for process in (client, edge, relay):
             process.stop()
         server.close()
+
+
+def test_sighup_reloads_agents_without_dropping_open_tunnels(chain, tmp_path):
+    relay, _ = chain
+    a, b = agents.TcpServer("echo", tag=b"A"), agents.TcpServer("echo", tag=b"B")
+    head = ("AzureRelayEndpoint: %s\nAzureRelaySharedAccessKeyName: %s\nAzureRelaySharedAccessKey: %s\n"
+            % (relay.url, agents.KEY_NAME, agents.KEY))
+    edge_file, client_file = tmp_path / "edge.yml", tmp_path / "client.yml"
+    edge_file.write_text(head + "RemoteForward:\n  - {RelayName: faults, Host: 127.0.0.1, HostPort: %d, PortName: a}\n" % a.port)
+    port_a, port_b = free_port(), free_port()
+    client_file.write_text(head + "LocalForward:\n  - {RelayName: faults, BindAddress: 127.0.0.1, BindPort: %d, PortName: a}\n" % port_a)
+    edge = agents.Process(["edge", "-f", str(edge_file), "-a", "1"], str(tmp_path / "hup-edge.log"))
+    client = agents.Process(["client", "-f", str(client_file)], str(tmp_path / "hup-client.log"))
+    try:
+        edge.wait_for_log("listener online")
+        client.wait_for_log("client port bound")
+        held = socket.create_connection(("127.0.0.1", port_a), timeout=10)
+        assert held.recv(1) == b"A"
+        # Replace port a by port b on both sides and reload.
+        edge_file.write_text(head + "RemoteForward:\n  - {RelayName: faults, Host: 127.0.0.1, HostPort: %d, PortName: b}\n" % b.port)
+        client_file.write_text(head + "LocalForward:\n  - {RelayName: faults, BindAddress: 127.0.0.1, BindPort: %d, PortName: b}\n" % port_b)
+        edge.popen.send_signal(signal.SIGHUP)
+        client.popen.send_signal(signal.SIGHUP)
+        edge.wait_for_log("configuration reloaded")
+        client.wait_for_log("configuration reloaded")
+        deadline = time.time() + 20
+        while edge.log().count("listener online") < 2:
+            assert time.time() < deadline, edge.log()
+            time.sleep(0.05)
+        fresh = socket.create_connection(("127.0.0.1", port_b), timeout=10)
+        assert fresh.recv(1) == b"B"
+        fresh.close()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port_a), timeout=2).close()
+        held.sendall(b"still here")
+        assert held.recv(10) == b"still here", "the tunnel opened before the reload keeps working"
+        held.close()
+        # A broken file is refused and the running configuration stays.
+        client_file.write_text("LocalForward: [\n")
+        client.popen.send_signal(signal.SIGHUP)
+        client.wait_for_log("reload failed")
+        again = socket.create_connection(("127.0.0.1", port_b), timeout=10)
+        assert again.recv(1) == b"B"
+        again.close()
+    finally:
+        client.stop()
+        edge.stop()
+        a.close()
+        b.close()
