@@ -16,6 +16,8 @@ let nio: [Target.Dependency] = [
 ]
 
 let log: Target.Dependency = .product(name: "Logging", package: "swift-log")
+// NIO's locks are pthread mutexes, which ThreadSanitizer understands (Synchronization.Mutex's futex is not).
+let locks: Target.Dependency = .product(name: "NIOConcurrencyHelpers", package: "swift-nio")
 let crypto: Target.Dependency = .product(name: "Crypto", package: "swift-crypto")
 let prometheus: Target.Dependency = .product(name: "Prometheus", package: "swift-prometheus")
 let tracing: Target.Dependency = .product(name: "Tracing", package: "swift-distributed-tracing")
@@ -46,19 +48,21 @@ let package = Package(
         .target(
             name: "RelayTelemetry",
             dependencies: [
-                "HybridConnections", log, prometheus, tracing, .product(name: "NIOCore", package: "swift-nio"),
+                "HybridConnections", log, locks, prometheus, tracing, .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),
         .target(
             name: "RelayServer",
-            dependencies: ["HybridConnections", "RelayIO", "RelayTelemetry", log, yams, prometheus, tracing] + nio,
+            dependencies: ["HybridConnections", "RelayIO", "RelayTelemetry", log, locks, yams, prometheus, tracing]
+                + nio,
             swiftSettings: strict
         ),
         .target(
             name: "RelayAgent",
-            dependencies: ["HybridConnections", "RelayIO", "RelayTelemetry", log, yams, prometheus, tracing] + nio,
+            dependencies: ["HybridConnections", "RelayIO", "RelayTelemetry", log, locks, yams, prometheus, tracing]
+                + nio,
             swiftSettings: strict
         ),
         .executableTarget(

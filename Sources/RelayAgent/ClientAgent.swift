@@ -1,5 +1,6 @@
 import HybridConnections
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -37,10 +38,10 @@ public final class ClientAgent: Sendable {
     }
 
     private let settings: Settings
-    private let bound = Mutex<[(key: BindingKey, channel: any Channel)]>([])
+    private let bound = NIOLockedValueBox<[(key: BindingKey, channel: any Channel)]>([])
 
     /// The bound addresses, in configuration order.
-    public var localAddresses: [SocketAddress] { bound.withLock { $0.compactMap(\.channel.localAddress) } }
+    public var localAddresses: [SocketAddress] { bound.withLockedValue { $0.compactMap(\.channel.localAddress) } }
 
     public var tunnelCount: Int { settings.counter.current }
 
@@ -74,7 +75,7 @@ public final class ClientAgent: Sendable {
             forward.bindings.map { (BindingKey(relayName: forward.relayName, binding: $0, access: access), forward) }
         }
         let wantedKeys = Set(wanted.map(\.0))
-        let (kept, gone) = bound.withLock { bound in
+        let (kept, gone) = bound.withLockedValue { bound in
             let gone = bound.filter { !wantedKeys.contains($0.key) }
             bound.removeAll { !wantedKeys.contains($0.key) }
             return (Set(bound.map(\.key)), gone)
@@ -87,7 +88,7 @@ public final class ClientAgent: Sendable {
         var added = 0
         for (key, forward) in wanted where !kept.contains(key) {
             let channel = try await bind(key: key, forward: forward)
-            bound.withLock { $0.append((key, channel)) }
+            bound.withLockedValue { $0.append((key, channel)) }
             added += 1
         }
         return (added, gone.count)
@@ -135,7 +136,7 @@ public final class ClientAgent: Sendable {
     }
 
     private func closePorts() async {
-        let channels = bound.withLock { bound in
+        let channels = bound.withLockedValue { bound in
             defer { bound.removeAll() }
             return bound.map(\.channel)
         }

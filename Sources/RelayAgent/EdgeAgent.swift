@@ -1,5 +1,6 @@
 import HybridConnections
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -7,7 +8,6 @@ import NIOWebSocket
 import Prometheus
 import RelayIO
 import RelayTelemetry
-import Synchronization
 import Tracing
 
 #if canImport(FoundationEssentials)
@@ -35,7 +35,7 @@ public final class EdgeAgent: Sendable {
     }
 
     private let settings: Settings
-    private let listeners = Mutex<[(key: ListenerKey, loop: ListenerLoop)]>([])
+    private let listeners = NIOLockedValueBox<[(key: ListenerKey, loop: ListenerLoop)]>([])
 
     private init(settings: Settings) {
         self.settings = settings
@@ -65,7 +65,7 @@ public final class EdgeAgent: Sendable {
                     metrics: settings.metrics, tracer: settings.tracer, logger: settings.logger)
             )
         }
-        listeners.withLock { $0 += loops.map { (key: $0.0, loop: $0.1) } }
+        listeners.withLockedValue { $0 += loops.map { (key: $0.0, loop: $0.1) } }
         for (_, loop) in loops { loop.start() }
     }
 
@@ -75,7 +75,7 @@ public final class EdgeAgent: Sendable {
     public func reload(forwards: [(RemoteForward, RelayAccess)]) async -> (added: Int, removed: Int) {
         let wanted = forwards.map { ListenerKey(forward: $0.0, access: $0.1) }
         let wantedKeys = Set(wanted)
-        let (kept, gone) = listeners.withLock { listeners in
+        let (kept, gone) = listeners.withLockedValue { listeners in
             let gone = listeners.filter { !wantedKeys.contains($0.key) }
             listeners.removeAll { !wantedKeys.contains($0.key) }
             return (Set(listeners.map(\.key)), gone)
@@ -87,7 +87,7 @@ public final class EdgeAgent: Sendable {
     }
 
     /// True once every listener control channel is online.
-    public var allOnline: Bool { listeners.withLock { $0.allSatisfy(\.loop.isOnline) } }
+    public var allOnline: Bool { listeners.withLockedValue { $0.allSatisfy(\.loop.isOnline) } }
 
     public var tunnelCount: Int { settings.counter.current }
 
@@ -102,7 +102,7 @@ public final class EdgeAgent: Sendable {
 
     /// Closes the control channels (no new tunnels), then waits up to `grace` for open tunnels.
     public func shutdown(grace: Duration) async {
-        let loops = listeners.withLock { listeners in
+        let loops = listeners.withLockedValue { listeners in
             defer { listeners.removeAll() }
             return listeners.map(\.loop)
         }
@@ -133,7 +133,7 @@ final class ListenerLoop: Sendable {
     let metrics: RelayMetrics
     let tracer: HopTracer
     let logger: Logger
-    private let state = Mutex(State())
+    private let state = NIOLockedValueBox(State())
 
     init(
         forward: RemoteForward, access: RelayAccess, keepAliveInterval: Double, tlsContext: NIOSSLContext?,
@@ -153,15 +153,15 @@ final class ListenerLoop: Sendable {
         self.logger = logger
     }
 
-    var isOnline: Bool { state.withLock { $0.online } }
+    var isOnline: Bool { state.withLockedValue { $0.online } }
 
     func start() {
         let task = Task { await self.run() }
-        state.withLock { $0.task = task }
+        state.withLockedValue { $0.task = task }
     }
 
     func stop() async {
-        let (channel, task) = state.withLock { state in
+        let (channel, task) = state.withLockedValue { state in
             state.stopped = true
             return (state.channel, state.task)
         }
@@ -175,7 +175,7 @@ final class ListenerLoop: Sendable {
         var generator = SystemRandomNumberGenerator()
         var attempt = 0
         var wasOnline = false
-        while !state.withLock({ $0.stopped }) {
+        while !state.withLockedValue({ $0.stopped }) {
             attempt += 1
             let listenerId = UUID().uuidString.lowercased()
             let (headers, expiry) = access.headers(relayName: forward.relayName)
@@ -190,7 +190,7 @@ final class ListenerLoop: Sendable {
                 }.get()
                 switch result {
                 case .upgraded(let channel, _):
-                    let stopped = state.withLock { state in
+                    let stopped = state.withLockedValue { state in
                         state.channel = channel
                         state.online = true
                         return state.stopped
@@ -206,14 +206,14 @@ final class ListenerLoop: Sendable {
                     attempt = 0
                     wasOnline = true
                     try? await channel.closeFuture.get()
-                    state.withLock { state in
+                    state.withLockedValue { state in
                         state.online = false
                         state.channel = nil
                     }
                     metrics.listeners(role: .edge, entity: forward.relayName).set(to: 0)
                     metrics.listenerEvent(
                         role: .edge, entity: forward.relayName, event: "disconnect", cause: "channel_closed")
-                    if !state.withLock({ $0.stopped }) {
+                    if !state.withLockedValue({ $0.stopped }) {
                         logger.warning("listener offline, reconnecting", metadata: ["cause": "control channel closed"])
                     }
                 case .rejected(let status, let reason, _):
@@ -227,7 +227,7 @@ final class ListenerLoop: Sendable {
                 metrics.listenerEvent(role: .edge, entity: forward.relayName, event: "refused", cause: "unreachable")
                 logger.warning("cannot reach relay", metadata: ["cause": "\(error)", "attempt": "\(attempt)"])
             }
-            guard !state.withLock({ $0.stopped }) else { break }
+            guard !state.withLockedValue({ $0.stopped }) else { break }
             let delay = backoff.nextDelay(using: &generator)
             try? await Task.sleep(for: .milliseconds(Int(delay * 1000)))
         }

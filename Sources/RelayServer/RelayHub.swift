@@ -1,5 +1,6 @@
 import HybridConnections
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import Prometheus
 import RelayIO
@@ -46,7 +47,7 @@ final class BridgeSpanCollector: Sendable {
         var closeCode: Int?
     }
 
-    private let state = Mutex(State())
+    private let state = NIOLockedValueBox(State())
 
     func start(_ span: HopSpan) { finish { $0.span = span } }
 
@@ -65,7 +66,7 @@ final class BridgeSpanCollector: Sendable {
     }
 
     private func finish(_ update: (inout State) -> Void) {
-        let ready: (HopSpan, Int, Int, Int?)? = state.withLock { state in
+        let ready: (HopSpan, Int, Int, Int?)? = state.withLockedValue { state in
             update(&state)
             guard let span = state.span, let up = state.bytesUp, let down = state.bytesDown else { return nil }
             state.span = nil
@@ -136,10 +137,10 @@ public final class RelayHub: Sendable {
     let logger: Logger
     public let metrics: RelayMetrics
     public let tracer: HopTracer
-    private let publicURLBox: Mutex<String>
-    private let table: Mutex<RendezvousTable<ListenerHandle, PendingRendezvous>>
+    private let publicURLBox: NIOLockedValueBox<String>
+    private let table: NIOLockedValueBox<RendezvousTable<ListenerHandle, PendingRendezvous>>
     private let nextID = Atomic<UInt64>(1)
-    private let authFailures: Mutex<FailureRateLimiter>
+    private let authFailures: NIOLockedValueBox<FailureRateLimiter>
 
     public init(configuration: RelayConfiguration, logger: Logger, metrics: RelayMetrics, tracer: HopTracer) {
         self.configuration = configuration
@@ -147,9 +148,9 @@ public final class RelayHub: Sendable {
         self.metrics = metrics
         self.tracer = tracer
         policy = RelayPolicy(configuration: configuration)
-        publicURLBox = Mutex(configuration.effectivePublicURL)
-        table = Mutex(RendezvousTable(listenerLimit: configuration.limits.maxListenersPerEntity))
-        authFailures = Mutex(
+        publicURLBox = NIOLockedValueBox(configuration.effectivePublicURL)
+        table = NIOLockedValueBox(RendezvousTable(listenerLimit: configuration.limits.maxListenersPerEntity))
+        authFailures = NIOLockedValueBox(
             FailureRateLimiter(
                 burst: configuration.limits.authFailureBurst, perSecond: configuration.limits.authFailuresPerSecond))
     }
@@ -157,7 +158,7 @@ public final class RelayHub: Sendable {
     var limits: RelayLimits { configuration.limits }
 
     /// Base of the `address` fields handed to listeners.
-    public var publicURL: String { publicURLBox.withLock { $0 } }
+    public var publicURL: String { publicURLBox.withLockedValue { $0 } }
 
     /// With `listen` on port 0 and no `publicURL`, addresses must name the port actually bound.
     func boundTo(port: Int) {
@@ -165,14 +166,14 @@ public final class RelayHub: Sendable {
         var bound = HostPort(configuration.listen)!
         bound.port = port
         let host = bound.host.contains(":") ? "[\(bound.host)]" : bound.host
-        publicURLBox.withLock { $0 = "\(configuration.tls == nil ? "ws" : "wss")://\(host):\(port)" }
+        publicURLBox.withLockedValue { $0 = "\(configuration.tls == nil ? "ws" : "wss")://\(host):\(port)" }
     }
 
     /// Refuses a source that spent its budget of failed authentications, before any signature check.
     func checkAuthBudget(source: String?) throws(Refusal) {
         guard let source else { return }
         let now = Date().timeIntervalSince1970
-        if authFailures.withLock({ $0.isBlocked(source: source, now: now) }) {
+        if authFailures.withLockedValue({ $0.isBlocked(source: source, now: now) }) {
             throw Refusal(
                 status: 429, text: "TooManyRequests: Too many failed authentication attempts from this address",
                 reason: "auth_rate_limited")
@@ -182,7 +183,7 @@ public final class RelayHub: Sendable {
     func recordAuthFailure(source: String?) {
         guard let source else { return }
         let now = Date().timeIntervalSince1970
-        authFailures.withLock { $0.recordFailure(source: source, now: now) }
+        authFailures.withLockedValue { $0.recordFailure(source: source, now: now) }
     }
 
     func makeID() -> UInt64 {
@@ -195,7 +196,7 @@ public final class RelayHub: Sendable {
     }
 
     func register(_ listener: ListenerHandle) -> Bool {
-        let (result, count) = table.withLock { table in
+        let (result, count) = table.withLockedValue { table in
             let result = table.addListener(entity: listener.entity, id: listener.id, listener)
             return (result, table.listenerCount(entity: listener.entity))
         }
@@ -206,7 +207,7 @@ public final class RelayHub: Sendable {
     /// Returns whether the listener was still registered.
     @discardableResult
     func unregister(_ listener: ListenerHandle) -> Bool {
-        let (removed, count) = table.withLock { table in
+        let (removed, count) = table.withLockedValue { table in
             (
                 table.removeListener(entity: listener.entity, id: listener.id),
                 table.listenerCount(entity: listener.entity)
@@ -217,13 +218,13 @@ public final class RelayHub: Sendable {
     }
 
     public func listenerCount(entity: String) -> Int {
-        table.withLock { $0.listenerCount(entity: entity) }
+        table.withLockedValue { $0.listenerCount(entity: entity) }
     }
 
     /// Picks a listener and, in the same critical section, parks the rendezvous, so a listener that
     /// answers at once finds it.
     func dispatch(entity: String, key: String, pending: PendingRendezvous) -> ListenerHandle? {
-        table.withLock { table in
+        table.withLockedValue { table in
             var generator = SystemRandomNumberGenerator()
             guard let listener = table.pickListener(entity: entity, using: &generator) else { return nil }
             table.addPending(key: key, pending)
@@ -232,12 +233,12 @@ public final class RelayHub: Sendable {
     }
 
     func takePending(key: String) -> PendingRendezvous? {
-        table.withLock { $0.takePending(key: key) }
+        table.withLockedValue { $0.takePending(key: key) }
     }
 
     /// Looks at an HTTP rendezvous without claiming it: the response claims it later.
     func peekHTTP(key: String) -> PendingHTTPRequest? {
-        table.withLock { table in
+        table.withLockedValue { table in
             guard case .http(let request) = table.takePending(key: key) else { return nil }
             table.addPending(key: key, .http(request))
             return request

@@ -60,3 +60,5 @@ struct RendezvousTable<Listener, Pending> {
 
     var pendingCount: Int { pending.count }
 }
+
+extension RendezvousTable: Sendable where Listener: Sendable, Pending: Sendable {}

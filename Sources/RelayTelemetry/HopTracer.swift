@@ -1,5 +1,5 @@
 import Logging
-import Synchronization
+import NIOConcurrencyHelpers
 import Tracing
 
 #if canImport(FoundationEssentials)
@@ -110,7 +110,7 @@ public final class HopSpan: Tracing.Span, Sendable {
         var ended = false
     }
 
-    private let state: Mutex<State>
+    private let state: NIOLockedValueBox<State>
     private let trace: TraceContext
     private let parentSpanID: String?
     private let kind: SpanKind
@@ -122,7 +122,7 @@ public final class HopSpan: Tracing.Span, Sendable {
         name: String, kind: SpanKind, context trace: TraceContext, parentSpanID: String?, start: UInt64,
         sink: @escaping @Sendable (FinishedSpan) -> Void
     ) {
-        state = Mutex(State(name: name))
+        state = NIOLockedValueBox(State(name: name))
         self.trace = trace
         self.parentSpanID = parentSpanID
         self.kind = kind
@@ -137,19 +137,19 @@ public final class HopSpan: Tracing.Span, Sendable {
     public var traceContext: TraceContext { trace }
 
     public var operationName: String {
-        get { state.withLock { $0.name } }
-        set { state.withLock { $0.name = newValue } }
+        get { state.withLockedValue { $0.name } }
+        set { state.withLockedValue { $0.name = newValue } }
     }
 
     public var attributes: SpanAttributes {
-        get { state.withLock { $0.attributes } }
-        set { state.withLock { $0.attributes = newValue } }
+        get { state.withLockedValue { $0.attributes } }
+        set { state.withLockedValue { $0.attributes = newValue } }
     }
 
-    public var isRecording: Bool { state.withLock { !$0.ended } }
+    public var isRecording: Bool { state.withLockedValue { !$0.ended } }
 
     public func setStatus(_ status: SpanStatus) {
-        state.withLock { state in
+        state.withLockedValue { state in
             state.isError = status.code == .error
             state.statusMessage = status.message
         }
@@ -185,7 +185,7 @@ public final class HopSpan: Tracing.Span, Sendable {
     }
 
     public func end<Instant: TracerInstant>(at instant: @autoclosure () -> Instant) {
-        let finished: FinishedSpan? = state.withLock { state in
+        let finished: FinishedSpan? = state.withLockedValue { state in
             guard !state.ended else { return nil }
             state.ended = true
             var attributes: [String: String] = [:]

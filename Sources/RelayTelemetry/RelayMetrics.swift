@@ -1,5 +1,5 @@
+import NIOConcurrencyHelpers
 import Prometheus
-import Synchronization
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -24,7 +24,7 @@ public enum ByteDirection: String, Sendable, CaseIterable {
 public final class RelayMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
     /// The latest trace per latency bucket, for OpenMetrics exemplars.
-    private let exemplars = Mutex<[BucketKey: Exemplar]>([:])
+    private let exemplars = NIOLockedValueBox<[BucketKey: Exemplar]>([:])
 
     /// Latency buckets in seconds, 0.5 ms to 30 s.
     public static let latencyBuckets: [Double] = [
@@ -60,7 +60,7 @@ public final class RelayMetrics: Sendable {
         for (key, labelValue) in labels { labelMap[key] = labelValue }
         let key = BucketKey(name: "hyrelay_\(name)_seconds", labels: labelMap, upperBound: bound)
         let exemplar = Exemplar(traceID: traceID, value: value, timestamp: Date().timeIntervalSince1970)
-        exemplars.withLock { $0[key] = exemplar }
+        exemplars.withLockedValue { $0[key] = exemplar }
     }
 
     private func histogram(
@@ -169,7 +169,7 @@ public final class RelayMetrics: Sendable {
     /// OpenMetrics 1.0 with trace-id exemplars on latency buckets.
     public func openMetricsExposition() -> String {
         let text = String(decoding: exposition(), as: UTF8.self)
-        return OpenMetricsRenderer.render(text: text, exemplars: exemplars.withLock { $0 })
+        return OpenMetricsRenderer.render(text: text, exemplars: exemplars.withLockedValue { $0 })
     }
 
     /// Text exposition format 0.0.4.

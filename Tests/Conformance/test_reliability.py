@@ -92,7 +92,9 @@ def test_thousand_concurrent_tunnels_byte_exact_with_bounded_memory(chain):
                 print("  %s: RSS %d -> peak %d -> %d KiB; fds %d -> %d" % (
                     name, before[name][0] // 1024, peak[name] // 1024, after[name][0] // 1024, before[name][1], after[name][1]))
                 assert after[name][1] <= before[name][1] + 5, "%s leaked file descriptors" % name
-            assert per_tunnel < 256 * 1024, "memory per tunnel is bounded"
+            # Sanitizer builds shadow every allocation, so their runs raise the bound.
+            limit = int(os.environ.get("HYRELAY_MAX_KIB_PER_TUNNEL", "256"))
+            assert per_tunnel < limit * 1024, "memory per tunnel is bounded"
         finally:
             client.stop()
             edge.stop()

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The long runs that CI does in short form: the Swift tests under ThreadSanitizer, the whole process suite
+# against a ThreadSanitizer build of hyrelay (any race report in any process log fails it), a million
+# fuzz inputs per parser, and a 5000-tunnel load. Takes 20-40 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+echo "== swift test --sanitize=thread"
+swift test --sanitize=thread --scratch-path .build-tsan
+
+echo "== process suite against a ThreadSanitizer build"
+swift build --sanitize=thread --scratch-path .build-tsan --product hyrelay
+LOGS=$(mktemp -d)
+HYRELAY_BIN="$PWD/.build-tsan/debug/hyrelay" HYRELAY_LOAD_TUNNELS=300 HYRELAY_MAX_KIB_PER_TUNNEL=4096 \
+    .venv/bin/pytest -q --basetemp "$LOGS" Tests/Conformance
+if grep -rl "ThreadSanitizer" "$LOGS" >/dev/null; then
+    echo "ThreadSanitizer reported races:" >&2
+    grep -rl "ThreadSanitizer" "$LOGS" >&2
+    exit 1
+fi
+echo "no ThreadSanitizer report in any process log"
+
+echo "== fuzzing: a million inputs per parser"
+HYRELAY_FUZZ_ITERATIONS=1000000 swift test -c release --filter "FuzzTests|AgentFuzzTests"
+
+echo "== load: 5000 concurrent tunnels"
+swift build -c release --product hyrelay
+HYRELAY_BIN="$PWD/.build/release/hyrelay" HYRELAY_LOAD_TUNNELS=5000 \
+    .venv/bin/pytest -q -s Tests/Conformance/test_reliability.py -k thousand
