@@ -56,42 +56,52 @@ def test_thousand_concurrent_tunnels_byte_exact_with_bounded_memory(chain):
         client = agents.start_client(directory, relay.url, ["127.0.0.1:%d:load" % client_port], [client_port])
         processes = {"relay": relay.popen.pid, "edge": edge.popen.pid, "client": client.popen.pid}
         before = {name: (rss(pid), fds(pid)) for name, pid in processes.items()}
-        opened = asyncio.Event()
-        ready = 0
-        peak = {}
 
-        async def tunnel(index):
-            nonlocal ready
-            reader, writer = await asyncio.open_connection("127.0.0.1", client_port)
-            payload = os.urandom(16 * 1024 + index)
-            writer.write(payload)
-            await writer.drain()
-            echoed = await asyncio.wait_for(reader.readexactly(len(payload)), 120)
-            ready += 1
-            if ready == TUNNELS:
-                opened.set()
-            await opened.wait()  # every tunnel is open at once here
-            writer.write_eof()
-            rest = await asyncio.wait_for(reader.read(), 60)
-            writer.close()
-            return hashlib.sha256(echoed + rest).digest() == hashlib.sha256(payload).digest()
+        async def load_round():
+            """TUNNELS tunnels open at once; returns each process's RSS while they are all open."""
+            opened = asyncio.Event()
+            ready = 0
+            peak = {}
 
-        async def sample():
-            await opened.wait()
-            for name, pid in processes.items():
-                peak[name] = rss(pid)
+            async def tunnel(index):
+                nonlocal ready
+                reader, writer = await asyncio.open_connection("127.0.0.1", client_port)
+                payload = os.urandom(16 * 1024 + index)
+                writer.write(payload)
+                await writer.drain()
+                echoed = await asyncio.wait_for(reader.readexactly(len(payload)), 120)
+                ready += 1
+                if ready == TUNNELS:
+                    opened.set()
+                await opened.wait()  # every tunnel is open at once here
+                writer.write_eof()
+                rest = await asyncio.wait_for(reader.read(), 60)
+                writer.close()
+                return hashlib.sha256(echoed + rest).digest() == hashlib.sha256(payload).digest()
 
-        try:
+            async def sample():
+                await opened.wait()
+                for name, pid in processes.items():
+                    peak[name] = rss(pid)
+
             results, _ = await asyncio.gather(asyncio.gather(*(tunnel(i) for i in range(TUNNELS))), sample())
             assert all(results), "%d of %d tunnels were not byte-exact" % (results.count(False), TUNNELS)
             await asyncio.sleep(1.5)
+            return peak
+
+        try:
+            first = await load_round()
+            second = await load_round()
             after = {name: (rss(pid), fds(pid)) for name, pid in processes.items()}
-            per_tunnel = sum(peak[name] - before[name][0] for name in processes) / TUNNELS
+            per_tunnel = sum(first[name] - before[name][0] for name in processes) / TUNNELS
             print("\n%d tunnels; RSS growth per open tunnel across client+relay+edge: %.1f KiB" % (TUNNELS, per_tunnel / 1024))
             for name in processes:
-                print("  %s: RSS %d -> peak %d -> %d KiB; fds %d -> %d" % (
-                    name, before[name][0] // 1024, peak[name] // 1024, after[name][0] // 1024, before[name][1], after[name][1]))
+                print("  %s: RSS %d -> peak %d, second round peak %d -> %d KiB; fds %d -> %d" % (
+                    name, before[name][0] // 1024, first[name] // 1024, second[name] // 1024, after[name][0] // 1024,
+                    before[name][1], after[name][1]))
                 assert after[name][1] <= before[name][1] + 5, "%s leaked file descriptors" % name
+                # A leak would grow every round; reused memory keeps the second round's peak near the first.
+                assert second[name] <= first[name] * 1.15 + 16 * 1024 * 1024, "%s memory grows per round" % name
             # Sanitizer builds shadow every allocation, so their runs raise the bound.
             limit = int(os.environ.get("HYRELAY_MAX_KIB_PER_TUNNEL", "256"))
             assert per_tunnel < limit * 1024, "memory per tunnel is bounded"
@@ -230,3 +240,60 @@ def test_sighup_reloads_agents_without_dropping_open_tunnels(chain, tmp_path):
         edge.stop()
         a.close()
         b.close()
+
+
+def test_oversized_frame_closes_only_that_connection(chain):
+    relay, _ = chain
+    import hc
+    headers = {"ServiceBusAuthorization": hc.sas_token(hc.dotnet_audience("127.0.0.1", "load"), agents.KEY_NAME, agents.KEY)}
+    listener = hc.RawWebSocket("127.0.0.1", relay.port, "/$hc/load?sb-hc-action=listen&sb-hc-id=x", headers=headers)
+    assert listener.status == 101
+    # A frame header announcing 100 MiB, past maxFrameBytes (4 MiB): the relay drops the connection.
+    listener.sock.sendall(bytes([0x82, 0x80 | 127]) + (100 << 20).to_bytes(8, "big") + b"\0\0\0\0" + b"x" * 1000)
+    listener.sock.settimeout(10)
+    try:
+        while listener.sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    listener.close()
+    # The relay keeps serving everyone else.
+    other = hc.RawWebSocket("127.0.0.1", relay.port, "/$hc/load?sb-hc-action=listen&sb-hc-id=y", headers=headers)
+    assert other.status == 101
+    other.close()
+
+
+def test_relay_unreachable_at_start_then_rotated_key(tmp_path):
+    """Agents started before their relay wait for it; a relay restarted with another key refuses the old
+    one with 401, which the edge logs and counts while it keeps retrying."""
+    port = free_port()
+    url = "ws://127.0.0.1:%d" % port
+    target = agents.TcpServer("echo")
+    edge = agents.Process(["edge", "-e", url, "-K", agents.KEY_NAME, "-k", agents.KEY, "-a", "1",
+                           "-T", "late:127.0.0.1:%d" % target.port], str(tmp_path / "late-edge.log"))
+    client_port = free_port()
+    client = agents.start_client(tmp_path, url, ["127.0.0.1:%d:late" % client_port], [client_port])
+    relay = None
+    try:
+        edge.wait_for_log("cannot reach relay")
+        sock = socket.create_connection(("127.0.0.1", client_port), timeout=10)
+        assert sock.recv(10) == b""
+        sock.close()
+        client.wait_for_log("cannot reach relay")
+        relay = agents.start_relay(tmp_path, ["late"], port=port, name="late")
+        edge.wait_for_log("listener online", timeout=30)
+        sent, received, count = agents.echo_roundtrip(client_port, b"late start")
+        assert count == 10 and sent == received
+        # Rotate the key: the old one is refused from now on.
+        relay.stop()
+        rotated = agents.Process(["relay", "--listen", "127.0.0.1:%d" % port, "--hybrid-connection", "late",
+                                  "--sas-key-name", agents.KEY_NAME, "--sas-key", "cm90YXRlZC1rZXk="],
+                                 str(tmp_path / "rotated.log"))
+        relay = rotated
+        rotated.wait_for_log("relay listening")
+        edge.wait_for_log("status=401", timeout=30)
+        rotated.wait_for_log("InvalidSignature")
+    finally:
+        for process in (client, edge) + ((relay,) if relay else ()):
+            process.stop()
+        target.close()
