@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 swift build -c release --product hyrelay
-exec .build/release/hyrelay demo "$@"
+exec .build/release/hyrelay demo --metrics 127.0.0.1:9464 "$@"
