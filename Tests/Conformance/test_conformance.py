@@ -29,6 +29,15 @@ async def next_control(ws, timeout=10):
     return hc.parse_control(await asyncio.wait_for(ws.recv(), timeout))
 
 
+async def joined_pair(relay):
+    """A listener on `hyco` and a .NET-style sender joined through the relay: (control, sender, rendezvous)."""
+    control, _ = await open_listener(relay)
+    sender_task = asyncio.ensure_future(connect("%s/$hc/hyco" % relay.ws, additional_headers=dotnet_headers(relay, "hyco")))
+    _, accept = await next_control(control)
+    rendezvous = await connect(accept["address"])
+    return control, await sender_task, rendezvous
+
+
 def status_of(excinfo):
     return excinfo.value.response.status_code, excinfo.value.response.reason_phrase
 
@@ -71,11 +80,7 @@ def test_dotnet_style_listen_connect_echo(relay):
 
 def test_no_subprotocol_comes_back_null(relay):
     async def run():
-        control, _ = await open_listener(relay)
-        sender_task = asyncio.ensure_future(connect("%s/$hc/hyco" % relay.ws, additional_headers=dotnet_headers(relay, "hyco")))
-        _, accept = await next_control(control)
-        rendezvous = await connect(accept["address"])
-        sender = await sender_task
+        control, sender, rendezvous = await joined_pair(relay)
         assert sender.subprotocol is None and rendezvous.subprotocol is None
         assert "sec-websocket-extensions" not in {k.lower() for k in sender.response.headers.keys()}
         await sender.close()
@@ -236,11 +241,7 @@ def test_half_close_shutdown_keeps_reply_flowing(relay):
 
 def test_azbridge_preamble_passes_untouched(relay):
     async def run():
-        control, _ = await open_listener(relay)
-        sender_task = asyncio.ensure_future(connect("%s/$hc/hyco" % relay.ws, additional_headers=dotnet_headers(relay, "hyco")))
-        _, accept = await next_control(control)
-        rendezvous = await connect(accept["address"])
-        sender = await sender_task
+        control, sender, rendezvous = await joined_pair(relay)
         name = b"sql"
         await sender.send(bytes([1, 0, 0, len(name)]))
         await sender.send(name)
