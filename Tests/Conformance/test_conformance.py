@@ -381,11 +381,11 @@ def test_bad_input_keeps_relay_serving(relay):
 def test_incomplete_handshakes_time_out_and_do_not_block_others(relay):
     import socket
     stalled = []
-    for _ in range(100):
+    for _ in range(300):
         sock = socket.create_connection((relay.host, relay.port), timeout=10)
         sock.sendall(b"GET /$hc/hyco HTTP/1.1\r\nHost: x\r\n")  # never finished
         stalled.append(sock)
-    # New work goes through while a hundred handshakes hang.
+    # New work goes through while hundreds of handshakes hang.
     status, _, _, _ = hc.http_request(relay.host, relay.port, "GET", "/nothere/x")
     assert status == 404
     started = time.time()

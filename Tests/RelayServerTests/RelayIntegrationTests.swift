@@ -1,6 +1,7 @@
 import Crypto
 import HybridConnections
 import NIOCore
+import NIOSSL
 import NIOWebSocket
 import RelayIO
 import RelayServer
@@ -143,6 +144,17 @@ import Testing
         await #expect(throws: (any Error).self) {
             _ = try await WebSocketClient.connect(to: relay.url("/$hc/hc"), tlsContext: untrusting, group: relay.group)
             { _ in }.get()
+        }
+        // TLS 1.1 and older are refused: the relay's floor is 1.2.
+        var legacy = TLSConfiguration.makeClientConfiguration()
+        legacy.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(pki.caCertificate))
+        legacy.minimumTLSVersion = .tlsv1
+        legacy.maximumTLSVersion = .tlsv11
+        let legacyContext = try NIOSSLContext(configuration: legacy)
+        await #expect(throws: (any Error).self) {
+            _ = try await WebSocketClient.connect(
+                to: relay.url("/$hc/hc"), tlsContext: legacyContext, group: relay.group
+            ) { _ in }.get()
         }
         try await relay.stop()
     }

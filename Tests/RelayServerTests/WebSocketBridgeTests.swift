@@ -163,3 +163,37 @@ final class ReadCounter: ChannelOutboundHandler {
         #expect(frame.unmaskedData == payload)
     }
 }
+
+/// Random bytes through the relay's frame decoder and bridge: malformed frame headers end in a decoder
+/// error, never a crash, and nothing past `maxFrameSize` is buffered.
+@Suite struct FrameFuzzTests {
+    @Test func randomFrameBytesNeverCrashTheBridge() throws {
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<2_000 {
+            let a = EmbeddedChannel()
+            let b = EmbeddedChannel()
+            let legA = WebSocketBridgeHandler()
+            let legB = WebSocketBridgeHandler()
+            try a.pipeline.syncOperations.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 4096)))
+            try a.pipeline.syncOperations.addHandler(legA)
+            try b.pipeline.syncOperations.addHandler(legB)
+            legA.attach(partner: NIOLoopBound(legB, eventLoop: b.embeddedEventLoop))
+            legB.attach(partner: NIOLoopBound(legA, eventLoop: a.embeddedEventLoop))
+            // A valid masked frame header, then random bytes, or random bytes from the start.
+            var bytes: [UInt8] = Bool.random(using: &generator) ? [0x82, 0x85, 1, 2, 3, 4] : []
+            bytes += (0..<Int.random(in: 0...64, using: &generator)).map { _ in
+                UInt8.random(in: 0...255, using: &generator)
+            }
+            do {
+                try a.writeInbound(ByteBuffer(bytes: bytes))
+                a.pipeline.fireChannelReadComplete()
+            } catch {
+                // A malformed or oversized frame: the decoder's error, as documented.
+            }
+            b.embeddedEventLoop.run()
+            while try b.readOutbound(as: WebSocketFrame.self) != nil {}
+            _ = try? a.finish()
+            _ = try? b.finish()
+        }
+    }
+}
