@@ -18,15 +18,7 @@ for tool in iperf3 socat haproxy; do
 done
 swift build -c release --product hyrelay >/dev/null 2>&1
 BIN=.build/release/hyrelay
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-measure() {
-    iperf3 -c 127.0.0.1 -p "$1" -t "$SECONDS_PER_RUN" -J > "$WORK/run.json"
-    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))' "$WORK/run.json"
-}
+source Benchmarks/lib.sh
 pss_kib() { # sum of Pss over pids
     local total=0
     for pid in "$@"; do total=$((total + $(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup"))); done

@@ -15,12 +15,7 @@ ROUNDS=${3:-3}
 command -v iperf3 >/dev/null || { echo "iperf3 is required (apt-get install iperf3)" >&2; exit 1; }
 swift build -c release --product hyrelay >/dev/null
 BIN=.build/release/hyrelay
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source Benchmarks/lib.sh
 wait_log() { for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "timeout waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1; }
 KEY=$(head -c 32 /dev/urandom | base64)
 
@@ -29,11 +24,6 @@ iperf3 -s -p "$IPERF_PORT" -D --logfile "$WORK/iperf-server.log"
 sleep 0.3
 # iperf3 -D forks; find it to stop it later
 PIDS+=("$(pgrep -f "iperf3 -s -p $IPERF_PORT" | head -1)")
-
-measure() { # port -> Gbit/s (receiver side)
-    iperf3 -c 127.0.0.1 -p "$1" -t "$SECONDS_PER_RUN" -P "$STREAMS" -J > "$WORK/run.json"
-    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))' "$WORK/run.json"
-}
 
 run_tunnel() { # label, extra flags...
     local label=$1; shift
@@ -61,14 +51,14 @@ run_tunnel() { # label, extra flags...
         ( while true; do for p in $relay_metrics $edge_metrics $client_metrics; do curl -s "127.0.0.1:$p/metrics" >/dev/null; done; sleep 1; done ) &
         scraper=$!
     fi
-    measure "$client_port"
+    measure "$client_port" "$STREAMS"
     [ -n "$scraper" ] && kill "$scraper"
     kill "${PIDS[@]: -3}" 2>/dev/null || true
     sleep 0.5
 }
 
 median() { python3 -c 'import statistics,sys; print("%.2f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
-DIRECT=$(measure "$IPERF_PORT")
+DIRECT=$(measure "$IPERF_PORT" "$STREAMS")
 OFFS=(); ONS=()
 for _ in $(seq "$ROUNDS"); do
     OFFS+=("$(run_tunnel off)")

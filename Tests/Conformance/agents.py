@@ -183,3 +183,22 @@ def echo_roundtrip(port, payload, chunk=1 << 20):
     thread.join(timeout=120)
     sock.close()
     return sent.hexdigest(), received.hexdigest(), count["n"]
+
+
+class Chain:
+    """A whole tunnel on its own relay: relay, edge and client processes and an echo target."""
+
+    def __init__(self, tmp_path, name):
+        self.port = free_port()
+        self.url = "ws://127.0.0.1:%d" % self.port
+        self.relay = start_relay(tmp_path, [name], port=self.port, name=name)
+        self.target = TcpServer("echo")
+        self.edge = start_edge(tmp_path, self.url, ["%s:127.0.0.1:%d" % (name, self.target.port)])
+        self.client_port = free_port()
+        self.client = start_client(tmp_path, self.url, ["127.0.0.1:%d:%s" % (self.client_port, name)],
+                                   [self.client_port])
+
+    def stop(self):
+        for process in (self.client, self.edge, self.relay):
+            process.stop()
+        self.target.close()

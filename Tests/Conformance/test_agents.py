@@ -159,13 +159,8 @@ def test_unknown_port_name_and_refused_target_are_reported(relay):
 
 
 def test_relay_restart_edge_reconnects(tmp_path):
-    port = free_port()
-    relay = agents.start_relay(tmp_path, ["restart"], port=port, name="restart")
-    url = "ws://127.0.0.1:%d" % port
-    target = agents.TcpServer("echo")
-    edge = agents.start_edge(tmp_path, url, ["restart:127.0.0.1:%d" % target.port])
-    client_port = free_port()
-    client = agents.start_client(tmp_path, url, ["127.0.0.1:%d:restart" % client_port], [client_port])
+    chain = agents.Chain(tmp_path, "restart")
+    relay, edge, client, port, client_port = chain.relay, chain.edge, chain.client, chain.port, chain.client_port
     try:
         assert agents.echo_roundtrip(client_port, b"before")[2] == 6
         relay.stop(signal.SIGKILL)
@@ -178,7 +173,7 @@ def test_relay_restart_edge_reconnects(tmp_path):
         client.stop()
         edge.stop()
         relay.stop()
-        target.close()
+        chain.target.close()
 
 
 def test_wss_with_self_signed_ca(tmp_path):

@@ -114,13 +114,8 @@ def test_thousand_concurrent_tunnels_byte_exact_with_bounded_memory(chain):
 
 
 def test_relay_killed_mid_transfer_fails_tunnels_cleanly_and_edges_return(tmp_path):
-    port = free_port()
-    relay = agents.start_relay(tmp_path, ["midway"], port=port, name="midway")
-    url = "ws://127.0.0.1:%d" % port
-    target = agents.TcpServer("echo")
-    edge = agents.start_edge(tmp_path, url, ["midway:127.0.0.1:%d" % target.port])
-    client_port = free_port()
-    client = agents.start_client(tmp_path, url, ["127.0.0.1:%d:midway" % client_port], [client_port])
+    chain = agents.Chain(tmp_path, "midway")
+    relay, edge, client, port, client_port = chain.relay, chain.edge, chain.client, chain.port, chain.client_port
     try:
         sock = socket.create_connection(("127.0.0.1", client_port), timeout=10)
         sock.sendall(b"x" * 100_000)
@@ -145,7 +140,7 @@ def test_relay_killed_mid_transfer_fails_tunnels_cleanly_and_edges_return(tmp_pa
     finally:
         for process in (client, edge, relay):
             process.stop()
-        target.close()
+        chain.target.close()
 
 
 def test_target_dying_mid_stream_and_edge_killed(tmp_path):
