@@ -97,7 +97,6 @@ public struct AgentConfiguration: Equatable, Sendable {
     ) throws(AgentConfigurationError) -> LocalForward {
         let fields = try Fields(node, allowed: localKeys, what: "a LocalForward entry")
         let relayName = try fields.relayName()
-        var bindings: [LocalBinding] = []
         func binding(_ fields: Fields) throws(AgentConfigurationError) -> LocalBinding? {
             if fields.has("BindLocalSocket") {
                 throw AgentConfigurationError(
@@ -112,18 +111,8 @@ public struct AgentConfiguration: Equatable, Sendable {
                 bindAddress: address == "localhost" ? "127.0.0.1" : address, port: port,
                 portName: try fields.string("PortName"))
         }
-        if let single = try binding(fields) { bindings.append(single) }
-        for entry in try fields.sequence("Bindings") {
-            let bindingFields = try Fields(entry, allowed: localBindingKeys, what: "a LocalForward binding")
-            guard let parsed = try binding(bindingFields) else {
-                throw AgentConfigurationError(line: bindingFields.line, "a LocalForward binding needs BindPort")
-            }
-            bindings.append(parsed)
-        }
-        guard !bindings.isEmpty else {
-            throw AgentConfigurationError(
-                line: fields.line, "LocalForward '\(relayName)' has no BindPort and no Bindings")
-        }
+        let bindings = try fields.bindings(
+            of: "LocalForward", relayName: relayName, portKey: "BindPort", allowed: localBindingKeys, parse: binding)
         return LocalForward(
             relayName: relayName, bindings: bindings, connectionString: try fields.string("ConnectionString"),
             noAuthentication: try fields.bool("NoAuthentication") ?? false)
@@ -132,7 +121,6 @@ public struct AgentConfiguration: Equatable, Sendable {
     private static func parseRemote(_ node: Node) throws(AgentConfigurationError) -> RemoteForward {
         let fields = try Fields(node, allowed: remoteKeys, what: "a RemoteForward entry")
         let relayName = try fields.relayName()
-        var bindings: [RemoteBinding] = []
         func binding(_ fields: Fields) throws(AgentConfigurationError) -> RemoteBinding? {
             for unsupported in ["LocalSocket", "Http"] where fields.has(unsupported) {
                 throw AgentConfigurationError(
@@ -146,18 +134,8 @@ public struct AgentConfiguration: Equatable, Sendable {
             return RemoteBinding(
                 portName: try fields.string("PortName"), host: try fields.string("Host") ?? "localhost", port: port)
         }
-        if let single = try binding(fields) { bindings.append(single) }
-        for entry in try fields.sequence("Bindings") {
-            let bindingFields = try Fields(entry, allowed: remoteBindingKeys, what: "a RemoteForward binding")
-            guard let parsed = try binding(bindingFields) else {
-                throw AgentConfigurationError(line: bindingFields.line, "a RemoteForward binding needs HostPort")
-            }
-            bindings.append(parsed)
-        }
-        guard !bindings.isEmpty else {
-            throw AgentConfigurationError(
-                line: fields.line, "RemoteForward '\(relayName)' has no HostPort and no Bindings")
-        }
+        let bindings = try fields.bindings(
+            of: "RemoteForward", relayName: relayName, portKey: "HostPort", allowed: remoteBindingKeys, parse: binding)
         let names = bindings.map(\.portName)
         guard Set(names).count == names.count else {
             throw AgentConfigurationError(line: fields.line, "RemoteForward '\(relayName)' names a port twice")
@@ -240,6 +218,26 @@ private struct Fields {
             throw AgentConfigurationError(line: line(key), "\(key) must be a list")
         }
         return Array(sequence)
+    }
+
+    /// The entry's own binding (its shorthand keys) followed by those under `Bindings`; at least one.
+    func bindings<Binding>(
+        of kind: String, relayName: String, portKey: String, allowed: Set<String>,
+        parse: (Fields) throws(AgentConfigurationError) -> Binding?
+    ) throws(AgentConfigurationError) -> [Binding] {
+        var bindings: [Binding] = []
+        if let single = try parse(self) { bindings.append(single) }
+        for entry in try sequence("Bindings") {
+            let entryFields = try Fields(entry, allowed: allowed, what: "a \(kind) binding")
+            guard let parsed = try parse(entryFields) else {
+                throw AgentConfigurationError(line: entryFields.line, "a \(kind) binding needs \(portKey)")
+            }
+            bindings.append(parsed)
+        }
+        guard !bindings.isEmpty else {
+            throw AgentConfigurationError(line: line, "\(kind) '\(relayName)' has no \(portKey) and no Bindings")
+        }
+        return bindings
     }
 
     func relayName() throws(AgentConfigurationError) -> String {

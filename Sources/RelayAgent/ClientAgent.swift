@@ -273,9 +273,3 @@ extension ClientAgent {
         }
     }
 }
-
-extension Duration {
-    var milliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
-
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-}

@@ -24,7 +24,7 @@ public final class EdgeAgent: Sendable {
         var access: RelayAccess
     }
 
-    private struct Settings: Sendable {
+    struct Settings: Sendable {
         var keepAliveInterval: Double
         var tlsContext: NIOSSLContext?
         var group: any EventLoopGroup
@@ -55,17 +55,10 @@ public final class EdgeAgent: Sendable {
     }
 
     private func startListeners(for keys: [ListenerKey]) {
-        let settings = self.settings
-        let loops = keys.map { key in
-            (
-                key,
-                ListenerLoop(
-                    forward: key.forward, access: key.access, keepAliveInterval: settings.keepAliveInterval,
-                    tlsContext: settings.tlsContext, group: settings.group, counter: settings.counter,
-                    metrics: settings.metrics, tracer: settings.tracer, logger: settings.logger)
-            )
+        let loops = keys.map {
+            (key: $0, loop: ListenerLoop(forward: $0.forward, access: $0.access, settings: settings))
         }
-        listeners.withLockedValue { $0 += loops.map { (key: $0.0, loop: $0.1) } }
+        listeners.withLockedValue { $0 += loops }
         for (_, loop) in loops { loop.start() }
     }
 
@@ -126,29 +119,15 @@ final class ListenerLoop: Sendable {
 
     let forward: RemoteForward
     let access: RelayAccess
-    let keepAliveInterval: Double
-    let tlsContext: NIOSSLContext?
-    let group: any EventLoopGroup
-    let counter: TunnelCounter
-    let metrics: RelayMetrics
-    let tracer: HopTracer
+    let settings: EdgeAgent.Settings
     let logger: Logger
     private let state = NIOLockedValueBox(State())
 
-    init(
-        forward: RemoteForward, access: RelayAccess, keepAliveInterval: Double, tlsContext: NIOSSLContext?,
-        group: any EventLoopGroup, counter: TunnelCounter, metrics: RelayMetrics, tracer: HopTracer,
-        logger: Logger
-    ) {
+    init(forward: RemoteForward, access: RelayAccess, settings: EdgeAgent.Settings) {
         self.forward = forward
         self.access = access
-        self.keepAliveInterval = keepAliveInterval
-        self.tlsContext = tlsContext
-        self.group = group
-        self.counter = counter
-        self.metrics = metrics
-        self.tracer = tracer
-        var logger = logger
+        self.settings = settings
+        var logger = settings.logger
         logger[metadataKey: "relay_name"] = "\(forward.relayName)"
         self.logger = logger
     }
@@ -182,7 +161,8 @@ final class ListenerLoop: Sendable {
             let url = access.url(relayName: forward.relayName, query: "sb-hc-action=listen&sb-hc-id=\(listenerId)")
             do {
                 let result = try await WebSocketClient.connect(
-                    to: url, headers: headers, tlsContext: tlsContext, group: group, maxFrameSize: 1 << 20,
+                    to: url, headers: headers, tlsContext: settings.tlsContext, group: settings.group,
+                    maxFrameSize: 1 << 20,
                     connectTimeout: .seconds(10)
                 ) { [self] channel in
                     try channel.pipeline.syncOperations.addHandler(
@@ -197,9 +177,9 @@ final class ListenerLoop: Sendable {
                     }
                     if stopped { try? await channel.close() }
                     backoff.reset()
-                    metrics.listenerEvent(
+                    settings.metrics.listenerEvent(
                         role: .edge, entity: forward.relayName, event: wasOnline ? "reconnect" : "connect")
-                    metrics.listeners(role: .edge, entity: forward.relayName).set(to: 1)
+                    settings.metrics.listeners(role: .edge, entity: forward.relayName).set(to: 1)
                     logger.info(
                         wasOnline ? "listener reconnected" : "listener online",
                         metadata: ["listener_id": "\(listenerId)", "relay": "\(access.base)", "attempt": "\(attempt)"])
@@ -210,21 +190,22 @@ final class ListenerLoop: Sendable {
                         state.online = false
                         state.channel = nil
                     }
-                    metrics.listeners(role: .edge, entity: forward.relayName).set(to: 0)
-                    metrics.listenerEvent(
+                    settings.metrics.listeners(role: .edge, entity: forward.relayName).set(to: 0)
+                    settings.metrics.listenerEvent(
                         role: .edge, entity: forward.relayName, event: "disconnect", cause: "channel_closed")
                     if !state.withLockedValue({ $0.stopped }) {
                         logger.warning("listener offline, reconnecting", metadata: ["cause": "control channel closed"])
                     }
                 case .rejected(let status, let reason, _):
-                    metrics.listenerEvent(
+                    settings.metrics.listenerEvent(
                         role: .edge, entity: forward.relayName, event: "refused", cause: "status_\(status)")
                     logger.error(
                         "listener refused by relay",
                         metadata: ["status": "\(status)", "cause": "\(reason)", "attempt": "\(attempt)"])
                 }
             } catch {
-                metrics.listenerEvent(role: .edge, entity: forward.relayName, event: "refused", cause: "unreachable")
+                settings.metrics.listenerEvent(
+                    role: .edge, entity: forward.relayName, event: "refused", cause: "unreachable")
                 logger.warning("cannot reach relay", metadata: ["cause": "\(error)", "attempt": "\(attempt)"])
             }
             guard !state.withLockedValue({ $0.stopped }) else { break }
@@ -243,25 +224,26 @@ final class ListenerLoop: Sendable {
             command.connectHeaders.first { $0.key.lowercased() == "sec-websocket-protocol" }
             .map { [String($0.value.split(separator: ",")[0]).trimmingWhitespace()] } ?? []
         // The sender's trace, continued from the relay's hop (or from the sender itself on Azure Relay).
-        let parent = tracer.context(
+        let parent = settings.tracer.context(
             traceparent: command.connectHeaders.first { $0.key.lowercased() == "traceparent" }?.value)
-        let bridgeSpan = tracer.startSpan("edge.bridge", context: parent, ofKind: .internal)
+        let bridgeSpan = settings.tracer.startSpan("edge.bridge", context: parent, ofKind: .internal)
         bridgeSpan.attributes["tunnel"] = forward.relayName
         var logger = logger
         logger[metadataKey: "tunnel_id"] = "\(command.id)"
         logger[metadataKey: "trace_id"] = "\(bridgeSpan.traceContext.traceID)"
-        counter.opened()
-        metrics.connectionAccepted(role: .edge)
+        settings.counter.opened()
+        settings.metrics.connectionAccepted(role: .edge)
         let started = ContinuousClock.now
         let startedDeadline = NIODeadline.now()
         let forward = self.forward
-        let counter = self.counter
-        let metrics = self.metrics
-        let tracer = self.tracer
+        let counter = settings.counter
+        let metrics = settings.metrics
+        let tracer = settings.tracer
         let upBytes = metrics.bytes(role: .edge, direction: .up)
         let tunnelLogger = logger
         WebSocketClient.connect(
-            to: url, subprotocols: subprotocols, tlsContext: tlsContext, group: group, maxFrameSize: 16 << 20
+            to: url, subprotocols: subprotocols, tlsContext: settings.tlsContext, group: settings.group,
+            maxFrameSize: 16 << 20
         ) { channel in
             let handler = TunnelWebSocketHandler(
                 role: .listener(dial: { portName, handler in
@@ -416,14 +398,14 @@ final class EdgeControlHandler: ChannelInboundHandler {
 
     private func scheduleKeepAlive() {
         keepAliveTask = context?.eventLoop.assumeIsolated().scheduleTask(
-            in: .fractionalSeconds(listener.keepAliveInterval)
+            in: .fractionalSeconds(listener.settings.keepAliveInterval)
         ) {
             [weak self] in
             guard let self, let context = self.context else { return }
             if self.unansweredPings >= 2 {
                 self.logger.warning(
                     "control channel dead: no pong", metadata: ["unanswered_pings": "\(self.unansweredPings)"])
-                self.listener.metrics.listenerEvent(
+                self.listener.settings.metrics.listenerEvent(
                     role: .edge, entity: self.listener.forward.relayName, event: "dead_channel", cause: "ping_timeout")
                 context.close(promise: nil)
                 return
@@ -446,7 +428,8 @@ final class EdgeControlHandler: ChannelInboundHandler {
             else { return }
             self.tokenExpiry = expiry
             self.send(.text, ByteBuffer(string: ControlMessage.renewToken(RenewTokenCommand(token: token)).encoded()))
-            self.listener.metrics.listenerEvent(role: .edge, entity: self.listener.forward.relayName, event: "renew")
+            self.listener.settings.metrics.listenerEvent(
+                role: .edge, entity: self.listener.forward.relayName, event: "renew")
             self.logger.info("token renewed", metadata: ["expiry": "\(expiry.map(String.init) ?? "none")"])
             self.scheduleRenewal()
         }

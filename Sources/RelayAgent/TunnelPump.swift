@@ -143,7 +143,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
         switch phase {
         case .pumping:
             if summary.timeToFirstByte == nil {
-                summary.timeToFirstByte = Double((NIODeadline.now() - started).nanoseconds) / 1e9
+                summary.timeToFirstByte = (NIODeadline.now() - started).seconds
             }
             summary.bytesFromRelay &+= data.readableBytes
             uncountedBytes &+= data.readableBytes
@@ -206,7 +206,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
             }
             tcp?.close()
         }
-        if sentClose, let context { closeOnceWritten(context) }
+        if sentClose, let context { context.close(after: closeWritten) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -300,22 +300,13 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
             promise: written)
         closeWritten = written.futureResult
         if receivedClose {
-            closeOnceWritten(context)
+            context.close(after: closeWritten)
         } else {
             // The peer's Close reply ends it; a peer that never replies is cut off.
             context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(30)) { [weak self] in
                 self?.context?.close(promise: nil)
             }
         }
-    }
-
-    /// NIO's full close drops writes still queued, so close only after the Close frame went out.
-    private func closeOnceWritten(_ context: ChannelHandlerContext) {
-        guard let closeWritten else {
-            context.close(promise: nil)
-            return
-        }
-        closeWritten.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
     /// TCP side became writable again.
@@ -370,11 +361,12 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        uncountedBytes &+= unwrapInboundIn(data).readableBytes
+        let bytes = unwrapInboundIn(data)
+        uncountedBytes &+= bytes.readableBytes
         if started, let webSocket {
-            webSocket.send(unwrapInboundIn(data))
+            webSocket.send(bytes)
         } else {
-            early.append(unwrapInboundIn(data))
+            early.append(bytes)
         }
     }
 

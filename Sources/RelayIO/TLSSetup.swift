@@ -53,10 +53,3 @@ public enum TLSSetup {
         }
     }
 }
-
-extension TimeAmount {
-    /// A time amount from configuration seconds, which may have a fraction.
-    public static func fractionalSeconds(_ seconds: Double) -> TimeAmount {
-        .nanoseconds(Int64((seconds * 1_000_000_000).rounded()))
-    }
-}

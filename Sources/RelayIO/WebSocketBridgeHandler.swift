@@ -115,7 +115,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
         }
         forwardPending()
         if receivedClose && sentClose {
-            closeOnceWritten(context)
+            context.close(after: closeWritten)
         }
         context.fireChannelReadComplete()
     }
@@ -123,7 +123,8 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     private func forwardPending() {
         guard !pending.isEmpty, let partner else { return }
         let frames = pending
-        pending.removeAll(keepingCapacity: true)
+        // A fresh array: keeping the capacity would only copy the one just handed over.
+        pending = []
         partner.eventLoop.execute {
             partner.value.deliver(frames)
         }
@@ -141,7 +142,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
         }
         context.flush()
         if sentClose && receivedClose {
-            closeOnceWritten(context)
+            context.close(after: closeWritten)
         }
     }
 
@@ -200,7 +201,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
             context.flush()
         }
         if receivedClose {
-            closeOnceWritten(context)
+            context.close(after: closeWritten)
         } else {
             context.eventLoop.assumeIsolated().scheduleTask(in: Self.closeReplyTimeout) { [weak self] in
                 self?.context?.close(promise: nil)
@@ -214,15 +215,6 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
         let written = context.eventLoop.makePromise(of: Void.self)
         context.write(wrapOutboundOut(frame), promise: written)
         closeWritten = written.futureResult
-    }
-
-    /// NIO's full close drops writes still queued, so close only after the Close frame went out.
-    private func closeOnceWritten(_ context: ChannelHandlerContext) {
-        guard let closeWritten else {
-            context.close(promise: nil)
-            return
-        }
-        closeWritten.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {

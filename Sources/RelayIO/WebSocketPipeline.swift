@@ -36,3 +36,15 @@ public enum WebSocketPipeline {
         sync.removeHandler(httpDecoder, promise: removed)
     }
 }
+
+extension ChannelHandlerContext {
+    /// Closes the channel once `lastWrite` completed (at once without one). NIO's full close drops writes
+    /// still queued, so a side that just wrote its Close frame waits for it; writes complete in order.
+    public func close(after lastWrite: EventLoopFuture<Void>?) {
+        guard let lastWrite else {
+            close(promise: nil)
+            return
+        }
+        lastWrite.assumeIsolated().whenComplete { _ in self.close(promise: nil) }
+    }
+}

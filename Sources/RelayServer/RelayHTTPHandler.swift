@@ -342,12 +342,17 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// All sender headers, repeated ones joined with ", ", never the token.
     static func connectHeaders(_ headers: HTTPHeaders) -> [String: String] {
+        joinedHeaders(headers) { $0 == "servicebusauthorization" }
+    }
+
+    /// Headers as the control messages carry them: one entry per name (as first spelled), repeated values
+    /// joined with ", ", without the names `drop` (given lowercased) rejects.
+    static func joinedHeaders(_ headers: HTTPHeaders, drop: (String) -> Bool) -> [String: String] {
         var result: [String: String] = [:]
         var names: [String: String] = [:]
-        for (name, value) in headers where name.lowercased() != "servicebusauthorization" {
-            let lowered = name.lowercased()
-            let canonical = names[lowered] ?? name
-            names[lowered] = canonical
+        for (name, value) in headers where !drop(name.lowercased()) {
+            let canonical = names[name.lowercased()] ?? name
+            names[name.lowercased()] = canonical
             result[canonical] = result[canonical].map { "\($0), \(value)" } ?? value
         }
         return result
@@ -382,7 +387,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             collector.senderLegFinished(statistics)
             active.decrement()
             metrics.tunnelClosed(
-                role: .relay, seconds: Double((NIODeadline.now() - joined).nanoseconds) / 1e9,
+                role: .relay, seconds: (NIODeadline.now() - joined).seconds,
                 cause: statistics.closeCode.map { "close_\($0)" } ?? "connection_lost")
         }
         bridge.attach(partner: partner)
@@ -469,19 +474,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     ]
 
     private func httpRequestReceived(context: ChannelHandlerContext, request: HTTPModeRequest) {
-        var headers: [String: String] = [:]
-        var names: [String: String] = [:]
-        for (name, value) in request.head.headers {
-            let lowered = name.lowercased()
-            if Self.hopByHopHeaders.contains(lowered) || (lowered == "authorization" && request.strippedAuthorization) {
-                continue
-            }
-            let canonical = names[lowered] ?? name
-            names[lowered] = canonical
-            headers[canonical] = headers[canonical].map { "\($0), \(value)" } ?? value
+        var headers = Self.joinedHeaders(request.head.headers) { name in
+            Self.hopByHopHeaders.contains(name) || (name == "authorization" && request.strippedAuthorization)
         }
         let via = "1.1 \(hub.policy.publicHost)"
-        let viaName = names["via"] ?? "Via"
+        let viaName = headers.keys.first { $0.lowercased() == "via" } ?? "Via"
         headers[viaName] = headers[viaName].map { "\($0), \(via)" } ?? via
 
         let trackingId = UUID().uuidString.lowercased()

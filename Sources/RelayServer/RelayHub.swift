@@ -100,7 +100,7 @@ final class RendezvousRecord: @unchecked Sendable {
     func finish(outcome: String, status: Int, error: String? = nil) {
         guard !finished else { return }
         finished = true
-        let seconds = Double((NIODeadline.now() - arrived).nanoseconds) / 1e9
+        let seconds = (NIODeadline.now() - arrived).seconds
         metrics.rendezvous(
             entity: entity, outcome: outcome, status: status, seconds: seconds, traceID: span.traceContext.traceID)
         span.attributes["entity"] = entity
@@ -238,11 +238,8 @@ public final class RelayHub: Sendable {
 
     /// Looks at an HTTP rendezvous without claiming it: the response claims it later.
     func peekHTTP(key: String) -> PendingHTTPRequest? {
-        table.withLockedValue { table in
-            guard case .http(let request) = table.takePending(key: key) else { return nil }
-            table.addPending(key: key, .http(request))
-            return request
-        }
+        guard case .http(let request) = table.withLockedValue({ $0.pending(key: key) }) else { return nil }
+        return request
     }
 
     /// Hands a listener's response to the waiting HTTP sender, if it still waits.

@@ -53,6 +53,11 @@ struct RendezvousTable<Listener, Pending> {
         pending[key] = value
     }
 
+    /// A waiting rendezvous, left in place.
+    func pending(key: String) -> Pending? {
+        pending[key]
+    }
+
     /// Removes and returns a waiting rendezvous: each address works once.
     mutating func takePending(key: String) -> Pending? {
         pending.removeValue(forKey: key)

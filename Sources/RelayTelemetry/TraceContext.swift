@@ -1,3 +1,5 @@
+import HybridConnections
+
 /// A W3C trace context (`traceparent: 00-{trace-id}-{parent-id}-{flags}`), as plain values.
 public struct TraceContext: Sendable, Hashable, CustomStringConvertible {
     /// 32 lowercase hex digits.
@@ -57,11 +59,5 @@ public struct TraceContext: Sendable, Hashable, CustomStringConvertible {
 
     static func isHex(_ text: Substring) -> Bool {
         text.allSatisfy { $0.isHexDigit && ($0.isNumber || $0.isLowercase || $0.isUppercase) && $0.isASCII }
-    }
-}
-
-extension StringProtocol {
-    fileprivate func trimmingWhitespace() -> String {
-        String(drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
     }
 }

@@ -100,7 +100,7 @@ struct Demo: AsyncParsableCommand {
             return try await tasks.reduce(into: []) { $0.append($1) }
         }
         let elapsed = ContinuousClock.now - started
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let seconds = elapsed.seconds
         let total = results.reduce(0) { $0 + $1.bytes } * 2
         let intact = results.filter(\.intact).count
         let mebibytes = Double(total) / 1_048_576
