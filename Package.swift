@@ -39,6 +39,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/adam-fowler/compress-nio.git", from: "1.5.0"),
     ],
     targets: [
         // The protocol as values: no I/O.
@@ -50,6 +52,18 @@ let package = Package(
             dependencies: [
                 "HybridConnections", log, locks, prometheus, tracing, .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        // Ships telemetry to Azure Monitor or to local files: batching, gzip, retry, spool.
+        .target(
+            name: "RelayExport",
+            dependencies: [
+                "HybridConnections", "RelayTelemetry", log, locks, prometheus, crypto,
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "CompressNIO", package: "compress-nio"),
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),
@@ -68,7 +82,8 @@ let package = Package(
         .executableTarget(
             name: "hyrelay",
             dependencies: [
-                "HybridConnections", "RelayServer", "RelayAgent", "RelayIO", "RelayTelemetry", log, crypto,
+                "HybridConnections", "RelayServer", "RelayAgent", "RelayIO", "RelayTelemetry", "RelayExport", log,
+                crypto,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ] + nio,
             swiftSettings: strict
@@ -76,6 +91,8 @@ let package = Package(
         .testTarget(name: "HybridConnectionsTests", dependencies: ["HybridConnections"], swiftSettings: strict),
         .testTarget(
             name: "RelayTelemetryTests", dependencies: ["RelayTelemetry", log, tracing], swiftSettings: strict),
+        .testTarget(
+            name: "RelayExportTests", dependencies: ["RelayExport", "RelayTelemetry", log], swiftSettings: strict),
         .testTarget(
             name: "RelayAgentTests", dependencies: ["HybridConnections", "RelayAgent", "RelayIO"], swiftSettings: strict
         ),

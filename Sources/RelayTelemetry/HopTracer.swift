@@ -22,6 +22,21 @@ public struct FinishedSpan: Sendable, Equatable {
     public var statusMessage: String?
 
     public var durationSeconds: Double { Double(end &- start) / 1e9 }
+
+    public init(
+        name: String, kind: String, context: TraceContext, parentSpanID: String?, start: UInt64, end: UInt64,
+        attributes: [String: String], isError: Bool, statusMessage: String?
+    ) {
+        self.name = name
+        self.kind = kind
+        self.context = context
+        self.parentSpanID = parentSpanID
+        self.start = start
+        self.end = end
+        self.attributes = attributes
+        self.isError = isError
+        self.statusMessage = statusMessage
+    }
 }
 
 private enum TraceContextKey: InstrumentationContextKey {
@@ -48,8 +63,9 @@ public final class HopTracer: Tracer, Sendable {
         self.sink = sink
     }
 
-    /// Logs each finished span through `logger` at info level, message `span`.
-    public convenience init(logger: Logger) {
+    /// Logs each finished span through `logger` at info level, message `span`, and hands it to `also`
+    /// (the exporter) when given.
+    public convenience init(logger: Logger, also: (@Sendable (FinishedSpan) -> Void)? = nil) {
         self.init { span in
             var metadata: Logger.Metadata = [
                 "span_name": "\(span.name)", "trace_id": "\(span.context.traceID)", "span_id": "\(span.context.spanID)",
@@ -60,6 +76,7 @@ public final class HopTracer: Tracer, Sendable {
             if let message = span.statusMessage { metadata["status_message"] = "\(message)" }
             for (key, value) in span.attributes { metadata[key] = "\(value)" }
             logger.info("span", metadata: metadata)
+            also?(span)
         }
     }
 

@@ -25,6 +25,11 @@ public struct JSONLogHandler: LogHandler {
 
     static let secretKeys: Set<String> = ["token", "sas", "key", "signature", "authorization", "password", "secret"]
 
+    /// `value`, or `[redacted]` when `key` names a secret.
+    public static func redacting(_ key: String, _ value: String) -> String {
+        secretKeys.contains(key.lowercased()) ? "[redacted]" : value
+    }
+
     public init(label: String, role: String) {
         self.label = label
         self.role = role
@@ -49,46 +54,19 @@ public struct JSONLogHandler: LogHandler {
     static func render(
         time: Date, level: Logger.Level, role: String, label: String, message: String, metadata: Logger.Metadata
     ) -> String {
-        var out = "{\"time\":\"\(iso8601(time))\",\"level\":\"\(level.rawValue)\",\"role\":"
-        appendString(role, to: &out)
+        var out = "{\"time\":\"\(JSONText.timestamp(time))\",\"level\":\"\(level.rawValue)\",\"role\":"
+        JSONText.appendString(role, to: &out)
         out += ",\"label\":"
-        appendString(label, to: &out)
+        JSONText.appendString(label, to: &out)
         out += ",\"message\":"
-        appendString(message, to: &out)
+        JSONText.appendString(message, to: &out)
         for key in metadata.keys.sorted() where !["time", "level", "role", "label", "message"].contains(key) {
             out += ","
-            appendString(key, to: &out)
+            JSONText.appendString(key, to: &out)
             out += ":"
-            appendString(secretKeys.contains(key.lowercased()) ? "[redacted]" : "\(metadata[key]!)", to: &out)
+            JSONText.appendString(redacting(key, "\(metadata[key]!)"), to: &out)
         }
         out += "}\n"
         return out
-    }
-
-    static func appendString(_ value: String, to out: inout String) {
-        out += "\""
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        out += "\""
-    }
-
-    /// `2026-11-29T14:02:54.123Z`.
-    static func iso8601(_ date: Date) -> String {
-        let milliseconds = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
-        let seconds = milliseconds / 1000
-        let fraction = Int(milliseconds % 1000)
-        let pad = fraction < 10 ? "00" : fraction < 100 ? "0" : ""
-        return "\(CivilTime.utc(seconds)).\(pad)\(fraction)Z"
     }
 }

@@ -37,13 +37,15 @@ public final class RelayMetrics: Sendable {
         self.registry = registry
     }
 
-    private func counter(_ name: String, _ help: String, _ labels: [(String, String)]) -> Counter {
+    /// A counter `hyrelay_<name>_total`; the registry returns the same one for the same name and labels.
+    public func counter(_ name: String, _ help: String, _ labels: [(String, String)]) -> Counter {
         registry.makeCounter(
             descriptor: MetricNameDescriptor(namespace: "hyrelay", metricName: name, unitName: "total", helpText: help),
             labels: labels)
     }
 
-    private func gauge(_ name: String, _ help: String, _ labels: [(String, String)]) -> Gauge {
+    /// A gauge `hyrelay_<name>`.
+    public func gauge(_ name: String, _ help: String, _ labels: [(String, String)]) -> Gauge {
         registry.makeGauge(
             descriptor: MetricNameDescriptor(namespace: "hyrelay", metricName: name, unitName: "", helpText: help),
             labels: labels)

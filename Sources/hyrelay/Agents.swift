@@ -161,12 +161,12 @@ struct Client: AsyncParsableCommand {
         } catch {
             throw ValidationError("--allow \(error.description)")
         }
-        options.telemetry.bootstrapLogging(role: "client")
+        let session = try TelemetrySession(telemetry: options.telemetry, role: "client", tracerLabel: "hyrelay.client")
         let logger = Logger(label: "hyrelay.client")
-        let metrics = RelayMetrics()
+        let metrics = session.metrics
         let agent = try await ClientAgent.start(
             forwards: forwards, tlsContext: try options.tlsContext(), group: MultiThreadedEventLoopGroup.singleton,
-            logger: logger, metrics: metrics, allowedSources: allowedSources)
+            logger: logger, metrics: metrics, tracer: session.tracer, allowedSources: allowedSources)
         let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
             (true, "\(agent.localAddresses.count) client port(s) bound")
         }
@@ -181,6 +181,7 @@ struct Client: AsyncParsableCommand {
         }
         logger.info("draining", metadata: ["open_tunnels": "\(agent.tunnelCount)"])
         await agent.shutdown(grace: .milliseconds(Int(options.grace * 1000)))
+        await session.finish()
         await side?.stop()
     }
 }
@@ -231,12 +232,12 @@ struct Edge: AsyncParsableCommand {
 
     func run() async throws {
         let (forwards, keepAliveInterval) = try makeForwards()
-        options.telemetry.bootstrapLogging(role: "edge")
+        let session = try TelemetrySession(telemetry: options.telemetry, role: "edge", tracerLabel: "hyrelay.edge")
         let logger = Logger(label: "hyrelay.edge")
-        let metrics = RelayMetrics()
+        let metrics = session.metrics
         let agent = EdgeAgent.start(
             forwards: forwards, keepAliveInterval: keepAliveInterval, tlsContext: try options.tlsContext(),
-            group: MultiThreadedEventLoopGroup.singleton, logger: logger, metrics: metrics)
+            group: MultiThreadedEventLoopGroup.singleton, logger: logger, metrics: metrics, tracer: session.tracer)
         let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
             agent.allOnline ? (true, "all listeners online") : (false, "not every listener is online")
         }
@@ -252,6 +253,7 @@ struct Edge: AsyncParsableCommand {
         }
         logger.info("draining", metadata: ["open_tunnels": "\(agent.tunnelCount)"])
         await agent.shutdown(grace: .milliseconds(Int(options.grace * 1000)))
+        await session.finish()
         await side?.stop()
     }
 }

@@ -44,8 +44,8 @@ struct Demo: AsyncParsableCommand {
     @OptionGroup var telemetry: TelemetryOptions
 
     func run() async throws {
-        telemetry.bootstrapLogging(role: "demo")
-        let metrics = RelayMetrics()
+        let session = try TelemetrySession(telemetry: telemetry, role: "demo", tracerLabel: "hyrelay.demo")
+        let metrics = session.metrics
         let group = MultiThreadedEventLoopGroup.singleton
         let key = Data((0..<32).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
         let relayConfiguration = RelayConfiguration(
@@ -53,7 +53,8 @@ struct Demo: AsyncParsableCommand {
             namespaceRules: [AuthorizationRule(keyName: "demo", primaryKey: key, rights: [.listen, .send])],
             hybridConnections: [HybridConnectionConfiguration(name: "demo")])
         let relay = try await RelayServer.start(
-            configuration: relayConfiguration, group: group, logger: Logger(label: "hyrelay.relay"), metrics: metrics)
+            configuration: relayConfiguration, group: group, logger: Logger(label: "hyrelay.relay"), metrics: metrics,
+            tracer: session.tracer)
         let relayAddress = "ws://127.0.0.1:\(relay.localAddress?.port ?? relayPort)"
         let service = try await EchoService.start(group: group)
         let access = RelayAccess(base: WebSocketURL(relayAddress)!, keyName: "demo", key: key)
@@ -65,7 +66,7 @@ struct Demo: AsyncParsableCommand {
                 )
             ],
             keepAliveInterval: 30, tlsContext: nil, group: group, logger: Logger(label: "hyrelay.edge"),
-            metrics: metrics)
+            metrics: metrics, tracer: session.tracer)
         guard await edge.waitUntilOnline(timeout: .seconds(10)) else {
             throw ValidationError("the edge did not come online; see the log above")
         }
@@ -76,7 +77,8 @@ struct Demo: AsyncParsableCommand {
                         relayName: "demo", bindings: [LocalBinding(bindAddress: "127.0.0.1", port: clientPort)]), access
                 )
             ],
-            tlsContext: nil, group: group, logger: Logger(label: "hyrelay.client"), metrics: metrics)
+            tlsContext: nil, group: group, logger: Logger(label: "hyrelay.client"), metrics: metrics,
+            tracer: session.tracer)
         let clientPort = client.localAddresses.first?.port ?? self.clientPort
         let side = try await telemetry.startServer(metrics: metrics, logger: Logger(label: "hyrelay.demo")) {
             edge.allOnline ? (true, "relay, edge and client up") : (false, "the edge listener is offline")
@@ -124,6 +126,10 @@ struct Demo: AsyncParsableCommand {
         await client.shutdown(grace: .seconds(2))
         await edge.shutdown(grace: .seconds(2))
         await relay.stop()
+        await session.finish()
+        if let destination = session.destination {
+            print("Spans, logs and metric snapshots exported to \(destination)")
+        }
         await side?.stop()
         try? await service.channel.close()
         if intact != results.count { throw ExitCode(1) }

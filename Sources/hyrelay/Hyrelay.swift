@@ -24,7 +24,7 @@ struct Hyrelay: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hyrelay",
         abstract: "A self-hostable Azure Relay Hybrid Connections relay, with tunnel agents and telemetry.",
-        subcommands: [Relay.self, Client.self, Edge.self, Demo.self, Check.self, Token.self]
+        subcommands: [Relay.self, Client.self, Edge.self, Demo.self, Check.self, Token.self, Export.self]
     )
 }
 
@@ -141,18 +141,20 @@ struct Relay: AsyncParsableCommand {
 
     func run() async throws {
         let configuration = try makeConfiguration()
-        telemetry.bootstrapLogging(role: "relay")
+        let session = try TelemetrySession(telemetry: telemetry, role: "relay", tracerLabel: "hyrelay.relay")
         let logger = Logger(label: "hyrelay.relay")
-        let metrics = RelayMetrics()
+        let metrics = session.metrics
         let server = try await RelayServer.start(
-            configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger, metrics: metrics
-        )
+            configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger,
+            metrics: metrics,
+            tracer: session.tracer)
         let side = try await telemetry.startServer(metrics: metrics, logger: logger) {
             (true, "relay listening on \(configuration.listen)")
         }
         await SignalWaiter.waitForTermination()
         logger.info("shutting down")
         await server.stop()
+        await session.finish()
         await side?.stop()
     }
 }

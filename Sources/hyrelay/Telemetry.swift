@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import NIOCore
 import NIOPosix
+import RelayExport
 import RelayServer
 import RelayTelemetry
 
@@ -27,27 +28,34 @@ struct TelemetryOptions: ParsableArguments {
         name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
     var logLevel: LogLevelOption = .info
 
+    @OptionGroup var export: ExportOptions
+
     func validate() throws {
         if let metricsAddress, HostPort(metricsAddress) == nil {
             throw ValidationError("--metrics '\(metricsAddress)' is not HOST:PORT")
         }
     }
 
-    /// Sets up logging for `role`; call once, before anything logs.
-    func bootstrapLogging(role: String) {
+    /// Sets up logging for `role`, and with `export` also into the exporter; call once, before anything logs.
+    func bootstrapLogging(role: String, export: (ExportIntake, ExportSource, Logger.Level)?) {
         let level = logLevel.level
         let format = logFormat
         LoggingSystem.bootstrap { label in
+            let local: any LogHandler
             switch format {
             case .json:
                 var handler = JSONLogHandler(label: label, role: role)
                 handler.logLevel = level
-                return handler
+                local = handler
             case .text:
                 var handler = StreamLogHandler.standardError(label: label)
                 handler.logLevel = level
-                return handler
+                local = handler
             }
+            guard let (intake, source, exportLevel) = export else { return local }
+            return MultiplexLogHandler([
+                local, ExportLogHandler(label: label, source: source, intake: intake, level: exportLevel),
+            ])
         }
     }
 

@@ -2,6 +2,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -10,6 +11,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import hc  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+# Every hyrelay the tests start exports to files by default; keep them (and any spool) out of $HOME.
+os.environ.setdefault("HYRELAY_STATE_DIR", tempfile.mkdtemp(prefix="hyrelay-state-"))
 
 
 def free_port():

@@ -1,0 +1,164 @@
+import HybridConnections
+import NIOConcurrencyHelpers
+import NIOHTTP1
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+
+/// An Entra access token and when it expires (Unix seconds).
+public struct AccessToken: Sendable, Equatable {
+    public var token: String
+    public var expiresOn: Double
+    public var obtainedAt: Double
+
+    public init(token: String, expiresOn: Double, obtainedAt: Double) {
+        self.token = token
+        self.expiresOn = expiresOn
+        self.obtainedAt = obtainedAt
+    }
+
+    /// Renew when under five minutes remain, or past half the lifetime for short-lived tokens.
+    public func needsRefresh(now: Double) -> Bool {
+        let window = min(300, (expiresOn - obtainedAt) / 2)
+        return now >= expiresOn - window
+    }
+}
+
+/// Where tokens come from, chosen from the standard Azure environment variables.
+public enum CredentialSource: Sendable, Equatable {
+    case clientSecret(tenant: String, clientID: String, secret: String, authority: String)
+    case workloadIdentity(tenant: String, clientID: String, tokenFile: String, authority: String)
+    /// `clientID` selects a user-assigned identity.
+    case managedIdentity(endpoint: String, clientID: String?)
+
+    /// `AZURE_FEDERATED_TOKEN_FILE` → workload identity; `AZURE_CLIENT_SECRET` → client secret; otherwise
+    /// the instance metadata service (base URL from `AZURE_POD_IDENTITY_AUTHORITY_HOST`, as azure-identity does).
+    public static func fromEnvironment(_ environment: [String: String]) throws(ExportError) -> CredentialSource {
+        func value(_ name: String) -> String? { environment[name].flatMap { $0.isEmpty ? nil : $0 } }
+        var authority = value("AZURE_AUTHORITY_HOST") ?? "https://login.microsoftonline.com/"
+        if !authority.hasSuffix("/") { authority += "/" }
+        if let file = value("AZURE_FEDERATED_TOKEN_FILE") {
+            guard let tenant = value("AZURE_TENANT_ID"), let client = value("AZURE_CLIENT_ID") else {
+                throw .credential("AZURE_FEDERATED_TOKEN_FILE needs AZURE_TENANT_ID and AZURE_CLIENT_ID")
+            }
+            try ExportHTTP.checkURL(authority)
+            return .workloadIdentity(tenant: tenant, clientID: client, tokenFile: file, authority: authority)
+        }
+        if let secret = value("AZURE_CLIENT_SECRET") {
+            guard let tenant = value("AZURE_TENANT_ID"), let client = value("AZURE_CLIENT_ID") else {
+                throw .credential("AZURE_CLIENT_SECRET needs AZURE_TENANT_ID and AZURE_CLIENT_ID")
+            }
+            try ExportHTTP.checkURL(authority)
+            return .clientSecret(tenant: tenant, clientID: client, secret: secret, authority: authority)
+        }
+        var endpoint = value("AZURE_POD_IDENTITY_AUTHORITY_HOST") ?? "http://169.254.169.254"
+        while endpoint.hasSuffix("/") { endpoint.removeLast() }
+        try ExportHTTP.checkURL(endpoint, linkLocalHTTP: true)
+        return .managedIdentity(endpoint: endpoint, clientID: value("AZURE_CLIENT_ID"))
+    }
+
+    public var kind: String {
+        switch self {
+        case .clientSecret: return "client_secret"
+        case .workloadIdentity: return "workload_identity"
+        case .managedIdentity: return "managed_identity"
+        }
+    }
+}
+
+/// Fetches and caches tokens for one scope; refreshed before expiry and whenever a sink saw a 401.
+public final class TokenCredential: Sendable {
+    public let source: CredentialSource
+    /// e.g. `https://monitor.azure.com/.default`.
+    public let scope: String
+    private let http: ExportHTTP
+    private let cached = NIOLockedValueBox<AccessToken?>(nil)
+
+    public init(source: CredentialSource, scope: String, http: ExportHTTP) {
+        self.source = source
+        self.scope = scope
+        self.http = http
+    }
+
+    public func token() async throws(ExportError) -> String {
+        let now = Date().timeIntervalSince1970
+        if let current = cached.withLockedValue({ $0 }), !current.needsRefresh(now: now) { return current.token }
+        let fresh = try await fetch(now: now)
+        cached.withLockedValue { $0 = fresh }
+        return fresh.token
+    }
+
+    /// Forgets the cached token, e.g. after a 401.
+    public func invalidate() {
+        cached.withLockedValue { $0 = nil }
+    }
+
+    private func fetch(now: Double) async throws(ExportError) -> AccessToken {
+        let response: ExportResponse
+        switch source {
+        case .clientSecret(let tenant, let clientID, let secret, let authority):
+            response = try await postForm(
+                url: "\(authority)\(PercentEncoding.encode(tenant))/oauth2/v2.0/token",
+                fields: [
+                    ("client_id", clientID), ("client_secret", secret), ("grant_type", "client_credentials"),
+                    ("scope", scope),
+                ])
+        case .workloadIdentity(let tenant, let clientID, let tokenFile, let authority):
+            let assertion: String
+            do {
+                assertion = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingWhitespace()
+            } catch {
+                throw .credential("cannot read AZURE_FEDERATED_TOKEN_FILE '\(tokenFile)': \(error)")
+            }
+            response = try await postForm(
+                url: "\(authority)\(PercentEncoding.encode(tenant))/oauth2/v2.0/token",
+                fields: [
+                    ("client_assertion", assertion),
+                    ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                    ("client_id", clientID), ("grant_type", "client_credentials"), ("scope", scope),
+                ])
+        case .managedIdentity(let endpoint, let clientID):
+            var resource = scope
+            if resource.hasSuffix("/.default") { resource.removeLast("/.default".count) }
+            var url =
+                "\(endpoint)/metadata/identity/oauth2/token?api-version=2018-02-01&resource=\(PercentEncoding.encode(resource))"
+            if let clientID { url += "&client_id=\(PercentEncoding.encode(clientID))" }
+            response = try await http.send(method: .GET, url: url, headers: [("Metadata", "true")], body: nil)
+        }
+        guard response.status == 200 else {
+            throw .credential(
+                "\(source.kind) token request answered \(response.status): \(response.bodyText.prefix(300))")
+        }
+        return try Self.parseToken(response.body, now: now)
+    }
+
+    private func postForm(url: String, fields: [(String, String)]) async throws(ExportError) -> ExportResponse {
+        let form = fields.map { "\($0.0)=\(PercentEncoding.encode($0.1))" }.joined(separator: "&")
+        return try await http.send(
+            method: .POST, url: url,
+            headers: [("Content-Type", "application/x-www-form-urlencoded"), ("Accept", "application/json")],
+            body: Array(form.utf8))
+    }
+
+    /// Reads `access_token` and `expires_in` (number or string) or `expires_on` (Unix seconds as a string).
+    static func parseToken(_ body: [UInt8], now: Double) throws(ExportError) -> AccessToken {
+        guard let fields = try? JSONDecoder().decode([String: JSONValue].self, from: Data(body)),
+            let token = fields["access_token"]?.stringValue, !token.isEmpty
+        else { throw .credential("token response has no access_token") }
+        func seconds(_ name: String) -> Double? {
+            switch fields[name] {
+            case .string(let text)?: return Double(text)
+            case let value?: return value.number
+            case nil: return nil
+            }
+        }
+        if let expiresOn = seconds("expires_on") {
+            return AccessToken(token: token, expiresOn: expiresOn, obtainedAt: now)
+        }
+        guard let expiresIn = seconds("expires_in") else { throw .credential("token response has no expiry") }
+        return AccessToken(token: token, expiresOn: now + expiresIn, obtainedAt: now)
+    }
+}

@@ -1,0 +1,99 @@
+import AsyncHTTPClient
+import HybridConnections
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// A response as the exporter needs it: status, headers, and a bounded body.
+public struct ExportResponse: Sendable {
+    public var status: Int
+    public var headers: [(String, String)]
+    public var body: [UInt8]
+
+    public var bodyText: String { String(decoding: body, as: UTF8.self) }
+
+    public func header(_ name: String) -> String? {
+        headers.first { $0.0.lowercased() == name.lowercased() }?.1
+    }
+}
+
+public enum ExportError: Error, Equatable, CustomStringConvertible {
+    case invalidURL(String, reason: String)
+    case transport(String)
+    case credential(String)
+    case configuration(String)
+
+    public var description: String {
+        switch self {
+        case .invalidURL(let url, let reason): return "'\(url)': \(reason)"
+        case .transport(let cause): return "transport: \(cause)"
+        case .credential(let cause): return "credential: \(cause)"
+        case .configuration(let cause): return cause
+        }
+    }
+}
+
+/// The HTTP client of the exporter and its credentials: no redirects (a bearer token must not follow one to
+/// another host), bounded time per request, and plain `http` only where it cannot leave the machine.
+public final class ExportHTTP: Sendable {
+    let client: HTTPClient
+    let requestTimeout: TimeAmount
+
+    public init(requestTimeoutSeconds: Double = 30, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        var configuration = HTTPClient.Configuration(
+            redirectConfiguration: .disallow,
+            timeout: .init(connect: .seconds(10), read: .seconds(Int64(max(1, requestTimeoutSeconds)))))
+        configuration.httpVersion = .http1Only
+        client = HTTPClient(eventLoopGroup: group, configuration: configuration)
+        requestTimeout = .milliseconds(Int64(requestTimeoutSeconds * 1000))
+    }
+
+    public func shutdown() async {
+        try? await client.shutdown()
+    }
+
+    public func send(
+        method: HTTPMethod, url: String, headers: [(String, String)], body: [UInt8]?, maxResponseBytes: Int = 1 << 20
+    ) async throws(ExportError) -> ExportResponse {
+        var request = HTTPClientRequest(url: url)
+        request.method = method
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        if let body { request.body = .bytes(ByteBuffer(bytes: body)) }
+        do {
+            let response = try await client.execute(request, timeout: requestTimeout)
+            var buffer = try await response.body.collect(upTo: maxResponseBytes)
+            return ExportResponse(
+                status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) },
+                body: buffer.readBytes(length: buffer.readableBytes) ?? [])
+        } catch {
+            throw .transport("\(error)")
+        }
+    }
+
+    /// Refuses URLs that would send a token or telemetry in clear text off the machine.
+    /// `linkLocalHTTP` admits Azure's instance metadata service (169.254.169.254), which is plain http.
+    public static func checkURL(_ url: String, linkLocalHTTP: Bool = false) throws(ExportError) {
+        let lower = url.lowercased()
+        let rest: Substring
+        if lower.hasPrefix("https://") {
+            rest = lower.dropFirst(8)
+        } else if lower.hasPrefix("http://") {
+            rest = lower.dropFirst(7)
+            let host = hostPart(rest)
+            let loopback = host == "localhost" || host.hasPrefix("127.") || host == "[::1]"
+            guard loopback || (linkLocalHTTP && host.hasPrefix("169.254.")) else {
+                throw .invalidURL(url, reason: "plain http is allowed only on loopback; use https")
+            }
+        } else {
+            throw .invalidURL(url, reason: "expected an https:// URL")
+        }
+        guard !hostPart(rest).isEmpty else { throw .invalidURL(url, reason: "no host") }
+    }
+
+    private static func hostPart(_ rest: Substring) -> String {
+        let authority = rest.prefix { $0 != "/" && $0 != "?" }
+        if authority.hasPrefix("[") { return String(authority.prefix { $0 != "]" }) + "]" }
+        return String(authority.prefix { $0 != ":" })
+    }
+}

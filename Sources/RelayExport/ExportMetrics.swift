@@ -1,0 +1,81 @@
+import Prometheus
+import RelayTelemetry
+
+/// Why the exporter gave records up. Each is a bound or a final answer; nothing else loses data.
+public enum DropReason: String, Sendable, CaseIterable {
+    /// One record over the batch cap: it can never be sent.
+    case oversize
+    /// The in-memory queue was full (the sink is far behind and no spool takes the overflow).
+    case queueFull = "queue_full"
+    /// The endpoint refused the batch for good (400, 403, 404, 413, …).
+    case rejected
+    /// Application Insights refused some items of a batch for good, or quota (402/439).
+    case partialRejected = "partial_rejected"
+    /// The spool reached its size bound and its oldest batch was removed.
+    case spoolFull = "spool_full"
+    /// A spooled batch outlived the age bound.
+    case spoolExpired = "spool_expired"
+    /// Shutdown deadline passed and no spool could keep the batch.
+    case shutdown
+}
+
+/// The exporter's own health on `/metrics`, all `hyrelay_export_*`.
+extension RelayMetrics {
+    func exportBatch(sink: String, outcome: String) {
+        counter(
+            "export_batches", "Batches finished by the exporter, by sink and outcome.",
+            [
+                ("sink", sink), ("outcome", outcome),
+            ]
+        ).increment()
+    }
+
+    func exportRecordsDelivered(sink: String, stream: String, count: Int) {
+        counter("export_records", "Records the sink accepted, by stream.", [("sink", sink), ("stream", stream)])
+            .increment(by: Int64(count))
+    }
+
+    func exportBytes(sink: String, uncompressed: Int, compressed: Int) {
+        let help = "Bytes of batches cut by the exporter, before (json) and after (gzip) compression."
+        counter("export_bytes", help, [("sink", sink), ("encoding", "json")]).increment(by: Int64(uncompressed))
+        counter("export_bytes", help, [("sink", sink), ("encoding", "gzip")]).increment(by: Int64(compressed))
+    }
+
+    func exportAttempt(sink: String, status: String) {
+        counter(
+            "export_attempts", "Delivery attempts by answer: HTTP status, or network/credential.",
+            [
+                ("sink", sink), ("status", status),
+            ]
+        ).increment()
+    }
+
+    func exportRetry(sink: String, retryAfterSeconds: Double?) {
+        counter("export_retries", "Attempts that will be made again later.", [("sink", sink)]).increment()
+        if let retryAfterSeconds {
+            counter(
+                "export_retry_after_seconds", "Seconds the endpoints asked the exporter to wait (Retry-After).",
+                [("sink", sink)]
+            ).increment(by: retryAfterSeconds)
+        }
+    }
+
+    func exportDropped(sink: String, reason: DropReason, count: Int) {
+        guard count > 0 else { return }
+        counter(
+            "export_dropped_records", "Records given up, by reason; every one is also logged.",
+            [
+                ("sink", sink), ("reason", reason.rawValue),
+            ]
+        ).increment(by: Int64(count))
+    }
+
+    func exportSpool(sink: String, batches: Int, bytes: Int) {
+        gauge("export_spool_batches", "Batches waiting in the disk spool.", [("sink", sink)]).set(to: Double(batches))
+        gauge("export_spool_bytes", "Bytes waiting in the disk spool.", [("sink", sink)]).set(to: Double(bytes))
+    }
+
+    func exportQueue(records: Int) {
+        gauge("export_queue_records", "Records waiting in memory to be batched.", []).set(to: Double(records))
+    }
+}

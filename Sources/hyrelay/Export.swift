@@ -1,0 +1,314 @@
+import ArgumentParser
+import Logging
+import RelayExport
+import RelayTelemetry
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// Where telemetry is shipped: Azure Monitor (Logs Ingestion, Application Insights) or, by default, local files.
+struct ExportOptions: ParsableArguments {
+    @Option(
+        name: .customLong("logs-ingestion-endpoint"),
+        help:
+            "Logs Ingestion endpoint (DCR or DCE URL); needs --dcr-immutable-id and Entra credentials in the environment."
+    )
+    var logsIngestionEndpoint: String?
+
+    @Option(name: .customLong("dcr-immutable-id"), help: "The data collection rule's immutableId (dcr-…).")
+    var ruleID: String?
+
+    @Option(name: .customLong("spans-stream"), help: "Stream for spans (default Custom-HyRelaySpans).")
+    var spansStream = ExportTable.spans.defaultStream
+
+    @Option(name: .customLong("logs-stream"), help: "Stream for log events (default Custom-HyRelayLogs).")
+    var logsStream = ExportTable.logs.defaultStream
+
+    @Option(name: .customLong("metrics-stream"), help: "Stream for metric snapshots (default Custom-HyRelayMetrics).")
+    var metricsStream = ExportTable.metrics.defaultStream
+
+    @Option(
+        name: .customLong("appinsights-connection-string"),
+        help: "Application Insights connection string (default: $APPLICATIONINSIGHTS_CONNECTION_STRING).")
+    var appInsightsConnectionString: String?
+
+    @Option(
+        name: .customLong("export-dir"),
+        help: "Directory of the gzip NDJSON file sink, used when no Azure sink is set (default STATE/telemetry).")
+    var exportDirectory: String?
+
+    @Flag(name: .customLong("no-export"), help: "Export nothing (not even to files).")
+    var noExport = false
+
+    @Option(name: .customLong("export-interval"), help: "Seconds before a partial batch is sent (default 5).")
+    var flushInterval: Double = 5
+
+    @Option(
+        name: .customLong("export-metrics-interval"), help: "Seconds between metric snapshots; 0 for none (default 60)."
+    )
+    var metricsInterval: Double = 60
+
+    @Option(name: .customLong("export-log-level"), help: "Lowest log level exported (default info).")
+    var exportLogLevel: LogLevelOption = .info
+
+    @Option(
+        name: .customLong("spool-dir"),
+        help: "Disk spool for batches an endpoint cannot take now (default STATE/spool/ROLE).")
+    var spoolDirectory: String?
+
+    @Option(name: .customLong("spool-max-mb"), help: "Spool size bound in MiB (default 256).")
+    var spoolMaxMebibytes = 256
+
+    @Option(name: .customLong("spool-max-age-hours"), help: "Spooled batches older than this are dropped (default 48).")
+    var spoolMaxAgeHours: Double = 48
+
+    @Option(name: .customLong("export-shutdown-seconds"), help: "Time to flush on shutdown (default 10).")
+    var shutdownSeconds: Double = 10
+
+    @Option(name: .long, help: "Instance name in exported telemetry (default: the host name).")
+    var instance: String?
+
+    func validate() throws {
+        if (logsIngestionEndpoint == nil) != (ruleID == nil) {
+            throw ValidationError("--logs-ingestion-endpoint and --dcr-immutable-id go together")
+        }
+        guard flushInterval > 0, metricsInterval >= 0, spoolMaxMebibytes > 0, spoolMaxAgeHours > 0,
+            shutdownSeconds >= 0
+        else { throw ValidationError("export intervals and bounds must be positive") }
+    }
+
+    /// `$HYRELAY_STATE_DIR`, else `$XDG_STATE_HOME/hyrelay`, else `~/.local/state/hyrelay`.
+    static var stateDirectory: String {
+        let environment = ProcessInfo.processInfo.environment
+        if let directory = environment["HYRELAY_STATE_DIR"], !directory.isEmpty { return directory }
+        if let state = environment["XDG_STATE_HOME"], !state.isEmpty { return state + "/hyrelay" }
+        return (environment["HOME"] ?? "/tmp") + "/.local/state/hyrelay"
+    }
+
+    var connectionString: String? {
+        appInsightsConnectionString
+            ?? ProcessInfo.processInfo.environment["APPLICATIONINSIGHTS_CONNECTION_STRING"].flatMap {
+                $0.isEmpty ? nil : $0
+            }
+    }
+
+    var hasAzureSink: Bool { logsIngestionEndpoint != nil || connectionString != nil }
+
+    /// The Azure sinks configured by flags and environment.
+    func azureSinks(http: ExportHTTP) throws -> [any ExportSink] {
+        var sinks: [any ExportSink] = []
+        let environment = ProcessInfo.processInfo.environment
+        do {
+            if let endpoint = logsIngestionEndpoint, let ruleID {
+                let credential = TokenCredential(
+                    source: try CredentialSource.fromEnvironment(environment), scope: LogsIngestionSink.scope,
+                    http: http)
+                sinks.append(
+                    try LogsIngestionSink(
+                        endpoint: endpoint, ruleID: ruleID,
+                        streams: [.spans: spansStream, .logs: logsStream, .metrics: metricsStream],
+                        credential: credential, http: http))
+            }
+            if let text = connectionString {
+                let connection = try ApplicationInsightsConnectionString(text)
+                let credential = try connection.aadAudience.map { audience throws(ExportError) in
+                    TokenCredential(
+                        source: try CredentialSource.fromEnvironment(environment),
+                        scope: audience.hasSuffix("/") ? "\(audience).default" : "\(audience)/.default", http: http)
+                }
+                sinks.append(try ApplicationInsightsSink(connection: connection, credential: credential, http: http))
+            }
+        } catch let error as ApplicationInsightsConnectionString.ParseError {
+            throw ValidationError("Application Insights connection string: \(error.description)")
+        } catch let error as ExportError {
+            throw ValidationError(error.description)
+        }
+        return sinks
+    }
+
+    func configuration(role: String) -> ExporterConfiguration {
+        var configuration = ExporterConfiguration()
+        configuration.flushIntervalSeconds = flushInterval
+        configuration.metricsIntervalSeconds = metricsInterval
+        configuration.spoolDirectory = spoolDirectory ?? "\(Self.stateDirectory)/spool/\(role)"
+        configuration.spoolMaxBytes = spoolMaxMebibytes << 20
+        configuration.spoolMaxAgeSeconds = spoolMaxAgeHours * 3600
+        configuration.shutdownDeadlineSeconds = shutdownSeconds
+        return configuration
+    }
+
+    func source(role: String) -> ExportSource {
+        ExportSource(role: role, instance: instance ?? ProcessInfo.processInfo.hostName)
+    }
+}
+
+/// Logging, metrics, tracer and exporter of one role, set up in the right order: the exporter's intake
+/// exists before logging is bootstrapped, the exporter (which logs) starts after.
+struct TelemetrySession {
+    let metrics: RelayMetrics
+    let tracer: HopTracer
+    let exporter: TelemetryExporter?
+    let shutdownSeconds: Double
+    /// Where telemetry goes, for people: the file directory or the Azure sinks.
+    let destination: String?
+    private let http: ExportHTTP?
+
+    init(telemetry: TelemetryOptions, role: String, tracerLabel: String) throws {
+        let export = telemetry.export
+        metrics = RelayMetrics()
+        shutdownSeconds = export.shutdownSeconds
+        guard !export.noExport else {
+            telemetry.bootstrapLogging(role: role, export: nil)
+            tracer = HopTracer(logger: Logger(label: tracerLabel))
+            exporter = nil
+            http = nil
+            destination = nil
+            return
+        }
+        let http = ExportHTTP()
+        var sinks = try export.azureSinks(http: http)
+        let configuration = export.configuration(role: role)
+        let source = export.source(role: role)
+        let intake = ExportIntake(capacity: configuration.queueCapacity)
+        telemetry.bootstrapLogging(role: role, export: (intake, source, export.exportLogLevel.level))
+        let logger = Logger(label: "hyrelay.export")
+        var destination = sinks.map(\.name).joined(separator: " and ")
+        if sinks.isEmpty {
+            let directory = export.exportDirectory ?? "\(ExportOptions.stateDirectory)/telemetry"
+            destination = "gzip NDJSON files in \(directory)"
+            do {
+                sinks.append(
+                    try FileSink(
+                        directory: directory, role: role, maxFileBytes: 64 << 20, maxTotalBytes: 1 << 30, logger: logger
+                    ))
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
+        let metrics = metrics
+        do {
+            exporter = try Self.startExporter(
+                sinks: sinks, configuration: configuration, source: source, metrics: metrics, logger: logger,
+                intake: intake)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        tracer = HopTracer(logger: Logger(label: tracerLabel)) { [intake] span in
+            intake.submit(.span(span, source: source))
+        }
+        self.http = http
+        self.destination = destination
+        logger.info(
+            "exporting telemetry",
+            metadata: ["sinks": "\(sinks.map(\.name).joined(separator: ","))", "instance": "\(source.instance)"])
+    }
+
+    /// The default spool directory may be held by another process of the same role on this machine; then this
+    /// one spools beside it, in a directory of its own.
+    private static func startExporter(
+        sinks: [any ExportSink], configuration: ExporterConfiguration, source: ExportSource, metrics: RelayMetrics,
+        logger: Logger, intake: ExportIntake
+    ) throws -> TelemetryExporter {
+        let exposition: @Sendable () -> String = { String(decoding: metrics.exposition(), as: UTF8.self) }
+        do {
+            return try TelemetryExporter(
+                sinks: sinks, configuration: configuration, source: source, metrics: metrics, logger: logger,
+                intake: intake, exposition: exposition)
+        } catch {
+            guard case .configuration(let text) = error, text.contains("in use"),
+                let directory = configuration.spoolDirectory
+            else { throw error }
+            var own = configuration
+            own.spoolDirectory = "\(directory)-\(getpid())"
+            logger.warning(
+                "spool directory in use; using a separate one", metadata: ["directory": "\(own.spoolDirectory!)"])
+            return try TelemetryExporter(
+                sinks: sinks, configuration: own, source: source, metrics: metrics, logger: logger, intake: intake,
+                exposition: exposition)
+        }
+    }
+
+    /// Flushes the exporter (what the deadline leaves stays in the spool).
+    func finish() async {
+        await exporter?.shutdown(deadlineSeconds: shutdownSeconds)
+        await http?.shutdown()
+    }
+}
+
+struct Export: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Work with exported telemetry files.", subcommands: [Replay.self])
+}
+
+struct Replay: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Ship gzip NDJSON files written by the file sink to a configured Azure sink (air-gapped sites).",
+        discussion: """
+            Example: hyrelay export replay --logs-ingestion-endpoint https://… --dcr-immutable-id dcr-… \
+            ~/.local/state/hyrelay/telemetry/*.ndjson.gz
+            Exits 0 when every record was delivered, 1 when any was dropped or left in the spool.
+            """)
+
+    @Argument(help: "Files written by the file sink (.ndjson.gz).")
+    var files: [String]
+
+    @OptionGroup var telemetry: TelemetryOptions
+
+    func run() async throws {
+        guard telemetry.export.hasAzureSink else {
+            throw ValidationError("replay needs an Azure sink: --logs-ingestion-endpoint or a connection string")
+        }
+        var records: [ExportRecord] = []
+        var unreadable = 0
+        for file in files {
+            let bytes: [UInt8]
+            do {
+                bytes = try Gzip.decompress(
+                    [UInt8](try Data(contentsOf: URL(fileURLWithPath: file))), maxSize: 4 << 30,
+                    tolerateTruncation: true)
+            } catch {
+                throw ValidationError("cannot read '\(file)': \(error)")
+            }
+            for line in bytes.split(separator: UInt8(ascii: "\n")) {
+                guard let record = try? JSONDecoder().decode(FileLine.self, from: Data(line)) else {
+                    unreadable += 1
+                    continue
+                }
+                records.append(ExportRecord(table: record.table, columns: record.row))
+            }
+        }
+        var options = telemetry
+        // Replay ships the files only: none of its own metrics or logs.
+        options.export.metricsInterval = 0
+        options.export.exportLogLevel = .critical
+        let session = try TelemetrySession(telemetry: options, role: "replay", tracerLabel: "hyrelay.replay")
+        await session.exporter?.submit(contentsOf: records)
+        await session.finish()
+        let samples = PrometheusText.samples(String(decoding: session.metrics.exposition(), as: UTF8.self))
+        func total(_ name: String) -> Int {
+            Int(samples.filter { $0.name == name }.reduce(0) { $0 + $1.value })
+        }
+        let delivered = total("hyrelay_export_records_total")
+        let dropped = total("hyrelay_export_dropped_records_total")
+        let spooled = Int(samples.filter { $0.name == "hyrelay_export_spool_batches" }.reduce(0) { $0 + $1.value })
+        print(
+            "read \(records.count) records (\(unreadable) unreadable lines), delivered \(delivered), dropped \(dropped), "
+                + "\(spooled) batch(es) left in the spool")
+        if dropped > 0 || spooled > 0 || unreadable > 0 || delivered < records.count { throw ExitCode(1) }
+    }
+}
+
+/// One line of the file sink.
+struct FileLine: Decodable {
+    var table: ExportTable
+    var row: [String: JSONValue]
+}

@@ -1,0 +1,357 @@
+"""The exporter against fake Entra / IMDS / Logs Ingestion / Application Insights endpoints (fake_azure.py).
+
+Each test drives the real hyrelay binary: `export replay` for bulk and fault scenarios, and running roles for
+live export. The fakes enforce the documented contract; `violations` must stay empty.
+"""
+import gzip
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from agents import binary, start_client, start_edge, start_relay, wait_port
+from conftest import free_port
+from fake_azure import IKEY, FakeAzure
+
+STREAMS = {"spans": "Custom-HyRelaySpans", "logs": "Custom-HyRelayLogs", "metrics": "Custom-HyRelayMetrics"}
+
+
+@pytest.fixture
+def fake():
+    server = FakeAzure()
+    yield server
+    server.close()
+
+
+def log_row(index, message=None):
+    return {"TimeGenerated": "2026-11-29T12:00:00.000Z", "Role": "test", "Instance": "replay",
+            "Level": "info", "Logger": "hyrelay.test", "Message": message or "record-%d" % index,
+            "TraceId": "", "SpanId": "", "Attributes": {"n": str(index)}}
+
+
+def write_file(path, rows):
+    with gzip.open(path, "wb") as f:
+        for table, row in rows:
+            f.write(json.dumps({"table": table, "row": row}).encode() + b"\n")
+    return str(path)
+
+
+def replay(fake, files, tmp_path, *extra, env_kind="secret", timeout=240):
+    env = fake.env(env_kind, tmp_path)
+    env["HYRELAY_STATE_DIR"] = str(tmp_path / "state")
+    result = subprocess.run([binary(), "export", "replay", *files, *fake.flags(), "--export-interval", "0.2",
+                             "--export-shutdown-seconds", "60", *extra],
+                            capture_output=True, text=True, env=env, timeout=timeout)
+    return result
+
+
+def messages(fake):
+    return [row["Message"] for row in fake.all_rows(STREAMS["logs"])]
+
+
+def test_100k_records_arrive_exactly_once_within_the_limits(fake, tmp_path):
+    rows = []
+    for index in range(100_000):
+        table = ("logs", "logs", "metrics")[index % 3]
+        if table == "logs":
+            rows.append((table, log_row(index, "record-%d-%s" % (index, "x" * (index % 200)))))
+        else:
+            rows.append((table, {"TimeGenerated": "2026-11-29T12:00:00.000Z", "Role": "test", "Instance": "replay",
+                                 "Name": "metric-%d" % index, "Labels": {"le": "+Inf"}, "Value": index * 0.5}))
+    result = replay(fake, [write_file(tmp_path / "bulk.ndjson.gz", rows)], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "delivered 100000, dropped 0" in result.stdout
+    got = messages(fake) + [row["Name"] for row in fake.all_rows(STREAMS["metrics"])]
+    assert len(got) == 100_000 and len(set(got)) == 100_000
+    calls = fake.accepted_calls()
+    assert all(call["wire"] <= 1048576 and call["raw"] <= 1_000_000 for call in calls)
+    # Batches are packed: a few dozen calls, not thousands.
+    assert len(calls) < 100, len(calls)
+    assert max(call["raw"] for call in calls) > 900_000
+    assert len({call["request_id"] for call in calls}) == len(calls)
+    assert fake.violations == []
+
+
+def test_429_retry_after_is_honoured_with_the_same_request_id(fake, tmp_path):
+    fake.faults = [(429, [("Retry-After", "2")], {"error": {"code": "TooManyRequests", "message": "slow down"}})]
+    rows = [("logs", log_row(i)) for i in range(50)]
+    result = replay(fake, [write_file(tmp_path / "r.ndjson.gz", rows)], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, second = fake.calls[0], fake.calls[1]
+    assert first["status"] == 429 and second["status"] == 204
+    assert second["time"] - first["time"] >= 1.9
+    assert first["request_id"] == second["request_id"]
+    assert sorted(messages(fake)) == sorted("record-%d" % i for i in range(50))
+    assert fake.violations == []
+
+
+def test_503_storm_then_recovery_loses_nothing(fake, tmp_path):
+    fake.faults = [(503, [], {"error": {"code": "ServiceUnavailable", "message": "busy"}})] * 6
+    rows = [("logs", log_row(i, "storm-%d-%s" % (i, "y" * 3000))) for i in range(2000)]
+    result = replay(fake, [write_file(tmp_path / "s.ndjson.gz", rows)], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    got = messages(fake)
+    assert len(got) == 2000 and len(set(got)) == 2000
+    assert [c["status"] for c in fake.calls[:6]] == [503] * 6
+    # Every retried batch was delivered under the id of its first attempt.
+    failed_ids = {c["request_id"] for c in fake.calls if c["status"] == 503}
+    assert failed_ids <= {c["request_id"] for c in fake.accepted_calls()}
+    assert fake.violations == []
+
+
+def test_400_is_final_and_counted(fake, tmp_path):
+    fake.faults = [(400, [("x-ms-error-code", "InvalidPayload")],
+                    {"error": {"code": "InvalidPayload", "message": "schema mismatch"}})]
+    rows = [("logs", log_row(i)) for i in range(10)]
+    result = replay(fake, [write_file(tmp_path / "b.ndjson.gz", rows)], tmp_path)
+    assert result.returncode == 1
+    assert "delivered 0, dropped 10" in result.stdout
+    assert "InvalidPayload" in result.stderr and "export records dropped" in result.stderr
+    assert [c["status"] for c in fake.calls] == [400]
+
+
+def test_oversize_record_is_dropped_and_counted(fake, tmp_path):
+    rows = [("logs", log_row(0)), ("logs", log_row(1, "z" * 1_100_000)), ("logs", log_row(2))]
+    result = replay(fake, [write_file(tmp_path / "o.ndjson.gz", rows)], tmp_path)
+    assert result.returncode == 1
+    assert "delivered 2, dropped 1" in result.stdout
+    assert "oversize" in result.stderr
+    assert sorted(messages(fake)) == ["record-0", "record-2"]
+    assert fake.violations == []
+
+
+def test_workload_and_managed_identity_tokens(fake, tmp_path):
+    for kind in ("workload", "managed"):
+        rows = [("logs", log_row(i, "%s-%d" % (kind, i))) for i in range(5)]
+        result = replay(fake, [write_file(tmp_path / ("%s.ndjson.gz" % kind), rows)], tmp_path, env_kind=kind)
+        assert result.returncode == 0, result.stdout + result.stderr
+    kinds = [kind for _, kind, _ in fake.token_requests]
+    assert kinds == ["workload", "managed"]
+    assert len(messages(fake)) == 10
+
+
+def test_206_partial_success_resends_only_the_failed_items(fake, tmp_path):
+    def partial(items):
+        errors = [{"index": 1, "statusCode": 500, "message": "try again"},
+                  {"index": 2, "statusCode": 400, "message": "bad item"}]
+        accepted = [item for i, item in enumerate(items) if i not in (1, 2)]
+        return 206, [], {"itemsReceived": len(items), "itemsAccepted": len(accepted), "errors": errors}, accepted
+
+    fake.track_faults = [partial]
+    rows = [("logs", log_row(i)) for i in range(5)]
+    env = fake.env("none")
+    env["HYRELAY_STATE_DIR"] = str(tmp_path / "state")
+    env["APPLICATIONINSIGHTS_CONNECTION_STRING"] = "InstrumentationKey=%s;IngestionEndpoint=%s/" % (IKEY, fake.url)
+    result = subprocess.run([binary(), "export", "replay", write_file(tmp_path / "p.ndjson.gz", rows),
+                             "--export-interval", "0.2"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr  # one item refused for good
+    assert "delivered 4, dropped 1" in result.stdout
+    assert [c["count"] for c in fake.track_calls] == [5, 1]
+    resent = fake.track_calls[1]["items"][0]["data"]["baseData"]["message"]
+    assert resent == "record-1"
+    got = sorted(e["data"]["baseData"]["message"] for e in fake.envelopes)
+    assert got == ["record-0", "record-1", "record-3", "record-4"]
+    assert fake.violations == []
+
+
+def metric_value(port, name, **labels):
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all('%s="%s"' % (k, v) in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_until(predicate, timeout=30, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def export_flags(url, spool, *extra):
+    from fake_azure import DCR_ID
+    return ["--logs-ingestion-endpoint", url, "--dcr-immutable-id", DCR_ID, "--export-interval", "0.3",
+            "--export-metrics-interval", "1", "--spool-dir", str(spool), *extra]
+
+
+def test_endpoint_down_then_up_drains_the_spool_and_a_crash_spool_is_delivered(tmp_path, monkeypatch):
+    port = free_port()
+    fake_env = FakeAzure(port=free_port())  # only for the environment shape; it serves no ingestion here
+    env = fake_env.env("secret")
+    fake_env.close()
+    down = "http://127.0.0.1:%d" % port
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AZURE_AUTHORITY_HOST", down + "/")
+    metrics_port = free_port()
+    spool = tmp_path / "spool"
+    relay = start_relay(tmp_path, ["hc1"], name="first")
+    relay.stop()
+    first = start_relay_with(tmp_path, export_flags(down, spool, "--instance", "first", "--metrics",
+                                                    "127.0.0.1:%d" % metrics_port), "first")
+    wait_until(lambda: metric_value(metrics_port, "hyrelay_export_spool_batches") >= 3, what="spooled batches")
+    rss = int(open("/proc/%d/status" % first.popen.pid).read().split("VmRSS:")[1].split()[0])
+    assert rss < 200_000, rss
+    # The endpoint comes up on the address the relay has been trying: the spool drains while it runs.
+    fake = FakeAzure(port=port)
+    try:
+        wait_until(lambda: metric_value(metrics_port, "hyrelay_export_spool_batches") == 0, timeout=60,
+                   what="spool drained")
+        wait_until(lambda: "relay listening" in messages(fake), what="startup log delivered")
+        assert messages(fake).count("relay listening") == 1
+        assert metric_value(metrics_port, "hyrelay_export_retries_total") >= 1
+        assert metric_value(metrics_port, "hyrelay_export_dropped_records_total") == 0
+        first.stop()
+    finally:
+        fake.close()
+    # Down again; a second relay spools and is killed -9; the next start delivers what it left.
+    second = start_relay_with(tmp_path, export_flags(down, spool, "--instance", "second", "--metrics",
+                                                     "127.0.0.1:%d" % metrics_port), "second")
+    wait_until(lambda: metric_value(metrics_port, "hyrelay_export_spool_batches") >= 2, what="second spool")
+    second.stop(signal.SIGKILL)
+    assert [name for name in os.listdir(spool / "logs_ingestion") if name.endswith(".json.gz")]
+    fake = FakeAzure(port=port)
+    try:
+        third = start_relay_with(tmp_path, export_flags(down, spool, "--instance", "third"), "third")
+        wait_until(lambda: any(r["Instance"] == "second" and r["Message"] == "relay listening"
+                               for r in fake.all_rows(STREAMS["logs"])), what="crash spool delivered")
+        third.stop()
+        from_second = [r for r in fake.all_rows(STREAMS["logs"]) if r["Instance"] == "second"]
+        assert sum(1 for r in from_second if r["Message"] == "relay listening") == 1
+        assert fake.violations == []
+    finally:
+        fake.close()
+
+
+def start_relay_with(tmp_path, extra, name):
+    from agents import KEY, KEY_NAME, Process
+    port = free_port()
+    process = Process(["relay", "--listen", "127.0.0.1:%d" % port, "--sas-key-name", KEY_NAME, "--sas-key", KEY,
+                       "--hybrid-connection", "hc1", "--log-format", "json"] + list(extra),
+                      str(tmp_path / ("%s-%d.log" % (name, time.time_ns()))))
+    process.port = port
+    process.wait_for_log("relay listening")
+    return process
+
+
+def test_token_expiry_and_401_lead_to_a_refresh(tmp_path, monkeypatch):
+    fake = FakeAzure(token_lifetime=4)
+    try:
+        for key, value in fake.env("secret").items():
+            monkeypatch.setenv(key, value)
+        relay = start_relay_with(tmp_path, export_flags(fake.url, tmp_path / "spool"), "tokens")
+        time.sleep(7)
+        # Tokens are renewed at half-life: several were fetched and no call met an expired one.
+        assert len(fake.token_requests) >= 3
+        assert not [c for c in fake.calls if c["status"] == 401]
+        # Next a long-lived token, then revoked behind the exporter's back: only the 401 can tell it.
+        fake.token_lifetime = 3600
+        issued = len(fake.token_requests)
+        wait_until(lambda: len(fake.token_requests) > issued, what="a long-lived token")
+        time.sleep(0.5)
+        fake.revoke_tokens()
+        before = len(fake.token_requests)
+        wait_until(lambda: [c for c in fake.calls if c["status"] == 401], what="a 401 after revocation")
+        wait_until(lambda: len(fake.token_requests) > before, what="a new token")
+        refused = next(c for c in fake.calls if c["status"] == 401)
+        wait_until(lambda: any(c["status"] == 204 and c["request_id"] == refused["request_id"] for c in fake.calls),
+                   what="the refused batch delivered with a fresh token")
+        relay.stop()
+        assert fake.violations == []
+    finally:
+        fake.close()
+
+
+def test_relay_edge_and_client_export_with_flags_and_environment_only(tmp_path, monkeypatch):
+    fake = FakeAzure()
+    try:
+        # Three credential kinds, one per role.
+        relay_env = fake.env("secret")
+        for key, value in relay_env.items():
+            monkeypatch.setenv(key, value)
+        relay = start_relay_with(tmp_path, export_flags(fake.url, tmp_path / "s1"), "live-relay")
+        monkeypatch.delenv("AZURE_CLIENT_SECRET")
+        for key, value in fake.env("workload", tmp_path).items():
+            monkeypatch.setenv(key, value)
+        target = free_port()
+        import socket
+        import threading
+        server = socket.socket()
+        server.bind(("127.0.0.1", target))
+        server.listen(16)
+
+        def echo():
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                data = conn.recv(65536)
+                conn.sendall(data)
+                conn.close()
+
+        threading.Thread(target=echo, daemon=True).start()
+        edge = start_edge(tmp_path, relay.ws if hasattr(relay, "ws") else "ws://127.0.0.1:%d" % relay.port,
+                          ["hc1:127.0.0.1:%d" % target], extra=export_flags(fake.url, tmp_path / "s2"))
+        for key in ("AZURE_FEDERATED_TOKEN_FILE", "AZURE_TENANT_ID", "AZURE_AUTHORITY_HOST"):
+            monkeypatch.delenv(key)
+        monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", fake.url)
+        local = free_port()
+        client = start_client(tmp_path, "ws://127.0.0.1:%d" % relay.port, ["127.0.0.1:%d:hc1" % local], [local],
+                              extra=export_flags(fake.url, tmp_path / "s3"))
+        for i in range(3):
+            with socket.create_connection(("127.0.0.1", local), timeout=10) as conn:
+                conn.sendall(b"ping-%d" % i)
+                assert conn.recv(100) == b"ping-%d" % i
+        wait_until(lambda: len({r["TraceId"] for r in fake.all_rows(STREAMS["spans"]) if r["Name"] == "edge.bridge"}) >= 3,
+                   what="edge spans")
+        client.stop()
+        edge.stop()
+        relay.stop()
+        server.close()
+        spans = fake.all_rows(STREAMS["spans"])
+        roots = [s for s in spans if s["Name"] == "client.accept"]
+        assert len(roots) == 3
+        for root in roots:
+            hops = {s["Name"]: s for s in spans if s["TraceId"] == root["TraceId"]}
+            assert {"client.accept", "client.connect", "relay.rendezvous", "relay.bridge", "edge.dial",
+                    "edge.bridge", "client.bridge"} <= set(hops)
+            assert {hops[n]["Role"] for n in hops} == {"client", "relay", "edge"}
+            assert hops["edge.bridge"]["BytesUp"] == 6 and hops["edge.dial"]["Outcome"] == "connected"
+        kinds = sorted({kind for _, kind, _ in fake.token_requests})
+        assert kinds == ["managed", "secret", "workload"]
+        metric_roles = {r["Role"] for r in fake.all_rows(STREAMS["metrics"])}
+        assert metric_roles == {"relay", "edge", "client"}
+        assert any(r["Name"] == "hyrelay_dials_total" and r["Value"] >= 3 for r in fake.all_rows(STREAMS["metrics"]))
+        assert fake.violations == []
+    finally:
+        fake.close()
+
+
+def test_roles_write_files_by_default_and_replay_ships_them(fake, tmp_path):
+    state = tmp_path / "state-default"
+    env = dict(os.environ, HYRELAY_STATE_DIR=str(state))
+    port = free_port()
+    process = subprocess.Popen([binary(), "demo", "--once", "--relay-port", "0", "--client-port", "0",
+                                "--connections", "2", "--bytes", "1000"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, out + err
+    assert "exported to gzip NDJSON files in %s/telemetry" % state in out
+    files = [str(state / "telemetry" / name) for name in os.listdir(state / "telemetry")]
+    assert files
+    result = replay(fake, files, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    spans = fake.all_rows(STREAMS["spans"])
+    assert len([s for s in spans if s["Name"] == "client.accept"]) == 2
+    assert fake.all_rows(STREAMS["metrics"]), "a final metric snapshot at shutdown"
+    assert fake.violations == []
