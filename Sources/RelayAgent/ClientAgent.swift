@@ -112,7 +112,7 @@ public final class ClientAgent: Sendable {
                         settings.metrics.refused(role: .client, reason: "source_not_allowed", status: 0)
                         settings.logger.warning(
                             "connection refused: source not allowed",
-                            metadata: ["peer": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
+                            metadata: ["peer": "\(channel.remoteAddress?.hostAndPort ?? "?")"])
                         channel.close(promise: nil)
                         return
                     }
@@ -182,7 +182,7 @@ extension ClientAgent {
         access: RelayAccess, tlsContext: NIOSSLContext?, counter: TunnelCounter, metrics: RelayMetrics,
         tracer: HopTracer, logger: Logger
     ) {
-        let peer = channel.remoteAddress.map { "\($0)" } ?? "?"
+        let peer = channel.remoteAddress?.hostAndPort ?? "?"
         let acceptSpan = tracer.startSpan("client.accept", context: .topLevel, ofKind: .server)
         acceptSpan.attributes["tunnel"] = forward.relayName
         acceptSpan.attributes["port_name"] = binding.portName

@@ -45,6 +45,7 @@ public final class EdgeAgent: Sendable {
         forwards: [(RemoteForward, RelayAccess)], keepAliveInterval: Double, tlsContext: NIOSSLContext?,
         group: any EventLoopGroup, logger: Logger, metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil
     ) -> EdgeAgent {
+        metrics.registerDialOutcomes()
         let agent = EdgeAgent(
             settings: Settings(
                 keepAliveInterval: keepAliveInterval, tlsContext: tlsContext, group: group, logger: logger,
@@ -296,6 +297,7 @@ final class ListenerLoop: Sendable {
         span: HopSpan, logger: Logger
     ) {
         span.attributes["port_name"] = portName
+        span.attributes["tunnel"] = forward.relayName
         guard let binding = forward.binding(forPortName: portName), let eventLoop = handler.context?.eventLoop else {
             let known = forward.bindings.map(\.portName).joined(separator: ", ")
             logger.warning("unknown port name", metadata: ["port_name": "\(portName)", "known": "\(known)"])
@@ -343,11 +345,15 @@ final class ListenerLoop: Sendable {
                         ])
                     boundHandler.value.dialSucceeded(tcp: boundTCP.value)
                 case .failure(let error):
+                    let label = DialFailure.label("\(error)")
                     logger.warning(
                         "target dial failed",
-                        metadata: ["target": "\(binding.host):\(binding.port)", "cause": "\(error)"])
+                        metadata: [
+                            "target": "\(binding.host):\(binding.port)", "reason": "\(label)", "cause": "\(error)",
+                        ])
                     metrics.dial(outcome: "failed", seconds: (ContinuousClock.now - started).seconds)
                     span.attributes["outcome"] = "failed"
+                    span.attributes["reason"] = label
                     span.attributes["error"] = "\(error)"
                     span.setStatus(SpanStatus(code: .error, message: "\(error)"))
                     span.end()

@@ -89,10 +89,10 @@ public struct ExportRecord: Sendable, Equatable {
         columns["Success"] = .bool(!span.isError)
         columns["StatusMessage"] = .string(span.statusMessage ?? "")
         let attributes = span.attributes
-        columns["Entity"] = .string(attributes["entity"] ?? attributes["port_name"] ?? "")
+        columns["Entity"] = .string(attributes["entity"] ?? attributes["tunnel"] ?? "")
         columns["Target"] = .string(attributes["target"] ?? "")
         columns["Outcome"] = .string(attributes["outcome"] ?? "")
-        columns["Cause"] = .string(attributes["close_cause"] ?? attributes["error"] ?? "")
+        columns["Cause"] = .string(attributes["close_cause"] ?? attributes["reason"] ?? attributes["error"] ?? "")
         columns["BytesUp"] = .int(attributes["bytes_up"].flatMap { Int64($0) } ?? 0)
         columns["BytesDown"] = .int(attributes["bytes_down"].flatMap { Int64($0) } ?? 0)
         columns["Attributes"] = .object(attributes.mapValues { .string($0) })

@@ -11,3 +11,11 @@ public enum SocketTuning {
     /// A side stops reading while its partner holds more than this much unwritten.
     public static let writeWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 64 * 1024, high: 256 * 1024)
 }
+
+extension SocketAddress {
+    /// `127.0.0.1:5000` or `[::1]:5000`, for logs and span attributes (NIO's description repeats the address).
+    public var hostAndPort: String {
+        guard let ip = ipAddress else { return "\(self)" }
+        return ip.contains(":") ? "[\(ip)]:\(port ?? 0)" : "\(ip):\(port ?? 0)"
+    }
+}

@@ -77,7 +77,9 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         pingTask?.cancel()
         if let handle { hub.unregister(handle) }
         hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: "disconnect", cause: closeCause)
-        logger.info("listener disconnected", metadata: ["listeners": "\(hub.listenerCount(entity: entity.name))"])
+        logger.info(
+            "listener disconnected",
+            metadata: ["listeners": "\(hub.listenerCount(entity: entity.name))", "cause": "\(closeCause)"])
         context.fireChannelInactive()
     }
 

@@ -63,7 +63,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        logger[metadataKey: "peer"] = "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")"
+        logger[metadataKey: "peer"] = "\(context.channel.remoteAddress?.hostAndPort ?? "?")"
         if context.channel.isActive { startHandshakeTimer(context: context) }
     }
 
@@ -200,9 +200,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     ) {
         hub.metrics.refused(role: .relay, reason: refusal.reason, status: refusal.status)
         if refusal.isAuthorizationFailure { hub.metrics.authFailure(role: .relay, reason: refusal.reason) }
-        logger.warning(
-            "refused request: \(refusal.text)",
-            metadata: ["status": "\(refusal.status)", "reason": "\(refusal.reason)"])
+        var metadata: Logger.Metadata = ["status": "\(refusal.status)", "reason": "\(refusal.reason)"]
+        if let peer = context.channel.remoteAddress?.ipAddress { metadata["peer"] = "\(peer)" }
+        if let entity { metadata["entity"] = "\(entity)" }
+        logger.warning("refused request: \(refusal.text)", metadata: metadata)
         respond(context: context, refusal, trackingId: trackingId, entity: entity, close: true)
     }
 

@@ -104,8 +104,20 @@ public final class RelayMetrics: Sendable {
             buckets: Self.latencyBuckets, value: seconds, traceID: traceID)
     }
 
+    /// Every dial outcome as a zero series from the start, so the first failure is an increase that `rate()`
+    /// and the failure-ratio alert see (a series born at 3 shows no increase at all).
+    public static let dialOutcomes = ["connected", "failed", "unknown_port"]
+
+    public func registerDialOutcomes() {
+        for outcome in Self.dialOutcomes { _ = dialCounter(outcome) }
+    }
+
+    private func dialCounter(_ outcome: String) -> Counter {
+        counter("dials", "Edge dials of targets by outcome.", [("outcome", outcome)])
+    }
+
     public func dial(outcome: String, seconds: Double?, traceID: String? = nil) {
-        counter("dials", "Edge dials of targets by outcome.", [("outcome", outcome)]).increment()
+        dialCounter(outcome).increment()
         if let seconds {
             observe(
                 "dial_duration", "Edge TCP connect to the target.", [], buckets: Self.latencyBuckets, value: seconds,

@@ -1,6 +1,7 @@
 """Process helpers for end-to-end agent tests: relays, edges, clients and small TCP targets."""
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -103,11 +104,13 @@ def wait_port(port, process=None, timeout=20):
 
 class TcpServer:
     """A threaded TCP target. `mode` echo: echo bytes, then FIN after the peer's FIN. `reply`: read to
-    EOF, then answer with a summary (half-close request/reply). `tag`: send a fixed tag, then echo."""
+    EOF, then answer with a summary (half-close request/reply). `tag`: send a fixed tag, then echo.
+    `delay`: seconds to wait before the first byte is echoed (a slow service)."""
 
-    def __init__(self, mode="echo", tag=b""):
+    def __init__(self, mode="echo", tag=b"", delay=0.0):
         self.mode = mode
         self.tag = tag
+        self.delay = delay
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -142,10 +145,14 @@ class TcpServer:
                     total += n
                 conn.sendall(("%d %s" % (total, digest.hexdigest())).encode())
             else:
+                delay = self.delay
                 while True:
                     n = conn.recv_into(buffer)
                     if n == 0:
                         break
+                    if delay:
+                        time.sleep(delay)
+                        delay = 0
                     conn.sendall(view[:n])
             conn.shutdown(socket.SHUT_WR)
         except OSError:
@@ -202,3 +209,21 @@ class Chain:
         for process in (self.client, self.edge, self.relay):
             process.stop()
         self.target.close()
+
+
+def start_prometheus(metrics_ports, directory, *flags, rule_files=()):
+    """A real Prometheus on a free loopback port scraping the given /metrics ports every second and
+    evaluating `rule_files` every second. Returns (process, port)."""
+    prometheus = shutil.which("prometheus")
+    assert prometheus, "prometheus (Debian package) is required"
+    port = free_port()
+    targets = ", ".join("'127.0.0.1:%d'" % p for p in metrics_ports)
+    rules = "".join("  - '%s'\n" % path for path in rule_files)
+    config = directory / "prometheus.yml"
+    config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+                      + ("rule_files:\n" + rules if rules else "")
+                      + "scrape_configs:\n  - job_name: hyrelay\n    static_configs:\n      - targets: [%s]\n" % targets)
+    log = open(directory / "prometheus.log", "w")
+    process = subprocess.Popen([prometheus, "--config.file=%s" % config, "--storage.tsdb.path=%s" % (directory / "data"),
+                                "--web.listen-address=127.0.0.1:%d" % port, *flags], stdout=log, stderr=subprocess.STDOUT)
+    return process, port

@@ -31,18 +31,7 @@ def parse_metrics(text):
 
 
 def start_prometheus(stack, tmp_path, *flags):
-    """A real Prometheus on a free loopback port scraping relay, edge and client every second."""
-    prometheus = shutil.which("prometheus")
-    assert prometheus, "prometheus (Debian package) is required"
-    port = free_port()
-    targets = ", ".join("'127.0.0.1:%d'" % p for p in stack["ports"].values())
-    config = tmp_path / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: hyrelay\n"
-                      "    static_configs:\n      - targets: [%s]\n" % targets)
-    log = open(tmp_path / "prometheus.log", "w")
-    process = subprocess.Popen([prometheus, "--config.file=%s" % config, "--storage.tsdb.path=%s" % (tmp_path / "data"),
-                                "--web.listen-address=127.0.0.1:%d" % port, *flags], stdout=log, stderr=subprocess.STDOUT)
-    return process, port
+    return agents.start_prometheus(list(stack["ports"].values()), tmp_path, *flags)
 
 
 @pytest.fixture(scope="module")

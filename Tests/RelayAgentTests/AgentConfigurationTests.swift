@@ -218,3 +218,15 @@ import Testing
         #expect(throws: ForwardSpecError.self) { try AddressFilter([spec]) }
     }
 }
+
+@Suite struct DialFailureTests {
+    @Test func nioErrorsGetShortLabels() {
+        let refused =
+            "Connection errors: SingleConnectionFailure(target: [IPv4]127.0.0.1/127.0.0.1:35661, error: connection reset (error set): Connection refused) (errno: 111))"
+        #expect(DialFailure.label(refused) == "connection_refused")
+        #expect(DialFailure.label("connectTimeout(TimeAmount(10s))") == "timeout")
+        #expect(DialFailure.label("No route to host (errno: 113)") == "unreachable")
+        #expect(DialFailure.label("NIOConnectionError(resolutionErrors: ...)") == "name_resolution")
+        #expect(DialFailure.label("something else") == "other")
+    }
+}

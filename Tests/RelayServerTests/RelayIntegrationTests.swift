@@ -190,7 +190,8 @@ final class PingSwallower: ChannelInboundHandler {
     @Test func failedAuthenticationsAreRateLimitedPerSource() async throws {
         let relay = try await TestRelay.start {
             $0.authFailureBurst = 3
-            $0.authFailuresPerSecond = 2
+            // Slow refill: the four attempts below must not earn a token back even on a loaded machine.
+            $0.authFailuresPerSecond = 0.5
         }
         let bad = SharedAccessSignature.make(
             resource: "http://127.0.0.1/hc", keyName: TestKeys.name, key: "wrong", expiry: 4_000_000_000)
@@ -201,7 +202,7 @@ final class PingSwallower: ChannelInboundHandler {
         #expect(
             try await relay.connect("/$hc/hc?sb-hc-action=listen", token: relay.token("hc")).status == 429,
             "refused unchecked")
-        try await Task.sleep(for: .milliseconds(700))
+        try await Task.sleep(for: .milliseconds(2200))
         _ = try await relay.listen()
         try await relay.stop()
     }
