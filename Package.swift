@@ -88,13 +88,26 @@ let package = Package(
             ] + nio,
             swiftSettings: strict
         ),
+        // Word-wise masking against NIO's byte loop; Benchmarks/compare.sh runs it.
+        .executableTarget(
+            name: "MaskingBenchmark",
+            dependencies: [
+                "RelayIO", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ],
+            path: "Benchmarks/MaskingBenchmark", swiftSettings: strict
+        ),
         .testTarget(name: "HybridConnectionsTests", dependencies: ["HybridConnections"], swiftSettings: strict),
         .testTarget(
             name: "RelayTelemetryTests", dependencies: ["RelayTelemetry", log, tracing], swiftSettings: strict),
         .testTarget(
             name: "RelayExportTests", dependencies: ["RelayExport", "RelayTelemetry", log], swiftSettings: strict),
         .testTarget(
-            name: "RelayAgentTests", dependencies: ["HybridConnections", "RelayAgent", "RelayIO"], swiftSettings: strict
+            name: "RelayAgentTests",
+            dependencies: [
+                "HybridConnections", "RelayAgent", "RelayIO", .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOWebSocket", package: "swift-nio"),
+            ], swiftSettings: strict
         ),
         .testTarget(
             name: "RelayServerTests",

@@ -64,6 +64,11 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var receivedClose = false
     private(set) var sentClose = false
     private var closeWritten: EventLoopFuture<Void>?
+    /// Until the upgrade completes the HTTP decoder still sits in the pipeline and rejects frames, so frames
+    /// (a pong, the edge's preamble reply, a Close when the TCP side went away first) wait here.
+    private var upgraded = false
+    private var heldFrames: [WebSocketFrame] = []
+    private var heldClose: (code: UInt16, reason: String)?
     private var summary = TunnelSummary()
     private var finished = false
     private var uncountedBytes = 0
@@ -103,10 +108,19 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if case WebSocketUpgradeEvent.completed = event, case .sender(let portName) = role {
-            let (header, name) = Preamble.request(portName: portName)
-            sendFrame(.binary, ByteBuffer(bytes: header))
-            sendFrame(.binary, ByteBuffer(bytes: name))
+        if case WebSocketUpgradeEvent.completed = event {
+            upgraded = true
+            if case .sender(let portName) = role, heldClose == nil {
+                let (header, name) = Preamble.request(portName: portName)
+                sendFrame(.binary, ByteBuffer(bytes: header))
+                sendFrame(.binary, ByteBuffer(bytes: name))
+            }
+            for frame in heldFrames { context.write(wrapOutboundOut(frame), promise: nil) }
+            heldFrames = []
+            if let (code, reason) = heldClose {
+                heldClose = nil
+                writeClose(context: context, code: code, reason: reason)
+            }
             context.flush()
         }
         context.fireUserInboundEventTriggered(event)
@@ -117,8 +131,12 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     private func sendFrame(_ opcode: WebSocketOpcode, _ data: ByteBuffer) {
-        context?.write(
-            wrapOutboundOut(WebSocketFrame(fin: true, opcode: opcode, maskKey: .random(), data: data)), promise: nil)
+        let frame = WebSocketFrame(fin: true, opcode: opcode, maskKey: .random(), data: data)
+        guard upgraded else {
+            heldFrames.append(frame)
+            return
+        }
+        context?.write(wrapOutboundOut(frame), promise: nil)
     }
 
     // MARK: From the relay
@@ -290,6 +308,14 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     func sendClose(code: UInt16, reason: String) {
         guard let context, !sentClose else { return }
         sentClose = true
+        guard upgraded else {
+            heldClose = (code, reason)
+            return
+        }
+        writeClose(context: context, code: code, reason: reason)
+    }
+
+    private func writeClose(context: ChannelHandlerContext, code: UInt16, reason: String) {
         var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
         data.writeInteger(code)
         data.writeString(String(reason.utf8.prefix(120)) ?? "")

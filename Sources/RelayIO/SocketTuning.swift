@@ -2,10 +2,11 @@ import NIOCore
 
 /// Socket settings every tunnel connection uses, relay and agents alike.
 public enum SocketTuning {
-    /// Reads start small, so an idle tunnel holds little memory, and grow to 256 KiB under load, so a
-    /// busy one moves large frames with few syscalls.
+    /// Reads start small, so an idle tunnel holds little memory (NIO keeps one read buffer per channel for
+    /// reuse: 512 bytes instead of 4 KiB saves ~21 KiB per idle tunnel over its six sockets), and grow to
+    /// 256 KiB within two full reads under load, so a busy one moves large frames with few syscalls.
     public static var receiveAllocator: AdaptiveRecvByteBufferAllocator {
-        AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 4096, maximum: 256 * 1024)
+        AdaptiveRecvByteBufferAllocator(minimum: 256, initial: 512, maximum: 256 * 1024)
     }
 
     /// A side stops reading while its partner holds more than this much unwritten.
