@@ -13,7 +13,10 @@
 # tunnels per second (wrk, Connection: close, to nginx returning 3 bytes); CPU seconds per GB moved (the
 # chain's processes, 1-stream run); idle memory per tunnel (N idle, PSS summed over the chain's processes);
 # and hyrelay ws with full telemetry and the exporter on (metrics scraped every second, JSON logs, spans,
-# Logs Ingestion exporter to a local fake endpoint) against off, alternating rounds, medians.
+# Logs Ingestion exporter posting every second, metric snapshots every 5 s, to a local endpoint) against
+# off, alternating rounds, medians. Every relay process runs one thread (haproxy nbthread 1, hyrelay
+# --threads 1; socat and ssh are single-threaded): on two cores shared by three relays and the load tools,
+# more threads only add cross-thread hops.
 #
 # Usage: Benchmarks/compare.sh [seconds per run, default 10] [idle tunnels, default 500] [telemetry rounds, default 3]
 # Needs: iperf3 socat haproxy openssh-server v2ray nginx sockperf wrk (Debian packages).
@@ -114,7 +117,7 @@ chain_up() {
     haproxy)
         local a b; a=$(free_port); b=$(free_port); ENTRY=$(free_port)
         for pair in "$b:$target" "$a:$b" "$ENTRY:$a"; do
-            printf 'global\n  maxconn 8000\ndefaults\n  mode tcp\n  maxconn 8000\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nfrontend f\n  bind 127.0.0.1:%s\n  default_backend b\nbackend b\n  server s 127.0.0.1:%s\n' "${pair%%:*}" "${pair##*:}" > "$WORK/h${pair%%:*}.cfg"
+            printf 'global\n  maxconn 8000\n  nbthread 1\ndefaults\n  mode tcp\n  maxconn 8000\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nfrontend f\n  bind 127.0.0.1:%s\n  default_backend b\nbackend b\n  server s 127.0.0.1:%s\n' "${pair%%:*}" "${pair##*:}" > "$WORK/h${pair%%:*}.cfg"
             bg haproxy -f "$WORK/h${pair%%:*}.cfg" -db >> "$WORK/chain.log" 2>&1
         done ;;
     ssh)
@@ -152,8 +155,8 @@ CONF
         bg v2ray -config "$WORK/v2-server.json" >> "$WORK/chain.log" 2>&1
         bg nginx -p "$WORK/nginx-ws" -c "$WORK/nginx-ws/nginx.conf" >> "$WORK/chain.log" 2>&1
         bg v2ray -config "$WORK/v2-client.json" >> "$WORK/chain.log" 2>&1 ;;
-    hyrelay_ws) hyrelay_up ws "$target" --log-level warning --no-export ;;
-    hyrelay_wss) hyrelay_up wss "$target" --log-level warning --no-export ;;
+    hyrelay_ws) hyrelay_up ws "$target" --threads 1 --log-level warning --no-export ;;
+    hyrelay_wss) hyrelay_up wss "$target" --threads 1 --log-level warning --no-export ;;
     esac
     [ "$kind" = direct ] || wait_listening "$ENTRY"
     sleep 0.3
@@ -233,18 +236,28 @@ PY
 done
 
 # Telemetry and exporter on versus off (hyrelay ws), alternating rounds.
+# A local Logs Ingestion endpoint that issues tokens and takes batches without checking them (the
+# checking fake lives in the tests): the real one runs elsewhere, so its CPU must not count here.
 FAKE=$(free_port)
 python3 - "$FAKE" > "$WORK/fake.log" 2>&1 <<'PY' &
-import sys, time
-sys.path.insert(0, "Tests/Conformance")
-from fake_azure import FakeAzure
-FakeAzure(port=int(sys.argv[1]))
-while True: time.sleep(3600)
+import json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Sink(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args): pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.endswith("/oauth2/v2.0/token"):
+            body = json.dumps({"token_type": "Bearer", "expires_in": 3600, "access_token": "t"}).encode()
+            self.send_response(200); self.send_header("Content-Type", "application/json")
+        else:
+            body = b""; self.send_response(204)
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
 PY
 PIDS+=($!)
 wait_listening "$FAKE"
-FAKE_ENV=$(python3 -c 'import sys; sys.path.insert(0, "Tests/Conformance"); import fake_azure as f; print(f.TENANT, f.CLIENT_ID, f.CLIENT_SECRET, f.DCR_ID)')
-read -r TENANT CLIENT SECRET DCR <<< "$FAKE_ENV"
+DCR="dcr-$(python3 -c 'import uuid; print(uuid.uuid4().hex)')"
 for round in $(seq "$ROUNDS"); do
     for mode in off on; do
         echo "== telemetry $mode, round $round" >&2
@@ -252,9 +265,9 @@ for round in $(seq "$ROUNDS"); do
             chain_up hyrelay_ws "$IPERF"
         else
             CHAIN=()
-            AZURE_TENANT_ID=$TENANT AZURE_CLIENT_ID=$CLIENT AZURE_CLIENT_SECRET=$SECRET AZURE_AUTHORITY_HOST="http://127.0.0.1:$FAKE/" \
-                hyrelay_up ws "$IPERF" --log-format json --logs-ingestion-endpoint "http://127.0.0.1:$FAKE" \
-                --dcr-immutable-id "$DCR" --export-interval 1 --export-metrics-interval 1 --spool-dir "$WORK/spool"
+            AZURE_TENANT_ID=tenant AZURE_CLIENT_ID=client AZURE_CLIENT_SECRET=secret AZURE_AUTHORITY_HOST="http://127.0.0.1:$FAKE/" \
+                hyrelay_up ws "$IPERF" --threads 1 --log-format json --logs-ingestion-endpoint "http://127.0.0.1:$FAKE" \
+                --dcr-immutable-id "$DCR" --export-interval 1 --export-metrics-interval 5 --spool-dir "$WORK/spool"
             # Scrape every role's /metrics once a second, as Prometheus would.
             ( while true; do for p in "${METRICS_PORTS[@]}"; do curl -s "http://127.0.0.1:$p/metrics" > /dev/null; done; sleep 1; done ) &
             CHAIN+=($!)

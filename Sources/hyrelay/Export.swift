@@ -1,5 +1,6 @@
 import ArgumentParser
 import Logging
+import NIOCore
 import RelayExport
 import RelayTelemetry
 
@@ -163,6 +164,8 @@ struct TelemetrySession {
     private let http: ExportHTTP?
 
     init(telemetry: TelemetryOptions, role: String, tracerLabel: String) throws {
+        // Before anything uses NIO's shared event-loop group (the exporter's HTTP client is first).
+        if let threads = telemetry.threads { NIOSingletons.groupLoopCountSuggestion = threads }
         let export = telemetry.export
         metrics = RelayMetrics()
         shutdownSeconds = export.shutdownSeconds

@@ -30,7 +30,14 @@ struct TelemetryOptions: ParsableArguments {
 
     @OptionGroup var export: ExportOptions
 
+    @Option(
+        name: .long,
+        help: "Event-loop threads (default: one per core). With several roles on one small host, 1 per process avoids cross-thread hops."
+    )
+    var threads: Int?
+
     func validate() throws {
+        if let threads, !(1...1024).contains(threads) { throw ValidationError("--threads must be 1 to 1024") }
         if let metricsAddress, HostPort(metricsAddress) == nil {
             throw ValidationError("--metrics '\(metricsAddress)' is not HOST:PORT")
         }
