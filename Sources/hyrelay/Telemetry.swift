@@ -32,8 +32,7 @@ struct TelemetryOptions: ParsableArguments {
 
     @Option(
         name: .long,
-        help: "Event-loop threads (default: one per core). With several roles on one small host, 1 per process avoids cross-thread hops."
-    )
+        help: "Event-loop threads (default: one per core); 1 suits several roles sharing a small host.")
     var threads: Int?
 
     func validate() throws {
