@@ -50,24 +50,37 @@ extension RelayMetrics {
         ).increment()
     }
 
-    func exportRetry(sink: String, retryAfterSeconds: Double?) {
-        counter("export_retries", "Attempts that will be made again later.", [("sink", sink)]).increment()
-        if let retryAfterSeconds {
+    private func exportRetryCounters(sink: String) -> (retries: Counter, retryAfter: Counter) {
+        (
+            counter("export_retries", "Attempts that will be made again later.", [("sink", sink)]),
             counter(
                 "export_retry_after_seconds", "Seconds the endpoints asked the exporter to wait (Retry-After).",
-                [("sink", sink)]
-            ).increment(by: retryAfterSeconds)
-        }
+                [("sink", sink)])
+        )
+    }
+
+    func exportRetry(sink: String, retryAfterSeconds: Double?) {
+        let counters = exportRetryCounters(sink: sink)
+        counters.retries.increment()
+        if let retryAfterSeconds { counters.retryAfter.increment(by: retryAfterSeconds) }
+    }
+
+    private func exportDropCounter(sink: String, reason: DropReason) -> Counter {
+        counter(
+            "export_dropped_records", "Records given up, by reason; every one is also logged.",
+            [("sink", sink), ("reason", reason.rawValue)])
     }
 
     func exportDropped(sink: String, reason: DropReason, count: Int) {
         guard count > 0 else { return }
-        counter(
-            "export_dropped_records", "Records given up, by reason; every one is also logged.",
-            [
-                ("sink", sink), ("reason", reason.rawValue),
-            ]
-        ).increment(by: Int64(count))
+        exportDropCounter(sink: sink, reason: reason).increment(by: Int64(count))
+    }
+
+    /// Zero series for a sink's drops and retries from the start, so `increase()` in alerts and dashboards
+    /// sees the first one (and answers 0, not nothing, while all is well).
+    func registerExportSeries(sink: String) {
+        for reason in DropReason.allCases { _ = exportDropCounter(sink: sink, reason: reason) }
+        _ = exportRetryCounters(sink: sink)
     }
 
     func exportSpool(sink: String, batches: Int, bytes: Int) {

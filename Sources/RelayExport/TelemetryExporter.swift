@@ -209,6 +209,7 @@ struct SinkWorker: Sendable {
         self.maxMemoryBatches = maxMemoryBatches
         self.metrics = metrics
         self.logger = logger
+        metrics.registerExportSeries(sink: sink.name)
         reportSpool()
     }
 

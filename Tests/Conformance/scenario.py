@@ -3,6 +3,7 @@ and are scraped by a real Prometheus evaluating dashboards/prometheus-rules.yml.
 the workbook, the Grafana dashboard and the rules are all checked against what this produced."""
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -149,4 +150,10 @@ class FaultScenario:
 }
         for title, expr in grafana_expressions():
             results["grafana"][(title, expr)] = self.prometheus_api("query", query=expr)["result"]
+        # Each rule's expression, an alert's without its threshold: what it measures must have data.
+        results["rule_data"] = {}
+        for group in results["rules"]["groups"]:
+            for rule in group["rules"]:
+                expr = re.sub(r"\s*[<>]=?\s*[0-9.]+\s*$", "", rule["query"])
+                results["rule_data"][rule["name"]] = self.prometheus_api("query", query=expr)["result"]
         return results

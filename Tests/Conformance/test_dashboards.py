@@ -203,6 +203,8 @@ def test_rules_evaluate_on_the_live_data(scenario):
     rules = [rule for group in scenario.prometheus_results["rules"]["groups"] for rule in group["rules"]]
     assert len(rules) == 10
     assert all(rule["health"] == "ok" for rule in rules), [(r["name"], r.get("lastError")) for r in rules]
+    empty = [name for name, result in scenario.prometheus_results["rule_data"].items() if not result]
+    assert not empty, "rule expressions without data: %s" % empty
     states = {rule["name"]: rule["state"] for rule in rules if rule["type"] == "alerting"}
     # 3 of 11 dials failed: the failure-ratio alert is pending (for: 2m); nothing else is wrong.
     assert states.pop("HyRelayDialFailureRatioHigh") in ("pending", "firing")
