@@ -23,6 +23,8 @@ public enum ExportError: Error, Equatable, CustomStringConvertible {
     case transport(String)
     case credential(String)
     case configuration(String)
+    /// Another process holds the spool directory.
+    case spoolInUse(String)
 
     public var description: String {
         switch self {
@@ -30,6 +32,7 @@ public enum ExportError: Error, Equatable, CustomStringConvertible {
         case .transport(let cause): return "transport: \(cause)"
         case .credential(let cause): return "credential: \(cause)"
         case .configuration(let cause): return cause
+        case .spoolInUse(let directory): return "spool directory '\(directory)' is in use by another process"
         }
     }
 }

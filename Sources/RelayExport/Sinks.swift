@@ -260,7 +260,7 @@ public final class FileSink: ExportSink {
         let files = FileManager.default
         let names = ((try? files.contentsOfDirectory(atPath: directory)) ?? [])
             .filter { $0.hasPrefix(prefix) && $0.hasSuffix(".ndjson.gz") }.sorted()
-        var sizes = names.map { ((try? files.attributesOfItem(atPath: "\(directory)/\($0)")[.size] as? Int) ?? 0) }
+        let sizes = names.map { ((try? files.attributesOfItem(atPath: "\(directory)/\($0)")[.size] as? Int) ?? 0) }
         var total = sizes.reduce(0, +)
         var index = 0
         while total > maxTotalBytes, index < names.count, "\(directory)/\(names[index])" != path {
@@ -269,7 +269,6 @@ public final class FileSink: ExportSink {
                 "export file removed: the directory is over its size bound",
                 metadata: ["file": "\(names[index])", "bound_bytes": "\(maxTotalBytes)"])
             total -= sizes[index]
-            sizes[index] = 0
             index += 1
         }
     }

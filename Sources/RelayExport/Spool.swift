@@ -69,7 +69,7 @@ public final class Spool: Sendable {
         lockDescriptor = open(directory + "/.lock", O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
         guard lockDescriptor >= 0, flock(lockDescriptor, LOCK_EX | LOCK_NB) == 0 else {
             if lockDescriptor >= 0 { close(lockDescriptor) }
-            throw .configuration("spool directory '\(directory)' is in use by another process")
+            throw .spoolInUse(directory)
         }
         var found: [Entry] = []
         for name in (try? files.contentsOfDirectory(atPath: directory)) ?? [] {

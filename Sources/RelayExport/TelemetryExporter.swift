@@ -360,6 +360,7 @@ struct SinkWorker: Sendable {
                     let items = prepared.batch.items
                     let again = Batch(stream: prepared.batch.stream, items: retry.map { items[$0] })
                     if let resend = try? PreparedBatch(batch: again, created: prepared.created) {
+                        // Next in line: behind the finished batch, which is removed from memory below.
                         memory.insert(resend, at: fromSpool == nil ? 1 : 0)
                     }
                     metrics.exportRetry(sink: sink.name, retryAfterSeconds: retryAfter)

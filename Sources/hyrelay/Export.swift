@@ -227,9 +227,7 @@ struct TelemetrySession {
                 sinks: sinks, configuration: configuration, source: source, metrics: metrics, logger: logger,
                 intake: intake, exposition: exposition)
         } catch {
-            guard case .configuration(let text) = error, text.contains("in use"),
-                let directory = configuration.spoolDirectory
-            else { throw error }
+            guard case .spoolInUse = error, let directory = configuration.spoolDirectory else { throw error }
             var own = configuration
             own.spoolDirectory = "\(directory)-\(getpid())"
             logger.warning(

@@ -39,7 +39,9 @@ import Testing
         #expect(try spool!.write(first).isEmpty)
         #expect(try spool!.write(PreparedBatch(batch: batch, created: now)).isEmpty)
         // A second process cannot take the same spool.
-        #expect(throws: ExportError.self) { try Spool(directory: directory, maxBytes: 1 << 20, maxAgeSeconds: 3600) }
+        #expect(throws: ExportError.spoolInUse(directory)) {
+            try Spool(directory: directory, maxBytes: 1 << 20, maxAgeSeconds: 3600)
+        }
         spool = nil
         let reopened = try Spool(directory: directory, maxBytes: 1 << 20, maxAgeSeconds: 3600)
         #expect(reopened.depth.batches == 2)
