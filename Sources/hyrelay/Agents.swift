@@ -170,19 +170,10 @@ struct Client: AsyncParsableCommand {
         let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
             (true, "\(agent.localAddresses.count) client port(s) bound")
         }
-        await SignalWaiter.waitForTermination {
-            do {
-                let (added, removed) = try await agent.reload(forwards: try makeForwards())
-                logger.info(
-                    "configuration reloaded", metadata: ["ports_added": "\(added)", "ports_removed": "\(removed)"])
-            } catch {
-                logger.error("reload failed, the running configuration stays", metadata: ["cause": "\(error)"])
-            }
+        await options.serve(agent, session: session, side: side, logger: logger) {
+            let (added, removed) = try await agent.reload(forwards: try makeForwards())
+            return ["ports_added": "\(added)", "ports_removed": "\(removed)"]
         }
-        logger.info("draining", metadata: ["open_tunnels": "\(agent.tunnelCount)"])
-        await agent.shutdown(grace: .milliseconds(Int(options.grace * 1000)))
-        await session.finish()
-        await side?.stop()
     }
 }
 
@@ -241,20 +232,10 @@ struct Edge: AsyncParsableCommand {
         let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
             agent.allOnline ? (true, "all listeners online") : (false, "not every listener is online")
         }
-        await SignalWaiter.waitForTermination {
-            do {
-                let (added, removed) = await agent.reload(forwards: try makeForwards().forwards)
-                logger.info(
-                    "configuration reloaded",
-                    metadata: ["listeners_added": "\(added)", "listeners_removed": "\(removed)"])
-            } catch {
-                logger.error("reload failed, the running configuration stays", metadata: ["cause": "\(error)"])
-            }
+        await options.serve(agent, session: session, side: side, logger: logger) {
+            let (added, removed) = await agent.reload(forwards: try makeForwards().forwards)
+            return ["listeners_added": "\(added)", "listeners_removed": "\(removed)"]
         }
-        logger.info("draining", metadata: ["open_tunnels": "\(agent.tunnelCount)"])
-        await agent.shutdown(grace: .milliseconds(Int(options.grace * 1000)))
-        await session.finish()
-        await side?.stop()
     }
 }
 
@@ -292,5 +273,36 @@ struct Check: ParsableCommand {
             print("\(file): \(error.description)")
             throw ExitCode(2)
         }
+    }
+}
+
+/// What `serve` needs of an agent: how many tunnels are open, and a graceful stop.
+protocol DrainableAgent: Sendable {
+    var tunnelCount: Int { get }
+    func shutdown(grace: Duration) async
+}
+
+extension ClientAgent: DrainableAgent {}
+extension EdgeAgent: DrainableAgent {}
+
+extension AgentOptions {
+    /// Runs until SIGINT or SIGTERM, reloading on SIGHUP (`reload` answers what changed, for the log); then
+    /// drains open tunnels for `--grace`, flushes the exporter and stops the side port.
+    func serve(
+        _ agent: some DrainableAgent, session: TelemetrySession, side: TelemetryServer?, logger: Logger,
+        reload: @escaping @Sendable () async throws -> Logger.Metadata
+    ) async {
+        await SignalWaiter.waitForTermination {
+            do {
+                let changes = try await reload()
+                logger.info("configuration reloaded", metadata: changes)
+            } catch {
+                logger.error("reload failed, the running configuration stays", metadata: ["cause": "\(error)"])
+            }
+        }
+        logger.info("draining", metadata: ["open_tunnels": "\(agent.tunnelCount)"])
+        await agent.shutdown(grace: .milliseconds(Int(grace * 1000)))
+        await session.finish()
+        await side?.stop()
     }
 }
