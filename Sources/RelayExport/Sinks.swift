@@ -23,7 +23,16 @@ public protocol ExportSink: Sendable {
     var maxBatchBytes: Int { get }
     func stream(for table: ExportTable) -> String?
     func encode(_ record: ExportRecord) -> [UInt8]
+    /// The bytes a batch is delivered (and spooled) as; gzip of the JSON array unless the sink says otherwise.
+    func compress(_ batch: Batch) throws -> [UInt8]
+    /// Whether batches wait in the disk spool while this sink cannot take them.
+    var usesSpool: Bool { get }
     func deliver(_ batch: PreparedBatch) async -> DeliveryOutcome
+}
+
+extension ExportSink {
+    public func compress(_ batch: Batch) throws -> [UInt8] { try Gzip.compress(batch.body) }
+    public var usesSpool: Bool { true }
 }
 
 /// Turns an HTTP answer into an outcome; a 401 also drops the cached token so the retry fetches a new one.
@@ -229,15 +238,18 @@ public final class FileSink: ExportSink {
     /// The file being written now, if any.
     public var currentFile: String? { current.withLockedValue { $0?.path } }
 
-    public func deliver(_ batch: PreparedBatch) async -> DeliveryOutcome {
+    /// A local disk is the destination itself: nothing to spool.
+    public var usesSpool: Bool { false }
+
+    /// One gzip member of NDJSON lines per batch, appended to the current file as it is.
+    public func compress(_ batch: Batch) throws -> [UInt8] {
         var lines: [UInt8] = []
-        for item in batch.batch.items { lines += item + [UInt8(ascii: "\n")] }
-        let member: [UInt8]
-        do {
-            member = try Gzip.compress(lines)
-        } catch {
-            return .rejected(status: "gzip", code: "\(error)")
-        }
+        for item in batch.items { lines += item + [UInt8(ascii: "\n")] }
+        return try Gzip.compress(lines)
+    }
+
+    public func deliver(_ batch: PreparedBatch) async -> DeliveryOutcome {
+        let member = batch.gzipped
         return current.withLockedValue { current -> DeliveryOutcome in
             if current == nil || current!.size >= maxFileBytes {
                 let stamp = JSONText.timestamp(Date()).filter { $0.isNumber }

@@ -20,14 +20,13 @@ public struct PreparedBatch: Sendable, Equatable {
     /// Unix milliseconds when it was cut; the spool's age bound counts from here.
     public var created: Int64
 
+    /// The batch gzipped as a JSON array (what the Azure sinks send).
     public init(batch: Batch, requestID: String = UUID().uuidString.lowercased(), created: Int64) throws {
-        self.batch = batch
-        gzipped = try Gzip.compress(batch.body)
-        self.requestID = requestID
-        self.created = created
+        self.init(batch: batch, gzipped: try Gzip.compress(batch.body), requestID: requestID, created: created)
     }
 
-    init(batch: Batch, gzipped: [UInt8], requestID: String, created: Int64) {
+    /// `gzipped` as the sink compresses it; a new request id unless one is given (a spooled batch keeps its own).
+    init(batch: Batch, gzipped: [UInt8], requestID: String = UUID().uuidString.lowercased(), created: Int64) {
         self.batch = batch
         self.gzipped = gzipped
         self.requestID = requestID

@@ -80,7 +80,7 @@ public final class TelemetryExporter: Sendable {
         var workers: [SinkWorker] = []
         for sink in sinks {
             let spool: Spool?
-            if let directory = configuration.spoolDirectory, !(sink is FileSink) {
+            if let directory = configuration.spoolDirectory, sink.usesSpool {
                 spool = try Spool(
                     directory: "\(directory)/\(sink.name)", maxBytes: configuration.spoolMaxBytes,
                     maxAgeSeconds: configuration.spoolMaxAgeSeconds)
@@ -125,7 +125,7 @@ public final class TelemetryExporter: Sendable {
 /// The exporter's task: everything mutable lives here, touched by this task alone.
 private struct ExportLoop: Sendable {
     let intake: ExportIntake
-    var workers: [SinkWorker]
+    let workers: [SinkWorker]
     let configuration: ExporterConfiguration
     let source: ExportSource
     let metrics: RelayMetrics
@@ -244,7 +244,7 @@ struct SinkWorker: Sendable {
     private mutating func enqueue(_ batch: Batch) {
         let prepared: PreparedBatch
         do {
-            prepared = try PreparedBatch(batch: batch, created: Self.nowMilliseconds)
+            prepared = PreparedBatch(batch: batch, gzipped: try sink.compress(batch), created: Self.nowMilliseconds)
         } catch {
             drop(.rejected, count: batch.count, detail: ["cause": "gzip failed: \(error)"])
             return
@@ -359,7 +359,8 @@ struct SinkWorker: Sendable {
                 if !retry.isEmpty {
                     let items = prepared.batch.items
                     let again = Batch(stream: prepared.batch.stream, items: retry.map { items[$0] })
-                    if let resend = try? PreparedBatch(batch: again, created: prepared.created) {
+                    if let gzipped = try? sink.compress(again) {
+                        let resend = PreparedBatch(batch: again, gzipped: gzipped, created: prepared.created)
                         // Next in line: behind the finished batch, which is removed from memory below.
                         memory.insert(resend, at: fromSpool == nil ? 1 : 0)
                     }
