@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The long runs that CI does in short form: the Swift tests under ThreadSanitizer, the whole process suite
 # against a ThreadSanitizer build of hyrelay (any race report in any process log fails it), a million
-# fuzz inputs per parser, and a 5000-tunnel load. Takes 20-40 minutes on 2 cores.
+# fuzz inputs per parser, 20,000 random requests at the relay process, and a 5000-tunnel load. Takes 20-40 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -23,6 +23,9 @@ echo "no ThreadSanitizer report in any process log"
 
 echo "== fuzzing: a million inputs per parser"
 HYRELAY_FUZZ_ITERATIONS=1000000 swift test -c release --filter "FuzzTests|AgentFuzzTests"
+
+echo "== fuzzing the relay process: 20,000 random request targets and headers"
+HYRELAY_WIRE_FUZZ_ITERATIONS=20000 .venv/bin/pytest -q -s Tests/Conformance/test_wire_fuzz.py
 
 echo "== load: 5000 concurrent tunnels"
 swift build -c release --product hyrelay

@@ -134,33 +134,45 @@ public struct HybridConnectionRequest: Equatable, Sendable {
 
 /// Finds the configured entity for a path: the longest configured name that is a whole-segment
 /// prefix of the path (entity names may contain `/`), compared case-insensitively as Azure does.
+///
+/// The path comes from an unauthenticated request, so the work is linear in its length: only prefixes
+/// with as many segments as some configured name are tried, never one per segment of the path.
 public struct EntityResolver: Sendable {
     private var namesByKey: [String: String]
+    /// Segment counts of the configured names, longest first.
+    private var segmentCounts: [Int]
 
     public init(entityNames: some Sequence<String>) {
         namesByKey = [:]
+        var counts = Set<Int>()
         for name in entityNames {
-            namesByKey[Self.key(name)] = name
+            let segments = Self.segments(name)
+            namesByKey[segments.joined(separator: "/").lowercased()] = name
+            counts.insert(segments.count)
         }
+        segmentCounts = counts.sorted(by: >)
     }
 
-    private static func key(_ path: some StringProtocol) -> String {
-        var trimmed = Substring(path)
-        while trimmed.hasPrefix("/") { trimmed = trimmed.dropFirst() }
-        while trimmed.hasSuffix("/") { trimmed = trimmed.dropLast() }
-        return trimmed.lowercased()
+    private static func segments(_ path: some StringProtocol) -> [Substring] {
+        Substring(path).split(separator: "/", omittingEmptySubsequences: true)
     }
 
     /// Returns the configured entity name and the rest of the path (without a leading `/`).
     public func resolve(_ path: String) -> (entity: String, suffix: String)? {
-        let segments = path.split(separator: "/", omittingEmptySubsequences: false).filter { !$0.isEmpty }
-        var count = segments.count
-        while count > 0 {
-            let candidate = segments[0..<count].joined(separator: "/")
-            if let name = namesByKey[Self.key(candidate)] {
-                return (name, segments[count...].joined(separator: "/"))
-            }
-            count -= 1
+        guard let longest = segmentCounts.first else { return nil }
+        // Only the first `longest` segments can belong to a name; the rest is suffix, split lazily.
+        var heads: [Substring] = []
+        var rest = Substring(path)
+        while heads.count < longest {
+            rest = rest.drop { $0 == "/" }
+            guard !rest.isEmpty else { break }
+            let segment = rest.prefix { $0 != "/" }
+            heads.append(segment)
+            rest = rest[segment.endIndex...]
+        }
+        for count in segmentCounts where count <= heads.count {
+            guard let name = namesByKey[heads[0..<count].joined(separator: "/").lowercased()] else { continue }
+            return (name, (Array(heads[count...]) + Self.segments(rest)).joined(separator: "/"))
         }
         return nil
     }

@@ -94,7 +94,8 @@ public struct SharedAccessSignature: Equatable, Sendable {
         let parts = token.split(whereSeparator: \.isWhitespace)
         guard parts.count == 2 else { throw .malformed("expected '\(Self.scheme) <fields>'") }
         guard parts[0].lowercased() == Self.scheme.lowercased() else {
-            throw .malformed("unknown scheme '\(parts[0].prefix(32))'")
+            // The scheme is not echoed: a mistyped token may be a secret pasted in the wrong place.
+            throw .malformed("unknown scheme")
         }
         var fields: [String: Substring] = [:]
         for field in parts[1].split(separator: "&") {
@@ -169,7 +170,8 @@ public struct TokenValidator: Sendable {
             throw .unknownKeyName(sas.keyName)
         }
         guard rule.keys.contains(where: sas.isSigned(with:)) else { throw .invalidSignature }
-        guard sas.expiry + clockSkew >= now else { throw .expired(expiry: sas.expiry) }
+        // `now - clockSkew` cannot overflow for any real clock; `expiry + clockSkew` does for `se` near Int64.max.
+        guard sas.expiry >= now - clockSkew else { throw .expired(expiry: sas.expiry) }
         guard Audience(sas.resource).covers(hosts: hosts, entityPath: entityPath) else {
             throw .audienceMismatch(audience: sas.resource)
         }

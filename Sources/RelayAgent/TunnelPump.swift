@@ -73,20 +73,27 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var finished = false
     private var uncountedBytes = 0
     private let started: NIODeadline
+    private let preambleTimeout: TimeAmount
     private let countBytes: (Int) -> Void
     private let onFinished: (TunnelSummary) -> Void
 
+    /// How long an edge waits for a sender's preamble once the rendezvous is open.
+    static let defaultPreambleTimeout = TimeAmount.seconds(10)
+
     /// - Parameters:
     ///   - started: when the tunnel began (TCP accept on the client, `accept` on the edge).
+    ///   - preambleTimeout: on the edge, how long the sender has to send its preamble.
     ///   - countBytes: payload bytes received from the relay, reported once per read burst.
     init(
         role: Role, tcp: TunnelTCPHandler?, started: NIODeadline = .now(),
+        preambleTimeout: TimeAmount = TunnelWebSocketHandler.defaultPreambleTimeout,
         countBytes: @escaping (Int) -> Void = { _ in },
         onFinished: @escaping (TunnelSummary) -> Void
     ) {
         self.role = role
         self.tcp = tcp
         self.started = started
+        self.preambleTimeout = preambleTimeout
         self.countBytes = countBytes
         self.onFinished = onFinished
         switch role {
@@ -110,10 +117,22 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case WebSocketUpgradeEvent.completed = event {
             upgraded = true
-            if case .sender(let portName) = role, heldClose == nil {
+            switch role {
+            case .sender(let portName) where heldClose == nil:
                 let (header, name) = Preamble.request(portName: portName)
                 sendFrame(.binary, ByteBuffer(bytes: header))
                 sendFrame(.binary, ByteBuffer(bytes: name))
+            case .sender:
+                break
+            case .listener:
+                // A sender that never names its port would otherwise hold the rendezvous open for good.
+                context.eventLoop.assumeIsolated().scheduleTask(in: preambleTimeout) { [weak self] in
+                    guard let self, case .awaitingRequest = self.phase else { return }
+                    self.fail(
+                        code: 1008, label: "preamble_timeout",
+                        cause:
+                            "the sender sent no preamble within \(self.preambleTimeout.nanoseconds / 1_000_000_000) s")
+                }
             }
             for frame in heldFrames { context.write(wrapOutboundOut(frame), promise: nil) }
             heldFrames = []
@@ -316,14 +335,11 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     private func writeClose(context: ChannelHandlerContext, code: UInt16, reason: String) {
-        var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
-        data.writeInteger(code)
-        data.writeString(String(reason.utf8.prefix(120)) ?? "")
+        var frame = FrameRules.closeFrame(code: code, reason: reason, allocator: context.channel.allocator)
+        frame.maskKey = .random()
         // The Close is the last frame written, so its completion means everything before it is out.
         let written = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(
-            wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: data)),
-            promise: written)
+        context.writeAndFlush(wrapOutboundOut(frame), promise: written)
         closeWritten = written.futureResult
         if receivedClose {
             context.close(after: closeWritten)

@@ -14,7 +14,9 @@ public struct BridgeLegStatistics: Sendable, Equatable {
 
 /// One leg of a joined WebSocket pair (sender ↔ listener rendezvous). Frames are forwarded as they are:
 /// opcodes, FIN bits and close codes pass through, payloads are unmasked word-wise. Pings are answered
-/// per leg; pongs are dropped.
+/// per leg (only the latest while the peer does not read, see `PongReplies`); pongs are dropped. A frame
+/// that breaks `FrameRules` ends the leg with 1002/1007; text payloads are not checked for UTF-8 (the
+/// endpoints do, and the relay would have to hold fragmented messages to do it).
 ///
 /// Back-pressure: a leg withholds `read()` while its partner's channel is not writable, and resumes
 /// when the partner reports writability again, so a slow reader slows the writer and memory stays
@@ -35,6 +37,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     private var context: ChannelHandlerContext?
     private var pending: [WebSocketFrame] = []
     private var partnerWritable = true
+    private var pongs = PongReplies()
     private var readPending = false
     private var receivedClose = false
     private var sentClose = false
@@ -84,18 +87,28 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        if let violation = FrameRules.violation(in: frame) {
+            protocolViolated(violation, context: context)
+            return
+        }
         switch frame.opcode {
         case .ping:
-            guard !sentClose else { return }
-            let pong = WebSocketFrame(
-                fin: true, opcode: .pong, data: frame.unmasked(allocator: context.channel.allocator).data)
-            context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
+            guard !sentClose,
+                let payload = pongs.pingReceived(
+                    frame.unmasked(allocator: context.channel.allocator).data, writable: context.channel.isWritable)
+            else { return }
+            context.writeAndFlush(
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
         case .pong:
             break
         case .connectionClose:
             guard !receivedClose else { return }
-            receivedClose = true
             let unmasked = frame.unmasked(allocator: context.channel.allocator)
+            if let violation = FrameRules.closeViolation(unmasked.data) {
+                protocolViolated(violation, context: context)
+                return
+            }
+            receivedClose = true
             var data = unmasked.data
             statistics.closeCode = data.readInteger(as: UInt16.self).map(Int.init)
             pending.append(unmasked)
@@ -156,6 +169,10 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
 
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
         let writable = context.channel.isWritable
+        if writable, !sentClose, let payload = pongs.becameWritable() {
+            context.writeAndFlush(
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
+        }
         if let partner {
             partner.eventLoop.execute {
                 partner.value.partnerWritabilityChanged(writable)
@@ -187,17 +204,30 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
         context.fireChannelInactive()
     }
 
+    /// This leg's peer broke the protocol: it gets a Close with the reason and the leg ends; the partner's
+    /// peer learns with 1001 when this channel is gone. Nothing more is read from the offender.
+    private func protocolViolated(_ violation: FrameRules.Violation, context: ChannelHandlerContext) {
+        receivedClose = true
+        statistics.closeCode = Int(violation.code)
+        if !sentClose {
+            writeClose(
+                FrameRules.closeFrame(
+                    code: violation.code, reason: violation.reason, allocator: context.channel.allocator),
+                context: context)
+            context.flush()
+        }
+        context.close(after: closeWritten)
+    }
+
     /// The partner's channel is gone. If its peer never sent a Close, ours learns with 1001; then we
     /// wait briefly for our peer's Close reply.
     public func partnerDidClose() {
         partnerGone = true
         guard let context, context.channel.isActive else { return }
         if !sentClose {
-            sentClose = true
-            var data = context.channel.allocator.buffer(capacity: 32)
-            data.writeInteger(UInt16(1001))
-            data.writeString("The peer went away")
-            writeClose(WebSocketFrame(fin: true, opcode: .connectionClose, data: data), context: context)
+            writeClose(
+                FrameRules.closeFrame(code: 1001, reason: "The peer went away", allocator: context.channel.allocator),
+                context: context)
             context.flush()
         }
         if receivedClose {

@@ -31,6 +31,9 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     private var context: ChannelHandlerContext?
     private var pingTask: Scheduled<Void>?
     private var missedPongs = 0
+    private var pongs = PongReplies()
+    /// Ticks in a row at which the listener's socket had unread data queued past the high-water mark.
+    private var stalledTicks = 0
     private var closing = false
     /// Why the channel ended, as a bounded metric label.
     private var closeCause = "closed"
@@ -47,7 +50,9 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         self.trackingId = trackingId
         self.tokenExpiry = tokenExpiry
         self.requestHost = requestHost
-        messages = MessageAssembler(limit: max(Self.maxControlMessageBytes, hub.limits.maxHTTPBodyBytes))
+        messages = MessageAssembler(
+            limit: max(Self.maxControlMessageBytes, hub.limits.maxHTTPBodyBytes), textLimit: Self.maxControlMessageBytes
+        )
         logger = hub.logger
         logger[metadataKey: "entity"] = "\(entity.name)"
         logger[metadataKey: "listener_id"] = "\(trackingId)"
@@ -84,11 +89,21 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !closing else { return }
         let frame = unwrapInboundIn(data).unmasked(allocator: context.channel.allocator)
+        if let violation = FrameRules.violation(in: frame)
+            ?? (frame.opcode == .connectionClose ? FrameRules.closeViolation(frame.data) : nil)
+        {
+            closeCause = "protocol_error"
+            logger.warning("listener broke the protocol: \(violation.reason)", metadata: ["reason": "protocol_error"])
+            close(code: violation.code, reason: violation.reason)
+            return
+        }
         switch frame.opcode {
         case .ping:
+            guard let payload = pongs.pingReceived(frame.data, writable: context.channel.isWritable) else { return }
             context.writeAndFlush(
-                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.data)), promise: nil)
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
         case .pong:
             // Solicited or not (the .NET runtime sends unsolicited pongs as heartbeats): proof of life.
             missedPongs = 0
@@ -111,16 +126,20 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         }
     }
 
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, !closing, let payload = pongs.becameWritable() {
+            context.writeAndFlush(
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         logger.warning("control channel error: \(error)", metadata: ["reason": "protocol_error"])
         context.close(promise: nil)
     }
 
     private func textMessage(_ data: ByteBuffer) {
-        guard data.readableBytes <= Self.maxControlMessageBytes else {
-            close(code: 1009, reason: "Control message too big")
-            return
-        }
         let message: ControlMessage
         do {
             message = try ControlMessage(decoding: data.readableBytesView)
@@ -181,6 +200,17 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
             close(code: 1008, reason: "The security token expired")
             return
         }
+        // A listener that pongs but never reads would let accept and request messages pile up here.
+        stalledTicks = context.channel.isWritable ? 0 : stalledTicks + 1
+        if stalledTicks >= hub.limits.missedPongLimit {
+            closeCause = "not_reading"
+            logger.warning(
+                "listener evicted: it does not read its control channel", metadata: ["reason": "not_reading"])
+            closing = true
+            if let handle { hub.unregister(handle) }
+            context.close(promise: nil)
+            return
+        }
         if missedPongs >= hub.limits.missedPongLimit {
             closeCause = "ping_timeout"
             logger.warning(
@@ -205,11 +235,10 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         guard let context, !closing else { return }
         closing = true
         if let handle { hub.unregister(handle) }
-        var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
-        data.writeInteger(code)
-        data.writeString(String(reason.utf8.prefix(120)) ?? "")
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)))
-            .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        context.writeAndFlush(
+            wrapOutboundOut(FrameRules.closeFrame(code: code, reason: reason, allocator: context.channel.allocator))
+        )
+        .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 }
 
@@ -227,13 +256,15 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
     private let request: PendingHTTPRequest?
     private var messages: MessageAssembler
     private var responses = HTTPResponseAssembler()
+    private var pongs = PongReplies()
     private var sentClose = false
 
     init(hub: RelayHub, key: String, request: PendingHTTPRequest?) {
         self.hub = hub
         self.key = key
         self.request = request
-        messages = MessageAssembler(limit: hub.limits.maxHTTPBodyBytes)
+        messages = MessageAssembler(
+            limit: hub.limits.maxHTTPBodyBytes, textLimit: ListenerControlHandler.maxControlMessageBytes)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -247,11 +278,28 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !sentClose else { return }
         let frame = unwrapInboundIn(data).unmasked(allocator: context.channel.allocator)
+        if let violation = FrameRules.violation(in: frame)
+            ?? (frame.opcode == .connectionClose ? FrameRules.closeViolation(frame.data) : nil)
+        {
+            hub.logger.warning(
+                "listener broke the protocol on a request rendezvous: \(violation.reason)",
+                metadata: ["reason": "protocol_error"])
+            sentClose = true
+            context.writeAndFlush(
+                wrapOutboundOut(
+                    FrameRules.closeFrame(
+                        code: violation.code, reason: violation.reason, allocator: context.channel.allocator))
+            )
+            .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            return
+        }
         switch frame.opcode {
         case .ping:
+            guard let payload = pongs.pingReceived(frame.data, writable: context.channel.isWritable) else { return }
             context.writeAndFlush(
-                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.data)), promise: nil)
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
         case .pong:
             break
         case .connectionClose:
@@ -291,6 +339,14 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
                 _ = hub.completeHTTP(key: key, head: head, body: body)
             }
         }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, !sentClose, let payload = pongs.becameWritable() {
+            context.writeAndFlush(
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -2,7 +2,8 @@ import HybridConnections
 import NIOCore
 import NIOWebSocket
 
-/// Joins fragmented WebSocket data frames into whole messages, refusing any larger than `limit`.
+/// Joins fragmented WebSocket data frames into whole messages, refusing binary messages larger than
+/// `limit` and text messages larger than `textLimit` as soon as they cross it, not once assembled.
 /// Control frames are not its business; callers handle them first.
 struct MessageAssembler {
     enum Event: Equatable {
@@ -15,10 +16,14 @@ struct MessageAssembler {
     private var opcode: WebSocketOpcode?
     private var buffer: ByteBuffer?
     let limit: Int
+    let textLimit: Int
 
-    init(limit: Int) {
+    init(limit: Int, textLimit: Int? = nil) {
         self.limit = limit
+        self.textLimit = min(textLimit ?? limit, limit)
     }
+
+    private func limit(for opcode: WebSocketOpcode) -> Int { opcode == .text ? textLimit : limit }
 
     /// Feeds one already-unmasked data frame.
     mutating func receive(_ frame: WebSocketFrame) -> Event {
@@ -28,7 +33,7 @@ struct MessageAssembler {
             guard let current = opcode, var collected = buffer else {
                 return .protocolError("continuation frame without a message to continue")
             }
-            guard collected.readableBytes + data.readableBytes <= limit else { return reset(.tooLarge) }
+            guard collected.readableBytes + data.readableBytes <= limit(for: current) else { return reset(.tooLarge) }
             buffer = nil
             collected.writeBuffer(&data)
             if frame.fin {
@@ -39,7 +44,7 @@ struct MessageAssembler {
             return .none
         case .text, .binary:
             guard opcode == nil else { return reset(.protocolError("new message before the previous one finished")) }
-            guard data.readableBytes <= limit else { return reset(.tooLarge) }
+            guard data.readableBytes <= limit(for: frame.opcode) else { return reset(.tooLarge) }
             if frame.fin { return .message(opcode: frame.opcode, data: data) }
             opcode = frame.opcode
             buffer = data

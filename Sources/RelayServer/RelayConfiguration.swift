@@ -1,4 +1,5 @@
 import HybridConnections
+import NIOHTTP1
 import Yams
 
 #if canImport(FoundationEssentials)
@@ -38,8 +39,13 @@ public struct RelayLimits: Codable, Equatable, Sendable {
     public var acceptTimeoutSeconds: Double = 30
     /// How long an HTTP-mode sender waits for the listener's response (Azure: 60 s, then 504).
     public var httpResponseTimeoutSeconds: Double = 60
-    /// Time allowed from TCP accept to a complete request head (slowloris guard).
+    /// Time allowed from TCP accept until the request is classified: head complete and, for WebSocket
+    /// requests, answered (slowloris guard).
     public var handshakeTimeoutSeconds: Double = 10
+    /// Time allowed for an HTTP-mode request body to arrive in full once its head is in.
+    public var httpBodyTimeoutSeconds: Double = 60
+    /// How long a kept-alive HTTP-mode connection may sit idle before its next request head.
+    public var idleTimeoutSeconds: Double = 60
     /// WebSocket ping interval on listener control channels.
     public var pingIntervalSeconds: Double = 30
     /// Unanswered pings after which a control channel is evicted.
@@ -49,21 +55,76 @@ public struct RelayLimits: Codable, Equatable, Sendable {
     /// Tolerated clock difference when checking a token's expiry at handshake time.
     public var clockSkewSeconds: Double = 300
     public var maxListenersPerEntity: Int = 25
-    /// Total bytes of request header names and values; above it, 431.
+    /// Total bytes of the request target plus header names and values; above it, 431.
     public var maxHeaderBytes: Int = 32 * 1024
+    /// Longest request target (path and query) accepted; above it, 414 (Azure: about 16 KB).
+    public var maxRequestTargetBytes: Int = 16 * 1024
     /// Largest WebSocket frame accepted from a peer.
     public var maxFrameBytes: Int = 4 * 1024 * 1024
     /// Largest HTTP-mode request or response body; above it, 413 or 502.
     public var maxHTTPBodyBytes: Int = 64 * 1024 * 1024
+    /// HTTP-mode request bodies the relay holds at once, across all connections; above it, 503.
+    public var maxBufferedHTTPBytes: Int = 256 * 1024 * 1024
     /// Requests (headers plus body) up to this size go on the control channel, larger ones through a
     /// rendezvous (Azure: 64 kB).
     public var controlChannelRequestBytes: Int = 64 * 1024
+    /// Open connections one source address may hold; more are answered 503 and closed.
+    public var maxConnectionsPerSource: Int = 10_000
+    /// Open connections in all; more are answered 503 and closed. 0: the open-file limit less a reserve,
+    /// so the relay refuses politely before `accept(2)` runs out of descriptors.
+    public var maxConnections: Int = 0
     /// Failed authentications a source may make in a burst before it is refused with 429 unchecked.
     public var authFailureBurst: Double = 30
     /// How fast that budget comes back, per second.
     public var authFailuresPerSecond: Double = 1
 
     public init() {}
+
+    /// `maxConnections`, or with 0 what `openFiles` descriptors allow: 64 are kept for everything else the
+    /// process opens (event loops, logs, exporter files), at least half on small limits.
+    public func connectionLimit(openFiles: Int) -> Int {
+        maxConnections > 0 ? maxConnections : max(openFiles - 64, openFiles / 2, 1)
+    }
+
+    /// The HTTP parser's own bounds, just above the relay's: the relay answers 414 and 431 itself, and the
+    /// parser stops a head that would run past both without buffering more.
+    var decoderLimits: NIOHTTPDecoderLimitConfiguration {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderListSize = maxHeaderBytes + maxRequestTargetBytes
+        limits.maxHeaderFieldSize = maxHeaderBytes + maxRequestTargetBytes
+        return limits
+    }
+
+    /// Durations must be finite, positive and at most a day (a `clockSkewSeconds` of 0 is allowed), sizes
+    /// positive: the relay converts them to integers and deadlines, where anything else would trap.
+    func problems() -> [String] {
+        var problems: [String] = []
+        let durations: [(String, Double)] = [
+            ("acceptTimeoutSeconds", acceptTimeoutSeconds), ("httpResponseTimeoutSeconds", httpResponseTimeoutSeconds),
+            ("handshakeTimeoutSeconds", handshakeTimeoutSeconds), ("httpBodyTimeoutSeconds", httpBodyTimeoutSeconds),
+            ("idleTimeoutSeconds", idleTimeoutSeconds), ("pingIntervalSeconds", pingIntervalSeconds),
+            ("tokenGraceSeconds", tokenGraceSeconds), ("authFailuresPerSecond", authFailuresPerSecond),
+        ]
+        for (name, value) in durations where !(value > 0 && value <= 86_400) {
+            problems.append("limits.\(name) must be above 0 and at most 86400")
+        }
+        if !(clockSkewSeconds >= 0 && clockSkewSeconds <= 86_400) {
+            problems.append("limits.clockSkewSeconds must be between 0 and 86400")
+        }
+        if !(authFailureBurst >= 1 && authFailureBurst <= 1_000_000) {
+            problems.append("limits.authFailureBurst must be between 1 and 1000000")
+        }
+        let sizes: [(String, Int)] = [
+            ("maxHeaderBytes", maxHeaderBytes), ("maxRequestTargetBytes", maxRequestTargetBytes),
+            ("maxHTTPBodyBytes", maxHTTPBodyBytes), ("maxBufferedHTTPBytes", maxBufferedHTTPBytes),
+            ("controlChannelRequestBytes", controlChannelRequestBytes),
+            ("maxConnectionsPerSource", maxConnectionsPerSource),
+        ]
+        for (name, value) in sizes where value < 1 { problems.append("limits.\(name) must be at least 1") }
+        if maxConnections < 0 { problems.append("limits.maxConnections must be 0 (from the open-file limit) or more") }
+        if maxFrameBytes > Int(UInt32.max) { problems.append("limits.maxFrameBytes must be at most 4294967295") }
+        return problems
+    }
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -74,15 +135,21 @@ public struct RelayLimits: Codable, Equatable, Sendable {
         try read(.acceptTimeoutSeconds, \.acceptTimeoutSeconds)
         try read(.httpResponseTimeoutSeconds, \.httpResponseTimeoutSeconds)
         try read(.handshakeTimeoutSeconds, \.handshakeTimeoutSeconds)
+        try read(.httpBodyTimeoutSeconds, \.httpBodyTimeoutSeconds)
+        try read(.idleTimeoutSeconds, \.idleTimeoutSeconds)
         try read(.pingIntervalSeconds, \.pingIntervalSeconds)
         try read(.missedPongLimit, \.missedPongLimit)
         try read(.tokenGraceSeconds, \.tokenGraceSeconds)
         try read(.clockSkewSeconds, \.clockSkewSeconds)
         try read(.maxListenersPerEntity, \.maxListenersPerEntity)
         try read(.maxHeaderBytes, \.maxHeaderBytes)
+        try read(.maxRequestTargetBytes, \.maxRequestTargetBytes)
         try read(.maxFrameBytes, \.maxFrameBytes)
         try read(.maxHTTPBodyBytes, \.maxHTTPBodyBytes)
+        try read(.maxBufferedHTTPBytes, \.maxBufferedHTTPBytes)
         try read(.controlChannelRequestBytes, \.controlChannelRequestBytes)
+        try read(.maxConnectionsPerSource, \.maxConnectionsPerSource)
+        try read(.maxConnections, \.maxConnections)
         try read(.authFailureBurst, \.authFailureBurst)
         try read(.authFailuresPerSecond, \.authFailuresPerSecond)
         self = limits
@@ -193,6 +260,7 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
         if limits.maxListenersPerEntity < 1 { problems.append("limits.maxListenersPerEntity must be at least 1") }
         if limits.maxFrameBytes < 1024 { problems.append("limits.maxFrameBytes must be at least 1024") }
         if limits.missedPongLimit < 1 { problems.append("limits.missedPongLimit must be at least 1") }
+        problems += limits.problems()
         if !problems.isEmpty { throw ConfigurationError(description: problems.joined(separator: "; ")) }
     }
 

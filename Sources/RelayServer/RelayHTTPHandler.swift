@@ -42,7 +42,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         var head: HTTPRequestHead
         var target: RequestTarget
         var entity: HybridConnectionConfiguration
-        var strippedAuthorization: Bool
+        /// Lowercased names of the headers that carried the credential the relay consumed.
+        var consumedHeaders: Set<String>
         var body: ByteBuffer
     }
 
@@ -51,7 +52,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let decoder: ByteToMessageHandler<HTTPRequestDecoder>
     private var state = State.idle
     private var context: ChannelHandlerContext?
-    private var handshakeTimeout: Scheduled<Void>?
+    /// The deadline of the current phase: request head and classification, HTTP body, or keep-alive idle.
+    private var deadline: Scheduled<Void>?
+    private var countedConnection = false
+    /// Bytes of this connection's HTTP-mode body held in the relay-wide budget.
+    private var reservedBodyBytes = 0
     private var logger: Logger
 
     init(hub: RelayHub, encoder: HTTPResponseEncoder, decoder: ByteToMessageHandler<HTTPRequestDecoder>) {
@@ -64,49 +69,75 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         logger[metadataKey: "peer"] = "\(context.channel.remoteAddress?.hostAndPort ?? "?")"
-        if context.channel.isActive { startHandshakeTimer(context: context) }
+        if context.channel.isActive { connectionStarted(context: context) }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        handshakeTimeout?.cancel()
+        deadline?.cancel()
         self.context = nil
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        startHandshakeTimer(context: context)
+        connectionStarted(context: context)
         context.fireChannelActive()
     }
 
-    private func startHandshakeTimer(context: ChannelHandlerContext) {
-        guard handshakeTimeout == nil else { return }
-        handshakeTimeout = context.eventLoop.assumeIsolated().scheduleTask(
-            in: .fractionalSeconds(hub.limits.handshakeTimeoutSeconds)
-        ) {
+    /// Counts the connection against its source's share and starts the handshake deadline.
+    private func connectionStarted(context: ChannelHandlerContext) {
+        guard !countedConnection else { return }
+        countedConnection = true
+        let source = context.channel.remoteAddress?.ipAddress
+        let refusal = hub.connectionOpened(source: source)
+        // This handler leaves the pipeline on upgrade; the count must follow the socket, not the handler.
+        context.channel.closeFuture.whenComplete { [hub] _ in hub.connectionClosed(source: source) }
+        if let refusal {
+            refuse(context: context, refusal)
+            return
+        }
+        arm(
+            seconds: hub.limits.handshakeTimeoutSeconds,
+            Refusal(
+                status: 408, text: "RequestTimeout: The request did not arrive in time", reason: "handshake_timeout"))
+    }
+
+    /// Replaces the running deadline: when it passes, `refusal` is answered and the connection closed
+    /// (without one, closed silently).
+    private func arm(seconds: Double, _ refusal: Refusal?) {
+        deadline?.cancel()
+        guard let context else { return }
+        deadline = context.eventLoop.assumeIsolated().scheduleTask(in: .fractionalSeconds(seconds)) {
             [weak self] in
             guard let self, let context = self.context else { return }
-            self.refuse(
-                context: context,
-                Refusal(
-                    status: 408, text: "RequestTimeout: The request head did not arrive in time",
-                    reason: "handshake_timeout"))
+            if let refusal {
+                self.refuse(context: context, refusal)
+            } else {
+                self.state = .done
+                context.close(promise: nil)
+            }
         }
+    }
+
+    private func disarm() {
+        deadline?.cancel()
+        deadline = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch (unwrapInboundIn(data), state) {
         case (.head(let head), .idle):
-            handshakeTimeout?.cancel()
             requestHeadReceived(context: context, head: head)
         case (.body(var chunk), .readingHTTPBody(var request)):
             guard request.body.readableBytes + chunk.readableBytes <= hub.limits.maxHTTPBodyBytes else {
-                respond(
-                    context: context,
-                    Refusal(
-                        status: 413,
-                        text: "PayloadTooLarge: The request body exceeds \(hub.limits.maxHTTPBodyBytes) bytes",
-                        reason: "body_too_large"), trackingId: nil, entity: request.entity.name, close: true)
+                refuse(context: context, .bodyTooLarge(hub.limits.maxHTTPBodyBytes), entity: request.entity.name)
                 return
             }
+            guard hub.reserveHTTPBytes(chunk.readableBytes) else {
+                refuse(context: context, .httpBufferFull, entity: request.entity.name)
+                return
+            }
+            reservedBodyBytes += chunk.readableBytes
+            // The relay holds the request until a listener takes it; the head and this chunk are
+            // separate, so the body is kept in one buffer rather than a list of chunks.
             request.body.writeBuffer(&chunk)
             state = .readingHTTPBody(request)
         case (.end, .webSocketRequested(let head, let request)):
@@ -151,14 +182,29 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         default:
             break
         }
+        releaseBody()
         state = .done
         context.fireChannelInactive()
+    }
+
+    private func releaseBody() {
+        hub.releaseHTTPBytes(reservedBodyBytes)
+        reservedBodyBytes = 0
     }
 
     // MARK: Request classification
 
     private func requestHeadReceived(context: ChannelHandlerContext, head: HTTPRequestHead) {
-        let headerBytes = head.headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
+        guard head.uri.utf8.count <= hub.limits.maxRequestTargetBytes else {
+            refuse(
+                context: context,
+                Refusal(
+                    status: 414,
+                    text: "URITooLong: The request target exceeds \(hub.limits.maxRequestTargetBytes) bytes",
+                    reason: "uri_too_long"))
+            return
+        }
+        let headerBytes = head.headers.reduce(head.uri.utf8.count) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
         guard headerBytes <= hub.limits.maxHeaderBytes else {
             refuse(
                 context: context,
@@ -177,6 +223,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 if let problem = WebSocketHandshake.upgradeProblem(head) {
                     throw Refusal(status: 400, text: "BadRequest: \(problem)", reason: "bad_handshake")
                 }
+                // A body would keep the request open past its head, and with it a socket nobody answers.
+                guard !Self.declaresBody(head) else {
+                    throw Refusal(
+                        status: 400, text: "BadRequest: A WebSocket upgrade request cannot have a body",
+                        reason: "upgrade_with_body")
+                }
                 state = .webSocketRequested(head, request)
             } else {
                 guard !WebSocketHandshake.isUpgradeRequest(head) else {
@@ -185,6 +237,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                         reason: "websocket_outside_hc")
                 }
                 state = .readingHTTPBody(try admitHTTPRequest(head: head, target: target))
+                arm(
+                    seconds: hub.limits.httpBodyTimeoutSeconds,
+                    Refusal(
+                        status: 408, text: "RequestTimeout: The request body did not arrive in time",
+                        reason: "body_timeout"))
             }
         } catch let refusal as Refusal {
             refuse(context: context, refusal)
@@ -195,6 +252,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// Whether a request announces a body (`Content-Length` above 0, or any `Transfer-Encoding`).
+    static func declaresBody(_ head: HTTPRequestHead) -> Bool {
+        if head.headers.contains(name: "transfer-encoding") { return true }
+        return head.headers[canonicalForm: "content-length"].contains { $0 != "0" }
+    }
+
     private func refuse(
         context: ChannelHandlerContext, _ refusal: Refusal, trackingId: String? = nil, entity: String? = nil
     ) {
@@ -203,7 +266,15 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         var metadata: Logger.Metadata = ["status": "\(refusal.status)", "reason": "\(refusal.reason)"]
         if let peer = context.channel.remoteAddress?.ipAddress { metadata["peer"] = "\(peer)" }
         if let entity { metadata["entity"] = "\(entity)" }
-        logger.warning("refused request: \(refusal.text)", metadata: metadata)
+        if refusal.isFloodable {
+            if let suppressed = hub.floodLogAllowance(refusal.reason) {
+                metadata["suppressed"] = "\(suppressed)"
+                logger.warning("refused request: \(refusal.text)", metadata: metadata)
+            }
+        } else {
+            logger.warning("refused request: \(refusal.text)", metadata: metadata)
+        }
+        releaseBody()
         respond(context: context, refusal, trackingId: trackingId, entity: entity, close: true)
     }
 
@@ -217,19 +288,16 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             authorization: head.headers.first(name: "authorization"))
     }
 
-    /// Checks a token, refusing at once a source that already spent its budget of failures.
+    /// Checks a token. A good token always passes; a failure from a source that spent its budget of
+    /// failures is answered 429.
     private func authorize(
         entity: HybridConnectionConfiguration, token: String?, right: AccessRight, head: HTTPRequestHead
     ) throws(Refusal) -> Int64? {
-        if right == .send && !entity.requiresClientAuthorization { return nil }
-        let source = context?.channel.remoteAddress?.ipAddress
-        try hub.checkAuthBudget(source: source)
         do {
             return try hub.policy.authorize(
                 entity: entity, token: token, right: right, requestHost: hostHeader(head), now: now())
         } catch {
-            hub.recordAuthFailure(source: source)
-            throw error
+            throw hub.authFailed(source: context?.channel.remoteAddress?.ipAddress) ?? error
         }
     }
 
@@ -295,14 +363,16 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let record = RendezvousRecord(span: span, entity: "unknown", arrived: .now(), metrics: hub.metrics)
         let listener: ListenerHandle
         let key: String
+        let consumedHeaders: Set<String>
         let trackingId = request.id ?? UUID().uuidString.lowercased()
         do {
             let (entity, _) = try hub.policy.entity(for: request.path)
             record.entity = entity.name
-            _ = try authorize(
-                entity: entity, token: token(head, queryToken: request.token)?.token, right: .send, head: head)
+            let found = token(head, queryToken: request.token)
+            _ = try authorize(entity: entity, token: found?.token, right: .send, head: head)
+            consumedHeaders = RelayPolicy.consumedHeaders(entity: entity, source: found?.source)
             key = hub.makeRendezvousKey(trackingId: trackingId)
-            let pending = PendingSender(handler: NIOLoopBound(self, eventLoop: context.eventLoop))
+            let pending = PendingSender(handler: NIOLoopBound(self, eventLoop: context.eventLoop), entity: entity.name)
             guard let picked = hub.dispatch(entity: entity.name, key: key, pending: .webSocket(pending)) else {
                 throw Refusal(status: 404, text: RelayErrorText.noListeners, reason: "no_listener")
             }
@@ -322,9 +392,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 context: context, Refusal(status: 504, text: RelayErrorText.acceptTimeout, reason: "accept_timeout"),
                 trackingId: trackingId, entity: record.entity)
         }
+        disarm()
         state = .awaitingRendezvous(WaitingSender(key: key, head: head, timeout: timeout, record: record))
         // The listener continues the trace from this hop, so the relay's span is its parent.
-        var connectHeaders = Self.connectHeaders(head.headers)
+        var connectHeaders = Self.joinedHeaders(head.headers) { consumedHeaders.contains($0) }
         for name in connectHeaders.keys where name.lowercased() == "traceparent" { connectHeaders[name] = nil }
         connectHeaders["traceparent"] = span.traceContext.traceparent
         let accept = AcceptCommand(
@@ -339,11 +410,6 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 "trace_id": "\(span.traceContext.traceID)", "span_id": "\(span.traceContext.spanID)",
             ])
         listener.send(.accept(accept))
-    }
-
-    /// All sender headers, repeated ones joined with ", ", never the token.
-    static func connectHeaders(_ headers: HTTPHeaders) -> [String: String] {
-        joinedHeaders(headers) { $0 == "servicebusauthorization" }
     }
 
     /// Headers as the control messages carry them: one entry per name (as first spelled), repeated values
@@ -419,7 +485,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func acceptRendezvous(
         context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest
     ) throws {
-        guard let key = request.id, case .webSocket(let sender) = hub.takePending(key: key) else {
+        guard let key = request.id, let entity = try? hub.policy.entity(for: request.path).entity,
+            let sender = hub.takeSender(key: key, entity: entity.name)
+        else {
             throw Refusal(status: 404, text: RelayErrorText.rendezvousNotFound, reason: "no_rendezvous")
         }
         let senderHandler = sender.handler
@@ -445,7 +513,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func httpRendezvous(
         context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest
     ) throws {
-        guard let key = request.id, let pending = hub.peekHTTP(key: key) else {
+        guard let key = request.id, let entity = try? hub.policy.entity(for: request.path).entity,
+            let pending = hub.claimHTTPRendezvous(key: key, entity: entity.name)
+        else {
             throw Refusal(status: 404, text: RelayErrorText.rendezvousNotFound, reason: "no_rendezvous")
         }
         let handler = HTTPRendezvousHandler(hub: hub, key: key, request: pending.sentOnControlChannel ? nil : pending)
@@ -456,27 +526,36 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: HTTP mode
 
+    /// Authorizes an HTTP-mode request from its head, and refuses what can be refused before a body is
+    /// read: a declared body over the limit, and an entity nobody listens on.
     private func admitHTTPRequest(head: HTTPRequestHead, target: RequestTarget) throws -> HTTPModeRequest {
         let path = try target.decodedPath()
         let (entity, _) = try hub.policy.entity(for: String(path.dropFirst()))
         let found = token(head, queryToken: try target.value(of: "sb-hc-token"))
         _ = try authorize(entity: entity, token: found?.token, right: .send, head: head)
-        let strippedAuthorization = entity.requiresClientAuthorization && found?.source == .authorization
+        if let declared = head.headers.first(name: "content-length").flatMap(Int.init),
+            declared > hub.limits.maxHTTPBodyBytes
+        {
+            throw Refusal.bodyTooLarge(hub.limits.maxHTTPBodyBytes)
+        }
+        guard hub.listenerCount(entity: entity.name) > 0 else {
+            throw Refusal(status: 502, text: RelayErrorText.noListeners, reason: "no_listener")
+        }
         return HTTPModeRequest(
-            head: head, target: target, entity: entity, strippedAuthorization: strippedAuthorization, body: ByteBuffer()
-        )
+            head: head, target: target, entity: entity,
+            consumedHeaders: RelayPolicy.consumedHeaders(entity: entity, source: found?.source), body: ByteBuffer())
     }
 
-    /// Connection-level headers the relay never forwards (RFC 7230), besides the consumed auth.
+    /// Connection-level headers the relay never forwards (RFC 7230).
     static let hopByHopHeaders: Set<String> = [
         "connection", "content-length", "te", "trailer", "transfer-encoding", "upgrade", "keep-alive",
-        "proxy-connection",
-        "close", "servicebusauthorization",
+        "proxy-connection", "close",
     ]
 
     private func httpRequestReceived(context: ChannelHandlerContext, request: HTTPModeRequest) {
+        disarm()
         var headers = Self.joinedHeaders(request.head.headers) { name in
-            Self.hopByHopHeaders.contains(name) || (name == "authorization" && request.strippedAuthorization)
+            Self.hopByHopHeaders.contains(name) || request.consumedHeaders.contains(name)
         }
         let via = "1.1 \(hub.policy.publicHost)"
         let viaName = headers.keys.first { $0.lowercased() == "via" } ?? "Via"
@@ -492,8 +571,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let headerBytes = headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
         let onControlChannel = headerBytes + request.body.readableBytes <= hub.limits.controlChannelRequestBytes
         let pending = PendingHTTPRequest(
-            handler: NIOLoopBound(self, eventLoop: context.eventLoop), command: command, body: request.body,
-            sentOnControlChannel: onControlChannel)
+            handler: NIOLoopBound(self, eventLoop: context.eventLoop), entity: request.entity.name, command: command,
+            body: request.body, sentOnControlChannel: onControlChannel)
         guard let listener = hub.dispatch(entity: request.entity.name, key: key, pending: .http(pending)) else {
             refuse(
                 context: context, Refusal(status: 502, text: RelayErrorText.noListeners, reason: "no_listener"),
@@ -525,6 +604,16 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     func httpResponseArrived(head: HTTPResponseAssembler.ResponseHead, body: ByteBuffer) {
         guard let context, case .awaitingHTTPResponse(_, let keepAlive, let timeout) = state else { return }
         timeout.cancel()
+        releaseBody()
+        if let problem = HTTPFieldSyntax.problem(in: head.headers) {
+            // Forwarding it would let a listener write headers, or a whole response, of its own choosing.
+            refuse(
+                context: context,
+                Refusal(
+                    status: 502, text: "BadGateway: The listener's response is not valid HTTP: \(problem)",
+                    reason: "bad_listener_response"))
+            return
+        }
         var headers = HTTPHeaders()
         for (name, value) in head.headers.sorted(by: { $0.key < $1.key })
         where !Self.hopByHopHeaders.contains(name.lowercased()) {
@@ -545,10 +634,17 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if keepAlive {
             state = .idle
+            armIdleDeadline()
         } else {
             state = .done
             written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         }
+    }
+
+    /// A kept-alive connection gets `idleTimeoutSeconds` for its next request head, then is closed without
+    /// a reply (a 408 could cross a request the client is sending just then).
+    private func armIdleDeadline() {
+        arm(seconds: hub.limits.idleTimeoutSeconds, nil)
     }
 
     // MARK: Replies and upgrade
@@ -564,7 +660,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func respond(context: ChannelHandlerContext, status: Int, reason: String, close: Bool) {
         guard context.channel.isActive else { return }
-        handshakeTimeout?.cancel()
+        disarm()
         let reason = Self.sanitizedReason(reason)
         var body = context.channel.allocator.buffer(capacity: reason.utf8.count + 1)
         body.writeString(reason + "\n")
@@ -581,6 +677,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         } else {
             state = .idle
+            armIdleDeadline()
         }
     }
 
@@ -602,7 +699,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         context: ChannelHandlerContext, head: HTTPRequestHead, subprotocol: String?, handler: any ChannelHandler
     ) {
         state = .done
-        handshakeTimeout?.cancel()
+        disarm()
         let response = WebSocketHandshake.switchingProtocolsHead(request: head, subprotocol: subprotocol)
         context.write(wrapOutboundOut(.head(response)), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)

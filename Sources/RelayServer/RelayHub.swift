@@ -114,15 +114,20 @@ final class RendezvousRecord: @unchecked Sendable {
 /// A sender waiting for a listener to accept or reject.
 struct PendingSender: Sendable {
     let handler: NIOLoopBound<RelayHTTPHandler>
+    /// The configured entity name: an accept must address the same entity.
+    let entity: String
 }
 
 /// An HTTP-mode request waiting for its response.
 struct PendingHTTPRequest: Sendable {
     let handler: NIOLoopBound<RelayHTTPHandler>
+    let entity: String
     let command: RequestCommand
     let body: ByteBuffer
     /// False when the listener was told to fetch the request from the rendezvous.
     let sentOnControlChannel: Bool
+    /// Set once a listener opened the request's rendezvous: the address works once.
+    var rendezvousClaimed = false
 }
 
 enum PendingRendezvous: Sendable {
@@ -141,6 +146,12 @@ public final class RelayHub: Sendable {
     private let table: NIOLockedValueBox<RendezvousTable<ListenerHandle, PendingRendezvous>>
     private let nextID = Atomic<UInt64>(1)
     private let authFailures: NIOLockedValueBox<FailureRateLimiter>
+    private let connectionsBySource = NIOLockedValueBox([String: Int]())
+    private let openConnections = Atomic<Int>(0)
+    /// Connections the relay holds at most (`limits.connectionLimit` for this process's open-file limit).
+    let connectionLimit: Int
+    private let bufferedHTTPBytes = Atomic<Int>(0)
+    private let floodLogs = NIOLockedValueBox(LogThrottle(interval: 1))
 
     public init(configuration: RelayConfiguration, logger: Logger, metrics: RelayMetrics, tracer: HopTracer) {
         self.configuration = configuration
@@ -150,6 +161,7 @@ public final class RelayHub: Sendable {
         policy = RelayPolicy(configuration: configuration)
         publicURLBox = NIOLockedValueBox(configuration.effectivePublicURL)
         table = NIOLockedValueBox(RendezvousTable(listenerLimit: configuration.limits.maxListenersPerEntity))
+        connectionLimit = configuration.limits.connectionLimit(openFiles: OpenFiles.softLimit)
         authFailures = NIOLockedValueBox(
             FailureRateLimiter(
                 burst: configuration.limits.authFailureBurst, perSecond: configuration.limits.authFailuresPerSecond))
@@ -169,21 +181,72 @@ public final class RelayHub: Sendable {
         publicURLBox.withLockedValue { $0 = "\(configuration.tls == nil ? "ws" : "wss")://\(host):\(port)" }
     }
 
-    /// Refuses a source that spent its budget of failed authentications, before any signature check.
-    func checkAuthBudget(source: String?) throws(Refusal) {
-        guard let source else { return }
+    /// Counts a failed authentication. Returns the 429 refusal to answer instead when the source already
+    /// spent its budget: only failures are limited, so good agents behind the same address keep working.
+    func authFailed(source: String?) -> Refusal? {
+        guard let source else { return nil }
         let now = Date().timeIntervalSince1970
-        if authFailures.withLockedValue({ $0.isBlocked(source: source, now: now) }) {
-            throw Refusal(
-                status: 429, text: "TooManyRequests: Too many failed authentication attempts from this address",
-                reason: "auth_rate_limited")
+        let blocked = authFailures.withLockedValue { limiter in
+            defer { limiter.recordFailure(source: source, now: now) }
+            return limiter.isBlocked(source: source, now: now)
+        }
+        guard blocked else { return nil }
+        return Refusal(
+            status: 429, text: "TooManyRequests: Too many failed authentication attempts from this address",
+            reason: "auth_rate_limited")
+    }
+
+    /// Counts a new connection from `source`; returns the refusal to answer when the relay or the source
+    /// holds more than its share. Every call is paired with `connectionClosed(source:)`.
+    func connectionOpened(source: String?) -> Refusal? {
+        let total = openConnections.wrappingAdd(1, ordering: .relaxed).newValue
+        let fromSource = source.map { source in
+            connectionsBySource.withLockedValue { counts in
+                counts[source, default: 0] += 1
+                return counts[source]!
+            }
+        }
+        if total > connectionLimit {
+            return Refusal(
+                status: 503, text: "ServerBusy: The relay is at its connection limit (\(connectionLimit)); retry later",
+                reason: "connection_limit")
+        }
+        if let fromSource, fromSource > limits.maxConnectionsPerSource {
+            return Refusal(
+                status: 503,
+                text: "ServerBusy: Too many connections from this address (limit \(limits.maxConnectionsPerSource))",
+                reason: "source_connection_limit")
+        }
+        return nil
+    }
+
+    func connectionClosed(source: String?) {
+        openConnections.wrappingSubtract(1, ordering: .relaxed)
+        guard let source else { return }
+        connectionsBySource.withLockedValue { counts in
+            let left = (counts[source] ?? 1) - 1
+            counts[source] = left > 0 ? left : nil
         }
     }
 
-    func recordAuthFailure(source: String?) {
-        guard let source else { return }
+    /// Reserves room for `bytes` of HTTP-mode request body in the relay-wide budget.
+    func reserveHTTPBytes(_ bytes: Int) -> Bool {
+        let total = bufferedHTTPBytes.wrappingAdd(bytes, ordering: .relaxed).newValue
+        guard total > limits.maxBufferedHTTPBytes else { return true }
+        bufferedHTTPBytes.wrappingSubtract(bytes, ordering: .relaxed)
+        return false
+    }
+
+    func releaseHTTPBytes(_ bytes: Int) {
+        guard bytes > 0 else { return }
+        bufferedHTTPBytes.wrappingSubtract(bytes, ordering: .relaxed)
+    }
+
+    /// Whether a refusal a flood produces (one per connection) should be logged now, with how many were
+    /// not logged since; the metric counts every one.
+    func floodLogAllowance(_ reason: String) -> Int? {
         let now = Date().timeIntervalSince1970
-        authFailures.withLockedValue { $0.recordFailure(source: source, now: now) }
+        return floodLogs.withLockedValue { $0.shouldLog(reason, now: now) }
     }
 
     func makeID() -> UInt64 {
@@ -236,10 +299,26 @@ public final class RelayHub: Sendable {
         table.withLockedValue { $0.takePending(key: key) }
     }
 
-    /// Looks at an HTTP rendezvous without claiming it: the response claims it later.
-    func peekHTTP(key: String) -> PendingHTTPRequest? {
-        guard case .http(let request) = table.withLockedValue({ $0.pending(key: key) }) else { return nil }
-        return request
+    /// Takes a waiting sender for an accept, only if the accept addresses the sender's entity.
+    func takeSender(key: String, entity: String) -> PendingSender? {
+        table.withLockedValue { table in
+            guard case .webSocket(let sender) = table.pending(key: key), sender.entity == entity else { return nil }
+            _ = table.takePending(key: key)
+            return sender
+        }
+    }
+
+    /// Claims an HTTP request's rendezvous for the listener opening it: once, and only on its entity. The
+    /// request stays parked; the response takes it.
+    func claimHTTPRendezvous(key: String, entity: String) -> PendingHTTPRequest? {
+        table.withLockedValue { table in
+            guard case .http(var request) = table.pending(key: key), request.entity == entity,
+                !request.rendezvousClaimed
+            else { return nil }
+            request.rendezvousClaimed = true
+            table.addPending(key: key, .http(request))
+            return request
+        }
     }
 
     /// Hands a listener's response to the waiting HTTP sender, if it still waits.

@@ -16,6 +16,20 @@ public struct Refusal: Error, Equatable, Sendable {
     /// Refusals that come from a token: counted as authentication failures too.
     public var isAuthorizationFailure: Bool { status == 401 || status == 403 && reason != "listener_limit" }
 
+    /// Refusals an attacker can cause once per connection at no cost: logged at most once a second.
+    var isFloodable: Bool {
+        ["connection_limit", "source_connection_limit", "auth_rate_limited", "handshake_timeout", "http_buffer_full"]
+            .contains(reason)
+    }
+
+    static func bodyTooLarge(_ limit: Int) -> Refusal {
+        Refusal(status: 413, text: "PayloadTooLarge: The request body exceeds \(limit) bytes", reason: "body_too_large")
+    }
+
+    static let httpBufferFull = Refusal(
+        status: 503, text: "ServerBusy: The relay holds too many request bodies; retry later",
+        reason: "http_buffer_full")
+
     static func from(_ error: TokenError) -> Refusal {
         Refusal(status: error.httpStatus, text: error.description, reason: error.reason)
     }
@@ -77,6 +91,14 @@ public struct RelayPolicy: Sendable {
             return (stripped, .authorization)
         }
         return nil
+    }
+
+    /// Lowercased names of the request headers a sender's credential travelled in, which never reach the
+    /// listener (reference §2.5): `ServiceBusAuthorization` always; `Authorization` when the relay checked
+    /// a token and found it there, otherwise it is the application's own (end-to-end) authorization.
+    public static func consumedHeaders(entity: HybridConnectionConfiguration, source: TokenSource?) -> Set<String> {
+        entity.requiresClientAuthorization && source == .authorization
+            ? ["servicebusauthorization", "authorization"] : ["servicebusauthorization"]
     }
 
     /// Checks a token for `right` on `entity`. Returns the token's expiry, or nil when the entity lets

@@ -6,6 +6,10 @@ import NIOSSL
 import RelayIO
 import RelayTelemetry
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// A running relay: one listening socket serving listeners, senders and HTTP-mode requests.
 public final class RelayServer: Sendable {
     public let hub: RelayHub
@@ -33,9 +37,16 @@ public final class RelayServer: Sendable {
         }
         let hub = RelayHub(
             configuration: configuration, logger: logger, metrics: metrics, tracer: tracer ?? HopTracer(logger: logger))
+        let decoderLimits = configuration.limits.decoderLimits
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        AcceptGuard(socket: "relay", metrics: metrics, logger: logger))
+                }
+            }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.writeBufferWaterMark, value: SocketTuning.writeWaterMark)
             .childChannelOption(
@@ -49,7 +60,10 @@ public final class RelayServer: Sendable {
                         try sync.addHandler(NIOSSLServerHandler(context: tlsContext))
                     }
                     let encoder = HTTPResponseEncoder()
-                    let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes))
+                    let decoder = ByteToMessageHandler(
+                        HTTPRequestDecoder(
+                            leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop,
+                            limitConfiguration: decoderLimits))
                     try sync.addHandler(encoder)
                     try sync.addHandler(decoder)
                     try sync.addHandler(RelayHTTPHandler(hub: hub, encoder: encoder, decoder: decoder))
@@ -61,6 +75,7 @@ public final class RelayServer: Sendable {
         logger.info(
             "relay listening",
             metadata: [
+                "max_connections": "\(hub.connectionLimit)",
                 "address": "\(channel.localAddress.map { "\($0)" } ?? configuration.listen)",
                 "public_url": "\(hub.publicURL)",
                 "hybrid_connections": "\(configuration.hybridConnections.map(\.name).joined(separator: ","))",
@@ -71,5 +86,14 @@ public final class RelayServer: Sendable {
     /// Stops accepting; established connections are left to finish.
     public func stop() async {
         try? await channel.close()
+    }
+}
+
+/// This process's open-file limit.
+enum OpenFiles {
+    static var softLimit: Int {
+        var limits = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limits) == 0 else { return 1024 }
+        return Int(clamping: min(limits.rlim_cur, UInt(Int32.max)))
     }
 }

@@ -161,6 +161,15 @@ public final class RelayMetrics: Sendable {
         counter("auth_failures", "Refused tokens by reason.", [("role", role.rawValue), ("reason", reason)]).increment()
     }
 
+    /// `accept(2)` failed on a listening socket (`relay`, `client`, `metrics`); `error` is `emfile`, `enfile`
+    /// or `other`.
+    public func acceptError(socket: String, error: String) {
+        counter(
+            "accept_errors", "Failed accepts on listening sockets (descriptor tables full), by socket and error.",
+            [("socket", socket), ("error", error)]
+        ).increment()
+    }
+
     public func refused(role: TelemetryRole, reason: String, status: Int) {
         counter(
             "refused_requests", "Requests refused by reason and HTTP status.",

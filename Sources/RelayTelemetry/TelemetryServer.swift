@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -16,10 +17,17 @@ public final class TelemetryServer: Sendable {
     private init(channel: any Channel) { self.channel = channel }
 
     public static func start(
-        host: String, port: Int, metrics: RelayMetrics, readiness: @escaping Readiness, group: any EventLoopGroup
+        host: String, port: Int, metrics: RelayMetrics, readiness: @escaping Readiness, group: any EventLoopGroup,
+        logger: Logger
     ) async throws -> TelemetryServer {
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        AcceptGuard(socket: "metrics", metrics: metrics, logger: logger))
+                }
+            }
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)

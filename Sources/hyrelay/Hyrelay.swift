@@ -80,6 +80,16 @@ struct Relay: AsyncParsableCommand {
         name: .customLong("ping-interval"), help: "Seconds between pings on listener control channels (default 30).")
     var pingInterval: Double?
 
+    @Option(
+        name: .customLong("max-connections"),
+        help: "Connections held at most, then 503 (default: the open-file limit less 64).")
+    var maxConnections: Int?
+
+    @Option(
+        name: .customLong("max-connections-per-source"),
+        help: "Connections one source address may hold, then 503 (default 10000).")
+    var maxConnectionsPerSource: Int?
+
     @OptionGroup var telemetry: TelemetryOptions
 
     func makeConfiguration() throws -> RelayConfiguration {
@@ -127,6 +137,8 @@ struct Relay: AsyncParsableCommand {
         }
         if let acceptTimeout { configuration.limits.acceptTimeoutSeconds = acceptTimeout }
         if let pingInterval { configuration.limits.pingIntervalSeconds = pingInterval }
+        if let maxConnections { configuration.limits.maxConnections = maxConnections }
+        if let maxConnectionsPerSource { configuration.limits.maxConnectionsPerSource = maxConnectionsPerSource }
         if configuration.hybridConnections.isEmpty {
             throw ValidationError(
                 "no hybrid connection configured: give --hybrid-connection NAME or a --config with hybridConnections")
@@ -144,6 +156,8 @@ struct Relay: AsyncParsableCommand {
         let session = try TelemetrySession(telemetry: telemetry, role: "relay", tracerLabel: "hyrelay.relay")
         let logger = Logger(label: "hyrelay.relay")
         let metrics = session.metrics
+        let files = OpenFileLimit.raiseToHardLimit()
+        logger.info("open-file limit", metadata: ["soft": "\(files.soft)", "hard": "\(files.hard)"])
         let server = try await RelayServer.start(
             configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger,
             metrics: metrics,
@@ -179,9 +193,24 @@ struct Token: ParsableCommand {
     var ttl: Int = 3600
 
     func run() throws {
-        guard ttl > 0 else { throw ValidationError("--ttl must be positive") }
+        guard ttl > 0, ttl <= 10 * 365 * 86_400 else { throw ValidationError("--ttl must be 1 to 315360000 seconds") }
         let expiry = Int64(Date().timeIntervalSince1970) + Int64(ttl)
         print(SharedAccessSignature.make(resource: resource, keyName: keyName, key: key, expiry: expiry))
+    }
+}
+
+/// The relay holds a descriptor per connection; the usual soft limit of 1024 would make it refuse long
+/// before the machine is busy, so it takes the hard limit the administrator allows (as nginx and Go do).
+enum OpenFileLimit {
+    static func raiseToHardLimit() -> (soft: UInt64, hard: UInt64) {
+        var limits = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limits) == 0 else { return (0, 0) }
+        if limits.rlim_cur < limits.rlim_max {
+            var raised = limits
+            raised.rlim_cur = limits.rlim_max
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limits = raised }
+        }
+        return (UInt64(limits.rlim_cur), UInt64(limits.rlim_max))
     }
 }
 

@@ -54,7 +54,7 @@ struct TelemetryOptions: ParsableArguments {
                 handler.logLevel = level
                 local = handler
             case .text:
-                var handler = StreamLogHandler.standardError(label: label)
+                var handler = TextLogHandler(label: label)
                 handler.logLevel = level
                 local = handler
             }
@@ -72,7 +72,7 @@ struct TelemetryOptions: ParsableArguments {
         guard let metricsAddress, let address = HostPort(metricsAddress) else { return nil }
         let server = try await TelemetryServer.start(
             host: address.host, port: address.port, metrics: metrics, readiness: readiness,
-            group: MultiThreadedEventLoopGroup.singleton)
+            group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         logger.info("metrics served", metadata: ["address": "\(server.localAddress.map { "\($0)" } ?? metricsAddress)"])
         return server
     }

@@ -53,9 +53,9 @@ class Process:
         self.log_file.close()
 
 
-def start_relay(tmp_path, entities, port=None, tls=None, name="relay"):
+def start_relay(tmp_path, entities, port=None, tls=None, name="relay", extra=()):
     port = port or free_port()
-    args = ["relay", "--listen", "127.0.0.1:%d" % port, "--sas-key-name", KEY_NAME, "--sas-key", KEY]
+    args = ["relay", "--listen", "127.0.0.1:%d" % port, "--sas-key-name", KEY_NAME, "--sas-key", KEY] + list(extra)
     for entity in entities:
         args += ["--hybrid-connection", entity]
     if tls:

@@ -30,7 +30,9 @@ def fds(pid):
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     directory = tmp_path_factory.mktemp("reliability")
-    relay = agents.start_relay(directory, ["load", "faults"], name="load")
+    # Every device of the load test comes from 127.0.0.1: two connections a tunnel, a listener per edge.
+    relay = agents.start_relay(directory, ["load", "faults"], name="load",
+                               extra=["--max-connections-per-source", str(2 * TUNNELS + 1000)])
     relay.url = "ws://127.0.0.1:%d" % relay.port
     yield relay, directory
     relay.stop()

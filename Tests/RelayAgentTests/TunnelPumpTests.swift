@@ -1,3 +1,4 @@
+import HybridConnections
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
@@ -59,5 +60,51 @@ import Testing
         // The preamble's two binary frames, then the held pong.
         #expect(opcodes == [0x2, 0x2, 0xA])
         _ = try? webSocket.finish()
+    }
+}
+
+@Suite struct EdgePreambleTests {
+    /// A sender that opens a tunnel and never names its port cannot hold the edge's rendezvous for ever.
+    @Test func aSenderWithoutPreambleIsClosedAfterTheDeadline() throws {
+        let webSocket = EmbeddedChannel()
+        var summary: TunnelSummary?
+        let handler = TunnelWebSocketHandler(
+            role: .listener(dial: { _, _ in Issue.record("nothing to dial") }), tcp: nil,
+            preambleTimeout: .seconds(10)
+        ) { summary = $0 }
+        try webSocket.pipeline.syncOperations.addHandler(MaskingFrameEncoder())
+        try webSocket.pipeline.syncOperations.addHandler(handler)
+        try webSocket.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
+        webSocket.pipeline.fireUserInboundEventTriggered(WebSocketUpgradeEvent.completed)
+        // Half a preamble is not a preamble.
+        try webSocket.writeInbound(WebSocketFrame(fin: true, opcode: .binary, data: ByteBuffer(bytes: [1, 0])))
+        webSocket.embeddedEventLoop.advanceTime(by: .seconds(9))
+        #expect(try webSocket.readOutbound(as: ByteBuffer.self) == nil)
+        webSocket.embeddedEventLoop.advanceTime(by: .seconds(2))
+        let close = try #require(try webSocket.readOutbound(as: ByteBuffer.self))
+        #expect(close.getInteger(at: close.readerIndex, as: UInt8.self) == 0x88)
+        // Masked close: 2 header bytes, 4 mask bytes, then the code under the mask.
+        let mask = close.getBytes(at: close.readerIndex + 2, length: 4)!
+        let code = close.getBytes(at: close.readerIndex + 6, length: 2)!
+        #expect(UInt16(code[0] ^ mask[0]) << 8 | UInt16(code[1] ^ mask[1]) == 1008)
+        webSocket.pipeline.fireChannelInactive()
+        #expect(summary?.causeLabel == "preamble_timeout")
+    }
+
+    @Test func aTimelyPreambleIsNotCutOff() throws {
+        let webSocket = EmbeddedChannel()
+        var dialed: String?
+        let handler = TunnelWebSocketHandler(
+            role: .listener(dial: { name, _ in dialed = name }), tcp: nil, preambleTimeout: .seconds(10)
+        ) { _ in }
+        try webSocket.pipeline.syncOperations.addHandler(MaskingFrameEncoder())
+        try webSocket.pipeline.syncOperations.addHandler(handler)
+        try webSocket.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
+        webSocket.pipeline.fireUserInboundEventTriggered(WebSocketUpgradeEvent.completed)
+        let (header, name) = Preamble.request(portName: "db")
+        try webSocket.writeInbound(WebSocketFrame(fin: true, opcode: .binary, data: ByteBuffer(bytes: header + name)))
+        #expect(dialed == "db")
+        webSocket.embeddedEventLoop.advanceTime(by: .seconds(11))
+        #expect(try webSocket.readOutbound(as: ByteBuffer.self) == nil, "no close once the preamble arrived")
     }
 }

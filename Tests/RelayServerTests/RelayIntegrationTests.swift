@@ -199,11 +199,9 @@ final class PingSwallower: ChannelInboundHandler {
             #expect(try await relay.connect("/$hc/hc?sb-hc-action=listen", token: bad).status == 401)
         }
         #expect(try await relay.connect("/$hc/hc?sb-hc-action=listen", token: bad).status == 429)
-        #expect(
-            try await relay.connect("/$hc/hc?sb-hc-action=listen", token: relay.token("hc")).status == 429,
-            "refused unchecked")
-        try await Task.sleep(for: .milliseconds(2200))
-        _ = try await relay.listen()
+        // Only failures are limited: a good agent behind the same address (a NAT, a balancer) gets in.
+        _ = try await relay.connect("/$hc/hc?sb-hc-action=listen", token: relay.token("hc")).socket()
+        #expect(try await relay.connect("/$hc/hc?sb-hc-action=listen", token: bad).status == 429)
         try await relay.stop()
     }
 }

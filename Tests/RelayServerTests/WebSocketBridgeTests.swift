@@ -124,6 +124,35 @@ import Testing
         #expect(readCounter.reads == 2, "the withheld read resumes on writability")
     }
 
+    @Test func aPeerThatDoesNotReadGetsOnlyTheLatestPong() throws {
+        let pair = try makePair()
+        pair.a.isWritable = false
+        for byte: UInt8 in 1...100 { try deliver(masked(.ping, [byte]), into: pair.a, partner: pair.b) }
+        #expect(try pair.a.readOutbound(as: WebSocketFrame.self) == nil, "no pong queued while not writable")
+        pair.a.isWritable = true
+        pair.a.pipeline.fireChannelWritabilityChanged()
+        let pong = try #require(try pair.a.readOutbound(as: WebSocketFrame.self))
+        #expect(pong.opcode == .pong && pong.data == ByteBuffer(bytes: [100]))
+        #expect(try pair.a.readOutbound(as: WebSocketFrame.self) == nil)
+    }
+
+    @Test func aReservedOpcodeEndsTheLegWith1002AndThePartnerLearns() throws {
+        let pair = try makePair()
+        try deliver(
+            WebSocketFrame(fin: true, opcode: WebSocketOpcode(encodedWebSocketOpcode: 0x3)!, data: ByteBuffer()),
+            into: pair.a, partner: pair.b)
+        let close = try #require(try pair.a.readOutbound(as: WebSocketFrame.self))
+        #expect(
+            close.opcode == .connectionClose
+                && close.data.getInteger(at: close.data.readerIndex, as: UInt16.self) == 1002)
+        #expect(!pair.a.isActive, "nothing more is read from the offender")
+        // The bad frame is not forwarded: the partner's first frame is the 1001 for a peer that went away.
+        let partnerClose = try #require(try pair.b.readOutbound(as: WebSocketFrame.self))
+        #expect(
+            partnerClose.opcode == .connectionClose
+                && partnerClose.data.getInteger(at: partnerClose.data.readerIndex, as: UInt16.self) == 1001)
+    }
+
     @Test func partnerLossSends1001() throws {
         let pair = try makePair()
         pair.b.pipeline.fireChannelInactive()

@@ -141,3 +141,29 @@ enum JSONSerializationLike {
         #expect(line.hasPrefix("hyrelay_dial_duration_seconds_bucket{le=\"0.005\"} 1 # {trace_id=\"feed\"} 0.003 "))
     }
 }
+
+@Suite struct LogThrottleTests {
+    @Test func oneLinePerIntervalWithTheCountOfTheRest() {
+        var throttle = LogThrottle(interval: 1)
+        #expect(throttle.shouldLog("a", now: 10) == 0)
+        #expect(throttle.shouldLog("a", now: 10.2) == nil)
+        #expect(throttle.shouldLog("a", now: 10.9) == nil)
+        #expect(throttle.shouldLog("b", now: 10.9) == 0, "keys are independent")
+        #expect(throttle.shouldLog("a", now: 11.0) == 2)
+        #expect(throttle.shouldLog("a", now: 12.5) == 0)
+    }
+}
+
+@Suite struct TextLogHandlerTests {
+    @Test func aLineCannotBeSplitOrCarryASecret() {
+        let line = TextLogHandler.render(
+            time: Date(timeIntervalSince1970: 0), level: .warning, label: "hyrelay.relay",
+            message: "refused: unknown key 'k\nFORGED line'",
+            metadata: ["entity": "x\r\nFORGED", "token": "SharedAccessSignature sig=abc", "peer": "127.0.0.1"])
+        #expect(line.split(separator: "\n").count == 1 && line.hasSuffix("\n"))
+        #expect(
+            line
+                == "1970-01-01T00:00:00.000Z warning hyrelay.relay: entity=x\\r\\nFORGED peer=127.0.0.1 token=[redacted] refused: unknown key 'k\\nFORGED line'\n"
+        )
+    }
+}

@@ -1,0 +1,82 @@
+import NIOCore
+import NIOWebSocket
+
+/// RFC 6455 rules NIO's frame decoder leaves to the endpoint, because it cannot know which extensions were
+/// agreed. HybridRelay agrees none, so: RSV bits clear, no reserved opcode, and a Close body that is empty
+/// or a code a peer may send followed by UTF-8 text.
+public enum FrameRules {
+    public struct Violation: Equatable, Sendable, Error {
+        /// The Close code to answer with: 1002 protocol error or 1007 invalid payload.
+        public var code: UInt16
+        public var reason: String
+    }
+
+    /// Checks the header of any frame, before its payload is looked at.
+    public static func violation(in frame: WebSocketFrame) -> Violation? {
+        if frame.rsv1 || frame.rsv2 || frame.rsv3 {
+            return Violation(code: 1002, reason: "RSV bits set without a negotiated extension")
+        }
+        switch frame.opcode {
+        case .continuation, .text, .binary, .connectionClose, .ping, .pong: return nil
+        default: return Violation(code: 1002, reason: "reserved opcode")
+        }
+    }
+
+    /// Checks an unmasked Close body.
+    public static func closeViolation(_ body: ByteBuffer) -> Violation? {
+        guard body.readableBytes > 0 else { return nil }
+        guard let code = body.getInteger(at: body.readerIndex, as: UInt16.self) else {
+            return Violation(code: 1002, reason: "close body of one byte")
+        }
+        guard isSendable(code) else { return Violation(code: 1002, reason: "close code \(code) may not be sent") }
+        let reason = body.getBytes(at: body.readerIndex + 2, length: body.readableBytes - 2) ?? []
+        guard String(validating: reason, as: UTF8.self) != nil else {
+            return Violation(code: 1007, reason: "close reason is not UTF-8")
+        }
+        return nil
+    }
+
+    /// Codes a peer may put on the wire (RFC 6455 §7.4, IANA registry); 1005, 1006 and 1015 are local only.
+    static func isSendable(_ code: UInt16) -> Bool {
+        switch code {
+        case 1000...1003, 1007...1014, 3000...4999: return true
+        default: return false
+        }
+    }
+
+    /// A Close frame with `code` and `reason` (cut to fit the 123 bytes a control frame leaves for it, on a
+    /// character boundary).
+    public static func closeFrame(code: UInt16, reason: String, allocator: ByteBufferAllocator) -> WebSocketFrame {
+        var fitting = Substring(reason)
+        while fitting.utf8.count > 123 { fitting = fitting.dropLast() }
+        var data = allocator.buffer(capacity: 2 + fitting.utf8.count)
+        data.writeInteger(code)
+        data.writeString(String(fitting))
+        return WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
+    }
+}
+
+/// Answers to pings without a queue. RFC 6455 §5.5.3 lets an endpoint answer only the most recent ping, so
+/// while the socket is not writable the latest payload waits and older ones are forgotten: a peer that pings
+/// and never reads costs one pending pong, not memory in proportion to its pings.
+public struct PongReplies: Sendable {
+    private var waiting: ByteBuffer?
+
+    public init() {}
+
+    /// The pong payload to write now, or nil when it has to wait for writability.
+    public mutating func pingReceived(_ payload: ByteBuffer, writable: Bool) -> ByteBuffer? {
+        guard writable else {
+            waiting = payload
+            return nil
+        }
+        waiting = nil
+        return payload
+    }
+
+    /// The channel became writable: the pong that waited, if any.
+    public mutating func becameWritable() -> ByteBuffer? {
+        defer { waiting = nil }
+        return waiting
+    }
+}

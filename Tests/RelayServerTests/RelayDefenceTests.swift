@@ -1,0 +1,121 @@
+import HybridConnections
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import NIOWebSocket
+import RelayIO
+import Testing
+
+@testable import RelayServer
+
+@Suite struct RelayDefenceTests {
+    @Test func controlTextIsRefusedWhenItCrossesItsLimitNotWhenAssembled() {
+        var assembler = MessageAssembler(limit: 1000, textLimit: 10)
+        #expect(
+            assembler.receive(WebSocketFrame(fin: false, opcode: .text, data: ByteBuffer(string: "12345"))) == .none)
+        #expect(
+            assembler.receive(WebSocketFrame(fin: false, opcode: .continuation, data: ByteBuffer(string: "678901")))
+                == .tooLarge)
+        let body = ByteBuffer(repeating: 7, count: 900)
+        #expect(
+            assembler.receive(WebSocketFrame(fin: true, opcode: .binary, data: body))
+                == .message(opcode: .binary, data: body), "binary bodies keep the larger limit")
+        #expect(MessageAssembler(limit: 5, textLimit: 10).textLimit == 5, "text never gets more than binary")
+    }
+
+    @Test func consumedCredentialHeaders() {
+        let checked = HybridConnectionConfiguration(name: "hc")
+        let open = HybridConnectionConfiguration(name: "open", requiresClientAuthorization: false)
+        #expect(
+            RelayPolicy.consumedHeaders(entity: checked, source: .authorization)
+                == ["servicebusauthorization", "authorization"])
+        #expect(
+            RelayPolicy.consumedHeaders(entity: checked, source: .serviceBusAuthorization) == [
+                "servicebusauthorization"
+            ])
+        #expect(RelayPolicy.consumedHeaders(entity: checked, source: .query) == ["servicebusauthorization"])
+        #expect(RelayPolicy.consumedHeaders(entity: open, source: .authorization) == ["servicebusauthorization"])
+    }
+
+    @Test func limitsThatWouldTrapAreRefused() {
+        var limits = RelayLimits()
+        #expect(limits.problems().isEmpty)
+        limits.clockSkewSeconds = 1e300
+        limits.handshakeTimeoutSeconds = .nan
+        limits.acceptTimeoutSeconds = .infinity
+        limits.idleTimeoutSeconds = 0
+        limits.maxRequestTargetBytes = 0
+        limits.maxConnections = -1
+        let problems = limits.problems().joined(separator: "; ")
+        for name in [
+            "clockSkewSeconds", "handshakeTimeoutSeconds", "acceptTimeoutSeconds", "idleTimeoutSeconds",
+            "maxRequestTargetBytes", "maxConnections",
+        ] {
+            #expect(problems.contains(name), "\(name)")
+        }
+    }
+
+    @Test func connectionLimitFollowsTheOpenFileLimit() {
+        var limits = RelayLimits()
+        #expect(limits.connectionLimit(openFiles: 1024) == 960)
+        #expect(limits.connectionLimit(openFiles: 96) == 48)
+        #expect(limits.connectionLimit(openFiles: 1) == 1)
+        limits.maxConnections = 5000
+        #expect(limits.connectionLimit(openFiles: 1024) == 5000, "an explicit limit wins")
+    }
+
+    @Test func parserLimitsSitAboveTheRelaysOwn() {
+        let limits = RelayLimits()
+        #expect(limits.decoderLimits.maxHeaderListSize > limits.maxHeaderBytes)
+        #expect(limits.decoderLimits.maxHeaderFieldSize > limits.maxRequestTargetBytes)
+    }
+}
+
+@Suite struct FrameRulesTests {
+    func frame(_ opcode: UInt8, rsv1: Bool = false, _ payload: [UInt8] = []) -> WebSocketFrame {
+        WebSocketFrame(
+            fin: true, rsv1: rsv1, opcode: WebSocketOpcode(encodedWebSocketOpcode: opcode)!,
+            data: ByteBuffer(bytes: payload))
+    }
+
+    @Test func reservedBitsAndOpcodesAreProtocolErrors() {
+        #expect(FrameRules.violation(in: frame(0x2)) == nil)
+        #expect(FrameRules.violation(in: frame(0x2, rsv1: true))?.code == 1002)
+        for reserved: UInt8 in [0x3, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF] {
+            #expect(FrameRules.violation(in: frame(reserved))?.code == 1002, "opcode \(reserved)")
+        }
+        for allowed: UInt8 in [0x0, 0x1, 0x2, 0x8, 0x9, 0xA] {
+            #expect(FrameRules.violation(in: frame(allowed)) == nil, "opcode \(allowed)")
+        }
+    }
+
+    @Test func closeBodies() {
+        #expect(FrameRules.closeViolation(ByteBuffer()) == nil)
+        #expect(FrameRules.closeViolation(ByteBuffer(bytes: [0x03]))?.code == 1002)
+        #expect(FrameRules.closeViolation(ByteBuffer(bytes: [0x03, 0xE8] + Array("bye ✓".utf8))) == nil)
+        #expect(FrameRules.closeViolation(ByteBuffer(bytes: [0x03, 0xE8, 0xFF, 0xFE]))?.code == 1007)
+        for code: UInt16 in [0, 999, 1004, 1005, 1006, 1015, 2999, 5000] {
+            var body = ByteBuffer()
+            body.writeInteger(code)
+            #expect(FrameRules.closeViolation(body)?.code == 1002, "code \(code)")
+        }
+    }
+
+    @Test func closeReasonsAreCutOnACharacterBoundary() {
+        let frame = FrameRules.closeFrame(
+            code: 1011, reason: String(repeating: "é", count: 100), allocator: ByteBufferAllocator())
+        var data = frame.data
+        #expect(data.readInteger(as: UInt16.self) == 1011)
+        let reason = data.readString(length: data.readableBytes)
+        #expect(reason == String(repeating: "é", count: 61), "123 bytes leave room for 61 two-byte characters")
+    }
+
+    @Test func onlyTheLatestPingWaitsForWritability() {
+        var pongs = PongReplies()
+        #expect(pongs.pingReceived(ByteBuffer(string: "1"), writable: true) == ByteBuffer(string: "1"))
+        #expect(pongs.pingReceived(ByteBuffer(string: "2"), writable: false) == nil)
+        #expect(pongs.pingReceived(ByteBuffer(string: "3"), writable: false) == nil)
+        #expect(pongs.becameWritable() == ByteBuffer(string: "3"))
+        #expect(pongs.becameWritable() == nil)
+    }
+}
