@@ -87,7 +87,12 @@ public struct AgentConfiguration: Equatable, Sendable {
             configuration.localForwards.append(try parseLocal(entry, defaultBindAddress: configuration.bindAddress))
         }
         for entry in try top.sequence("RemoteForward") {
-            configuration.remoteForwards.append(try parseRemote(entry))
+            let forward = try parseRemote(entry)
+            do {
+                configuration.remoteForwards = try RemoteForward.merged(configuration.remoteForwards + [forward])
+            } catch {
+                throw AgentConfigurationError(line: entry.mark?.line, error.description)
+            }
         }
         return configuration
     }

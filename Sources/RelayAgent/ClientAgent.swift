@@ -249,7 +249,7 @@ extension ClientAgent {
                 tunnelLogger.info(
                     "tunnel closed",
                     metadata: [
-                        "bytes_up": "\(summary.bytesToRelay)", "bytes_down": "\(summary.bytesFromRelay)",
+                        "bytes_up": "\(summary.bytesUp)", "bytes_down": "\(summary.bytesDown)",
                         "duration_ms": "\((ContinuousClock.now - started).milliseconds)",
                         "cause": "\(summary.closeCause)", "cause_label": "\(summary.causeLabel)",
                     ])

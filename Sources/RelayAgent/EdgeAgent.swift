@@ -264,7 +264,7 @@ final class ListenerLoop: Sendable {
                 tunnelLogger.info(
                     "tunnel closed",
                     metadata: [
-                        "bytes_up": "\(summary.bytesFromRelay)", "bytes_down": "\(summary.bytesToRelay)",
+                        "bytes_up": "\(summary.bytesUp)", "bytes_down": "\(summary.bytesDown)",
                         "duration_ms": "\((ContinuousClock.now - started).milliseconds)",
                         "cause": "\(summary.closeCause)",
                     ])

@@ -55,6 +55,34 @@ public struct RemoteForward: Hashable, Sendable {
         self.connectionString = connectionString
     }
 
+    /// Entries for the same hybrid connection (two `-T`, two `RemoteForward`, or one of each) as one
+    /// listener with every binding: two listeners that each knew half the port names would refuse about half
+    /// of all tunnels. Names compare case-insensitively, as entity names do. Refused: a port name given twice
+    /// for one relay, and one relay given with two different connection strings.
+    public static func merged(_ forwards: [RemoteForward]) throws(ForwardSpecError) -> [RemoteForward] {
+        var result: [RemoteForward] = []
+        for forward in forwards {
+            guard let index = result.firstIndex(where: { $0.relayName.lowercased() == forward.relayName.lowercased() })
+            else {
+                result.append(forward)
+                continue
+            }
+            guard result[index].connectionString == forward.connectionString else {
+                throw ForwardSpecError(
+                    "relay '\(forward.relayName)' is forwarded twice with different connection strings")
+            }
+            for binding in forward.bindings {
+                guard !result[index].bindings.contains(where: { $0.portName == binding.portName }) else {
+                    throw ForwardSpecError(
+                        "relay '\(forward.relayName)' names port '\(binding.portName)' twice; give each target its own port name"
+                    )
+                }
+                result[index].bindings.append(binding)
+            }
+        }
+        return result
+    }
+
     /// The binding for a preamble port name. As in azbridge, a single binding with a numeric name
     /// takes any port name.
     public func binding(forPortName name: String) -> RemoteBinding? {

@@ -14,10 +14,18 @@ import Tracing
 
 /// What one tunnelled connection moved, and why it ended.
 public struct TunnelSummary: Sendable, Equatable {
+    /// Whether this is the edge's side of the tunnel (the service is its local peer) or the client's (the
+    /// device is).
+    public var atEdge = false
     /// Bytes from the local TCP peer toward the relay.
     public var bytesToRelay = 0
     /// Bytes from the relay toward the local TCP peer.
     public var bytesFromRelay = 0
+    /// Bytes that flowed from the device toward the service, the same number at every hop
+    /// (docs/telemetry.md): what the client sent to the relay, what the edge received from it.
+    public var bytesUp: Int { atEdge ? bytesFromRelay : bytesToRelay }
+    /// Bytes from the service back toward the device.
+    public var bytesDown: Int { atEdge ? bytesToRelay : bytesFromRelay }
     public var closeCause = "closed"
     /// `closeCause` as a short bounded label for metrics.
     public var causeLabel = "closed"
@@ -98,7 +106,9 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
         self.onFinished = onFinished
         switch role {
         case .sender: phase = .awaitingReply(PreambleResponseParser())
-        case .listener: phase = .awaitingRequest(PreambleRequestParser())
+        case .listener:
+            phase = .awaitingRequest(PreambleRequestParser())
+            summary.atEdge = true
         }
     }
 
@@ -511,8 +521,8 @@ extension TunnelTCPHandler: Sendable {}
 extension HopSpan {
     /// The bridge attributes of a finished tunnel.
     func record(_ summary: TunnelSummary) {
-        attributes["bytes_up"] = summary.bytesToRelay
-        attributes["bytes_down"] = summary.bytesFromRelay
+        attributes["bytes_up"] = summary.bytesUp
+        attributes["bytes_down"] = summary.bytesDown
         attributes["close_cause"] = summary.causeLabel
         if let ttfb = summary.timeToFirstByte { attributes["ttfb_ms"] = (ttfb * 1000 * 1000).rounded() / 1000 }
         if !["closed", "remote_close"].contains(summary.causeLabel) {

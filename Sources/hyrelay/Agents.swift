@@ -205,6 +205,11 @@ struct Edge: AsyncParsableCommand {
         guard !configuration.remoteForwards.isEmpty else {
             throw ValidationError("You must specify at least one -T forwarder (or RemoteForward in -f).")
         }
+        do {
+            configuration.remoteForwards = try RemoteForward.merged(configuration.remoteForwards)
+        } catch {
+            throw ValidationError("-T \(error.description)")
+        }
         var forwards: [(RemoteForward, RelayAccess)] = []
         for forward in configuration.remoteForwards {
             let access = try options.access(

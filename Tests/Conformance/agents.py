@@ -104,8 +104,9 @@ def wait_port(port, process=None, timeout=20):
 
 class TcpServer:
     """A threaded TCP target. `mode` echo: echo bytes, then FIN after the peer's FIN. `reply`: read to
-    EOF, then answer with a summary (half-close request/reply). `tag`: send a fixed tag, then echo.
-    `delay`: seconds to wait before the first byte is echoed (a slow service)."""
+    EOF, then answer with a summary (half-close request/reply). `shrink`: read to EOF, then answer with a
+    tenth as many bytes (asymmetric traffic, so a hop that swaps directions shows). `tag`: send a fixed
+    tag, then echo. `delay`: seconds to wait before the first byte is answered (a slow service)."""
 
     def __init__(self, mode="echo", tag=b"", delay=0.0):
         self.mode = mode
@@ -134,7 +135,16 @@ class TcpServer:
         try:
             if self.tag:
                 conn.sendall(self.tag)
-            if self.mode == "reply":
+            if self.mode == "shrink":
+                total = 0
+                while True:
+                    n = conn.recv_into(buffer)
+                    if n == 0:
+                        break
+                    total += n
+                time.sleep(self.delay)
+                conn.sendall(b"d" * (total // 10))
+            elif self.mode == "reply":
                 digest = hashlib.sha256()
                 total = 0
                 while True:

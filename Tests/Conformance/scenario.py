@@ -27,7 +27,7 @@ def export_flags(fake, metrics_port, instance):
 
 
 def tunnel(port, payload=b"x" * 10_000):
-    """One tunnel: send, half-close, read the echo. Returns the bytes received (none when the tunnel is
+    """One tunnel: send, half-close, read the answer. Returns the bytes received (none when the tunnel is
     refused: the client then closes, or resets, the connection)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     received = b""
@@ -71,7 +71,8 @@ class FaultScenario:
         relay.wait_for_log("relay listening")
         self.processes.append(relay)
         url = "ws://127.0.0.1:%d" % relay_port
-        echo, slow = agents.TcpServer("echo"), agents.TcpServer("echo", delay=SLOW_SECONDS)
+        # Services answer a tenth of what they get: every hop must agree on which way the bytes went.
+        echo, slow = agents.TcpServer("shrink"), agents.TcpServer("shrink", delay=SLOW_SECONDS)
         self.servers += [echo, slow]
         self.closed_target = "127.0.0.1:%d" % free_port()
         self.slow_target = "127.0.0.1:%d" % slow.port
@@ -102,7 +103,7 @@ class FaultScenario:
         self.processes.insert(1, edge)
         self._wait_for_scrapes()
         for _ in range(COUNTS["ok"]):
-            assert len(tunnel(ports["ok"])) == 10_000
+            assert len(tunnel(ports["ok"])) == 1_000
         for _ in range(COUNTS["refused"]):
             assert tunnel(ports["bad"]) == b""
         for _ in range(COUNTS["no_listener"]):
@@ -110,7 +111,7 @@ class FaultScenario:
         for _ in range(COUNTS["bad_token"]):
             assert tunnel(ports["intruder"]) == b""
         for _ in range(COUNTS["slow"]):
-            assert len(tunnel(ports["slow"])) == 10_000
+            assert len(tunnel(ports["slow"])) == 1_000
         # Let Prometheus scrape and evaluate the rules over the faults.
         time.sleep(6)
         self.prometheus_results = self._query_prometheus()

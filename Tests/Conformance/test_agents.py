@@ -111,20 +111,29 @@ def test_half_close_request_reply(relay):
         target.close()
 
 
-def test_two_port_names_reach_two_targets(relay):
+@pytest.mark.parametrize("form", ["one -T", "two -T"])
+def test_two_port_names_reach_two_targets(relay, form):
     a = agents.TcpServer("echo", tag=b"A")
     b = agents.TcpServer("echo", tag=b"B")
-    edge = agents.start_edge(relay.directory, relay.url, ["multi:one/127.0.0.1:%d;two/127.0.0.1:%d" % (a.port, b.port)])
+    if form == "one -T":
+        specs = ["multi:one/127.0.0.1:%d;two/127.0.0.1:%d" % (a.port, b.port)]
+    else:
+        # Two entries for one hybrid connection are one listener with both bindings, not two listeners that
+        # each refuse the other's port name.
+        specs = ["multi:one/127.0.0.1:%d" % a.port, "multi:two/127.0.0.1:%d" % b.port]
+    edge = agents.start_edge(relay.directory, relay.url, specs)
     port_a, port_b = free_port(), free_port()
     client = agents.start_client(
         relay.directory, relay.url, ["127.0.0.1:%d/one;127.0.0.1:%d/two:multi" % (port_a, port_b)], [port_a, port_b])
     try:
-        for port, tag in ((port_a, b"A"), (port_b, b"B")):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            assert sock.recv(1) == tag
-            sock.sendall(b"ping")
-            assert sock.recv(4) == b"ping"
-            sock.close()
+        for _ in range(10):
+            for port, tag in ((port_a, b"A"), (port_b, b"B")):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                assert sock.recv(1) == tag
+                sock.sendall(b"ping")
+                assert sock.recv(4) == b"ping"
+                sock.close()
+        assert edge.log().count("listener online") == 1
     finally:
         client.stop()
         edge.stop()
@@ -280,6 +289,10 @@ def test_check_validates_azbridge_files(tmp_path):
     assert ok.returncode == 0 and "OK" in ok.stdout
     failed = subprocess.run([agents.binary(), "check", "-f", str(bad)], capture_output=True, text=True)
     assert failed.returncode == 2 and "line 4: unknown key 'RemoteHostName'" in failed.stdout
+    twice = tmp_path / "twice.yml"
+    twice.write_text("RemoteForward:\n  - RelayName: db\n    HostPort: 5432\n  - RelayName: db\n    HostPort: 5432\n")
+    failed = subprocess.run([agents.binary(), "check", "-f", str(twice)], capture_output=True, text=True)
+    assert failed.returncode == 2 and "line 4: relay 'db' names port '5432' twice" in failed.stdout
 
 
 def test_client_from_azbridge_config_file(relay, echo_tunnel, tmp_path):

@@ -16,7 +16,8 @@ import dashboard_checks as checks
 from conftest import ROOT
 from scenario import COUNTS, SLOW_SECONDS, FaultScenario
 
-PAYLOAD = 10_000
+PAYLOAD = 10_000  # toward the service; it answers a tenth (REPLY)
+REPLY = 1_000
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_tunnel_inventory(kusto):
     delivered = COUNTS["ok"] + COUNTS["slow"]
     assert hc1["Tunnels"] == delivered + COUNTS["refused"] + COUNTS["bad_token"]
     assert hc1["Failed"] == COUNTS["refused"] + COUNTS["bad_token"]
-    assert hc1["BytesUp"] == hc1["BytesDown"] == delivered * PAYLOAD
+    assert (hc1["BytesUp"], hc1["BytesDown"]) == (delivered * PAYLOAD, delivered * REPLY)
     assert (hc2["Tunnels"], hc2["Failed"], hc2["SuccessPercent"]) == (COUNTS["no_listener"], COUNTS["no_listener"], 0)
     only = kusto(saved("tunnel_inventory", EntityFilter='"hc2"'))
     assert [r["Entity"] for r in only] == ["hc2"]
@@ -93,10 +94,13 @@ def test_trace_timeline(kusto):
 
 def test_bytes_per_entity_and_top_talkers(kusto):
     rows = kusto(saved("bytes_per_entity", Grain="1m"))
-    assert sum(r["BytesUp"] for r in rows if r["Entity"] == "hc1") == (COUNTS["ok"] + COUNTS["slow"]) * PAYLOAD
+    delivered = COUNTS["ok"] + COUNTS["slow"]
+    assert sum(r["BytesUp"] for r in rows if r["Entity"] == "hc1") == delivered * PAYLOAD
+    assert sum(r["BytesDown"] for r in rows if r["Entity"] == "hc1") == delivered * REPLY
     talkers = kusto(saved("top_talkers"))
     assert len(talkers) == COUNTS["ok"] + COUNTS["slow"]
-    assert all(r["BytesTotal"] == 2 * PAYLOAD and r["Peer"].startswith("127.0.0.1:") for r in talkers)
+    assert all((r["BytesUp"], r["BytesDown"]) == (PAYLOAD, REPLY) and r["Peer"].startswith("127.0.0.1:")
+               for r in talkers)
 
 
 def test_listener_flaps(kusto):

@@ -18,6 +18,8 @@ from conftest import free_port
 from fake_azure import IKEY, FakeAzure
 
 STREAMS = {"spans": "Custom-HyRelaySpans", "logs": "Custom-HyRelayLogs", "metrics": "Custom-HyRelayMetrics"}
+# One asymmetric transfer: bytes toward the service, and back.
+UP, DOWN = 100_000, 10_000
 
 
 @pytest.fixture
@@ -278,7 +280,9 @@ def test_relay_edge_and_client_export_with_flags_and_environment_only(tmp_path, 
         relay_env = fake.env("secret")
         for key, value in relay_env.items():
             monkeypatch.setenv(key, value)
-        relay = start_relay_with(tmp_path, export_flags(fake.url, tmp_path / "s1"), "live-relay")
+        ports = {role: free_port() for role in ("relay", "edge", "client")}
+        relay = start_relay_with(tmp_path, export_flags(fake.url, tmp_path / "s1", "--metrics",
+                                                        "127.0.0.1:%d" % ports["relay"]), "live-relay")
         monkeypatch.delenv("AZURE_CLIENT_SECRET")
         for key, value in fake.env("workload", tmp_path).items():
             monkeypatch.setenv(key, value)
@@ -289,31 +293,54 @@ def test_relay_edge_and_client_export_with_flags_and_environment_only(tmp_path, 
         server.bind(("127.0.0.1", target))
         server.listen(16)
 
-        def echo():
+        def serve():
+            # Asymmetric on purpose: 100,000 bytes toward the service, 10,000 back, so a hop that swaps
+            # the directions cannot pass.
             while True:
                 try:
                     conn, _ = server.accept()
                 except OSError:
                     return
-                data = conn.recv(65536)
-                conn.sendall(data)
+                received = 0
+                while True:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    received += len(chunk)
+                conn.sendall(b"r" * (received // 10))
                 conn.close()
 
-        threading.Thread(target=echo, daemon=True).start()
+        threading.Thread(target=serve, daemon=True).start()
         edge = start_edge(tmp_path, relay.ws if hasattr(relay, "ws") else "ws://127.0.0.1:%d" % relay.port,
-                          ["hc1:127.0.0.1:%d" % target], extra=export_flags(fake.url, tmp_path / "s2"))
+                          ["hc1:127.0.0.1:%d" % target],
+                          extra=export_flags(fake.url, tmp_path / "s2", "--metrics", "127.0.0.1:%d" % ports["edge"]))
         for key in ("AZURE_FEDERATED_TOKEN_FILE", "AZURE_TENANT_ID", "AZURE_AUTHORITY_HOST"):
             monkeypatch.delenv(key)
         monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", fake.url)
         local = free_port()
         client = start_client(tmp_path, "ws://127.0.0.1:%d" % relay.port, ["127.0.0.1:%d:hc1" % local], [local],
-                              extra=export_flags(fake.url, tmp_path / "s3"))
+                              extra=export_flags(fake.url, tmp_path / "s3", "--metrics",
+                                                 "127.0.0.1:%d" % ports["client"]))
         for i in range(3):
             with socket.create_connection(("127.0.0.1", local), timeout=10) as conn:
-                conn.sendall(b"ping-%d" % i)
-                assert conn.recv(100) == b"ping-%d" % i
+                conn.sendall(b"u" * UP)
+                conn.shutdown(socket.SHUT_WR)
+                reply = b""
+                while len(reply) < DOWN:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    reply += chunk
+                assert reply == b"r" * DOWN
         wait_until(lambda: len({r["TraceId"] for r in fake.all_rows(STREAMS["spans"]) if r["Name"] == "edge.bridge"}) >= 3,
                    what="edge spans")
+        metrics_seen = {}
+        for role in ("client", "relay", "edge"):
+            text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % ports[role], timeout=5).read().decode()
+            for direction in ("up", "down"):
+                line = next(l for l in text.splitlines() if l.startswith("hyrelay_transferred_bytes_total{")
+                            and 'role="%s"' % role in l and 'direction="%s"' % direction in l)
+                metrics_seen[role, direction] = float(line.rsplit(" ", 1)[1])
         client.stop()
         edge.stop()
         relay.stop()
@@ -326,7 +353,20 @@ def test_relay_edge_and_client_export_with_flags_and_environment_only(tmp_path, 
             assert {"client.accept", "client.connect", "relay.rendezvous", "relay.bridge", "edge.dial",
                     "edge.bridge", "client.bridge"} <= set(hops)
             assert {hops[n]["Role"] for n in hops} == {"client", "relay", "edge"}
-            assert hops["edge.bridge"]["BytesUp"] == 6 and hops["edge.dial"]["Outcome"] == "connected"
+            assert hops["edge.dial"]["Outcome"] == "connected"
+            # bytes_up flows from the device toward the service at every hop; the relay also carries the
+            # preamble (a few bytes each way).
+            for name in ("client.bridge", "edge.bridge"):
+                assert (hops[name]["BytesUp"], hops[name]["BytesDown"]) == (UP, DOWN), (name, hops[name])
+            assert 0 <= hops["relay.bridge"]["BytesUp"] - UP < 64 and 0 <= hops["relay.bridge"]["BytesDown"] - DOWN < 64
+        closed_logs = [r for r in fake.all_rows(STREAMS["logs"]) if r["Message"] == "tunnel closed"]
+        assert sorted(r["Role"] for r in closed_logs) == ["client"] * 3 + ["edge"] * 3
+        for row in closed_logs:
+            assert (row["Attributes"]["bytes_up"], row["Attributes"]["bytes_down"]) == (str(UP), str(DOWN)), row
+        for role in ("client", "edge"):
+            assert (metrics_seen[role, "up"], metrics_seen[role, "down"]) == (3 * UP, 3 * DOWN), (role, metrics_seen)
+        assert 3 * UP <= metrics_seen["relay", "up"] < 3 * UP + 200
+        assert 3 * DOWN <= metrics_seen["relay", "down"] < 3 * DOWN + 200
         kinds = sorted({kind for _, kind, _ in fake.token_requests})
         assert kinds == ["managed", "secret", "workload"]
         metric_roles = {r["Role"] for r in fake.all_rows(STREAMS["metrics"])}

@@ -161,6 +161,16 @@ import Testing
         ("LocalForward: [\n", 2, "not valid YAML"),
         ("AzureRelayConnectionString: nonsense\n", 1, "is not Key=Value"),
         ("RemoteForward:\n  - RelayName: bad name\n    HostPort: 1\n", 2, "RelayName 'bad name'"),
+        (
+            "RemoteForward:\n  - RelayName: db\n    HostPort: 5432\n  - RelayName: DB\n    HostPort: 5432\n", 4,
+            "names port '5432' twice"
+        ),
+        (
+            "RemoteForward:\n  - RelayName: db\n    HostPort: 1\n    PortName: a\n"
+                + "  - RelayName: db\n    HostPort: 2\n    PortName: b\n"
+                + "    ConnectionString: Endpoint=sb://x/;SharedAccessKeyName=k;SharedAccessKey=v\n", 5,
+            "different connection strings"
+        ),
     ])
     func badFilesNameTheLine(yaml: String, line: Int, fragment: String) {
         do {
@@ -169,6 +179,31 @@ import Testing
         } catch {
             #expect(error.line == line, "\(error)")
             #expect(error.description.contains(fragment), "\(error)")
+        }
+    }
+
+    @Test func entriesForOneRelayBecomeOneListenerWithEveryBinding() throws {
+        let yaml = """
+            RemoteForward:
+              - RelayName: db
+                HostPort: 5432
+                PortName: pg
+              - RelayName: cache
+                HostPort: 6379
+              - RelayName: DB
+                HostPort: 5433
+                PortName: replica
+            """
+        let configuration = try AgentConfiguration.parse(yaml: yaml)
+        #expect(configuration.remoteForwards.map(\.relayName) == ["db", "cache"])
+        #expect(configuration.remoteForwards[0].bindings.map(\.portName) == ["pg", "replica"])
+        #expect(configuration.remoteForwards[0].binding(forPortName: "replica")?.port == 5433)
+        let flags = try RemoteForward.merged([
+            ForwardSpec.parseRemote("web:a/127.0.0.1:80"), ForwardSpec.parseRemote("web:b/127.0.0.1:81"),
+        ])
+        #expect(flags.count == 1 && flags[0].bindings.map(\.portName) == ["a", "b"])
+        #expect(throws: ForwardSpecError.self) {
+            try RemoteForward.merged([ForwardSpec.parseRemote("web:80"), ForwardSpec.parseRemote("web:80")])
         }
     }
 
