@@ -112,7 +112,7 @@ let package = Package(
         .testTarget(
             name: "RelayServerTests",
             dependencies: [
-                "HybridConnections", "RelayIO", "RelayServer", log, crypto,
+                "HybridConnections", "RelayIO", "RelayServer", log, crypto, yams,
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ] + nio,
             swiftSettings: strict

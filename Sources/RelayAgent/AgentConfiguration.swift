@@ -180,7 +180,8 @@ private struct Fields {
                 throw AgentConfigurationError(line: key.mark?.line, "a key must be text")
             }
             guard allowed.contains(name) else {
-                throw AgentConfigurationError(line: key.mark?.line, "unknown key '\(name)' in \(what)")
+                throw AgentConfigurationError(
+                    line: key.mark?.line, "unknown key '\(name)' in \(what)\(Spelling.hint(for: name, among: allowed))")
             }
             values[name] = value
             keyLines[name] = key.mark?.line

@@ -225,6 +225,12 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         scheduleTick()
     }
 
+    /// The relay drains or the entity is gone: 1001, so the listener reconnects elsewhere.
+    func goAway(reason: String) {
+        closeCause = "going_away"
+        close(code: 1001, reason: reason)
+    }
+
     /// Writes `message` and its body back to back, so no other message can come between them.
     func send(_ message: ControlMessage, body: ByteBuffer?) {
         guard let context, !closing else { return }

@@ -78,6 +78,14 @@ public struct RelayLimits: Codable, Equatable, Sendable {
     /// How fast that budget comes back, per second.
     public var authFailuresPerSecond: Double = 1
 
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case acceptTimeoutSeconds, httpResponseTimeoutSeconds, handshakeTimeoutSeconds, httpBodyTimeoutSeconds,
+            idleTimeoutSeconds, pingIntervalSeconds, missedPongLimit, tokenGraceSeconds, clockSkewSeconds,
+            maxListenersPerEntity, maxHeaderBytes, maxRequestTargetBytes, maxFrameBytes, maxHTTPBodyBytes,
+            maxBufferedHTTPBytes, controlChannelRequestBytes, maxConnectionsPerSource, maxConnections, authFailureBurst,
+            authFailuresPerSecond
+    }
+
     public init() {}
 
     /// `maxConnections`, or with 0 what `openFiles` descriptors allow: 64 are kept for everything else the
@@ -207,15 +215,28 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
         limits = try container.decodeIfPresent(RelayLimits.self, forKey: .limits) ?? RelayLimits()
     }
 
-    /// Parses a YAML or JSON document (JSON is YAML).
+    /// Parses a YAML or JSON document (JSON is YAML). Keys are strict: an unknown one (a typo such as
+    /// `tsl:` for `tls:`) is an error naming its line and the closest known key, never silently ignored.
     public static func parse(_ text: String) throws(ConfigurationError) -> RelayConfiguration {
         do {
+            if let root = try Yams.compose(yaml: text) {
+                try ConfigurationSchema.relay.check(root, at: "the configuration")
+            }
             return try YAMLDecoder().decode(RelayConfiguration.self, from: text)
+        } catch let error as ConfigurationError {
+            throw error
         } catch let error as DecodingError {
             throw ConfigurationError(description: Self.describe(error))
         } catch {
             throw ConfigurationError(description: "\(error)")
         }
+    }
+
+    /// Whether a file's top-level keys are a relay's (camelCase) rather than an azbridge agent's (PascalCase).
+    public static func looksLikeRelayConfiguration(_ text: String) -> Bool {
+        guard let root = try? Yams.compose(yaml: text), let mapping = root.mapping else { return false }
+        guard case .mapping(let keys) = ConfigurationSchema.relay else { return false }
+        return mapping.keys.contains { $0.string.map { keys[$0] != nil } ?? false }
     }
 
     static func describe(_ error: DecodingError) -> String {
@@ -272,6 +293,49 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
     public var effectivePublicURL: String {
         if let publicURL { return publicURL.hasSuffix("/") ? String(publicURL.dropLast()) : publicURL }
         return "\(tls == nil ? "ws" : "wss")://\(listen)"
+    }
+}
+
+/// The keys a relay configuration file may hold, nested as the file nests them.
+indirect enum ConfigurationSchema: Sendable {
+    case value
+    case mapping([String: ConfigurationSchema])
+    case list(ConfigurationSchema)
+
+    static let rule = ConfigurationSchema.mapping([
+        "keyName": .value, "primaryKey": .value, "secondaryKey": .value, "rights": .list(.value),
+    ])
+
+    static let relay = ConfigurationSchema.mapping([
+        "listen": .value, "publicURL": .value,
+        "tls": .mapping(["certificate": .value, "key": .value]),
+        "namespaceRules": .list(rule),
+        "hybridConnections": .list(
+            .mapping(["name": .value, "requiresClientAuthorization": .value, "rules": .list(rule)])),
+        "limits": .mapping(
+            Dictionary(uniqueKeysWithValues: RelayLimits.CodingKeys.allCases.map { ($0.rawValue, .value) })),
+    ])
+
+    /// Refuses the first key `node` holds that the schema does not know. Shapes (a list where a mapping
+    /// belongs) are left to the decoder, which names them by path.
+    func check(_ node: Node, at place: String) throws(ConfigurationError) {
+        switch (self, node) {
+        case (.mapping(let keys), .mapping(let mapping)):
+            for (key, value) in mapping {
+                let name = key.string ?? "\(key)"
+                guard let schema = keys[name] else {
+                    let line = key.mark.map { "line \($0.line): " } ?? ""
+                    throw ConfigurationError(
+                        description:
+                            "\(line)unknown key '\(name)' in \(place)\(Spelling.hint(for: name, among: keys.keys))")
+                }
+                try schema.check(value, at: "'\(name)'")
+            }
+        case (.list(let element), .sequence(let sequence)):
+            for item in sequence { try element.check(item, at: place) }
+        default:
+            break
+        }
     }
 }
 

@@ -305,6 +305,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest
     ) {
         do {
+            if hub.isDraining && (request.action == .listen || request.action == .connect) {
+                throw Refusal.draining
+            }
             switch request.action {
             case .listen: try listen(context: context, head: head, request: request)
             case .connect: try connect(context: context, head: head, request: request)
@@ -448,11 +451,14 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         collector.start(bridgeSpan)
         let active = metrics.activeTunnels(role: .relay)
         active.increment()
+        let hub = self.hub
+        hub.tunnelOpened()
         let upBytes = metrics.bytes(role: .relay, direction: .up)
         let joined = NIODeadline.now()
         let bridge = WebSocketBridgeHandler(countBytes: { upBytes.increment(by: Int64($0)) }) { statistics in
             collector.senderLegFinished(statistics)
             active.decrement()
+            hub.tunnelClosed()
             metrics.tunnelClosed(
                 role: .relay, seconds: (NIODeadline.now() - joined).seconds,
                 cause: statistics.closeCode.map { "close_\($0)" } ?? "connection_lost")
@@ -529,6 +535,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Authorizes an HTTP-mode request from its head, and refuses what can be refused before a body is
     /// read: a declared body over the limit, and an entity nobody listens on.
     private func admitHTTPRequest(head: HTTPRequestHead, target: RequestTarget) throws -> HTTPModeRequest {
+        guard !hub.isDraining else { throw Refusal.draining }
         let path = try target.decodedPath()
         let (entity, _) = try hub.policy.entity(for: String(path.dropFirst()))
         let found = token(head, queryToken: try target.value(of: "sb-hc-token"))

@@ -36,6 +36,15 @@ final class ListenerHandle: Sendable {
             control.value.send(message, body: body)
         }
     }
+
+    /// Closes the control channel with 1001 Going Away: the listener reconnects, to another relay if there
+    /// is one.
+    func goAway(reason: String) {
+        let control = self.control
+        control.eventLoop.execute {
+            control.value.goAway(reason: reason)
+        }
+    }
 }
 
 /// The relay's bridge span: started when the legs join, ended when both legs have reported.
@@ -137,8 +146,20 @@ enum PendingRendezvous: Sendable {
 
 /// State shared by every connection of one relay: listeners and waiting rendezvous.
 public final class RelayHub: Sendable {
-    public let configuration: RelayConfiguration
-    let policy: RelayPolicy
+    /// What a reload replaces as one: the configuration and the decisions made from it.
+    private struct Settings {
+        var configuration: RelayConfiguration
+        var policy: RelayPolicy
+        var connectionLimit: Int
+
+        init(_ configuration: RelayConfiguration) {
+            self.configuration = configuration
+            policy = RelayPolicy(configuration: configuration)
+            connectionLimit = configuration.limits.connectionLimit(openFiles: OpenFiles.softLimit)
+        }
+    }
+
+    private let settings: NIOLockedValueBox<Settings>
     let logger: Logger
     public let metrics: RelayMetrics
     public let tracer: HopTracer
@@ -148,32 +169,77 @@ public final class RelayHub: Sendable {
     private let authFailures: NIOLockedValueBox<FailureRateLimiter>
     private let connectionsBySource = NIOLockedValueBox([String: Int]())
     private let openConnections = Atomic<Int>(0)
-    /// Connections the relay holds at most (`limits.connectionLimit` for this process's open-file limit).
-    let connectionLimit: Int
     private let bufferedHTTPBytes = Atomic<Int>(0)
+    private let openTunnels = Atomic<Int>(0)
+    private let draining = Atomic<Bool>(false)
     private let floodLogs = NIOLockedValueBox(LogThrottle(interval: 1))
 
     public init(configuration: RelayConfiguration, logger: Logger, metrics: RelayMetrics, tracer: HopTracer) {
-        self.configuration = configuration
+        settings = NIOLockedValueBox(Settings(configuration))
         self.logger = logger
         self.metrics = metrics
         self.tracer = tracer
-        policy = RelayPolicy(configuration: configuration)
         publicURLBox = NIOLockedValueBox(configuration.effectivePublicURL)
         table = NIOLockedValueBox(RendezvousTable(listenerLimit: configuration.limits.maxListenersPerEntity))
-        connectionLimit = configuration.limits.connectionLimit(openFiles: OpenFiles.softLimit)
         authFailures = NIOLockedValueBox(
             FailureRateLimiter(
                 burst: configuration.limits.authFailureBurst, perSecond: configuration.limits.authFailuresPerSecond))
     }
 
-    var limits: RelayLimits { configuration.limits }
+    public var configuration: RelayConfiguration { settings.withLockedValue { $0.configuration } }
+    var policy: RelayPolicy { settings.withLockedValue { $0.policy } }
+    var limits: RelayLimits { settings.withLockedValue { $0.configuration.limits } }
+    /// Connections the relay holds at most (`limits.connectionLimit` for this process's open-file limit).
+    var connectionLimit: Int { settings.withLockedValue { $0.connectionLimit } }
+
+    /// Takes a reloaded configuration (already validated) for every request from now on. Listeners of
+    /// entities that are gone are told with 1001; open tunnels are left alone.
+    /// - Returns: the entity names added and removed.
+    func apply(_ configuration: RelayConfiguration) -> (added: [String], removed: [String]) {
+        let old = settings.withLockedValue { settings in
+            defer { settings = Settings(configuration) }
+            return settings.configuration
+        }
+        if let publicURL = configuration.publicURL { publicURLBox.withLockedValue { $0 = publicURL } }
+        let oldNames = Set(old.hybridConnections.map { $0.name.lowercased() })
+        let newNames = Set(configuration.hybridConnections.map { $0.name.lowercased() })
+        let removed = old.hybridConnections.map(\.name).filter { !newNames.contains($0.lowercased()) }
+        let added = configuration.hybridConnections.map(\.name).filter { !oldNames.contains($0.lowercased()) }
+        let orphans = table.withLockedValue { table in
+            table.listenerLimit = configuration.limits.maxListenersPerEntity
+            return removed.flatMap { table.listeners(entity: $0) }
+        }
+        for listener in orphans { listener.goAway(reason: "The hybrid connection was removed") }
+        return (added, removed)
+    }
+
+    // MARK: Draining
+
+    /// From now on listeners and senders are refused with 503 and every listener is told to go elsewhere
+    /// (1001); rendezvous already under way complete, and open tunnels run on.
+    func startDraining() {
+        draining.store(true, ordering: .relaxed)
+        for listener in table.withLockedValue({ $0.allListeners }) {
+            listener.goAway(reason: "The relay is shutting down")
+        }
+    }
+
+    public var isDraining: Bool { draining.load(ordering: .relaxed) }
+
+    /// Tunnels joined and not yet closed, plus rendezvous and HTTP requests waiting.
+    var workInFlight: Int {
+        openTunnels.load(ordering: .relaxed) + table.withLockedValue { $0.pendingCount }
+    }
+
+    func tunnelOpened() { openTunnels.wrappingAdd(1, ordering: .relaxed) }
+    func tunnelClosed() { openTunnels.wrappingSubtract(1, ordering: .relaxed) }
 
     /// Base of the `address` fields handed to listeners.
     public var publicURL: String { publicURLBox.withLockedValue { $0 } }
 
     /// With `listen` on port 0 and no `publicURL`, addresses must name the port actually bound.
     func boundTo(port: Int) {
+        let configuration = self.configuration
         guard configuration.publicURL == nil, HostPort(configuration.listen)?.port == 0 else { return }
         var bound = HostPort(configuration.listen)!
         bound.port = port
@@ -206,7 +272,8 @@ public final class RelayHub: Sendable {
                 return counts[source]!
             }
         }
-        if total > connectionLimit {
+        let limits = self.limits
+        if total > self.connectionLimit {
             return Refusal(
                 status: 503, text: "ServerBusy: The relay is at its connection limit (\(connectionLimit)); retry later",
                 reason: "connection_limit")

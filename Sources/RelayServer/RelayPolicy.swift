@@ -26,6 +26,10 @@ public struct Refusal: Error, Equatable, Sendable {
         Refusal(status: 413, text: "PayloadTooLarge: The request body exceeds \(limit) bytes", reason: "body_too_large")
     }
 
+    static let draining = Refusal(
+        status: 503, text: "ServerBusy: The relay is shutting down; connect again (another relay will answer)",
+        reason: "draining")
+
     static let httpBufferFull = Refusal(
         status: 503, text: "ServerBusy: The relay holds too many request bodies; retry later",
         reason: "http_buffer_full")

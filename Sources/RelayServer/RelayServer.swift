@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -14,13 +15,16 @@ import RelayTelemetry
 public final class RelayServer: Sendable {
     public let hub: RelayHub
     private let channel: any Channel
+    /// Read for every new connection, so a reload can renew the certificate without touching open ones.
+    private let tlsContext: NIOLockedValueBox<NIOSSLContext?>
 
     /// The bound address (useful with port 0).
     public var localAddress: SocketAddress? { channel.localAddress }
 
-    private init(hub: RelayHub, channel: any Channel) {
+    private init(hub: RelayHub, channel: any Channel, tlsContext: NIOLockedValueBox<NIOSSLContext?>) {
         self.hub = hub
         self.channel = channel
+        self.tlsContext = tlsContext
     }
 
     /// Validates the configuration, loads TLS material and binds.
@@ -32,9 +36,7 @@ public final class RelayServer: Sendable {
         guard let address = HostPort(configuration.listen) else {
             throw ConfigurationError(description: "listen '\(configuration.listen)' is not HOST:PORT")
         }
-        let tlsContext = try configuration.tls.map {
-            try TLSSetup.serverContext(certificatePath: $0.certificate, keyPath: $0.key)
-        }
+        let tlsContext = NIOLockedValueBox(try Self.loadTLS(configuration))
         let hub = RelayHub(
             configuration: configuration, logger: logger, metrics: metrics, tracer: tracer ?? HopTracer(logger: logger))
         let decoderLimits = configuration.limits.decoderLimits
@@ -56,8 +58,8 @@ public final class RelayServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
-                    if let tlsContext {
-                        try sync.addHandler(NIOSSLServerHandler(context: tlsContext))
+                    if let tls = tlsContext.withLockedValue({ $0 }) {
+                        try sync.addHandler(NIOSSLServerHandler(context: tls))
                     }
                     let encoder = HTTPResponseEncoder()
                     let decoder = ByteToMessageHandler(
@@ -75,12 +77,57 @@ public final class RelayServer: Sendable {
         logger.info(
             "relay listening",
             metadata: [
-                "max_connections": "\(hub.connectionLimit)",
+                "tls": "\(configuration.tls == nil ? "off" : "on")", "max_connections": "\(hub.connectionLimit)",
                 "address": "\(channel.localAddress.map { "\($0)" } ?? configuration.listen)",
                 "public_url": "\(hub.publicURL)",
                 "hybrid_connections": "\(configuration.hybridConnections.map(\.name).joined(separator: ","))",
             ])
-        return RelayServer(hub: hub, channel: channel)
+        if configuration.tls == nil, hub.publicURL.lowercased().hasPrefix("wss://") {
+            // Right behind a TLS-terminating balancer; wrong when a `tls:` section was meant and mistyped.
+            logger.warning(
+                "publicURL is wss:// but this relay serves plain ws: terminate TLS in front of it, or configure tls",
+                metadata: ["public_url": "\(hub.publicURL)"])
+        }
+        return RelayServer(hub: hub, channel: channel, tlsContext: tlsContext)
+    }
+
+    private static func loadTLS(_ configuration: RelayConfiguration) throws -> NIOSSLContext? {
+        try configuration.tls.map { try TLSSetup.serverContext(certificatePath: $0.certificate, keyPath: $0.key) }
+    }
+
+    /// Applies a configuration read again (SIGHUP): hybrid connections, rules and keys, limits, public URL,
+    /// and the TLS certificate for new connections. Open tunnels and control channels are kept. Throws, and
+    /// changes nothing, when the new configuration is invalid or changes what only a restart can.
+    public func reload(_ configuration: RelayConfiguration) throws -> (added: [String], removed: [String]) {
+        try configuration.validate()
+        let running = hub.configuration
+        guard configuration.listen == running.listen else {
+            throw ConfigurationError(
+                description: "listen cannot change on reload ('\(running.listen)' → '\(configuration.listen)'); restart"
+            )
+        }
+        guard (configuration.tls == nil) == (running.tls == nil) else {
+            throw ConfigurationError(description: "tls cannot be switched on or off on reload; restart")
+        }
+        let context = try Self.loadTLS(configuration)
+        tlsContext.withLockedValue { $0 = context }
+        return hub.apply(configuration)
+    }
+
+    /// Tunnels and rendezvous under way.
+    public var tunnelCount: Int { hub.workInFlight }
+
+    /// Drains (SIGTERM): new listeners, senders and HTTP requests are refused with 503, listeners are told
+    /// to go elsewhere with 1001, rendezvous under way complete and open tunnels run for up to `grace`;
+    /// then the listening socket closes.
+    public func shutdown(grace: Duration) async {
+        hub.startDraining()
+        let deadline = ContinuousClock.now + grace
+        while hub.workInFlight > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        hub.logger.info("relay stopped", metadata: ["open_tunnels": "\(hub.workInFlight)"])
+        await stop()
     }
 
     /// Stops accepting; established connections are left to finish.

@@ -8,7 +8,7 @@ struct RendezvousTable<Listener, Pending> {
 
     private var listeners: [String: [(id: UInt64, listener: Listener)]] = [:]
     private var pending: [String: Pending] = [:]
-    private let listenerLimit: Int
+    var listenerLimit: Int
 
     init(listenerLimit: Int) {
         self.listenerLimit = listenerLimit
@@ -38,6 +38,12 @@ struct RendezvousTable<Listener, Pending> {
     func listenerCount(entity: String) -> Int {
         listeners[Self.key(entity)]?.count ?? 0
     }
+
+    func listeners(entity: String) -> [Listener] {
+        listeners[Self.key(entity)]?.map(\.listener) ?? []
+    }
+
+    var allListeners: [Listener] { listeners.values.flatMap { $0.map(\.listener) } }
 
     /// A uniformly random listener among those `isEligible` accepts ("balanced across them in random
     /// order").

@@ -6,6 +6,7 @@ import NIOPosix
 import NIOSSL
 import RelayAgent
 import RelayIO
+import RelayServer
 import RelayTelemetry
 
 #if canImport(FoundationEssentials)
@@ -246,7 +247,12 @@ struct Edge: AsyncParsableCommand {
 
 struct Check: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Validate an azbridge-style agent configuration file and report errors with their line."
+        abstract:
+            "Validate a configuration file (an agent's azbridge-style YAML, or a relay's) and report errors with their line.",
+        discussion: """
+            The kind is told from the top-level keys: a relay's are camelCase (listen, hybridConnections, …), \
+            azbridge's PascalCase (LocalForward, RemoteForward, …).
+            """
     )
 
     @Option(name: .customShort("f"), help: "The YAML file to check.")
@@ -258,6 +264,19 @@ struct Check: ParsableCommand {
             text = try String(contentsOfFile: file, encoding: .utf8)
         } catch {
             throw ValidationError("cannot read '\(file)': \(error)")
+        }
+        if RelayConfiguration.looksLikeRelayConfiguration(text) {
+            do {
+                let configuration = try RelayConfiguration.parse(text)
+                try configuration.validate()
+                print(
+                    "\(file): OK (relay, \(configuration.hybridConnections.count) hybrid connections, tls \(configuration.tls == nil ? "off" : "on"))"
+                )
+                return
+            } catch {
+                print("\(file): \(error)")
+                throw ExitCode(2)
+            }
         }
         do {
             let configuration = try AgentConfiguration.parse(yaml: text)
@@ -281,7 +300,7 @@ struct Check: ParsableCommand {
     }
 }
 
-/// What `serve` needs of an agent: how many tunnels are open, and a graceful stop.
+/// What `serve` needs of a role: how many tunnels are open, and a graceful stop.
 protocol DrainableAgent: Sendable {
     var tunnelCount: Int { get }
     func shutdown(grace: Duration) async
@@ -289,25 +308,34 @@ protocol DrainableAgent: Sendable {
 
 extension ClientAgent: DrainableAgent {}
 extension EdgeAgent: DrainableAgent {}
+extension RelayServer: DrainableAgent {}
 
 extension AgentOptions {
-    /// Runs until SIGINT or SIGTERM, reloading on SIGHUP (`reload` answers what changed, for the log); then
-    /// drains open tunnels for `--grace`, flushes the exporter and stops the side port.
     func serve(
         _ agent: some DrainableAgent, session: TelemetrySession, side: TelemetryServer?, logger: Logger,
         reload: @escaping @Sendable () async throws -> Logger.Metadata
     ) async {
-        await SignalWaiter.waitForTermination {
-            do {
-                let changes = try await reload()
-                logger.info("configuration reloaded", metadata: changes)
-            } catch {
-                logger.error("reload failed, the running configuration stays", metadata: ["cause": "\(error)"])
-            }
-        }
-        logger.info("draining", metadata: ["open_tunnels": "\(agent.tunnelCount)"])
-        await agent.shutdown(grace: .milliseconds(Int(grace * 1000)))
-        await session.finish()
-        await side?.stop()
+        await serveUntilTerminated(agent, grace: grace, session: session, side: side, logger: logger, reload: reload)
     }
+}
+
+/// Runs until SIGINT or SIGTERM, reloading on SIGHUP (`reload` answers what changed, for the log; a failed
+/// reload keeps the running configuration); then drains open tunnels for `grace` seconds, flushes the
+/// exporter and stops the side port. Every role runs this.
+func serveUntilTerminated(
+    _ agent: some DrainableAgent, grace: Double, session: TelemetrySession, side: TelemetryServer?, logger: Logger,
+    reload: @escaping @Sendable () async throws -> Logger.Metadata
+) async {
+    await SignalWaiter.waitForTermination {
+        do {
+            let changes = try await reload()
+            logger.info("configuration reloaded", metadata: changes)
+        } catch {
+            logger.error("reload failed, the running configuration stays", metadata: ["cause": "\(error)"])
+        }
+    }
+    logger.info("draining", metadata: ["open_tunnels": "\(agent.tunnelCount)", "grace_seconds": "\(grace)"])
+    await agent.shutdown(grace: .milliseconds(Int(grace * 1000)))
+    await session.finish()
+    await side?.stop()
 }

@@ -90,7 +90,16 @@ struct Relay: AsyncParsableCommand {
         help: "Connections one source address may hold, then 503 (default 10000).")
     var maxConnectionsPerSource: Int?
 
+    @Option(
+        name: .customLong("grace"),
+        help: "Seconds to let open tunnels finish on SIGTERM, while new ones are refused (default 30).")
+    var grace: Double = 30
+
     @OptionGroup var telemetry: TelemetryOptions
+
+    func validate() throws {
+        guard grace >= 0 && grace <= 86_400 else { throw ValidationError("--grace must be 0 to 86400 seconds") }
+    }
 
     func makeConfiguration() throws -> RelayConfiguration {
         var configuration = RelayConfiguration()
@@ -163,13 +172,16 @@ struct Relay: AsyncParsableCommand {
             metrics: metrics,
             tracer: session.tracer)
         let side = try await telemetry.startServer(metrics: metrics, logger: logger) {
-            (true, "relay listening on \(configuration.listen)")
+            server.hub.isDraining
+                ? (false, "relay draining") : (true, "relay listening on \(configuration.listen)")
         }
-        await SignalWaiter.waitForTermination()
-        logger.info("shutting down")
-        await server.stop()
-        await session.finish()
-        await side?.stop()
+        await serveUntilTerminated(server, grace: grace, session: session, side: side, logger: logger) {
+            let (added, removed) = try server.reload(try makeConfiguration())
+            return [
+                "hybrid_connections_added": "\(added.joined(separator: ","))",
+                "hybrid_connections_removed": "\(removed.joined(separator: ","))",
+            ]
+        }
     }
 }
 

@@ -102,6 +102,30 @@ def wait_port(port, process=None, timeout=20):
     raise AssertionError("port %d not open" % port)
 
 
+def openssl(*args):
+    return subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_ca(directory, name="ca"):
+    """A self-signed test CA: (key, certificate) paths."""
+    key, cert = directory / ("%s.key" % name), directory / ("%s.pem" % name)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+            "-subj", "/CN=test %s" % name, "-keyout", str(key), "-out", str(cert))
+    return key, cert
+
+
+def make_server_certificate(directory, ca, name, subject_alt="IP:127.0.0.1"):
+    """A server certificate for 127.0.0.1 signed by `ca`: (certificate, key) paths."""
+    ca_key, ca_cert = ca
+    key, csr, cert, ext = (directory / ("%s.%s" % (name, suffix)) for suffix in ("key", "csr", "pem", "ext"))
+    ext.write_text("subjectAltName=%s\n" % subject_alt)
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=%s" % name,
+            "-keyout", str(key), "-out", str(csr))
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-days", "2", "-extfile", str(ext), "-out", str(cert))
+    return cert, key
+
+
 class TcpServer:
     """A threaded TCP target. `mode` echo: echo bytes, then FIN after the peer's FIN. `reply`: read to
     EOF, then answer with a summary (half-close request/reply). `shrink`: read to EOF, then answer with a

@@ -186,16 +186,9 @@ def test_relay_restart_edge_reconnects(tmp_path):
 
 
 def test_wss_with_self_signed_ca(tmp_path):
-    ca_key, ca_cert = tmp_path / "ca.key", tmp_path / "ca.pem"
-    key, csr, cert, ext = tmp_path / "s.key", tmp_path / "s.csr", tmp_path / "s.pem", tmp_path / "s.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
-    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-        "-subj", "/CN=test CA", "-keyout", str(ca_key), "-out", str(ca_cert))
-    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", str(key), "-out", str(csr))
-    run("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial", "-days", "2",
-        "-extfile", str(ext), "-out", str(cert))
+    ca = agents.make_ca(tmp_path)
+    ca_cert = ca[1]
+    cert, key = agents.make_server_certificate(tmp_path, ca, "127.0.0.1")
     relay = agents.start_relay(tmp_path, ["secure"], tls={"cert": str(cert), "key": str(key)}, name="tls")
     url = "wss://127.0.0.1:%d" % relay.port
     target = agents.TcpServer("echo")

@@ -5,6 +5,7 @@ import NIOHTTP1
 import NIOWebSocket
 import RelayIO
 import Testing
+import Yams
 
 @testable import RelayServer
 
@@ -117,5 +118,61 @@ import Testing
         #expect(pongs.pingReceived(ByteBuffer(string: "3"), writable: false) == nil)
         #expect(pongs.becameWritable() == ByteBuffer(string: "3"))
         #expect(pongs.becameWritable() == nil)
+    }
+}
+
+@Suite struct RelayConfigurationKeysTests {
+    @Test(arguments: [
+        (
+            "listen: 127.0.0.1:9350\ntsl:\n  certificate: c.pem\n  key: k.pem\n",
+            "line 2: unknown key 'tsl' in the configuration (did you mean 'tls'?)"
+        ),
+        (
+            "tls:\n  certifcate: c.pem\n  key: k.pem\n",
+            "line 2: unknown key 'certifcate' in 'tls' (did you mean 'certificate'?)"
+        ),
+        (
+            "hybridConnections:\n  - name: a\n  - name: b\n    requiresClientAuth: false\n",
+            "line 4: unknown key 'requiresClientAuth' in 'hybridConnections'"
+        ),
+        (
+            "limits:\n  acceptTimeout: 5\n",
+            "line 2: unknown key 'acceptTimeout' in 'limits' (did you mean 'acceptTimeoutSeconds'?)"
+        ),
+        (
+            "namespaceRules:\n  - keyName: k\n    primaryKey: v\n    right: [Listen]\n",
+            "line 4: unknown key 'right' in 'namespaceRules' (did you mean 'rights'?)"
+        ),
+        ("{\"listen\": \"127.0.0.1:1\", \"bogus\": 1}\n", "unknown key 'bogus' in the configuration"),
+    ])
+    func unknownKeysAreRefusedWithTheirLine(yaml: String, message: String) {
+        do {
+            _ = try RelayConfiguration.parse(yaml)
+            Issue.record("accepted: \(yaml)")
+        } catch {
+            #expect(error.description.contains(message), "\(error.description)")
+        }
+    }
+
+    /// Every key the relay writes is one it reads: the schema cannot fall behind the types.
+    @Test func aFullConfigurationRoundTripsThroughTheStrictParser() throws {
+        var configuration = RelayConfiguration(
+            listen: "0.0.0.0:443", publicURL: "wss://relay.example.com", tls: TLSFiles(certificate: "c", key: "k"),
+            namespaceRules: [AuthorizationRule(keyName: "root", primaryKey: "p", secondaryKey: "s", rights: [.manage])],
+            hybridConnections: [
+                HybridConnectionConfiguration(
+                    name: "hc", requiresClientAuthorization: false,
+                    rules: [AuthorizationRule(keyName: "l", primaryKey: "x", rights: [.listen])])
+            ])
+        configuration.limits.maxConnections = 7
+        let yaml = try YAMLEncoder().encode(configuration)
+        #expect(try RelayConfiguration.parse(yaml) == configuration)
+    }
+
+    @Test func relayAndAgentFilesAreToldApart() {
+        #expect(RelayConfiguration.looksLikeRelayConfiguration("listen: 1.2.3.4:5\nhybridConnections: []\n"))
+        #expect(RelayConfiguration.looksLikeRelayConfiguration("tls: {certificate: a, key: b}\n"))
+        #expect(!RelayConfiguration.looksLikeRelayConfiguration("LocalForward:\n  - RelayName: a\n    BindPort: 1\n"))
+        #expect(!RelayConfiguration.looksLikeRelayConfiguration("[not, a, mapping]"))
     }
 }
