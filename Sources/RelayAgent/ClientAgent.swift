@@ -131,6 +131,10 @@ public final class ClientAgent: Sendable {
                 }
             }
             .bind(host: binding.bindAddress, port: binding.port)
+            .flatMapErrorThrowing { error in
+                throw BindFailure(
+                    error, host: binding.bindAddress, port: binding.port, what: "relay '\(forward.relayName)'")
+            }
             .get()
         settings.logger.info(
             "client port bound",
@@ -246,7 +250,9 @@ extension ClientAgent {
                 bridgeSpan.end()
                 acceptSpan.attributes["close_cause"] = summary.causeLabel
                 acceptSpan.end()
-                tunnelLogger.info(
+                // A tunnel the edge or the relay refused is a failure the operator should see.
+                tunnelLogger.log(
+                    level: summary.failed ? .warning : .info,
                     "tunnel closed",
                     metadata: [
                         "bytes_up": "\(summary.bytesUp)", "bytes_down": "\(summary.bytesDown)",
@@ -272,8 +278,13 @@ extension ClientAgent {
                     metadata: ["status": "\(status)", "cause": "\(reason)"])
                 tcp.value.close()
             case .failure(let error):
-                failed(cause: "relay_unreachable", outcome: "unreachable", status: nil, message: "\(error)")
-                logger.warning("cannot reach relay, closing local connection", metadata: ["cause": "\(error)"])
+                let failure = ConnectFailure(error, host: url.host)
+                failed(cause: "relay_unreachable", outcome: "unreachable", status: nil, message: failure.summary)
+                logger.warning(
+                    "cannot reach relay, closing local connection",
+                    metadata: [
+                        "cause": "\(failure.text(target: "\(url.host):\(url.port)"))", "reason": "\(failure.label)",
+                    ])
                 tcp.value.close()
             }
         }

@@ -205,9 +205,15 @@ final class ListenerLoop: Sendable {
                         metadata: ["status": "\(status)", "cause": "\(reason)", "attempt": "\(attempt)"])
                 }
             } catch {
+                let failure = ConnectFailure(error, host: url.host)
                 settings.metrics.listenerEvent(
                     role: .edge, entity: forward.relayName, event: "refused", cause: "unreachable")
-                logger.warning("cannot reach relay", metadata: ["cause": "\(error)", "attempt": "\(attempt)"])
+                logger.warning(
+                    "cannot reach relay",
+                    metadata: [
+                        "cause": "\(failure.text(target: "\(url.host):\(url.port)"))", "reason": "\(failure.label)",
+                        "attempt": "\(attempt)",
+                    ])
             }
             guard !state.withLockedValue({ $0.stopped }) else { break }
             let delay = backoff.nextDelay(using: &generator)
@@ -261,7 +267,8 @@ final class ListenerLoop: Sendable {
                 }
                 bridgeSpan.record(summary)
                 bridgeSpan.end()
-                tunnelLogger.info(
+                tunnelLogger.log(
+                    level: summary.failed ? .warning : .info,
                     "tunnel closed",
                     metadata: [
                         "bytes_up": "\(summary.bytesUp)", "bytes_down": "\(summary.bytesDown)",
@@ -284,7 +291,11 @@ final class ListenerLoop: Sendable {
                 counter.closed()
                 metrics.tunnelClosed(
                     role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: "rendezvous_failed")
-                tunnelLogger.warning("rendezvous failed", metadata: ["cause": "\(error)"])
+                tunnelLogger.warning(
+                    "rendezvous failed",
+                    metadata: [
+                        "cause": "\(ConnectFailure(error, host: url.host).text(target: "\(url.host):\(url.port)"))"
+                    ])
                 bridgeSpan.setStatus(SpanStatus(code: .error, message: "rendezvous failed: \(error)"))
                 bridgeSpan.end()
             }
@@ -345,21 +356,23 @@ final class ListenerLoop: Sendable {
                         ])
                     boundHandler.value.dialSucceeded(tcp: boundTCP.value)
                 case .failure(let error):
-                    let label = DialFailure.label("\(error)")
+                    let failure = ConnectFailure(error, host: binding.host)
+                    let target = "\(binding.host):\(binding.port)"
                     logger.warning(
                         "target dial failed",
                         metadata: [
-                            "target": "\(binding.host):\(binding.port)", "reason": "\(label)", "cause": "\(error)",
+                            "target": "\(target)", "reason": "\(failure.label)",
+                            "cause": "\(failure.text(target: target))",
                         ])
                     metrics.dial(outcome: "failed", seconds: (ContinuousClock.now - started).seconds)
                     span.attributes["outcome"] = "failed"
-                    span.attributes["reason"] = label
+                    span.attributes["reason"] = failure.label
                     span.attributes["error"] = "\(error)"
                     span.setStatus(SpanStatus(code: .error, message: "\(error)"))
                     span.end()
+                    // A close reason has 123 bytes: the short summary always fits whole.
                     boundHandler.value.fail(
-                        code: 1011, label: "dial_failed", cause: "dial \(binding.host):\(binding.port) failed: \(error)"
-                    )
+                        code: 1011, label: "dial_failed", cause: "dial \(target) failed: \(failure.summary)")
                 }
             }
     }

@@ -32,6 +32,9 @@ public struct TunnelSummary: Sendable, Equatable {
     /// Seconds from the tunnel's start to its first payload byte from the relay, if one came.
     public var timeToFirstByte: Double?
 
+    /// Whether the tunnel ended for a reason other than one side closing it.
+    public var failed: Bool { !["closed", "remote_close"].contains(causeLabel) }
+
     mutating func set(_ label: String, _ cause: String) {
         causeLabel = label
         closeCause = cause
@@ -525,7 +528,7 @@ extension HopSpan {
         attributes["bytes_down"] = summary.bytesDown
         attributes["close_cause"] = summary.causeLabel
         if let ttfb = summary.timeToFirstByte { attributes["ttfb_ms"] = (ttfb * 1000 * 1000).rounded() / 1000 }
-        if !["closed", "remote_close"].contains(summary.causeLabel) {
+        if summary.failed {
             setStatus(SpanStatus(code: .error, message: summary.closeCause))
         }
     }

@@ -56,6 +56,11 @@ public final class ExportHTTP: Sendable {
         try? await client.shutdown()
     }
 
+    /// For a start-up that fails before the first request: a client must be shut down before it is dropped.
+    public func shutdownBeforeUse() {
+        try? client.syncShutdown()
+    }
+
     public func send(
         method: HTTPMethod, url: String, headers: [(String, String)], body: [UInt8]?, maxResponseBytes: Int = 1 << 20
     ) async throws(ExportError) -> ExportResponse {

@@ -44,15 +44,25 @@ public enum FrameRules {
         }
     }
 
-    /// A Close frame with `code` and `reason` (cut to fit the 123 bytes a control frame leaves for it, on a
-    /// character boundary).
+    /// A Close frame with `code` and `reason`. A reason longer than the 123 bytes a control frame leaves is
+    /// cut at a word (or at least a character) and ends in "…", so a reader sees it was shortened.
     public static func closeFrame(code: UInt16, reason: String, allocator: ByteBufferAllocator) -> WebSocketFrame {
-        var fitting = Substring(reason)
-        while fitting.utf8.count > 123 { fitting = fitting.dropLast() }
-        var data = allocator.buffer(capacity: 2 + fitting.utf8.count)
+        let text = fitting(reason, bytes: 123)
+        var data = allocator.buffer(capacity: 2 + text.utf8.count)
         data.writeInteger(code)
-        data.writeString(String(fitting))
+        data.writeString(text)
         return WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
+    }
+
+    static func fitting(_ text: String, bytes: Int) -> String {
+        guard text.utf8.count > bytes else { return text }
+        let ellipsis = "…"
+        var cut = Substring(text)
+        while cut.utf8.count > bytes - ellipsis.utf8.count { cut = cut.dropLast() }
+        if let space = cut.lastIndex(of: " "), cut.distance(from: cut.startIndex, to: space) > cut.count / 2 {
+            cut = cut[..<space]
+        }
+        return cut + ellipsis
     }
 }
 

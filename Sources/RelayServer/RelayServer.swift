@@ -72,6 +72,9 @@ public final class RelayServer: Sendable {
                 }
             }
             .bind(host: address.host, port: address.port)
+            .flatMapErrorThrowing { error in
+                throw BindFailure(error, host: address.host, port: address.port, what: "the relay")
+            }
             .get()
         if let port = channel.localAddress?.port { hub.boundTo(port: port) }
         logger.info(

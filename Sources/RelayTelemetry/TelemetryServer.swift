@@ -35,7 +35,9 @@ public final class TelemetryServer: Sendable {
                         TelemetryHTTPHandler(metrics: metrics, readiness: readiness))
                 }
             }
-            .bind(host: host, port: port).get()
+            .bind(host: host, port: port)
+            .flatMapErrorThrowing { error in throw BindFailure(error, host: host, port: port, what: "--metrics") }
+            .get()
         return TelemetryServer(channel: channel)
     }
 

@@ -165,11 +165,14 @@ struct Client: AsyncParsableCommand {
         let session = try TelemetrySession(telemetry: options.telemetry, role: "client", tracerLabel: "hyrelay.client")
         let logger = Logger(label: "hyrelay.client")
         let metrics = session.metrics
-        let agent = try await ClientAgent.start(
-            forwards: forwards, tlsContext: try options.tlsContext(), group: MultiThreadedEventLoopGroup.singleton,
-            logger: logger, metrics: metrics, tracer: session.tracer, allowedSources: allowedSources)
-        let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
-            (true, "\(agent.localAddresses.count) client port(s) bound")
+        let (agent, side) = try await session.starting {
+            let agent = try await ClientAgent.start(
+                forwards: forwards, tlsContext: try options.tlsContext(), group: MultiThreadedEventLoopGroup.singleton,
+                logger: logger, metrics: metrics, tracer: session.tracer, allowedSources: allowedSources)
+            let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
+                (true, "\(agent.localAddresses.count) client port(s) bound")
+            }
+            return (agent, side)
         }
         await options.serve(agent, session: session, side: side, logger: logger) {
             let (added, removed) = try await agent.reload(forwards: try makeForwards())
@@ -232,11 +235,14 @@ struct Edge: AsyncParsableCommand {
         let session = try TelemetrySession(telemetry: options.telemetry, role: "edge", tracerLabel: "hyrelay.edge")
         let logger = Logger(label: "hyrelay.edge")
         let metrics = session.metrics
-        let agent = EdgeAgent.start(
-            forwards: forwards, keepAliveInterval: keepAliveInterval, tlsContext: try options.tlsContext(),
-            group: MultiThreadedEventLoopGroup.singleton, logger: logger, metrics: metrics, tracer: session.tracer)
-        let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
-            agent.allOnline ? (true, "all listeners online") : (false, "not every listener is online")
+        let (agent, side) = try await session.starting {
+            let agent = EdgeAgent.start(
+                forwards: forwards, keepAliveInterval: keepAliveInterval, tlsContext: try options.tlsContext(),
+                group: MultiThreadedEventLoopGroup.singleton, logger: logger, metrics: metrics, tracer: session.tracer)
+            let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
+                agent.allOnline ? (true, "all listeners online") : (false, "not every listener is online")
+            }
+            return (agent, side)
         }
         await options.serve(agent, session: session, side: side, logger: logger) {
             let (added, removed) = await agent.reload(forwards: try makeForwards().forwards)

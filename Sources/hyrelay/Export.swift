@@ -178,6 +178,21 @@ struct TelemetrySession {
             return
         }
         let http = ExportHTTP()
+        do {
+            (exporter, tracer, destination) = try Self.startExport(
+                export: export, telemetry: telemetry, role: role, tracerLabel: tracerLabel, http: http,
+                metrics: metrics)
+        } catch {
+            http.shutdownBeforeUse()
+            throw error
+        }
+        self.http = http
+    }
+
+    private static func startExport(
+        export: ExportOptions, telemetry: TelemetryOptions, role: String, tracerLabel: String, http: ExportHTTP,
+        metrics: RelayMetrics
+    ) throws -> (TelemetryExporter, HopTracer, String) {
         var sinks = try export.azureSinks(http: http)
         let configuration = export.configuration(role: role)
         let source = export.source(role: role)
@@ -197,7 +212,7 @@ struct TelemetrySession {
                 throw ValidationError("\(error)")
             }
         }
-        let metrics = metrics
+        let exporter: TelemetryExporter
         do {
             exporter = try Self.startExporter(
                 sinks: sinks, configuration: configuration, source: source, metrics: metrics, logger: logger,
@@ -205,14 +220,16 @@ struct TelemetrySession {
         } catch {
             throw ValidationError("\(error)")
         }
-        tracer = HopTracer(logger: Logger(label: tracerLabel)) { [intake] span in
+        let tracer = HopTracer(logger: Logger(label: tracerLabel)) { [intake] span in
             intake.submit(.span(span, source: source))
         }
-        self.http = http
-        self.destination = destination
         logger.info(
             "exporting telemetry",
-            metadata: ["sinks": "\(sinks.map(\.name).joined(separator: ","))", "instance": "\(source.instance)"])
+            metadata: [
+                "sinks": "\(sinks.map(\.name).joined(separator: ","))", "instance": "\(source.instance)",
+                "destination": "\(destination)",
+            ])
+        return (exporter, tracer, destination)
     }
 
     /// The default spool directory may be held by another process of the same role on this machine; then this
@@ -242,6 +259,17 @@ struct TelemetrySession {
     func finish() async {
         await exporter?.shutdown(deadlineSeconds: shutdownSeconds)
         await http?.shutdown()
+    }
+
+    /// A role's start-up (binding ports, loading TLS material): when it fails, the exporter is flushed and
+    /// shut down before the error is reported, so the reason reaches the exported logs too.
+    func starting<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch {
+            await finish()
+            throw error
+        }
     }
 }
 

@@ -167,13 +167,15 @@ struct Relay: AsyncParsableCommand {
         let metrics = session.metrics
         let files = OpenFileLimit.raiseToHardLimit()
         logger.info("open-file limit", metadata: ["soft": "\(files.soft)", "hard": "\(files.hard)"])
-        let server = try await RelayServer.start(
-            configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger,
-            metrics: metrics,
-            tracer: session.tracer)
-        let side = try await telemetry.startServer(metrics: metrics, logger: logger) {
-            server.hub.isDraining
-                ? (false, "relay draining") : (true, "relay listening on \(configuration.listen)")
+        let (server, side) = try await session.starting {
+            let server = try await RelayServer.start(
+                configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger,
+                metrics: metrics, tracer: session.tracer)
+            let side = try await telemetry.startServer(metrics: metrics, logger: logger) {
+                server.hub.isDraining
+                    ? (false, "relay draining") : (true, "relay listening on \(configuration.listen)")
+            }
+            return (server, side)
         }
         await serveUntilTerminated(server, grace: grace, session: session, side: side, logger: logger) {
             let (added, removed) = try server.reload(try makeConfiguration())

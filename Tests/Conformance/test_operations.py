@@ -213,3 +213,52 @@ def test_sighup_renews_the_tls_certificate_without_dropping_tunnels(tmp_path):
         edge.stop()
         relay.stop()
         target.close()
+
+
+def test_errors_say_what_failed_where_and_what_to_try(tmp_path):
+    ca = agents.make_ca(tmp_path)
+    cert, key = agents.make_server_certificate(tmp_path, ca, "named", subject_alt="DNS:relay.example")
+    relay = agents.start_relay(tmp_path, ["hc1"], tls={"cert": str(cert), "key": str(key)}, name="named")
+    url = "wss://127.0.0.1:%d" % relay.port
+    untrusting = agents.Process(["edge", "-e", url, "-K", agents.KEY_NAME, "-k", agents.KEY, "-T", "hc1:127.0.0.1:1"],
+                                str(tmp_path / "untrusting.log"))
+    wrong_host = agents.Process(["edge", "-e", url, "-K", agents.KEY_NAME, "-k", agents.KEY, "-T", "hc1:127.0.0.1:1",
+                                 "--ca-file", str(ca[1])], str(tmp_path / "wrong-host.log"))
+    try:
+        untrusting.wait_for_log("cannot reach relay")
+        wrong_host.wait_for_log("cannot reach relay")
+        for process, expected in ((untrusting, "pass --ca-file"), (wrong_host, "does not name 127.0.0.1")):
+            line = next(l for l in process.log().splitlines() if "cannot reach relay" in l)
+            assert expected in line and "127.0.0.1:%d" % relay.port in line, line
+            assert "handshake.cc" not in line and "BoringSSL" not in line, line
+        # A port already in use: the address in the error, a non-zero exit, no crash.
+        result = subprocess.run([agents.binary(), "client", "-e", url, "-K", agents.KEY_NAME, "-k", agents.KEY, "-L",
+                                 "127.0.0.1:%d:hc1" % relay.port], capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0
+        assert "cannot listen on 127.0.0.1:%d for relay 'hc1': the address is in use" % relay.port in result.stderr
+        assert "crashed" not in result.stderr and "Fatal error" not in result.stderr, result.stderr[-2000:]
+    finally:
+        untrusting.stop()
+        wrong_host.stop()
+        relay.stop()
+
+
+def test_a_refused_dial_is_a_warning_with_a_whole_reason(tmp_path):
+    relay = agents.start_relay(tmp_path, ["hc1"])
+    url = "ws://127.0.0.1:%d" % relay.port
+    closed_port = free_port()
+    edge = agents.start_edge(tmp_path, url, ["hc1:127.0.0.1:%d" % closed_port])
+    client_port = free_port()
+    client = agents.start_client(tmp_path, url, ["127.0.0.1:%d:hc1" % client_port], [client_port])
+    try:
+        sock = socket.create_connection(("127.0.0.1", client_port), timeout=10)
+        assert sock.recv(10) == b""
+        sock.close()
+        client.wait_for_log("tunnel closed")
+        line = next(l for l in client.log().splitlines() if "tunnel closed" in l)
+        assert " warning " in line, line
+        assert "dial 127.0.0.1:%d failed: connection refused)" % closed_port in line, line
+    finally:
+        client.stop()
+        edge.stop()
+        relay.stop()

@@ -254,14 +254,30 @@ import Testing
     }
 }
 
-@Suite struct DialFailureTests {
-    @Test func nioErrorsGetShortLabels() {
+@Suite struct ConnectFailureTests {
+    func failure(_ text: String) -> ConnectFailure { ConnectFailure(description: text, host: "relay.example") }
+
+    /// The texts NIO and BoringSSL really produce (taken from agent logs), and what a person reads instead.
+    @Test func errorsBecomeAReasonAndWhatToTry() {
         let refused =
             "Connection errors: SingleConnectionFailure(target: [IPv4]127.0.0.1/127.0.0.1:35661, error: connection reset (error set): Connection refused) (errno: 111))"
-        #expect(DialFailure.label(refused) == "connection_refused")
-        #expect(DialFailure.label("connectTimeout(TimeAmount(10s))") == "timeout")
-        #expect(DialFailure.label("No route to host (errno: 113)") == "unreachable")
-        #expect(DialFailure.label("NIOConnectionError(resolutionErrors: ...)") == "name_resolution")
-        #expect(DialFailure.label("something else") == "other")
+        #expect(failure(refused).label == "connection_refused")
+        #expect(failure(refused).text(target: "127.0.0.1:35661").hasPrefix("127.0.0.1:35661: connection refused; "))
+        let untrusted =
+            "handshakeFailed(NIOSSL.BoringSSLError.sslError([Error: 268435581 error:1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED at /src/handshake.cc:320]))"
+        #expect(failure(untrusted).label == "tls_untrusted")
+        #expect(failure(untrusted).hint?.contains("--ca-file") == true)
+        #expect(!failure(untrusted).text(target: "x:1").contains("handshake.cc"), "no source paths")
+        #expect(failure("failedToValidateHostname").label == "tls_wrong_host")
+        #expect(
+            failure("failedToValidateHostname").summary == "the relay's TLS certificate does not name relay.example")
+        #expect(failure("connectTimeout(TimeAmount(10s))").label == "timeout")
+        #expect(failure("No route to host (errno: 113)").label == "unreachable")
+        #expect(
+            failure(
+                "DNS error: SocketAddressError.UnknownHost: Name or service not known (error -2) for host relay.example"
+            ).label == "name_resolution")
+        #expect(failure("the connection closed during the WebSocket handshake").hint?.contains("wss://") == true)
+        #expect(failure("something else").label == "other" && failure("something else").summary == "something else")
     }
 }

@@ -108,7 +108,11 @@ import Yams
         var data = frame.data
         #expect(data.readInteger(as: UInt16.self) == 1011)
         let reason = data.readString(length: data.readableBytes)
-        #expect(reason == String(repeating: "é", count: 61), "123 bytes leave room for 61 two-byte characters")
+        #expect(reason == String(repeating: "é", count: 60) + "…", "120 bytes of two-byte characters and the ellipsis")
+        let words = String(repeating: "word ", count: 40)
+        let cut = FrameRules.closeFrame(code: 1011, reason: words, allocator: ByteBufferAllocator()).data
+        let text = cut.getString(at: cut.readerIndex + 2, length: cut.readableBytes - 2)!
+        #expect(text.hasSuffix("word…") && text.utf8.count <= 123, "cut between words: \(text)")
     }
 
     @Test func onlyTheLatestPingWaitsForWritability() {
