@@ -39,6 +39,8 @@ public final class ClientAgent: Sendable {
 
     private let settings: Settings
     private let bound = NIOLockedValueBox<[(key: BindingKey, channel: any Channel)]>([])
+    /// What each relay said about each hybrid connection at the last probe, by relay name.
+    private let probes = NIOLockedValueBox<[String: ProbeOutcome]>([:])
 
     /// The bound addresses, in configuration order.
     public var localAddresses: [SocketAddress] { bound.withLockedValue { $0.compactMap(\.channel.localAddress) } }
@@ -65,6 +67,41 @@ public final class ClientAgent: Sendable {
             throw error
         }
         return agent
+    }
+
+    /// Asks the relay about every hybrid connection this client forwards to, and again every `interval`
+    /// until each is ready: a client whose hybrid connection does not exist, or whose key is refused, says
+    /// so at start and in `/readyz` instead of failing every connection later.
+    public func watchRelays(interval: Duration = .seconds(10)) async {
+        var waiting = Dictionary(
+            bound.withLockedValue { $0.map { ($0.key.relayName, $0.key.access) } },
+            uniquingKeysWith: { first, _ in first })
+        while !waiting.isEmpty && !Task.isCancelled {
+            for (relayName, access) in waiting.sorted(by: { $0.key < $1.key }) {
+                let outcome = await RelayProbe.probe(
+                    access: access, relayName: relayName, tlsContext: settings.tlsContext, group: settings.group)
+                let previous = probes.withLockedValue { probes in
+                    defer { probes[relayName] = outcome }
+                    return probes[relayName]
+                }
+                if previous != outcome {
+                    settings.logger.log(
+                        level: outcome.isReady ? .info : .warning, "relay probed",
+                        metadata: ["relay_name": "\(relayName)", "relay": "\(access.base)", "result": "\(outcome)"])
+                }
+                if outcome.isReady { waiting[relayName] = nil }
+            }
+            try? await Task.sleep(for: interval)
+        }
+    }
+
+    /// Ready when every port is bound and no probe found a problem (not yet probed counts as ready).
+    public var readiness: (ready: Bool, detail: String) {
+        let problems = probes.withLockedValue { probes in
+            probes.sorted { $0.key < $1.key }.filter { !$0.value.isReady }.map { "\($0.key): \($0.value)" }
+        }
+        guard problems.isEmpty else { return (false, problems.joined(separator: "; ")) }
+        return (true, "\(localAddresses.count) client port(s) bound")
     }
 
     /// Makes the bound ports match `forwards`: binds what is new, closes what is gone, keeps the rest.

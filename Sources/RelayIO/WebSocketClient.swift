@@ -109,7 +109,31 @@ public enum WebSocketClient {
         }
         head.headers.add(contentsOf: extraHeaders)
         let requestHead = head
-        let bootstrap = ClientBootstrap(group: eventLoop)
+        let bootstrap = HTTPConnection.bootstrap(
+            url: url, tlsContext: tlsContext, eventLoop: eventLoop, connectTimeout: connectTimeout
+        ) { channel, encoder, decoder in
+            try channel.pipeline.syncOperations.addHandler(
+                ClientHandshakeHandler(
+                    request: requestHead, expectedAccept: WebSocketHandshake.acceptValue(forKey: key),
+                    promise: promise, maxFrameSize: maxFrameSize, handshakeTimeout: connectTimeout,
+                    configure: configure, encoder: encoder, decoder: decoder))
+        }
+        bootstrap.connect(host: url.host, port: url.port).whenFailure { error in
+            promise.fail(error)
+        }
+        return promise.futureResult
+    }
+}
+
+/// A client connection to a relay: TCP, TLS for `wss`/`https` (with SNI for names), and the HTTP/1.1 codec.
+enum HTTPConnection {
+    static func bootstrap(
+        url: WebSocketURL, tlsContext: NIOSSLContext?, eventLoop: any EventLoop, connectTimeout: TimeAmount,
+        addHandler:
+            @escaping @Sendable (any Channel, HTTPRequestEncoder, ByteToMessageHandler<HTTPResponseDecoder>)
+            throws -> Void
+    ) -> ClientBootstrap {
+        ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: SocketTuning.receiveAllocator)
@@ -125,17 +149,9 @@ public enum WebSocketClient {
                     let decoder = ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes))
                     try sync.addHandler(encoder)
                     try sync.addHandler(decoder)
-                    try sync.addHandler(
-                        ClientHandshakeHandler(
-                            request: requestHead, expectedAccept: WebSocketHandshake.acceptValue(forKey: key),
-                            promise: promise, maxFrameSize: maxFrameSize, handshakeTimeout: connectTimeout,
-                            configure: configure, encoder: encoder, decoder: decoder))
+                    try addHandler(channel, encoder, decoder)
                 }
             }
-        bootstrap.connect(host: url.host, port: url.port).whenFailure { error in
-            promise.fail(error)
-        }
-        return promise.futureResult
     }
 }
 

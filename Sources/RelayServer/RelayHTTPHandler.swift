@@ -236,6 +236,14 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                         status: 400, text: "BadRequest: WebSocket requests must use the /$hc/ path",
                         reason: "websocket_outside_hc")
                 }
+                if RuntimeInformation.isQuery(
+                    method: head.method.rawValue, target: target,
+                    processAtHeader: head.headers.first(name: "x-process-at"))
+                {
+                    state = .done
+                    try runtimeInformation(context: context, head: head, target: target)
+                    return
+                }
                 state = .readingHTTPBody(try admitHTTPRequest(head: head, target: target))
                 arm(
                     seconds: hub.limits.httpBodyTimeoutSeconds,
@@ -530,6 +538,41 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             handler: handler)
     }
 
+    // MARK: Runtime information
+
+    /// Answers a runtime-information query: the entity's listener count for a token with any right on it, an
+    /// empty feed (Azure's "no such entity") for a path that is none.
+    private func runtimeInformation(context: ChannelHandlerContext, head: HTTPRequestHead, target: RequestTarget) throws
+    {
+        let path = String(try target.decodedPath().dropFirst())
+        let updated = JSONText.timestamp(Date())
+        let id = "https://\(hub.policy.publicHost)/\(path)"
+        guard let (entity, suffix) = try? hub.policy.entity(for: path), suffix.isEmpty else {
+            writeResponse(
+                context: context, status: .ok, contentType: RuntimeInformation.feedContentType,
+                body: RuntimeInformation.emptyFeed(id: id, updated: updated), close: !head.isKeepAlive)
+            return
+        }
+        let found = token(head, queryToken: try target.value(of: "sb-hc-token"))?.token
+        // Any right on the entity may read it: Listen, else Send (Manage implies both). Only the second check
+        // counts as a failure, so a Send-only probe does not spend the source's budget.
+        let listenAllowed: Bool
+        do {
+            _ = try hub.policy.authorize(
+                entity: entity, token: found, right: .listen, requestHost: hostHeader(head), now: now())
+            listenAllowed = true
+        } catch {
+            listenAllowed = false
+        }
+        if !listenAllowed { _ = try authorize(entity: entity, token: found, right: .send, head: head) }
+        let information = RuntimeInformation(
+            path: entity.name, listenerCount: hub.listenerCount(entity: entity.name),
+            requiresClientAuthorization: entity.requiresClientAuthorization)
+        writeResponse(
+            context: context, status: .ok, contentType: RuntimeInformation.entryContentType,
+            body: information.entry(id: id, updated: updated), close: !head.isKeepAlive)
+    }
+
     // MARK: HTTP mode
 
     /// Authorizes an HTTP-mode request from its head, and refuses what can be refused before a body is
@@ -666,16 +709,26 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func respond(context: ChannelHandlerContext, status: Int, reason: String, close: Bool) {
+        let reason = Self.sanitizedReason(reason)
+        writeResponse(
+            context: context, status: Self.status(status, reason: reason), contentType: "text/plain; charset=utf-8",
+            body: reason + "\n", close: close)
+    }
+
+    /// Writes a whole response the relay makes itself; with `close`, the connection ends after it, otherwise
+    /// it waits for the next request.
+    private func writeResponse(
+        context: ChannelHandlerContext, status: HTTPResponseStatus, contentType: String, body text: String, close: Bool
+    ) {
         guard context.channel.isActive else { return }
         disarm()
-        let reason = Self.sanitizedReason(reason)
-        var body = context.channel.allocator.buffer(capacity: reason.utf8.count + 1)
-        body.writeString(reason + "\n")
+        var body = context.channel.allocator.buffer(capacity: text.utf8.count)
+        body.writeString(text)
         var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+        headers.add(name: "Content-Type", value: contentType)
         headers.add(name: "Content-Length", value: "\(body.readableBytes)")
         if close { headers.add(name: "Connection", value: "close") }
-        let head = HTTPResponseHead(version: .http1_1, status: Self.status(status, reason: reason), headers: headers)
+        let head = HTTPResponseHead(version: .http1_1, status: status, headers: headers)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))

@@ -170,10 +170,12 @@ struct Client: AsyncParsableCommand {
                 forwards: forwards, tlsContext: try options.tlsContext(), group: MultiThreadedEventLoopGroup.singleton,
                 logger: logger, metrics: metrics, tracer: session.tracer, allowedSources: allowedSources)
             let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
-                (true, "\(agent.localAddresses.count) client port(s) bound")
+                agent.readiness
             }
             return (agent, side)
         }
+        let probing = Task { await agent.watchRelays() }
+        defer { probing.cancel() }
         await options.serve(agent, session: session, side: side, logger: logger) {
             let (added, removed) = try await agent.reload(forwards: try makeForwards())
             return ["ports_added": "\(added)", "ports_removed": "\(removed)"]
@@ -251,7 +253,7 @@ struct Edge: AsyncParsableCommand {
     }
 }
 
-struct Check: ParsableCommand {
+struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract:
             "Validate a configuration file (an agent's azbridge-style YAML, or a relay's) and report errors with their line.",
@@ -264,7 +266,17 @@ struct Check: ParsableCommand {
     @Option(name: .customShort("f"), help: "The YAML file to check.")
     var file: String
 
-    func run() throws {
+    @Flag(
+        name: .long,
+        help:
+            "Also ask the relay of every agent entry, with its credentials: LocalForward by a runtime-information query, RemoteForward by opening and closing a listener."
+    )
+    var online = false
+
+    @Option(name: .customLong("ca-file"), help: "PEM file of CAs to trust for wss relays (default: system roots).")
+    var caFile: String?
+
+    func run() async throws {
         let text: String
         do {
             text = try String(contentsOfFile: file, encoding: .utf8)
@@ -299,10 +311,39 @@ struct Check: ParsableCommand {
             print(
                 "\(file): OK (\(configuration.localForwards.count) LocalForward, \(configuration.remoteForwards.count) RemoteForward)"
             )
-        } catch {
+            if online { try await checkOnline(configuration) }
+        } catch let error as AgentConfigurationError {
             print("\(file): \(error.description)")
             throw ExitCode(2)
         }
+    }
+
+    /// One line per entry with what its relay said; exit status 2 when any is not ready.
+    private func checkOnline(_ configuration: AgentConfiguration) async throws {
+        let tls = try TLSSetup.clientContext(caFile: caFile)
+        let group = MultiThreadedEventLoopGroup.singleton
+        var failed = false
+        for forward in configuration.localForwards {
+            let access = try RelayAccess.resolve(
+                configuration: configuration, entryConnectionString: forward.connectionString,
+                relayName: forward.relayName)
+            let outcome = await RelayProbe.probe(
+                access: access, relayName: forward.relayName, tlsContext: tls, group: group)
+            print("LocalForward \(forward.relayName) at \(access.base): \(outcome)")
+            failed = failed || !outcome.isReady
+        }
+        for forward in configuration.remoteForwards {
+            let access = try RelayAccess.resolve(
+                configuration: configuration, entryConnectionString: forward.connectionString,
+                relayName: forward.relayName)
+            let outcome = await RelayProbe.probeListen(
+                access: access, relayName: forward.relayName, tlsContext: tls, group: group)
+            print(
+                "RemoteForward \(forward.relayName) at \(access.base): \(outcome == .ready(listeners: 1) ? "listening works" : outcome.description)"
+            )
+            failed = failed || !outcome.isReady
+        }
+        if failed { throw ExitCode(2) }
     }
 }
 

@@ -262,3 +262,86 @@ def test_a_refused_dial_is_a_warning_with_a_whole_reason(tmp_path):
         client.stop()
         edge.stop()
         relay.stop()
+
+
+def readyz(port):
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % port, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_runtime_information_answers_as_azure_does(tmp_path):
+    relay = agents.start_relay(tmp_path, ["hc1"])
+    try:
+        token = hc.sas_token("http://127.0.0.1/hc1", key_name=agents.KEY_NAME, key=agents.KEY)
+        # The .NET SDK's GetRuntimeInformationAsync: GET with api-version, X-PROCESS-AT and the token.
+        status, _, headers, body = hc.http_request("127.0.0.1", relay.port, "GET", "/hc1?api-version=2016-07",
+                                                   headers={"X-PROCESS-AT": "ServiceBus", "Authorization": token})
+        assert status == 200 and "type=entry" in headers["content-type"], (status, headers)
+        text = body.decode()
+        assert "<HybridConnectionDescription" in text and "<ListenerCount>0</ListenerCount>" in text
+        assert text.index("<RequiresClientAuthorization>") < text.index("<ListenerCount>"), "data-contract order"
+        status, _, headers, body = hc.http_request("127.0.0.1", relay.port, "GET", "/nothere?api-version=2016-07",
+                                                   headers={"X-PROCESS-AT": "ServiceBus", "Authorization": token})
+        assert status == 200 and "type=feed" in headers["content-type"] and b"<feed" in body
+        status, _, _, _ = hc.http_request("127.0.0.1", relay.port, "GET", "/hc1?api-version=2016-07",
+                                          headers={"X-PROCESS-AT": "ServiceBus"})
+        assert status == 401
+    finally:
+        relay.stop()
+
+
+def test_a_client_probes_its_relay_at_start_and_readyz_says_why(tmp_path):
+    relay = agents.start_relay(tmp_path, ["hc1"])
+    url = "ws://127.0.0.1:%d" % relay.port
+    clients = []
+    try:
+        cases = {"good": ("hc1", agents.KEY), "missing": ("nosuch", agents.KEY),
+                 "badkey": ("hc1", "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=")}
+        for name, (entity, key) in cases.items():
+            port, metrics = free_port(), free_port()
+            process = agents.Process(["client", "-e", url, "-K", agents.KEY_NAME, "-k", key, "-L",
+                                      "127.0.0.1:%d:%s" % (port, entity), "--metrics", "127.0.0.1:%d" % metrics],
+                                     str(tmp_path / ("%s.log" % name)))
+            process.metrics_port = metrics
+            clients.append((name, process))
+        for name, process in clients:
+            process.wait_for_log("relay probed")
+        results = {name: readyz(process.metrics_port) for name, process in clients}
+        assert results["good"][0] == 200, results
+        assert results["missing"][0] == 503 and "no such hybrid connection" in results["missing"][1], results
+        assert results["badkey"][0] == 503 and "refused the credentials" in results["badkey"][1], results
+        missing_log = dict(clients)["missing"].log()
+        assert any(" warning " in l and "relay probed" in l for l in missing_log.splitlines())
+    finally:
+        for _, process in clients:
+            process.stop()
+        relay.stop()
+
+
+def test_check_online_tries_the_relay_with_the_configured_credentials(tmp_path):
+    relay = agents.start_relay(tmp_path, ["hc1"])
+    url = "ws://127.0.0.1:%d" % relay.port
+    try:
+        def config(entity, key=agents.KEY):
+            path = tmp_path / ("%s-%d.yml" % (entity, time.time_ns()))
+            path.write_text("AzureRelayEndpoint: %s\nAzureRelaySharedAccessKeyName: %s\nAzureRelaySharedAccessKey: %s\n"
+                            "LocalForward:\n  - RelayName: %s\n    BindPort: 5000\n"
+                            "RemoteForward:\n  - RelayName: %s\n    HostPort: 5432\n"
+                            % (url, agents.KEY_NAME, key, entity, entity))
+            return subprocess.run([agents.binary(), "check", "--online", "-f", str(path)], capture_output=True,
+                                  text=True, timeout=60)
+        good = config("hc1")
+        assert good.returncode == 0, good.stdout + good.stderr
+        assert "LocalForward hc1 at ws://127.0.0.1:%d: the hybrid connection exists" % relay.port in good.stdout
+        assert "RemoteForward hc1 at ws://127.0.0.1:%d: listening works" % relay.port in good.stdout
+        missing = config("nosuch")
+        assert missing.returncode == 2 and "no such hybrid connection" in missing.stdout, missing.stdout
+        bad = config("hc1", key="d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=")
+        assert bad.returncode == 2 and "refused the credentials" in bad.stdout, bad.stdout
+    finally:
+        relay.stop()

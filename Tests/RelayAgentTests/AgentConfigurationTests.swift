@@ -1,4 +1,5 @@
 import HybridConnections
+import NIOHTTP1
 import RelayIO
 import Testing
 
@@ -279,5 +280,34 @@ import Testing
             ).label == "name_resolution")
         #expect(failure("the connection closed during the WebSocket handshake").hint?.contains("wss://") == true)
         #expect(failure("something else").label == "other" && failure("something else").summary == "something else")
+    }
+}
+
+@Suite struct ProbeOutcomeTests {
+    func response(_ status: Int, _ body: String, contentType: String = "text/plain") -> HTTPProbeResponse {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: contentType)
+        return HTTPProbeResponse(status: status, reason: "Reason", headers: headers, body: body)
+    }
+
+    @Test func answersBecomeOutcomes() {
+        let entry = RuntimeInformation(path: "hc", listenerCount: 2, requiresClientAuthorization: true).entry(
+            id: "x", updated: "y")
+        #expect(
+            ProbeOutcome.from(response(200, entry, contentType: RuntimeInformation.entryContentType), relayName: "hc")
+                == .ready(listeners: 2))
+        let feed = RuntimeInformation.emptyFeed(id: "x", updated: "y")
+        #expect(
+            ProbeOutcome.from(response(200, feed, contentType: RuntimeInformation.feedContentType), relayName: "hc")
+                == .missingEntity)
+        #expect(ProbeOutcome.from(response(404, "Endpoint does not exist"), relayName: "hc") == .missingEntity)
+        #expect(
+            ProbeOutcome.from(response(401, "InvalidSignature: bad"), relayName: "hc")
+                == .credentialsRefused("InvalidSignature: bad"))
+        let rights = ProbeOutcome.from(
+            response(403, "Unauthorized access. 'Manage' claim(s) are required"), relayName: "hc")
+        #expect(rights.isReady, "Azure may keep the answer from a Send key: not a failure")
+        #expect(!ProbeOutcome.unreachable("x").isReady && !ProbeOutcome.missingEntity.isReady)
+        #expect(ProbeOutcome.from(response(200, "<html/>"), relayName: "hc").isReady)
     }
 }
