@@ -24,7 +24,7 @@ public struct AgentConfiguration: Equatable, Sendable {
     public var sharedAccessSignature: String?
     public var bindAddress: String?
     public var keepAliveInterval: Double = 30
-    public var exitOnForwardFailure = true
+    public var exitOnForwardFailure = false
     public var logLevel: String?
     public var localForwards: [LocalForward] = []
     public var remoteForwards: [RemoteForward] = []
@@ -75,7 +75,7 @@ public struct AgentConfiguration: Equatable, Sendable {
             }
             configuration.keepAliveInterval = Double(interval)
         }
-        configuration.exitOnForwardFailure = try top.bool("ExitOnForwardFailure") ?? true
+        configuration.exitOnForwardFailure = try top.bool("ExitOnForwardFailure") ?? false
         if let connectionString = configuration.connectionString {
             do {
                 _ = try RelayConnectionString(parsing: connectionString)

@@ -85,6 +85,19 @@ public final class EdgeAgent: Sendable {
 
     public var tunnelCount: Int { settings.counter.current }
 
+    /// Waits until every listener's first open has either succeeded or failed, and returns the first failure
+    /// (azbridge's `ExitOnForwardFailure`: a forwarder that cannot start stops the edge), nil when all started.
+    public func firstStartFailure() async -> String? {
+        while true {
+            let outcomes = listeners.withLockedValue { $0.map { ($0.key.forward.relayName, $0.loop.firstOpen) } }
+            for (relayName, outcome) in outcomes {
+                if case .failed(let why) = outcome { return "\(relayName): \(why)" }
+            }
+            if outcomes.allSatisfy({ $0.1 == .online }) { return nil }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
     /// Waits until every listener is online or `timeout` passes; returns whether they all are.
     public func waitUntilOnline(timeout: Duration) async -> Bool {
         let deadline = ContinuousClock.now + timeout
@@ -114,8 +127,16 @@ final class ListenerLoop: Sendable {
     private struct State {
         var stopped = false
         var online = false
+        var firstOpen = FirstOpen.pending
         var channel: (any Channel)?
         var task: Task<Void, Never>?
+    }
+
+    /// How the first attempt to open the control channel ended.
+    enum FirstOpen: Equatable {
+        case pending
+        case online
+        case failed(String)
     }
 
     let forward: RemoteForward
@@ -134,6 +155,14 @@ final class ListenerLoop: Sendable {
     }
 
     var isOnline: Bool { state.withLockedValue { $0.online } }
+
+    var firstOpen: FirstOpen { state.withLockedValue { $0.firstOpen } }
+
+    private func firstOpenEnded(_ outcome: FirstOpen) {
+        state.withLockedValue { state in
+            if state.firstOpen == .pending { state.firstOpen = outcome }
+        }
+    }
 
     func start() {
         let task = Task { await self.run() }
@@ -171,6 +200,7 @@ final class ListenerLoop: Sendable {
                 }.get()
                 switch result {
                 case .upgraded(let channel, _):
+                    firstOpenEnded(.online)
                     let stopped = state.withLockedValue { state in
                         state.channel = channel
                         state.online = true
@@ -198,6 +228,7 @@ final class ListenerLoop: Sendable {
                         logger.warning("listener offline, reconnecting", metadata: ["cause": "control channel closed"])
                     }
                 case .rejected(let status, let reason, _):
+                    firstOpenEnded(.failed("the relay refused the listener: \(status) \(reason.prefix(200))"))
                     settings.metrics.listenerEvent(
                         role: .edge, entity: forward.relayName, event: "refused", cause: "status_\(status)")
                     logger.error(
@@ -206,6 +237,7 @@ final class ListenerLoop: Sendable {
                 }
             } catch {
                 let failure = ConnectFailure(error, host: url.host)
+                firstOpenEnded(.failed("cannot reach the relay: \(failure.text(target: "\(url.host):\(url.port)"))"))
                 settings.metrics.listenerEvent(
                     role: .edge, entity: forward.relayName, event: "refused", cause: "unreachable")
                 logger.warning(

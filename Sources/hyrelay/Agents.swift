@@ -199,7 +199,9 @@ struct Edge: AsyncParsableCommand {
 
     /// One listener per relay name and endpoint (with several relays, each can complete any rendezvous),
     /// from `-f` and the flags; read again on SIGHUP.
-    func makeForwards() throws -> (forwards: [(RemoteForward, RelayAccess)], keepAliveInterval: Double) {
+    func makeForwards() throws -> (
+        forwards: [(RemoteForward, RelayAccess)], keepAliveInterval: Double, exitOnForwardFailure: Bool
+    ) {
         var configuration = try options.loadConfiguration()
         for spec in remoteForwards {
             do {
@@ -229,11 +231,11 @@ struct Edge: AsyncParsableCommand {
                 }
             }
         }
-        return (forwards, configuration.keepAliveInterval)
+        return (forwards, configuration.keepAliveInterval, configuration.exitOnForwardFailure)
     }
 
     func run() async throws {
-        let (forwards, keepAliveInterval) = try makeForwards()
+        let (forwards, keepAliveInterval, exitOnForwardFailure) = try makeForwards()
         let session = try TelemetrySession(telemetry: options.telemetry, role: "edge", tracerLabel: "hyrelay.edge")
         let logger = Logger(label: "hyrelay.edge")
         let metrics = session.metrics
@@ -245,6 +247,16 @@ struct Edge: AsyncParsableCommand {
                 agent.allOnline ? (true, "all listeners online") : (false, "not every listener is online")
             }
             return (agent, side)
+        }
+        if exitOnForwardFailure, let failure = await agent.firstStartFailure() {
+            // azbridge's ExitOnForwardFailure: a forwarder that cannot start stops the edge, for a supervisor
+            // to report, instead of retrying for ever with a wrong key or name.
+            logger.error(
+                "a forwarder cannot start; stopping (ExitOnForwardFailure)", metadata: ["cause": "\(failure)"])
+            await agent.shutdown(grace: .zero)
+            await session.finish()
+            await side?.stop()
+            throw ExitCode(1)
         }
         await options.serve(agent, session: session, side: side, logger: logger) {
             let (added, removed) = await agent.reload(forwards: try makeForwards().forwards)

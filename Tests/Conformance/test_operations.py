@@ -345,3 +345,31 @@ def test_check_online_tries_the_relay_with_the_configured_credentials(tmp_path):
         assert bad.returncode == 2 and "refused the credentials" in bad.stdout, bad.stdout
     finally:
         relay.stop()
+
+
+def test_exit_on_forward_failure_stops_an_edge_that_cannot_start(tmp_path):
+    relay = agents.start_relay(tmp_path, ["hc1"])
+    url = "ws://127.0.0.1:%d" % relay.port
+
+    def edge(key, exit_on_failure):
+        path = tmp_path / ("edge-%d.yml" % time.time_ns())
+        path.write_text("AzureRelayEndpoint: %s\nAzureRelaySharedAccessKeyName: %s\nAzureRelaySharedAccessKey: %s\n"
+                        "%sRemoteForward:\n  - RelayName: hc1\n    HostPort: 5432\n"
+                        % (url, agents.KEY_NAME, key, "ExitOnForwardFailure: true\n" if exit_on_failure else ""))
+        return agents.Process(["edge", "-f", str(path)], str(tmp_path / ("edge-%d.log" % time.time_ns())))
+
+    wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="
+    stopping, retrying, working = edge(wrong, True), edge(wrong, False), edge(agents.KEY, True)
+    try:
+        stopping.popen.wait(timeout=20)
+        assert stopping.popen.returncode == 1
+        assert "a forwarder cannot start; stopping (ExitOnForwardFailure)" in stopping.log()
+        assert "the relay refused the listener: 401" in stopping.log()
+        working.wait_for_log("listener online")
+        time.sleep(1.5)
+        assert retrying.popen.poll() is None and working.popen.poll() is None, "without it the edge keeps trying"
+        assert retrying.log().count("listener refused by relay") >= 2
+    finally:
+        for process in (stopping, retrying, working):
+            process.stop()
+        relay.stop()
