@@ -284,7 +284,9 @@ struct Replay: AsyncParsableCommand {
         discussion: """
             Example: hyrelay export replay --logs-ingestion-endpoint https://… --dcr-immutable-id dcr-… \
             ~/.local/state/hyrelay/telemetry/*.ndjson.gz
-            Exits 0 when every record was delivered, 1 when any was dropped or left in the spool.
+            Each file is renamed FILE.replaying while it is shipped (a role still writing starts a new file), \
+            then FILE.delivered, so running replay again sends nothing twice. When anything was dropped or left \
+            in the spool the files get their names back and replay exits 1.
             """)
 
     @Argument(help: "Files written by the file sink (.ndjson.gz).")
@@ -296,9 +298,12 @@ struct Replay: AsyncParsableCommand {
         guard telemetry.export.hasAzureSink else {
             throw ValidationError("replay needs an Azure sink: --logs-ingestion-endpoint or a connection string")
         }
+        let claimed = try claim(files)
+        // A role that opened a file just before the rename finishes its one write first.
+        try await Task.sleep(for: .milliseconds(200))
         var records: [ExportRecord] = []
         var unreadable = 0
-        for file in files {
+        for (_, file) in claimed {
             let bytes: [UInt8]
             do {
                 bytes = try Gzip.decompress(
@@ -332,7 +337,53 @@ struct Replay: AsyncParsableCommand {
         print(
             "read \(records.count) records (\(unreadable) unreadable lines), delivered \(delivered), dropped \(dropped), "
                 + "\(spooled) batch(es) left in the spool")
-        if dropped > 0 || spooled > 0 || unreadable > 0 || delivered < records.count { throw ExitCode(1) }
+        let complete = dropped == 0 && spooled == 0 && unreadable == 0 && delivered >= records.count
+        release(claimed, delivered: complete)
+        if !complete { throw ExitCode(1) }
+    }
+
+    static let replaying = ".replaying"
+    static let delivered = ".delivered"
+
+    /// Renames each file to `FILE.replaying` (kept as it is when it already is one: a replay that was cut
+    /// short); files already delivered are skipped. Returns (original name, name being read).
+    private func claim(_ files: [String]) throws -> [(original: String, claimed: String)] {
+        var claimed: [(String, String)] = []
+        for file in files {
+            if file.hasSuffix(Self.delivered) {
+                print("\(file): already delivered, skipped")
+                continue
+            }
+            if file.hasSuffix(Self.replaying) {
+                claimed.append((String(file.dropLast(Self.replaying.count)), file))
+                continue
+            }
+            guard rename(file, file + Self.replaying) == 0 else {
+                // A glob that matched nothing, or a file another replay took: nothing to send twice.
+                if errno == ENOENT {
+                    print("\(file): no such file (delivered already?), skipped")
+                    continue
+                }
+                throw ValidationError("cannot rename '\(file)' for replay: \(String(cString: strerror(errno)))")
+            }
+            claimed.append((file, file + Self.replaying))
+        }
+        return claimed
+    }
+
+    /// Delivered files become `FILE.delivered`; otherwise each gets its name back, unless a role has written
+    /// a new file under that name meanwhile (then it stays `FILE.replaying`, which replay also takes).
+    private func release(_ claimed: [(original: String, claimed: String)], delivered: Bool) {
+        for (original, file) in claimed {
+            if delivered {
+                _ = rename(file, original + Self.delivered)
+            } else if access(original, F_OK) != 0 {
+                _ = rename(file, original)
+            } else {
+                print("\(file): kept under this name (a new '\(original)' exists); replay it again later")
+            }
+        }
+        if delivered { print("marked \(claimed.count) file(s) delivered (\(Self.delivered))") }
     }
 }
 

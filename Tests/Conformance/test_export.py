@@ -114,6 +114,8 @@ def test_400_is_final_and_counted(fake, tmp_path):
     assert "delivered 0, dropped 10" in result.stdout
     assert "InvalidPayload" in result.stderr and "export records dropped" in result.stderr
     assert [c["status"] for c in fake.calls] == [400]
+    assert os.path.exists(tmp_path / "b.ndjson.gz"), "a failed replay gives the file its name back"
+    assert not os.path.exists(tmp_path / "b.ndjson.gz.delivered")
 
 
 def test_oversize_record_is_dropped_and_counted(fake, tmp_path):
@@ -395,3 +397,13 @@ def test_roles_write_files_by_default_and_replay_ships_them(fake, tmp_path):
     assert len([s for s in spans if s["Name"] == "client.accept"]) == 2
     assert fake.all_rows(STREAMS["metrics"]), "a final metric snapshot at shutdown"
     assert fake.violations == []
+    # Replay marks what it delivered: the same command again sends nothing twice.
+    assert sorted(os.listdir(state / "telemetry")) == sorted(os.path.basename(f) + ".delivered" for f in files)
+    assert "marked %d file(s) delivered" % len(files) in result.stdout
+    rows_before = len(fake.all_rows(STREAMS["spans"]))
+    again = replay(fake, files, tmp_path)
+    assert again.returncode == 0 and "skipped" in again.stdout, again.stdout + again.stderr
+    delivered = [str(state / "telemetry" / name) for name in os.listdir(state / "telemetry")]
+    again = replay(fake, delivered, tmp_path)
+    assert again.returncode == 0 and "already delivered, skipped" in again.stdout, again.stdout + again.stderr
+    assert len(fake.all_rows(STREAMS["spans"])) == rows_before
