@@ -19,11 +19,17 @@ import RelayTelemetry
     import Darwin
 #endif
 
+/// The release this binary is, as `hyrelay --version` prints it.
+enum HybridRelayVersion {
+    static let current = "0.4.0"
+}
+
 @main
 struct Hyrelay: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hyrelay",
         abstract: "A self-hostable Azure Relay Hybrid Connections relay, with tunnel agents and telemetry.",
+        version: HybridRelayVersion.current,
         subcommands: [Relay.self, Client.self, Edge.self, Demo.self, Check.self, Token.self, Export.self]
     )
 }

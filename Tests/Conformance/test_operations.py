@@ -373,3 +373,8 @@ def test_exit_on_forward_failure_stops_an_edge_that_cannot_start(tmp_path):
         for process in (stopping, retrying, working):
             process.stop()
         relay.stop()
+
+
+def test_version():
+    result = subprocess.run([agents.binary(), "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.strip().count(".") == 2, result.stdout
