@@ -69,15 +69,19 @@ public final class ClientAgent: Sendable {
         return agent
     }
 
-    /// Asks the relay about every hybrid connection this client forwards to, and again every `interval`
-    /// until each is ready: a client whose hybrid connection does not exist, or whose key is refused, says
-    /// so at start and in `/readyz` instead of failing every connection later.
-    public func watchRelays(interval: Duration = .seconds(10)) async {
+    /// Asks the relay about every hybrid connection this client forwards to, and again until each is ready:
+    /// a client whose hybrid connection does not exist, or whose key is refused, says so at start and in
+    /// `/readyz` instead of failing every connection later. An unreachable relay is asked again every
+    /// `interval`; a refusal or a missing entity, which take an operator to fix, every `slowInterval` (each
+    /// refused ask is an authentication failure at the relay).
+    public func watchRelays(interval: Duration = .seconds(10), slowInterval: Duration = .seconds(120)) async {
         var waiting = Dictionary(
             bound.withLockedValue { $0.map { ($0.key.relayName, $0.key.access) } },
             uniquingKeysWith: { first, _ in first })
+        var due: [String: ContinuousClock.Instant] = [:]
         while !waiting.isEmpty && !Task.isCancelled {
-            for (relayName, access) in waiting.sorted(by: { $0.key < $1.key }) {
+            let now = ContinuousClock.now
+            for (relayName, access) in waiting.sorted(by: { $0.key < $1.key }) where (due[relayName] ?? now) <= now {
                 let outcome = await RelayProbe.probe(
                     access: access, relayName: relayName, tlsContext: settings.tlsContext, group: settings.group)
                 let previous = probes.withLockedValue { probes in
@@ -90,6 +94,11 @@ public final class ClientAgent: Sendable {
                         metadata: ["relay_name": "\(relayName)", "relay": "\(access.base)", "result": "\(outcome)"])
                 }
                 if outcome.isReady { waiting[relayName] = nil }
+                if case .unreachable = outcome {
+                    due[relayName] = .now + interval
+                } else {
+                    due[relayName] = .now + slowInterval
+                }
             }
             try? await Task.sleep(for: interval)
         }

@@ -564,7 +564,14 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         } catch {
             listenAllowed = false
         }
-        if !listenAllowed { _ = try authorize(entity: entity, token: found, right: .send, head: head) }
+        if !listenAllowed {
+            do {
+                _ = try authorize(entity: entity, token: found, right: .send, head: head)
+            } catch {
+                refuse(context: context, error, entity: entity.name)
+                return
+            }
+        }
         let information = RuntimeInformation(
             path: entity.name, listenerCount: hub.listenerCount(entity: entity.name),
             requiresClientAuthorization: entity.requiresClientAuthorization)

@@ -15,10 +15,11 @@ import NIOCore
 ///
 /// When the descriptor table is full (EMFILE, ENFILE) the socket stays readable and NIO retries the accept
 /// at once, without asking the pipeline to read again until an accept succeeds, so a plain backoff never
-/// gets its turn. The guard therefore holds one spare descriptor: on such a failure it frees it, the next
-/// accept succeeds (that connection is served normally), and from then on reads wait out a one-second pause
-/// in which connections finish and free descriptors. The spare is taken back once descriptors are free.
-/// Each failure is counted; a log line at most once a second says what to change.
+/// gets its turn. The guard therefore holds one spare descriptor and lets NIO accept only while it holds
+/// it: on such a failure it frees the spare, the next accept succeeds (that connection is served normally),
+/// and reads then wait out a one-second pause in which connections finish and free descriptors. Accepting
+/// resumes once the spare could be taken back. Each failure is counted; a log line at most once a second
+/// says what to change.
 public final class AcceptGuard: ChannelDuplexHandler, RemovableChannelHandler {
     public typealias InboundIn = Channel
     public typealias InboundOut = Channel
@@ -30,6 +31,9 @@ public final class AcceptGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private let metrics: RelayMetrics
     private let logger: Logger
     private var spare: CInt = -1
+    /// False where no spare can be had for another reason than a full table (no `/dev/null`): then the
+    /// guard only pauses.
+    private var spareWorks = true
     private var pausedUntil: NIODeadline?
     private var scheduledRead: Scheduled<Void>?
     private var logs = LogThrottle(interval: 1)
@@ -42,7 +46,7 @@ public final class AcceptGuard: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
-        reserveSpare()
+        _ = reserveSpare()
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
@@ -51,9 +55,12 @@ public final class AcceptGuard: ChannelDuplexHandler, RemovableChannelHandler {
         releaseSpare()
     }
 
-    private func reserveSpare() {
-        guard spare < 0 else { return }
+    /// Whether the spare is held (or cannot be had at all, so accepting must not wait for it).
+    private func reserveSpare() -> Bool {
+        guard spareWorks, spare < 0 else { return true }
         spare = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        if spare < 0 && errno != EMFILE && errno != ENFILE { spareWorks = false }
+        return spare >= 0 || !spareWorks
     }
 
     private func releaseSpare() {
@@ -87,13 +94,22 @@ public final class AcceptGuard: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     public func read(context: ChannelHandlerContext) {
-        reserveSpare()
         guard scheduledRead == nil else { return }
-        guard let pausedUntil, pausedUntil > .now() else {
-            context.read()
+        if let pausedUntil, pausedUntil > .now() {
+            readLater(at: pausedUntil, context: context)
             return
         }
-        scheduledRead = context.eventLoop.assumeIsolated().scheduleTask(deadline: pausedUntil) { [weak self] in
+        // Without the spare, an accept that fails would leave NIO retrying it in a loop: wait for descriptors.
+        guard reserveSpare() else {
+            readLater(at: .now() + Self.pause, context: context)
+            return
+        }
+        pausedUntil = nil
+        context.read()
+    }
+
+    private func readLater(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        scheduledRead = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
             guard let self else { return }
             self.scheduledRead = nil
             self.pausedUntil = nil

@@ -7,12 +7,6 @@ import Logging
     import Foundation
 #endif
 
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
-
 /// One JSON object per line on standard error: `time`, `level`, `role`, `message`, `label`, then the
 /// metadata (which carries `trace_id` and `span_id` on hop logs). Values are strings; keys that look like
 /// secrets are redacted, so a token can never reach a log by accident.
@@ -41,14 +35,10 @@ public struct JSONLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var merged = metadata
-        if let provided = metadataProvider?.get() { merged.merge(provided) { $1 } }
-        if let extra = event.metadata { merged.merge(extra) { $1 } }
-        let line = Self.render(
-            time: Date(), level: event.level, role: role, label: label, message: "\(event.message)", metadata: merged)
-        // One write(2) per line keeps lines from different threads whole.
-        var bytes = Array(line.utf8)
-        _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+        StandardErrorLine.write(
+            Self.render(
+                time: Date(), level: event.level, role: role, label: label, message: "\(event.message)",
+                metadata: StandardErrorLine.metadata(metadata, provider: metadataProvider, event: event)))
     }
 
     static func render(

@@ -1,16 +1,14 @@
 import HybridConnections
 import Logging
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 #if canImport(FoundationEssentials)
     import FoundationEssentials
 #else
     import Foundation
-#endif
-
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
 #endif
 
 /// Human-readable lines on standard error, laid out like swift-log's `StreamLogHandler`
@@ -33,14 +31,10 @@ public struct TextLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var merged = metadata
-        if let provided = metadataProvider?.get() { merged.merge(provided) { $1 } }
-        if let extra = event.metadata { merged.merge(extra) { $1 } }
-        var bytes = Array(
-            Self.render(time: Date(), level: event.level, label: label, message: "\(event.message)", metadata: merged)
-                .utf8)
-        // One write(2) per line keeps lines from different threads whole.
-        _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+        StandardErrorLine.write(
+            Self.render(
+                time: Date(), level: event.level, label: label, message: "\(event.message)",
+                metadata: StandardErrorLine.metadata(metadata, provider: metadataProvider, event: event)))
     }
 
     static func render(
@@ -55,5 +49,26 @@ public struct TextLogHandler: LogHandler {
         }
         out += " \(LogText.escapingControlCharacters(message))\n"
         return out
+    }
+}
+
+/// What the two log handlers share: the metadata of one event, and one line on standard error.
+enum StandardErrorLine {
+    /// The handler's metadata, then the provider's, then the event's own; later ones win.
+    static func metadata(
+        _ base: Logger.Metadata, provider: Logger.MetadataProvider?, event: LogEvent
+    )
+        -> Logger.Metadata
+    {
+        var merged = base
+        if let provided = provider?.get() { merged.merge(provided) { $1 } }
+        if let extra = event.metadata { merged.merge(extra) { $1 } }
+        return merged
+    }
+
+    /// One write(2) per line keeps lines from different threads whole.
+    static func write(_ line: String) {
+        var bytes = Array(line.utf8)
+        _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     }
 }

@@ -330,29 +330,24 @@ struct Check: AsyncParsableCommand {
         }
     }
 
-    /// One line per entry with what its relay said; exit status 2 when any is not ready.
+    /// One line per entry with what its relay said; exit status 2 when any is not ready. A LocalForward is
+    /// asked by a runtime-information query, a RemoteForward by opening a listener.
     private func checkOnline(_ configuration: AgentConfiguration) async throws {
         let tls = try TLSSetup.clientContext(caFile: caFile)
         let group = MultiThreadedEventLoopGroup.singleton
+        let entries =
+            configuration.localForwards.map { ("LocalForward", $0.relayName, $0.connectionString, false) }
+            + configuration.remoteForwards.map { ("RemoteForward", $0.relayName, $0.connectionString, true) }
         var failed = false
-        for forward in configuration.localForwards {
+        for (kind, relayName, connectionString, listens) in entries {
             let access = try RelayAccess.resolve(
-                configuration: configuration, entryConnectionString: forward.connectionString,
-                relayName: forward.relayName)
-            let outcome = await RelayProbe.probe(
-                access: access, relayName: forward.relayName, tlsContext: tls, group: group)
-            print("LocalForward \(forward.relayName) at \(access.base): \(outcome)")
-            failed = failed || !outcome.isReady
-        }
-        for forward in configuration.remoteForwards {
-            let access = try RelayAccess.resolve(
-                configuration: configuration, entryConnectionString: forward.connectionString,
-                relayName: forward.relayName)
-            let outcome = await RelayProbe.probeListen(
-                access: access, relayName: forward.relayName, tlsContext: tls, group: group)
-            print(
-                "RemoteForward \(forward.relayName) at \(access.base): \(outcome == .ready(listeners: 1) ? "listening works" : outcome.description)"
-            )
+                configuration: configuration, entryConnectionString: connectionString, relayName: relayName)
+            let outcome =
+                listens
+                ? await RelayProbe.probeListen(access: access, relayName: relayName, tlsContext: tls, group: group)
+                : await RelayProbe.probe(access: access, relayName: relayName, tlsContext: tls, group: group)
+            let said = listens && outcome == .ready(listeners: 1) ? "listening works" : outcome.description
+            print("\(kind) \(relayName) at \(access.base): \(said)")
             failed = failed || !outcome.isReady
         }
         if failed { throw ExitCode(2) }

@@ -335,10 +335,11 @@ def test_descriptor_exhaustion_backs_off_and_recovers(tmp_path):
             except OSError:
                 break
         relay.wait_for_log("cannot accept connections", timeout=10)
-        # Accept is paused, not retried in a busy loop, while the table is full.
+        # Accept is paused, not retried in a busy loop, while the table is full: also across the handshake
+        # deadlines (4 s), when descriptors come free and are taken again at once.
         before = relay.cpu_seconds()
-        time.sleep(2)
-        assert relay.cpu_seconds() - before < 0.5, "the accept loop spins"
+        time.sleep(6)
+        assert relay.cpu_seconds() - before < 1.0, "the accept loop spins"
         for sock in sockets:
             sock.close()
         time.sleep(1.5)
