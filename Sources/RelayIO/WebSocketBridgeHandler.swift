@@ -8,6 +8,8 @@ public struct BridgeLegStatistics: Sendable, Equatable {
     public var framesIn: Int = 0
     /// Close code the peer sent, if it sent one.
     public var closeCode: Int?
+    /// Why the leg was ended for a frame that broke RFC 6455, if it was.
+    public var violation: String?
 
     public init() {}
 }
@@ -209,6 +211,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     private func protocolViolated(_ violation: FrameRules.Violation, context: ChannelHandlerContext) {
         receivedClose = true
         statistics.closeCode = Int(violation.code)
+        statistics.violation = violation.reason
         if !sentClose {
             writeClose(
                 FrameRules.closeFrame(

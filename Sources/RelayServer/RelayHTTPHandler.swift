@@ -463,13 +463,16 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         hub.tunnelOpened()
         let upBytes = metrics.bytes(role: .relay, direction: .up)
         let joined = NIODeadline.now()
+        let logger = self.logger
         let bridge = WebSocketBridgeHandler(countBytes: { upBytes.increment(by: Int64($0)) }) { statistics in
             collector.senderLegFinished(statistics)
             active.decrement()
             hub.tunnelClosed()
             metrics.tunnelClosed(
                 role: .relay, seconds: (NIODeadline.now() - joined).seconds,
-                cause: statistics.closeCode.map { "close_\($0)" } ?? "connection_lost")
+                cause: statistics.violation != nil
+                    ? "protocol_error" : statistics.closeCode.map { "close_\($0)" } ?? "connection_lost")
+            Self.logViolation(statistics, leg: "sender", logger: logger)
         }
         bridge.attach(partner: partner)
         logger.info(
@@ -481,6 +484,14 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         upgrade(context: context, head: waiting.head, subprotocol: subprotocol, handler: bridge)
         let bound = NIOLoopBound(bridge, eventLoop: context.eventLoop)
         partner.eventLoop.execute { partner.value.attach(partner: bound) }
+    }
+
+    /// A tunnel leg ended because its peer broke RFC 6455: say which side and how.
+    static func logViolation(_ statistics: BridgeLegStatistics, leg: String, logger: Logger) {
+        guard let violation = statistics.violation else { return }
+        logger.warning(
+            "tunnel closed: the \(leg) broke the WebSocket protocol: \(violation)",
+            metadata: ["reason": "protocol_error", "close_code": "\(statistics.closeCode ?? 0)"])
     }
 
     /// The listener rejected the sender: the sender gets the listener's status.
@@ -514,8 +525,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let subprotocol = WebSocketHandshake.firstSubprotocol(head.headers)
         let downBytes = hub.metrics.bytes(role: .relay, direction: .down)
         let collector = BridgeSpanCollector()
+        let logger = self.logger
         let bridge = WebSocketBridgeHandler(countBytes: { downBytes.increment(by: Int64($0)) }) { statistics in
             collector.listenerLegFinished(statistics)
+            Self.logViolation(statistics, leg: "listener", logger: logger)
         }
         upgrade(context: context, head: head, subprotocol: subprotocol, handler: bridge)
         let bound = NIOLoopBound(bridge, eventLoop: context.eventLoop)

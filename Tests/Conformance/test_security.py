@@ -615,6 +615,9 @@ def test_frames_breaking_rfc6455_end_the_leg(relay, frame, code):
         rendezvous.close()
         await control.close()
     asyncio.run(run())
+    # Counted and logged with its cause.
+    relay.wait_for_log("the sender broke the WebSocket protocol")
+    assert relay.metric("hyrelay_tunnels_closed_total", role="relay", cause="protocol_error") >= 1
 
 
 def test_control_channel_text_is_refused_past_64_kib_while_it_arrives(relay):
