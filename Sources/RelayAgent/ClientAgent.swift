@@ -169,11 +169,17 @@ public final class ClientAgent: Sendable {
                         return
                     }
                     let tcp = TunnelTCPHandler()
+                    // The sender opens once the connection is registered and active: opened from here, a fast
+                    // relay could complete the upgrade first under a burst of accepts, and the tunnel would
+                    // take the not-yet-active connection for one already closed.
+                    tcp.onActive = { [tcp] in
+                        Self.openSender(
+                            for: channel, tcp: NIOLoopBound(tcp, eventLoop: channel.eventLoop), forward: forward,
+                            binding: binding, access: access, tlsContext: settings.tlsContext,
+                            counter: settings.counter, metrics: settings.metrics, tracer: settings.tracer,
+                            logger: settings.logger)
+                    }
                     try channel.pipeline.syncOperations.addHandler(tcp)
-                    Self.openSender(
-                        for: channel, tcp: NIOLoopBound(tcp, eventLoop: channel.eventLoop), forward: forward,
-                        binding: binding, access: access, tlsContext: settings.tlsContext, counter: settings.counter,
-                        metrics: settings.metrics, tracer: settings.tracer, logger: settings.logger)
                 }
             }
             .bind(host: binding.bindAddress, port: binding.port)

@@ -400,6 +400,8 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var uncountedBytes = 0
     /// Bytes read from the TCP peer, reported once per read burst.
     var countBytes: (Int) -> Void
+    /// Runs once, when the connection becomes active (the client opens its sender then).
+    var onActive: (() -> Void)?
 
     init(countBytes: @escaping (Int) -> Void = { _ in }) {
         self.countBytes = countBytes
@@ -413,7 +415,17 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    func channelActive(context: ChannelHandlerContext) {
+        let action = onActive
+        onActive = nil
+        action?()
+        context.fireChannelActive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        onActive = nil
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = unwrapInboundIn(data)

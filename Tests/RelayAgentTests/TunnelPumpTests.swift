@@ -108,3 +108,20 @@ import Testing
         #expect(try webSocket.readOutbound(as: ByteBuffer.self) == nil, "no close once the preamble arrived")
     }
 }
+
+@Suite struct TunnelTCPHandlerTests {
+    /// The client opens its sender when the accepted connection is active, not while it is being set up:
+    /// under a burst of accepts a relay could finish the upgrade before the connection is registered.
+    @Test func theSenderOpensOnceTheConnectionIsActive() throws {
+        let channel = EmbeddedChannel()
+        let tcp = TunnelTCPHandler()
+        var opened = 0
+        tcp.onActive = { opened += 1 }
+        try channel.pipeline.syncOperations.addHandler(tcp)
+        #expect(opened == 0 && !tcp.isActive)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        #expect(opened == 1 && tcp.isActive)
+        channel.pipeline.fireChannelActive()
+        #expect(opened == 1, "once")
+    }
+}
