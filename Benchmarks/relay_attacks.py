@@ -18,15 +18,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "Tests", "Conformance"))
 import hc  # noqa: E402
+from conftest import free_port  # noqa: E402
+from test_security import upgrade_head as upgrade  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", ".build", "debug", "hyrelay")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Relay:
@@ -84,11 +80,6 @@ def first_line(port, data, timeout=120):
         return "(%s)" % error.__class__.__name__
     finally:
         sock.close()
-
-
-def upgrade(target, extra=""):
-    return ("GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n" % (target, extra)).encode()
 
 
 def token_overflow():

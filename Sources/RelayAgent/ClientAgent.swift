@@ -94,11 +94,8 @@ public final class ClientAgent: Sendable {
                         metadata: ["relay_name": "\(relayName)", "relay": "\(access.base)", "result": "\(outcome)"])
                 }
                 if outcome.isReady { waiting[relayName] = nil }
-                if case .unreachable = outcome {
-                    due[relayName] = .now + interval
-                } else {
-                    due[relayName] = .now + slowInterval
-                }
+                let retryIn = if case .unreachable = outcome { interval } else { slowInterval }
+                due[relayName] = .now + retryIn
             }
             try? await Task.sleep(for: interval)
         }
@@ -147,12 +144,6 @@ public final class ClientAgent: Sendable {
         let channel = try await ServerBootstrap(group: settings.group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        AcceptGuard(socket: "client", metrics: settings.metrics, logger: settings.logger))
-                }
-            }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.writeBufferWaterMark, value: SocketTuning.writeWaterMark)
@@ -182,12 +173,9 @@ public final class ClientAgent: Sendable {
                     try channel.pipeline.syncOperations.addHandler(tcp)
                 }
             }
-            .bind(host: binding.bindAddress, port: binding.port)
-            .flatMapErrorThrowing { error in
-                throw BindFailure(
-                    error, host: binding.bindAddress, port: binding.port, what: "relay '\(forward.relayName)'")
-            }
-            .get()
+            .bindGuarded(
+                host: binding.bindAddress, port: binding.port, socket: "client",
+                purpose: "relay '\(forward.relayName)'", metrics: settings.metrics, logger: settings.logger)
         settings.logger.info(
             "client port bound",
             metadata: [
@@ -330,12 +318,12 @@ extension ClientAgent {
                     metadata: ["status": "\(status)", "cause": "\(reason)"])
                 tcp.value.close()
             case .failure(let error):
-                let failure = ConnectFailure(error, host: url.host)
+                let failure = ConnectFailure(error, url: url)
                 failed(cause: "relay_unreachable", outcome: "unreachable", status: nil, message: failure.summary)
                 logger.warning(
                     "cannot reach relay, closing local connection",
                     metadata: [
-                        "cause": "\(failure.text(target: "\(url.host):\(url.port)"))", "reason": "\(failure.label)",
+                        "cause": "\(failure.text)", "reason": "\(failure.label)",
                     ])
                 tcp.value.close()
             }

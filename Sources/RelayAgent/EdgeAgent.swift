@@ -236,14 +236,14 @@ final class ListenerLoop: Sendable {
                         metadata: ["status": "\(status)", "cause": "\(reason)", "attempt": "\(attempt)"])
                 }
             } catch {
-                let failure = ConnectFailure(error, host: url.host)
-                firstOpenEnded(.failed("cannot reach the relay: \(failure.text(target: "\(url.host):\(url.port)"))"))
+                let failure = ConnectFailure(error, url: url)
+                firstOpenEnded(.failed("cannot reach the relay: \(failure.text)"))
                 settings.metrics.listenerEvent(
                     role: .edge, entity: forward.relayName, event: "refused", cause: "unreachable")
                 logger.warning(
                     "cannot reach relay",
                     metadata: [
-                        "cause": "\(failure.text(target: "\(url.host):\(url.port)"))", "reason": "\(failure.label)",
+                        "cause": "\(failure.text)", "reason": "\(failure.label)",
                         "attempt": "\(attempt)",
                     ])
             }
@@ -326,7 +326,7 @@ final class ListenerLoop: Sendable {
                 tunnelLogger.warning(
                     "rendezvous failed",
                     metadata: [
-                        "cause": "\(ConnectFailure(error, host: url.host).text(target: "\(url.host):\(url.port)"))"
+                        "cause": "\(ConnectFailure(error, url: url).text)"
                     ])
                 bridgeSpan.setStatus(SpanStatus(code: .error, message: "rendezvous failed: \(error)"))
                 bridgeSpan.end()
@@ -388,13 +388,13 @@ final class ListenerLoop: Sendable {
                         ])
                     boundHandler.value.dialSucceeded(tcp: boundTCP.value)
                 case .failure(let error):
-                    let failure = ConnectFailure(error, host: binding.host)
+                    let failure = ConnectFailure(error, host: binding.host, port: binding.port)
                     let target = "\(binding.host):\(binding.port)"
                     logger.warning(
                         "target dial failed",
                         metadata: [
                             "target": "\(target)", "reason": "\(failure.label)",
-                            "cause": "\(failure.text(target: target))",
+                            "cause": "\(failure.text)",
                         ])
                     metrics.dial(outcome: "failed", seconds: (ContinuousClock.now - started).seconds)
                     span.attributes["outcome"] = "failed"

@@ -75,7 +75,7 @@ public enum RelayProbe {
             let response = try await HTTPProbe.get(url, headers: headers, tlsContext: tlsContext, group: group).get()
             return .from(response, relayName: relayName)
         } catch {
-            return .unreachable(ConnectFailure(error, host: url.host).text(target: "\(url.host):\(url.port)"))
+            return .unreachable(ConnectFailure(error, url: url).text)
         }
     }
 
@@ -100,7 +100,7 @@ public enum RelayProbe {
             case .rejected(let status, let reason, _): return .unverified("HTTP \(status) \(reason.prefix(200))")
             }
         } catch {
-            return .unreachable(ConnectFailure(error, host: url.host).text(target: "\(url.host):\(url.port)"))
+            return .unreachable(ConnectFailure(error, url: url).text)
         }
     }
 }

@@ -22,6 +22,11 @@ public enum FrameRules {
         }
     }
 
+    /// Checks an unmasked frame whole: its header and, for a Close, its body.
+    public static func violation(inUnmasked frame: WebSocketFrame) -> Violation? {
+        violation(in: frame) ?? (frame.opcode == .connectionClose ? closeViolation(frame.data) : nil)
+    }
+
     /// Checks an unmasked Close body.
     public static func closeViolation(_ body: ByteBuffer) -> Violation? {
         guard body.readableBytes > 0 else { return nil }
@@ -63,6 +68,22 @@ public enum FrameRules {
             cut = cut[..<space]
         }
         return cut + ellipsis
+    }
+}
+
+extension ChannelHandlerContext {
+    /// Writes a pong when `PongReplies` says one is due. Takes the payload, not the `PongReplies`: the write
+    /// can fire a writability change into the same handler, which reads its `PongReplies` again.
+    public func sendPong(_ payload: ByteBuffer?) {
+        guard let payload else { return }
+        writeAndFlush(NIOAny(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
+    }
+
+    /// Sends a Close with `code` and `reason` and closes the channel once it is out.
+    public func closeWebSocket(code: UInt16, reason: String) {
+        close(
+            after: writeAndFlush(
+                NIOAny(FrameRules.closeFrame(code: code, reason: reason, allocator: channel.allocator))))
     }
 }
 

@@ -1,6 +1,5 @@
 import NIOCore
 import NIOHTTP1
-import NIOPosix
 import NIOSSL
 
 /// A response to one small request, its body cut at `HTTPProbe.maxBodyBytes`.
@@ -29,27 +28,23 @@ public enum HTTPProbe {
     ) -> EventLoopFuture<HTTPProbeResponse> {
         let eventLoop = group.next()
         let promise = eventLoop.makePromise(of: HTTPProbeResponse.self)
-        if url.secure && tlsContext == nil {
-            promise.fail(WebSocketClientError(description: "\(url) needs TLS but no TLS context was given"))
-            return promise.futureResult
-        }
         var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: url.target)
         head.headers.add(name: "Host", value: url.hostHeader)
         head.headers.add(name: "Connection", value: "close")
         head.headers.add(contentsOf: headers)
         let request = head
-        HTTPConnection.bootstrap(url: url, tlsContext: tlsContext, eventLoop: eventLoop, connectTimeout: timeout) {
+        HTTPConnection.connect(url: url, tlsContext: tlsContext, eventLoop: eventLoop, connectTimeout: timeout) {
             channel, _, _ in
             try channel.pipeline.syncOperations.addHandler(ProbeHandler(request: request, promise: promise))
         }
-        .connect(host: url.host, port: url.port)
         .whenComplete { result in
             switch result {
             case .success(let channel):
-                channel.eventLoop.scheduleTask(in: timeout) {
+                let deadline = channel.eventLoop.scheduleTask(in: timeout) {
                     promise.fail(WebSocketClientError(description: "no answer within \(timeout)"))
                     channel.close(promise: nil)
                 }
+                promise.futureResult.whenComplete { _ in deadline.cancel() }
             case .failure(let error):
                 promise.fail(error)
             }

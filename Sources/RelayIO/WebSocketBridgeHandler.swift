@@ -95,12 +95,10 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
         }
         switch frame.opcode {
         case .ping:
-            guard !sentClose,
-                let payload = pongs.pingReceived(
-                    frame.unmasked(allocator: context.channel.allocator).data, writable: context.channel.isWritable)
-            else { return }
-            context.writeAndFlush(
-                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
+            guard !sentClose else { return }
+            context.sendPong(
+                pongs.pingReceived(
+                    frame.unmasked(allocator: context.channel.allocator).data, writable: context.channel.isWritable))
         case .pong:
             break
         case .connectionClose:
@@ -171,10 +169,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
 
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
         let writable = context.channel.isWritable
-        if writable, !sentClose, let payload = pongs.becameWritable() {
-            context.writeAndFlush(
-                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
-        }
+        if !sentClose, context.channel.isWritable { context.sendPong(pongs.becameWritable()) }
         if let partner {
             partner.eventLoop.execute {
                 partner.value.partnerWritabilityChanged(writable)

@@ -93,10 +93,6 @@ public enum WebSocketClient {
     ) -> EventLoopFuture<WebSocketConnectResult> {
         let eventLoop = group.next()
         let promise = eventLoop.makePromise(of: WebSocketConnectResult.self)
-        if url.secure && tlsContext == nil {
-            promise.fail(WebSocketClientError(description: "\(url) needs TLS but no TLS context was given"))
-            return promise.futureResult
-        }
         let key = WebSocketHandshake.randomKey()
         var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: url.target)
         head.headers.add(name: "Host", value: url.hostHeader)
@@ -109,7 +105,7 @@ public enum WebSocketClient {
         }
         head.headers.add(contentsOf: extraHeaders)
         let requestHead = head
-        let bootstrap = HTTPConnection.bootstrap(
+        HTTPConnection.connect(
             url: url, tlsContext: tlsContext, eventLoop: eventLoop, connectTimeout: connectTimeout
         ) { channel, encoder, decoder in
             try channel.pipeline.syncOperations.addHandler(
@@ -117,8 +113,7 @@ public enum WebSocketClient {
                     request: requestHead, expectedAccept: WebSocketHandshake.acceptValue(forKey: key),
                     promise: promise, maxFrameSize: maxFrameSize, handshakeTimeout: connectTimeout,
                     configure: configure, encoder: encoder, decoder: decoder))
-        }
-        bootstrap.connect(host: url.host, port: url.port).whenFailure { error in
+        }.whenFailure { error in
             promise.fail(error)
         }
         return promise.futureResult
@@ -127,13 +122,18 @@ public enum WebSocketClient {
 
 /// A client connection to a relay: TCP, TLS for `wss`/`https` (with SNI for names), and the HTTP/1.1 codec.
 enum HTTPConnection {
-    static func bootstrap(
+    /// Connects, failing at once when a secure URL comes without a TLS context.
+    static func connect(
         url: WebSocketURL, tlsContext: NIOSSLContext?, eventLoop: any EventLoop, connectTimeout: TimeAmount,
         addHandler:
             @escaping @Sendable (any Channel, HTTPRequestEncoder, ByteToMessageHandler<HTTPResponseDecoder>)
             throws -> Void
-    ) -> ClientBootstrap {
-        ClientBootstrap(group: eventLoop)
+    ) -> EventLoopFuture<any Channel> {
+        if url.secure && tlsContext == nil {
+            return eventLoop.makeFailedFuture(
+                WebSocketClientError(description: "\(url) needs TLS but no TLS context was given"))
+        }
+        return ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: SocketTuning.receiveAllocator)
@@ -152,6 +152,7 @@ enum HTTPConnection {
                     try addHandler(channel, encoder, decoder)
                 }
             }
+            .connect(host: url.host, port: url.port)
     }
 }
 

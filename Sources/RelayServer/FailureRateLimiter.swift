@@ -1,6 +1,6 @@
 /// Per-source budget of failed authentications: a token bucket of `burst` failures refilling at
-/// `perSecond`. A source that used it up is refused before any signature is computed, which keeps
-/// floods of bad tokens cheap. Memory is bounded by `maxSources`.
+/// `perSecond`. Failures from a source that used it up are answered 429; tokens are always checked, so a
+/// good one passes whatever its neighbours behind the same address did. Memory is bounded by `maxSources`.
 struct FailureRateLimiter {
     private struct Bucket {
         var tokens: Double

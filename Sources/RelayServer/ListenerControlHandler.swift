@@ -91,9 +91,7 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
         let frame = unwrapInboundIn(data).unmasked(allocator: context.channel.allocator)
-        if let violation = FrameRules.violation(in: frame)
-            ?? (frame.opcode == .connectionClose ? FrameRules.closeViolation(frame.data) : nil)
-        {
+        if let violation = FrameRules.violation(inUnmasked: frame) {
             closeCause = "protocol_error"
             logger.warning("listener broke the protocol: \(violation.reason)", metadata: ["reason": "protocol_error"])
             close(code: violation.code, reason: violation.reason)
@@ -101,9 +99,7 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         }
         switch frame.opcode {
         case .ping:
-            guard let payload = pongs.pingReceived(frame.data, writable: context.channel.isWritable) else { return }
-            context.writeAndFlush(
-                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
+            context.sendPong(pongs.pingReceived(frame.data, writable: context.channel.isWritable))
         case .pong:
             // Solicited or not (the .NET runtime sends unsolicited pongs as heartbeats): proof of life.
             missedPongs = 0
@@ -127,10 +123,7 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, !closing, let payload = pongs.becameWritable() {
-            context.writeAndFlush(
-                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
-        }
+        if !closing, context.channel.isWritable { context.sendPong(pongs.becameWritable()) }
         context.fireChannelWritabilityChanged()
     }
 
@@ -203,26 +196,27 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         // A listener that pongs but never reads would let accept and request messages pile up here.
         stalledTicks = context.channel.isWritable ? 0 : stalledTicks + 1
         if stalledTicks >= hub.limits.missedPongLimit {
-            closeCause = "not_reading"
-            logger.warning(
-                "listener evicted: it does not read its control channel", metadata: ["reason": "not_reading"])
-            closing = true
-            if let handle { hub.unregister(handle) }
-            context.close(promise: nil)
+            evict(context: context, cause: "not_reading", "listener evicted: it does not read its control channel")
             return
         }
         if missedPongs >= hub.limits.missedPongLimit {
-            closeCause = "ping_timeout"
-            logger.warning(
-                "listener evicted: no pong", metadata: ["reason": "ping_timeout", "missed_pongs": "\(missedPongs)"])
-            closing = true
-            context.close(promise: nil)
+            evict(
+                context: context, cause: "ping_timeout", "listener evicted: no pong (\(missedPongs) pings unanswered)")
             return
         }
         missedPongs += 1
         context.writeAndFlush(
             wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
         scheduleTick()
+    }
+
+    /// Drops a listener that no longer does its part, without a Close: it would not read one.
+    private func evict(context: ChannelHandlerContext, cause: String, _ message: String) {
+        closeCause = cause
+        logger.warning("\(message)", metadata: ["reason": "\(cause)"])
+        closing = true
+        if let handle { hub.unregister(handle) }
+        context.close(promise: nil)
     }
 
     /// The relay drains or the entity is gone: 1001, so the listener reconnects elsewhere.
@@ -241,10 +235,7 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         guard let context, !closing else { return }
         closing = true
         if let handle { hub.unregister(handle) }
-        context.writeAndFlush(
-            wrapOutboundOut(FrameRules.closeFrame(code: code, reason: reason, allocator: context.channel.allocator))
-        )
-        .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        context.closeWebSocket(code: code, reason: reason)
     }
 }
 
@@ -286,26 +277,17 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !sentClose else { return }
         let frame = unwrapInboundIn(data).unmasked(allocator: context.channel.allocator)
-        if let violation = FrameRules.violation(in: frame)
-            ?? (frame.opcode == .connectionClose ? FrameRules.closeViolation(frame.data) : nil)
-        {
+        if let violation = FrameRules.violation(inUnmasked: frame) {
             hub.logger.warning(
                 "listener broke the protocol on a request rendezvous: \(violation.reason)",
                 metadata: ["reason": "protocol_error"])
             sentClose = true
-            context.writeAndFlush(
-                wrapOutboundOut(
-                    FrameRules.closeFrame(
-                        code: violation.code, reason: violation.reason, allocator: context.channel.allocator))
-            )
-            .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            context.closeWebSocket(code: violation.code, reason: violation.reason)
             return
         }
         switch frame.opcode {
         case .ping:
-            guard let payload = pongs.pingReceived(frame.data, writable: context.channel.isWritable) else { return }
-            context.writeAndFlush(
-                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
+            context.sendPong(pongs.pingReceived(frame.data, writable: context.channel.isWritable))
         case .pong:
             break
         case .connectionClose:
@@ -348,10 +330,7 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, !sentClose, let payload = pongs.becameWritable() {
-            context.writeAndFlush(
-                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
-        }
+        if !sentClose, context.channel.isWritable { context.sendPong(pongs.becameWritable()) }
         context.fireChannelWritabilityChanged()
     }
 

@@ -73,7 +73,7 @@ public struct RelayLimits: Codable, Equatable, Sendable {
     /// Open connections in all; more are answered 503 and closed. 0: the open-file limit less a reserve,
     /// so the relay refuses politely before `accept(2)` runs out of descriptors.
     public var maxConnections: Int = 0
-    /// Failed authentications a source may make in a burst before it is refused with 429 unchecked.
+    /// Failed authentications a source may make in a burst before its further failures get 429.
     public var authFailureBurst: Double = 30
     /// How fast that budget comes back, per second.
     public var authFailuresPerSecond: Double = 1
@@ -107,6 +107,9 @@ public struct RelayLimits: Codable, Equatable, Sendable {
     /// positive: the relay converts them to integers and deadlines, where anything else would trap.
     func problems() -> [String] {
         var problems: [String] = []
+        if maxListenersPerEntity < 1 { problems.append("limits.maxListenersPerEntity must be at least 1") }
+        if maxFrameBytes < 1024 { problems.append("limits.maxFrameBytes must be at least 1024") }
+        if missedPongLimit < 1 { problems.append("limits.missedPongLimit must be at least 1") }
         let durations: [(String, Double)] = [
             ("acceptTimeoutSeconds", acceptTimeoutSeconds), ("httpResponseTimeoutSeconds", httpResponseTimeoutSeconds),
             ("handshakeTimeoutSeconds", handshakeTimeoutSeconds), ("httpBodyTimeoutSeconds", httpBodyTimeoutSeconds),
@@ -278,9 +281,6 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
             }
             if rule.rights.isEmpty { problems.append("rule '\(rule.keyName)' grants no rights") }
         }
-        if limits.maxListenersPerEntity < 1 { problems.append("limits.maxListenersPerEntity must be at least 1") }
-        if limits.maxFrameBytes < 1024 { problems.append("limits.maxFrameBytes must be at least 1024") }
-        if limits.missedPongLimit < 1 { problems.append("limits.missedPongLimit must be at least 1") }
         problems += limits.problems()
         if !problems.isEmpty { throw ConfigurationError(description: problems.joined(separator: "; ")) }
     }

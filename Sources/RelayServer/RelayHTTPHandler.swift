@@ -58,9 +58,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Bytes of this connection's HTTP-mode body held in the relay-wide budget.
     private var reservedBodyBytes = 0
     private var logger: Logger
+    /// Taken once per connection: a reload's limits apply to connections that come after it.
+    private let limits: RelayLimits
 
     init(hub: RelayHub, encoder: HTTPResponseEncoder, decoder: ByteToMessageHandler<HTTPRequestDecoder>) {
         self.hub = hub
+        limits = hub.limits
         self.encoder = encoder
         self.decoder = decoder
         self.logger = hub.logger
@@ -95,7 +98,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         arm(
-            seconds: hub.limits.handshakeTimeoutSeconds,
+            seconds: limits.handshakeTimeoutSeconds,
             Refusal(
                 status: 408, text: "RequestTimeout: The request did not arrive in time", reason: "handshake_timeout"))
     }
@@ -127,8 +130,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case (.head(let head), .idle):
             requestHeadReceived(context: context, head: head)
         case (.body(var chunk), .readingHTTPBody(var request)):
-            guard request.body.readableBytes + chunk.readableBytes <= hub.limits.maxHTTPBodyBytes else {
-                refuse(context: context, .bodyTooLarge(hub.limits.maxHTTPBodyBytes), entity: request.entity.name)
+            guard request.body.readableBytes + chunk.readableBytes <= limits.maxHTTPBodyBytes else {
+                refuse(context: context, .bodyTooLarge(limits.maxHTTPBodyBytes), entity: request.entity.name)
                 return
             }
             guard hub.reserveHTTPBytes(chunk.readableBytes) else {
@@ -195,22 +198,22 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     // MARK: Request classification
 
     private func requestHeadReceived(context: ChannelHandlerContext, head: HTTPRequestHead) {
-        guard head.uri.utf8.count <= hub.limits.maxRequestTargetBytes else {
+        guard head.uri.utf8.count <= limits.maxRequestTargetBytes else {
             refuse(
                 context: context,
                 Refusal(
                     status: 414,
-                    text: "URITooLong: The request target exceeds \(hub.limits.maxRequestTargetBytes) bytes",
+                    text: "URITooLong: The request target exceeds \(limits.maxRequestTargetBytes) bytes",
                     reason: "uri_too_long"))
             return
         }
         let headerBytes = head.headers.reduce(head.uri.utf8.count) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
-        guard headerBytes <= hub.limits.maxHeaderBytes else {
+        guard headerBytes <= limits.maxHeaderBytes else {
             refuse(
                 context: context,
                 Refusal(
                     status: 431,
-                    text: "RequestHeaderFieldsTooLarge: The request headers exceed \(hub.limits.maxHeaderBytes) bytes",
+                    text: "RequestHeaderFieldsTooLarge: The request headers exceed \(limits.maxHeaderBytes) bytes",
                     reason: "headers_too_large"))
             return
         }
@@ -240,13 +243,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                     method: head.method.rawValue, target: target,
                     processAtHeader: head.headers.first(name: "x-process-at"))
                 {
-                    state = .done
                     try runtimeInformation(context: context, head: head, target: target)
                     return
                 }
                 state = .readingHTTPBody(try admitHTTPRequest(head: head, target: target))
                 arm(
-                    seconds: hub.limits.httpBodyTimeoutSeconds,
+                    seconds: limits.httpBodyTimeoutSeconds,
                     Refusal(
                         status: 408, text: "RequestTimeout: The request body did not arrive in time",
                         reason: "body_timeout"))
@@ -274,12 +276,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         var metadata: Logger.Metadata = ["status": "\(refusal.status)", "reason": "\(refusal.reason)"]
         if let peer = context.channel.remoteAddress?.ipAddress { metadata["peer"] = "\(peer)" }
         if let entity { metadata["entity"] = "\(entity)" }
-        if refusal.isFloodable {
-            if let suppressed = hub.floodLogAllowance(refusal.reason) {
-                metadata["suppressed"] = "\(suppressed)"
-                logger.warning("refused request: \(refusal.text)", metadata: metadata)
-            }
-        } else {
+        // What a flood produces once per connection is logged once a second, with the count of the rest.
+        let suppressed = refusal.isFloodable ? hub.floodLogAllowance(refusal.reason) : 0
+        if let suppressed {
+            if refusal.isFloodable { metadata["suppressed"] = "\(suppressed)" }
             logger.warning("refused request: \(refusal.text)", metadata: metadata)
         }
         releaseBody()
@@ -395,7 +395,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         span.attributes["listener_id"] = listener.trackingId
         span.attributes["rendezvous_id"] = key
         let timeout = context.eventLoop.assumeIsolated().scheduleTask(
-            in: .fractionalSeconds(hub.limits.acceptTimeoutSeconds)
+            in: .fractionalSeconds(limits.acceptTimeoutSeconds)
         ) { [weak self] in
             guard let self, let context = self.context, self.hub.takePending(key: key) != nil else { return }
             record.finish(outcome: "timeout", status: 504, error: RelayErrorText.acceptTimeout)
@@ -569,14 +569,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let found = token(head, queryToken: try target.value(of: "sb-hc-token"))?.token
         // Any right on the entity may read it: Listen, else Send (Manage implies both). Only the second check
         // counts as a failure, so a Send-only probe does not spend the source's budget.
-        let listenAllowed: Bool
-        do {
-            _ = try hub.policy.authorize(
-                entity: entity, token: found, right: .listen, requestHost: hostHeader(head), now: now())
-            listenAllowed = true
-        } catch {
-            listenAllowed = false
-        }
+        let listenAllowed =
+            (try? hub.policy.authorize(
+                entity: entity, token: found, right: .listen, requestHost: hostHeader(head), now: now())) != nil
         if !listenAllowed {
             do {
                 _ = try authorize(entity: entity, token: found, right: .send, head: head)
@@ -604,13 +599,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let found = token(head, queryToken: try target.value(of: "sb-hc-token"))
         _ = try authorize(entity: entity, token: found?.token, right: .send, head: head)
         if let declared = head.headers.first(name: "content-length").flatMap(Int.init),
-            declared > hub.limits.maxHTTPBodyBytes
+            declared > limits.maxHTTPBodyBytes
         {
-            throw Refusal.bodyTooLarge(hub.limits.maxHTTPBodyBytes)
+            throw Refusal.bodyTooLarge(limits.maxHTTPBodyBytes)
         }
-        guard hub.listenerCount(entity: entity.name) > 0 else {
-            throw Refusal(status: 502, text: RelayErrorText.noListeners, reason: "no_listener")
-        }
+        guard hub.listenerCount(entity: entity.name) > 0 else { throw Refusal.noHTTPListener }
         return HTTPModeRequest(
             head: head, target: target, entity: entity,
             consumedHeaders: RelayPolicy.consumedHeaders(entity: entity, source: found?.source), body: ByteBuffer())
@@ -639,18 +632,16 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             id: key, requestTarget: request.target.applicationTarget, method: request.head.method.rawValue,
             remoteEndpoint: remoteEndpoint(context), requestHeaders: headers, body: request.body.readableBytes > 0)
         let headerBytes = headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
-        let onControlChannel = headerBytes + request.body.readableBytes <= hub.limits.controlChannelRequestBytes
+        let onControlChannel = headerBytes + request.body.readableBytes <= limits.controlChannelRequestBytes
         let pending = PendingHTTPRequest(
             handler: NIOLoopBound(self, eventLoop: context.eventLoop), entity: request.entity.name, command: command,
             body: request.body, sentOnControlChannel: onControlChannel)
         guard let listener = hub.dispatch(entity: request.entity.name, key: key, pending: .http(pending)) else {
-            refuse(
-                context: context, Refusal(status: 502, text: RelayErrorText.noListeners, reason: "no_listener"),
-                trackingId: trackingId, entity: request.entity.name)
+            refuse(context: context, .noHTTPListener, trackingId: trackingId, entity: request.entity.name)
             return
         }
         let timeout = context.eventLoop.assumeIsolated().scheduleTask(
-            in: .fractionalSeconds(hub.limits.httpResponseTimeoutSeconds)
+            in: .fractionalSeconds(limits.httpResponseTimeoutSeconds)
         ) { [weak self] in
             guard let self, let context = self.context, self.hub.takePending(key: key) != nil else { return }
             self.refuse(
@@ -701,20 +692,24 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.write(
             wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        if keepAlive {
+        responseEnded(context: context, written: context.writeAndFlush(wrapOutboundOut(.end(nil))), close: !keepAlive)
+    }
+
+    /// After a whole response: close once it is out, or wait for the next request.
+    private func responseEnded(context: ChannelHandlerContext, written: EventLoopFuture<Void>, close: Bool) {
+        if close {
+            state = .done
+            context.close(after: written)
+        } else {
             state = .idle
             armIdleDeadline()
-        } else {
-            state = .done
-            written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         }
     }
 
     /// A kept-alive connection gets `idleTimeoutSeconds` for its next request head, then is closed without
     /// a reply (a 408 could cross a request the client is sending just then).
     private func armIdleDeadline() {
-        arm(seconds: hub.limits.idleTimeoutSeconds, nil)
+        arm(seconds: limits.idleTimeoutSeconds, nil)
     }
 
     // MARK: Replies and upgrade
@@ -751,14 +746,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let head = HTTPResponseHead(version: .http1_1, status: status, headers: headers)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        if close {
-            state = .done
-            written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-        } else {
-            state = .idle
-            armIdleDeadline()
-        }
+        responseEnded(context: context, written: context.writeAndFlush(wrapOutboundOut(.end(nil))), close: close)
     }
 
     /// NIO ignores a custom phrase for well-known codes, so build the status explicitly.
@@ -786,7 +774,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         do {
             try WebSocketPipeline.switchToWebSocket(
                 context: context, handshakeHandler: self, httpEncoder: encoder, httpDecoder: decoder,
-                frameEncoder: WebSocketFrameEncoder(), maxFrameSize: hub.limits.maxFrameBytes
+                frameEncoder: WebSocketFrameEncoder(), maxFrameSize: limits.maxFrameBytes
             ) {
                 try context.pipeline.syncOperations.addHandler(handler)
             }

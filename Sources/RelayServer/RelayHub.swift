@@ -272,16 +272,17 @@ public final class RelayHub: Sendable {
                 return counts[source]!
             }
         }
-        let limits = self.limits
-        if total > self.connectionLimit {
+        let (limit, perSource) = settings.withLockedValue {
+            ($0.connectionLimit, $0.configuration.limits.maxConnectionsPerSource)
+        }
+        if total > limit {
             return Refusal(
-                status: 503, text: "ServerBusy: The relay is at its connection limit (\(connectionLimit)); retry later",
+                status: 503, text: "ServerBusy: The relay is at its connection limit (\(limit)); retry later",
                 reason: "connection_limit")
         }
-        if let fromSource, fromSource > limits.maxConnectionsPerSource {
+        if let fromSource, fromSource > perSource {
             return Refusal(
-                status: 503,
-                text: "ServerBusy: Too many connections from this address (limit \(limits.maxConnectionsPerSource))",
+                status: 503, text: "ServerBusy: Too many connections from this address (limit \(perSource))",
                 reason: "source_connection_limit")
         }
         return nil

@@ -30,6 +30,9 @@ public struct Refusal: Error, Equatable, Sendable {
         status: 503, text: "ServerBusy: The relay is shutting down; connect again (another relay will answer)",
         reason: "draining")
 
+    /// HTTP mode with no listener online: Azure's 502.
+    static let noHTTPListener = Refusal(status: 502, text: RelayErrorText.noListeners, reason: "no_listener")
+
     static let httpBufferFull = Refusal(
         status: 503, text: "ServerBusy: The relay holds too many request bodies; retry later",
         reason: "http_buffer_full")

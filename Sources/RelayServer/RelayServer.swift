@@ -7,10 +7,6 @@ import NIOSSL
 import RelayIO
 import RelayTelemetry
 
-#if canImport(Glibc)
-    import Glibc
-#endif
-
 /// A running relay: one listening socket serving listeners, senders and HTTP-mode requests.
 public final class RelayServer: Sendable {
     public let hub: RelayHub
@@ -39,16 +35,9 @@ public final class RelayServer: Sendable {
         let tlsContext = NIOLockedValueBox(try Self.loadTLS(configuration))
         let hub = RelayHub(
             configuration: configuration, logger: logger, metrics: metrics, tracer: tracer ?? HopTracer(logger: logger))
-        let decoderLimits = configuration.limits.decoderLimits
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        AcceptGuard(socket: "relay", metrics: metrics, logger: logger))
-                }
-            }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.writeBufferWaterMark, value: SocketTuning.writeWaterMark)
             .childChannelOption(
@@ -65,17 +54,15 @@ public final class RelayServer: Sendable {
                     let decoder = ByteToMessageHandler(
                         HTTPRequestDecoder(
                             leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop,
-                            limitConfiguration: decoderLimits))
+                            limitConfiguration: hub.limits.decoderLimits))
                     try sync.addHandler(encoder)
                     try sync.addHandler(decoder)
                     try sync.addHandler(RelayHTTPHandler(hub: hub, encoder: encoder, decoder: decoder))
                 }
             }
-            .bind(host: address.host, port: address.port)
-            .flatMapErrorThrowing { error in
-                throw BindFailure(error, host: address.host, port: address.port, what: "the relay")
-            }
-            .get()
+            .bindGuarded(
+                host: address.host, port: address.port, socket: "relay", purpose: "the relay", metrics: metrics,
+                logger: logger)
         if let port = channel.localAddress?.port { hub.boundTo(port: port) }
         logger.info(
             "relay listening",
@@ -136,14 +123,5 @@ public final class RelayServer: Sendable {
     /// Stops accepting; established connections are left to finish.
     public func stop() async {
         try? await channel.close()
-    }
-}
-
-/// This process's open-file limit.
-enum OpenFiles {
-    static var softLimit: Int {
-        var limits = rlimit()
-        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limits) == 0 else { return 1024 }
-        return Int(clamping: min(limits.rlim_cur, UInt(Int32.max)))
     }
 }

@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import NIOPosix
 
 #if canImport(Glibc)
     import Glibc
@@ -112,7 +113,6 @@ public final class AcceptGuard: ChannelDuplexHandler, RemovableChannelHandler {
         scheduledRead = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
             guard let self else { return }
             self.scheduledRead = nil
-            self.pausedUntil = nil
             self.read(context: context)
         }
     }
@@ -120,3 +120,21 @@ public final class AcceptGuard: ChannelDuplexHandler, RemovableChannelHandler {
 
 @available(*, unavailable)
 extension AcceptGuard: Sendable {}
+
+extension ServerBootstrap {
+    /// Binds one of HybridRelay's listening sockets: its accepts guarded by an `AcceptGuard` counted under
+    /// `socket`, and a bind failure that names the address and `purpose`.
+    public func bindGuarded(
+        host: String, port: Int, socket: String, purpose: String, metrics: RelayMetrics, logger: Logger
+    ) async throws -> any Channel {
+        try await serverChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(
+                    AcceptGuard(socket: socket, metrics: metrics, logger: logger))
+            }
+        }
+        .bind(host: host, port: port)
+        .flatMapErrorThrowing { error in throw BindFailure(error, host: host, port: port, what: purpose) }
+        .get()
+    }
+}

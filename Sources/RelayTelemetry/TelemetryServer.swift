@@ -22,12 +22,6 @@ public final class TelemetryServer: Sendable {
     ) async throws -> TelemetryServer {
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        AcceptGuard(socket: "metrics", metrics: metrics, logger: logger))
-                }
-            }
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
@@ -35,9 +29,8 @@ public final class TelemetryServer: Sendable {
                         TelemetryHTTPHandler(metrics: metrics, readiness: readiness))
                 }
             }
-            .bind(host: host, port: port)
-            .flatMapErrorThrowing { error in throw BindFailure(error, host: host, port: port, what: "--metrics") }
-            .get()
+            .bindGuarded(
+                host: host, port: port, socket: "metrics", purpose: "--metrics", metrics: metrics, logger: logger)
         return TelemetryServer(channel: channel)
     }
 

@@ -176,7 +176,7 @@ struct Client: AsyncParsableCommand {
         }
         let probing = Task { await agent.watchRelays() }
         defer { probing.cancel() }
-        await options.serve(agent, session: session, side: side, logger: logger) {
+        await serveUntilTerminated(agent, grace: options.grace, session: session, side: side, logger: logger) {
             let (added, removed) = try await agent.reload(forwards: try makeForwards())
             return ["ports_added": "\(added)", "ports_removed": "\(removed)"]
         }
@@ -253,12 +253,10 @@ struct Edge: AsyncParsableCommand {
             // to report, instead of retrying for ever with a wrong key or name.
             logger.error(
                 "a forwarder cannot start; stopping (ExitOnForwardFailure)", metadata: ["cause": "\(failure)"])
-            await agent.shutdown(grace: .zero)
-            await session.finish()
-            await side?.stop()
+            await stop(agent, grace: 0, session: session, side: side)
             throw ExitCode(1)
         }
-        await options.serve(agent, session: session, side: side, logger: logger) {
+        await serveUntilTerminated(agent, grace: options.grace, session: session, side: side, logger: logger) {
             let (added, removed) = await agent.reload(forwards: try makeForwards().forwards)
             return ["listeners_added": "\(added)", "listeners_removed": "\(removed)"]
         }
@@ -364,15 +362,6 @@ extension ClientAgent: DrainableAgent {}
 extension EdgeAgent: DrainableAgent {}
 extension RelayServer: DrainableAgent {}
 
-extension AgentOptions {
-    func serve(
-        _ agent: some DrainableAgent, session: TelemetrySession, side: TelemetryServer?, logger: Logger,
-        reload: @escaping @Sendable () async throws -> Logger.Metadata
-    ) async {
-        await serveUntilTerminated(agent, grace: grace, session: session, side: side, logger: logger, reload: reload)
-    }
-}
-
 /// Runs until SIGINT or SIGTERM, reloading on SIGHUP (`reload` answers what changed, for the log; a failed
 /// reload keeps the running configuration); then drains open tunnels for `grace` seconds, flushes the
 /// exporter and stops the side port. Every role runs this.
@@ -389,6 +378,11 @@ func serveUntilTerminated(
         }
     }
     logger.info("draining", metadata: ["open_tunnels": "\(agent.tunnelCount)", "grace_seconds": "\(grace)"])
+    await stop(agent, grace: grace, session: session, side: side)
+}
+
+/// Lets open tunnels finish for `grace` seconds, flushes the exporter and stops the side port.
+func stop(_ agent: some DrainableAgent, grace: Double, session: TelemetrySession, side: TelemetryServer?) async {
     await agent.shutdown(grace: .milliseconds(Int(grace * 1000)))
     await session.finish()
     await side?.stop()

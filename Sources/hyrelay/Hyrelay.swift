@@ -171,7 +171,7 @@ struct Relay: AsyncParsableCommand {
         let session = try TelemetrySession(telemetry: telemetry, role: "relay", tracerLabel: "hyrelay.relay")
         let logger = Logger(label: "hyrelay.relay")
         let metrics = session.metrics
-        let files = OpenFileLimit.raiseToHardLimit()
+        let files = OpenFiles.raiseToHardLimit()
         logger.info("open-file limit", metadata: ["soft": "\(files.soft)", "hard": "\(files.hard)"])
         let (server, side) = try await session.starting {
             let server = try await RelayServer.start(
@@ -216,21 +216,6 @@ struct Token: ParsableCommand {
         guard ttl > 0, ttl <= 10 * 365 * 86_400 else { throw ValidationError("--ttl must be 1 to 315360000 seconds") }
         let expiry = Int64(Date().timeIntervalSince1970) + Int64(ttl)
         print(SharedAccessSignature.make(resource: resource, keyName: keyName, key: key, expiry: expiry))
-    }
-}
-
-/// The relay holds a descriptor per connection; the usual soft limit of 1024 would make it refuse long
-/// before the machine is busy, so it takes the hard limit the administrator allows (as nginx and Go do).
-enum OpenFileLimit {
-    static func raiseToHardLimit() -> (soft: UInt64, hard: UInt64) {
-        var limits = rlimit()
-        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limits) == 0 else { return (0, 0) }
-        if limits.rlim_cur < limits.rlim_max {
-            var raised = limits
-            raised.rlim_cur = limits.rlim_max
-            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limits = raised }
-        }
-        return (UInt64(limits.rlim_cur), UInt64(limits.rlim_max))
     }
 }
 
