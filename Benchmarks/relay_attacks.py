@@ -17,6 +17,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "Tests", "Conformance"))
+import agents  # noqa: E402
 import hc  # noqa: E402
 from conftest import free_port  # noqa: E402
 from test_security import upgrade_head as upgrade  # noqa: E402
@@ -50,14 +51,10 @@ class Relay:
         return "running" if code is None else "exited %d" % code
 
     def rss_mib(self):
-        with open("/proc/%d/status" % self.process.pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return 0
+        return agents.rss(self.process.pid) / (1 << 20)
 
     def fds(self):
-        return len(os.listdir("/proc/%d/fd" % self.process.pid))
+        return agents.fds(self.process.pid)
 
     def stop(self):
         if self.process.poll() is None:

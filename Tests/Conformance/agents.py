@@ -102,6 +102,27 @@ def wait_port(port, process=None, timeout=20):
     raise AssertionError("port %d not open" % port)
 
 
+def rss(pid):
+    """Resident memory of a process, in bytes."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
+def fds(pid):
+    """Open descriptors of a process."""
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time a process has used."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def openssl(*args):
     return subprocess.run(["openssl", *args], check=True, capture_output=True)
 

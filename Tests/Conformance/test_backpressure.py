@@ -9,17 +9,10 @@ import time
 from websockets.sync.client import connect
 
 import hc
+from agents import rss
 
 TOTAL = 1 << 30
 FRAME = 256 * 1024
-
-
-def rss_bytes(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 class FrameReader:
@@ -68,7 +61,7 @@ def run_throttled_stream(relay, control, headers):
     receiver = hc.RawWebSocket(relay.host, relay.port, target)
     opener.join(timeout=10)
     sender = result["sender"]
-    baseline = rss_bytes(relay.process.pid)
+    baseline = rss(relay.process.pid)
     sent = {"bytes": 0, "digest": None}
     block = os.urandom(FRAME)
     # A zero masking key leaves the payload as it is, which keeps the Python sender fast.
@@ -94,7 +87,7 @@ def run_throttled_stream(relay, control, headers):
         assert opcode in (0x0, 0x2)
         digest.update(payload)
         received += len(payload)
-        peak = max(peak, rss_bytes(relay.process.pid))
+        peak = max(peak, rss(relay.process.pid))
         time.sleep(0.05)
     in_flight = sent["bytes"] - received
     assert in_flight < 48 * 1024 * 1024, "sender ran %d bytes ahead of a slow reader" % in_flight
@@ -103,7 +96,7 @@ def run_throttled_stream(relay, control, headers):
         digest.update(payload)
         received += len(payload)
         if received % (64 * FRAME) == 0:
-            peak = max(peak, rss_bytes(relay.process.pid))
+            peak = max(peak, rss(relay.process.pid))
     producer.join(timeout=60)
     assert received == TOTAL and digest.hexdigest() == sent["digest"]
     growth = peak - baseline

@@ -10,21 +10,10 @@ import time
 import pytest
 
 import agents
+from agents import fds, rss
 from conftest import free_port
 
 TUNNELS = int(os.environ.get("HYRELAY_LOAD_TUNNELS", "1000"))
-
-
-def rss(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def fds(pid):
-    return len(os.listdir("/proc/%d/fd" % pid))
 
 
 @pytest.fixture(scope="module")

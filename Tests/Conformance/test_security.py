@@ -98,19 +98,13 @@ class SecurityRelay(agents.Process):
         return self.popen.poll() is None
 
     def cpu_seconds(self):
-        with open("/proc/%d/stat" % self.popen.pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return agents.cpu_seconds(self.popen.pid)
 
     def rss(self):
-        with open("/proc/%d/status" % self.popen.pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        return agents.rss(self.popen.pid)
 
     def fds(self):
-        return len(os.listdir("/proc/%d/fd" % self.popen.pid))
+        return agents.fds(self.popen.pid)
 
 
 @pytest.fixture(scope="module")
