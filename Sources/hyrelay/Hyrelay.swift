@@ -88,7 +88,7 @@ struct Relay: AsyncParsableCommand {
 
     @Option(
         name: .customLong("max-connections"),
-        help: "Connections held at most, then 503 (default: the open-file limit less 64).")
+        help: "Connections held at most, then 503 (default: the open-file limit less 64, or half of a small one).")
     var maxConnections: Int?
 
     @Option(
@@ -98,7 +98,7 @@ struct Relay: AsyncParsableCommand {
 
     @Option(
         name: .customLong("grace"),
-        help: "Seconds to let open tunnels finish on SIGTERM, while new ones are refused (default 30).")
+        help: "Seconds to let open tunnels finish on SIGTERM, while new ones are refused.")
     var grace: Double = 30
 
     @OptionGroup var telemetry: TelemetryOptions
