@@ -49,6 +49,12 @@ public enum TokenError: Error, Equatable, Sendable, CustomStringConvertible {
         return 401
     }
 
+    /// Every `reason`, for metrics registered before the first refusal.
+    public static let allReasons = [
+        TokenError.missing, .malformed(""), .unknownKeyName(""), .invalidSignature, .expired(expiry: 0),
+        .audienceMismatch(audience: ""), .insufficientRights(.listen),
+    ].map(\.reason)
+
     /// A short stable label for metrics and logs.
     public var reason: String {
         switch self {

@@ -46,6 +46,9 @@ public final class EdgeAgent: Sendable {
         group: any EventLoopGroup, logger: Logger, metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil
     ) -> EdgeAgent {
         metrics.registerDialOutcomes()
+        // Offline until registered: an edge that never reaches the relay is a 0, which the listener-down
+        // alert sees, not a missing series, which no alert does.
+        for (forward, _) in forwards { metrics.listeners(role: .edge, entity: forward.relayName).set(to: 0) }
         let agent = EdgeAgent(
             settings: Settings(
                 keepAliveInterval: keepAliveInterval, tlsContext: tlsContext, group: group, logger: logger,

@@ -55,12 +55,67 @@ public struct ApplicationInsightsConnectionString: Sendable, Equatable {
     }
 }
 
-/// Turns export records into Application Insights envelopes: a tunnel's root span is a Request, every other
-/// hop a RemoteDependency, a log event a Message, a metric sample a Metric.
+/// Turns export records into Application Insights envelopes the way Azure Monitor's OpenTelemetry exporters
+/// do: a server or consumer span is a Request (the relay's rendezvous as much as the client's accept, so the
+/// Application Map draws client → relay → edge), any other span a RemoteDependency, a log event a Message,
+/// a metric sample a Metric. Items stay inside the service's limits instead of being cut by it.
 public enum TelemetryEnvelope {
     static let sdkVersion = "hyrelay:1"
+    /// The service's limits: longer property values are cut, larger items refused.
+    static let maxPropertyCharacters = 8_192
+    static let maxMessageCharacters = 32_768
+    static let maxItemBytes = 64 * 1024
 
     public static func envelope(_ record: ExportRecord, instrumentationKey: String) -> JSONValue {
+        var item = unboundedEnvelope(record, instrumentationKey: instrumentationKey)
+        fit(&item)
+        return item
+    }
+
+    /// Makes an item over `maxItemBytes` fit: a message first gives up what it holds beyond half the item,
+    /// then properties go, largest first, then the message is cut further (always on a character boundary).
+    /// What was removed or cut is named in the `hyrelay.truncated` property.
+    static func fit(_ item: inout JSONValue) {
+        let budget = maxItemBytes - 256  // room for the `hyrelay.truncated` note
+        guard item.text.utf8.count > maxItemBytes, case .object(var envelope) = item,
+            case .object(var data)? = envelope["data"], case .object(var base)? = data["baseData"]
+        else { return }
+        var properties = base["properties"]?.objectValue ?? [:]
+        var removed: [String] = []
+        func assembled() -> JSONValue {
+            base["properties"] = .object(properties)
+            data["baseData"] = .object(base)
+            envelope["data"] = .object(data)
+            return .object(envelope)
+        }
+        func excess() -> Int { assembled().text.utf8.count - budget }
+        func cutMessage(toBytes limit: Int) {
+            guard let message = base["message"]?.stringValue, message.utf8.count > limit else { return }
+            var kept = max(0, limit)
+            while kept > 0, String(message.utf8.prefix(kept)) == nil { kept -= 1 }
+            base["message"] = .string(String(message.utf8.prefix(kept)) ?? "")
+            if !removed.contains("message") { removed.append("message") }
+        }
+        cutMessage(toBytes: budget / 2)
+        while excess() > 0,
+            let largest = properties.max(by: { $0.value.propertyText.utf8.count < $1.value.propertyText.utf8.count })
+        {
+            properties[largest.key] = nil
+            removed.append(largest.key)
+        }
+        while excess() > 0, let message = base["message"]?.stringValue, !message.isEmpty {
+            cutMessage(toBytes: message.utf8.count - excess())
+        }
+        properties["hyrelay.truncated"] = .string(removed.joined(separator: ","))
+        item = assembled()
+    }
+
+    /// Property values as strings, each within the service's length limit.
+    static func properties(_ values: [String: JSONValue]?) -> [String: JSONValue] {
+        (values ?? [:]).mapValues { .string(String($0.propertyText.prefix(maxPropertyCharacters))) }
+    }
+
+    static func unboundedEnvelope(_ record: ExportRecord, instrumentationKey: String) -> JSONValue {
         let columns = record.columns
         func text(_ name: String) -> String { columns[name]?.stringValue ?? "" }
         var tags: [String: JSONValue] = [
@@ -74,8 +129,10 @@ public enum TelemetryEnvelope {
         case .spans:
             tags["ai.operation.id"] = .string(text("TraceId"))
             tags["ai.operation.name"] = .string(text("Name"))
-            var properties = (columns["Attributes"]?.objectValue ?? [:]).mapValues { JSONValue.string($0.propertyText) }
-            if !text("StatusMessage").isEmpty { properties["status_message"] = .string(text("StatusMessage")) }
+            var properties = properties(columns["Attributes"]?.objectValue)
+            if !text("StatusMessage").isEmpty {
+                properties["status_message"] = .string(String(text("StatusMessage").prefix(maxPropertyCharacters)))
+            }
             base["id"] = .string(text("SpanId"))
             base["name"] = .string(text("Name"))
             base["duration"] = .string(duration(milliseconds: columns["DurationMs"]?.number ?? 0))
@@ -87,17 +144,19 @@ public enum TelemetryEnvelope {
             ])
             let code = JSONValue.string(
                 text("Outcome").isEmpty ? (text("Cause").isEmpty ? "0" : text("Cause")) : text("Outcome"))
-            if text("ParentSpanId").isEmpty {
+            if !text("ParentSpanId").isEmpty { tags["ai.operation.parentId"] = .string(text("ParentSpanId")) }
+            let kind = text("Kind")
+            if kind == "server" || kind == "consumer" {
                 name = "Microsoft.ApplicationInsights.Request"
                 baseType = "RequestData"
                 base["responseCode"] = code
                 base["source"] = .string(text("Role"))
             } else {
-                tags["ai.operation.parentId"] = .string(text("ParentSpanId"))
                 name = "Microsoft.ApplicationInsights.RemoteDependency"
                 baseType = "RemoteDependencyData"
                 base["resultCode"] = code
-                base["type"] = .string("HybridRelay")
+                // As Azure's exporters type an internal span: work inside the process, not a call out.
+                base["type"] = .string(kind == "internal" ? "InProc" : "HybridRelay")
                 base["target"] = .string(text("Target").isEmpty ? text("Entity") : text("Target"))
             }
         case .logs:
@@ -105,9 +164,9 @@ public enum TelemetryEnvelope {
             if !text("SpanId").isEmpty { tags["ai.operation.parentId"] = .string(text("SpanId")) }
             name = "Microsoft.ApplicationInsights.Message"
             baseType = "MessageData"
-            base["message"] = .string(String(text("Message").prefix(32_768)))
+            base["message"] = .string(String(text("Message").prefix(maxMessageCharacters)))
             base["severityLevel"] = .int(severity(text("Level")))
-            var properties = (columns["Attributes"]?.objectValue ?? [:]).mapValues { JSONValue.string($0.propertyText) }
+            var properties = properties(columns["Attributes"]?.objectValue)
             properties["logger"] = .string(text("Logger"))
             base["properties"] = .object(properties)
         case .metrics:
@@ -116,8 +175,7 @@ public enum TelemetryEnvelope {
             base["metrics"] = .array([
                 .object(["name": .string(text("Name")), "value": columns["Value"] ?? .double(0), "count": .int(1)])
             ])
-            base["properties"] = .object(
-                (columns["Labels"]?.objectValue ?? [:]).mapValues { JSONValue.string($0.propertyText) })
+            base["properties"] = .object(properties(columns["Labels"]?.objectValue))
         }
         return .object([
             "name": .string(name), "iKey": .string(instrumentationKey), "time": .string(text("TimeGenerated")),

@@ -69,13 +69,59 @@ public enum CredentialSource: Sendable, Equatable {
     }
 }
 
-/// Fetches and caches tokens for one scope; refreshed before expiry and whenever a sink saw a 401.
+/// The Azure cloud of an Azure Monitor endpoint, which fixes the token audience: Azure Government's and
+/// Azure China's endpoints answer 401 to a token for the public cloud's audience, and the reverse.
+public enum MonitorCloud: String, Sendable, CaseIterable {
+    case publicCloud = "AzureCloud"
+    case government = "AzureUSGovernment"
+    case china = "AzureChinaCloud"
+
+    public var audience: String {
+        switch self {
+        case .publicCloud: return "https://monitor.azure.com"
+        case .government: return "https://monitor.azure.us"
+        case .china: return "https://monitor.azure.cn"
+        }
+    }
+
+    /// The cloud a host name belongs to, when it says (`*.ingest.monitor.azure.us`, `login.chinacloudapi.cn`).
+    static func of(host: String) -> MonitorCloud? {
+        let host = host.lowercased()
+        if host.hasSuffix(".azure.us") || host.hasSuffix(".microsoftonline.us") { return .government }
+        if host.hasSuffix(".azure.cn") || host.hasSuffix(".chinacloudapi.cn") || host.hasSuffix(".microsoftonline.cn") {
+            return .china
+        }
+        if host.hasSuffix(".azure.com") || host.hasSuffix(".microsoftonline.com") { return .publicCloud }
+        return nil
+    }
+
+    /// The Logs Ingestion token scope for `endpoint`: from its host name, else from `AZURE_AUTHORITY_HOST`,
+    /// else the public cloud. An endpoint and an authority in different clouds can never work together.
+    public static func logsIngestionScope(endpoint: String, authorityHost: String?) throws(ExportError) -> String {
+        let endpointCloud = ExportHTTP.host(of: endpoint).flatMap(Self.of(host:))
+        let authorityCloud = authorityHost.flatMap(ExportHTTP.host(of:)).flatMap(Self.of(host:))
+        if let endpointCloud, let authorityCloud, endpointCloud != authorityCloud {
+            throw .configuration(
+                "the ingestion endpoint is in \(endpointCloud.rawValue) but AZURE_AUTHORITY_HOST signs in to "
+                    + "\(authorityCloud.rawValue); tokens of one cloud are refused by the other")
+        }
+        return scope(audience: (endpointCloud ?? authorityCloud ?? .publicCloud).audience)
+    }
+
+    /// The OAuth scope that asks for a token of `audience`.
+    public static func scope(audience: String) -> String {
+        audience.hasSuffix("/") ? "\(audience).default" : "\(audience)/.default"
+    }
+}
+
+/// Fetches and caches tokens for one scope; refreshed before expiry and after a 401.
 public final class TokenCredential: Sendable {
     public let source: CredentialSource
     /// e.g. `https://monitor.azure.com/.default`.
     public let scope: String
     private let http: ExportHTTP
     private let cached = NIOLockedValueBox<AccessToken?>(nil)
+    private let refusalsInARow = NIOLockedValueBox(0)
 
     public init(source: CredentialSource, scope: String, http: ExportHTTP) {
         self.source = source
@@ -91,9 +137,20 @@ public final class TokenCredential: Sendable {
         return fresh.token
     }
 
-    /// Forgets the cached token, e.g. after a 401.
-    public func invalidate() {
+    /// An endpoint answered 401. The cached token is dropped either way; the answer is whether a retry with
+    /// a fresh one is worth it: once, yes (the token may have been revoked or rotated), but a 401 right after
+    /// a fresh token means the audience, tenant or identity is wrong, and retrying cannot fix that.
+    func refused() -> Bool {
         cached.withLockedValue { $0 = nil }
+        return refusalsInARow.withLockedValue { count in
+            count += 1
+            return count == 1
+        }
+    }
+
+    /// An endpoint answered anything but 401 to this credential's token.
+    func accepted() {
+        refusalsInARow.withLockedValue { $0 = 0 }
     }
 
     private func fetch(now: Double) async throws(ExportError) -> AccessToken {

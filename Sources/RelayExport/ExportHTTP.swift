@@ -99,6 +99,14 @@ public final class ExportHTTP: Sendable {
         guard !hostPart(rest).isEmpty else { throw .invalidURL(url, reason: "no host") }
     }
 
+    /// The host of an `http(s)://` URL, lower-cased; nil for anything else.
+    static func host(of url: String) -> String? {
+        let lower = url.lowercased()
+        guard let scheme = ["https://", "http://"].first(where: lower.hasPrefix) else { return nil }
+        let host = hostPart(lower.dropFirst(scheme.count))
+        return host.isEmpty ? nil : host
+    }
+
     private static func hostPart(_ rest: Substring) -> String {
         let authority = rest.prefix { $0 != "/" && $0 != "?" }
         if authority.hasPrefix("[") { return String(authority.prefix { $0 != "]" }) + "]" }

@@ -83,9 +83,13 @@ extension RelayMetrics {
         _ = exportRetryCounters(sink: sink)
     }
 
-    func exportSpool(sink: String, batches: Int, bytes: Int) {
+    func exportSpool(sink: String, batches: Int, bytes: Int, limitBytes: Int) {
         gauge("export_spool_batches", "Batches waiting in the disk spool.", [("sink", sink)]).set(to: Double(batches))
         gauge("export_spool_bytes", "Bytes waiting in the disk spool.", [("sink", sink)]).set(to: Double(bytes))
+        gauge(
+            "export_spool_limit_bytes", "The spool's size bound; beyond it the oldest batches are dropped.",
+            [("sink", sink)]
+        ).set(to: Double(limitBytes))
     }
 
     func exportQueue(records: Int) {

@@ -35,19 +35,20 @@ extension ExportSink {
     public var usesSpool: Bool { true }
 }
 
-/// Turns an HTTP answer into an outcome; a 401 also drops the cached token so the retry fetches a new one.
+/// Turns an HTTP answer into an outcome. A first 401 drops the cached token and retries with a fresh one;
+/// a 401 to that fresh token is final (see `TokenCredential.refused`).
 func classify(_ response: ExportResponse, success: Set<Int>, credential: TokenCredential?) -> DeliveryOutcome {
     let retryAfter = RetryAfter.seconds(headers: response.headers, now: Date().timeIntervalSince1970)
+    if response.status == 401, let credential, credential.refused() {
+        return .retry(status: "401", retryAfter: nil)
+    }
+    if response.status != 401 { credential?.accepted() }
     switch StatusClass.of(response.status, success: success) {
     case .success:
         return .delivered
     case .retryable:
         return .retry(status: String(response.status), retryAfter: retryAfter)
     case .final:
-        if response.status == 401, let credential {
-            credential.invalidate()
-            return .retry(status: "401", retryAfter: nil)
-        }
         return .rejected(status: String(response.status), code: errorCode(response))
     }
 }
@@ -72,8 +73,6 @@ public struct LogsIngestionSink: ExportSink {
     public let streams: [ExportTable: String]
     let credential: TokenCredential
     let http: ExportHTTP
-
-    public static let scope = "https://monitor.azure.com/.default"
 
     public init(
         endpoint: String, ruleID: String, streams: [ExportTable: String] = [:], credential: TokenCredential,

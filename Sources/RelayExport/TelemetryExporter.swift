@@ -289,7 +289,8 @@ struct SinkWorker: Sendable {
     private func reportSpool() {
         guard let spool else { return }
         let depth = spool.depth
-        metrics.exportSpool(sink: sink.name, batches: depth.batches, bytes: depth.bytes)
+        metrics.exportSpool(
+            sink: sink.name, batches: depth.batches, bytes: depth.bytes, limitBytes: spool.maxBytes)
     }
 
     /// Sends due batches, oldest first (spool before memory). Returns whether more could be sent right away.
@@ -346,9 +347,14 @@ struct SinkWorker: Sendable {
             case .rejected(let status, let code):
                 metrics.exportAttempt(sink: sink.name, status: status)
                 metrics.exportBatch(sink: sink.name, outcome: "rejected")
-                drop(
-                    .rejected, count: prepared.batch.count,
-                    detail: ["status": "\(status)", "error_code": "\(code)", "request_id": "\(prepared.requestID)"])
+                var detail: Logger.Metadata = [
+                    "status": "\(status)", "error_code": "\(code)", "request_id": "\(prepared.requestID)",
+                ]
+                if status == "401" {
+                    detail["cause"] =
+                        "a freshly fetched token was refused too: check the token audience (the endpoint's cloud), the tenant and the identity"
+                }
+                drop(.rejected, count: prepared.batch.count, detail: detail)
                 finished = true
             case .partial(let retry, let dropped, let retryAfter):
                 metrics.exportAttempt(sink: sink.name, status: "206")

@@ -184,6 +184,8 @@ public final class RelayHub: Sendable {
         authFailures = NIOLockedValueBox(
             FailureRateLimiter(
                 burst: configuration.limits.authFailureBurst, perSecond: configuration.limits.authFailuresPerSecond))
+        metrics.registerRelaySeries(
+            entities: configuration.hybridConnections.map(\.name), authFailureReasons: TokenError.allReasons)
     }
 
     public var configuration: RelayConfiguration { settings.withLockedValue { $0.configuration } }
@@ -210,6 +212,7 @@ public final class RelayHub: Sendable {
             return removed.flatMap { table.listeners(entity: $0) }
         }
         for listener in orphans { listener.goAway(reason: "The hybrid connection was removed") }
+        metrics.registerRelaySeries(entities: added, authFailureReasons: [])
         return (added, removed)
     }
 

@@ -95,13 +95,27 @@ public final class RelayMetrics: Sendable {
 
     /// One sender's rendezvous at the relay, with how it ended and how long it took.
     public func rendezvous(entity: String, outcome: String, status: Int, seconds: Double, traceID: String? = nil) {
-        counter(
-            "rendezvous", "Sender rendezvous at the relay by outcome and HTTP status.",
-            [("entity", entity), ("outcome", outcome), ("status", String(status))]
-        ).increment()
+        rendezvousCounter(entity: entity, outcome: outcome, status: status).increment()
         observe(
             "rendezvous_duration", "Sender arrival to listener accept, reject or timeout.", [("entity", entity)],
             buckets: Self.latencyBuckets, value: seconds, traceID: traceID)
+    }
+
+    private func rendezvousCounter(entity: String, outcome: String, status: Int) -> Counter {
+        counter(
+            "rendezvous", "Sender rendezvous at the relay by outcome and HTTP status.",
+            [("entity", entity), ("outcome", outcome), ("status", String(status))])
+    }
+
+    /// The relay's alerting series at zero from the start, for every configured entity and token failure
+    /// reason: an alert on `increase()` misses a series' first event (a series born at 1 shows no increase),
+    /// and one on a gauge cannot fire while the gauge does not exist.
+    public func registerRelaySeries(entities: [String], authFailureReasons: [String]) {
+        for reason in authFailureReasons { _ = authFailureCounter(role: .relay, reason: reason) }
+        for entity in entities {
+            _ = rendezvousCounter(entity: entity, outcome: "no_listener", status: 404)
+            listeners(role: .relay, entity: entity).set(to: 0)
+        }
     }
 
     /// Every dial outcome as a zero series from the start, so the first failure is an increase that `rate()`
@@ -157,8 +171,12 @@ public final class RelayMetrics: Sendable {
         ).increment()
     }
 
+    private func authFailureCounter(role: TelemetryRole, reason: String) -> Counter {
+        counter("auth_failures", "Refused tokens by reason.", [("role", role.rawValue), ("reason", reason)])
+    }
+
     public func authFailure(role: TelemetryRole, reason: String) {
-        counter("auth_failures", "Refused tokens by reason.", [("role", role.rawValue), ("reason", reason)]).increment()
+        authFailureCounter(role: role, reason: reason).increment()
     }
 
     /// `accept(2)` failed on a listening socket (`relay`, `client`, `metrics`); `error` is `emfile`, `enfile`

@@ -25,6 +25,15 @@ struct ExportOptions: ParsableArguments {
     )
     var logsIngestionEndpoint: String?
 
+    @Option(
+        name: .customLong("logs-ingestion-audience"),
+        help: ArgumentHelp(
+            "Token audience for the Logs Ingestion endpoint, e.g. https://monitor.azure.us.",
+            discussion:
+                "Default: the endpoint's cloud (*.monitor.azure.us, *.monitor.azure.cn), else the cloud of AZURE_AUTHORITY_HOST, else https://monitor.azure.com. Needed only for private-link or proxy host names in a sovereign cloud."
+        ))
+    var logsIngestionAudience: String?
+
     @Option(name: .customLong("dcr-immutable-id"), help: "The data collection rule's immutableId (dcr-…).")
     var ruleID: String?
 
@@ -82,6 +91,9 @@ struct ExportOptions: ParsableArguments {
         if (logsIngestionEndpoint == nil) != (ruleID == nil) {
             throw ValidationError("--logs-ingestion-endpoint and --dcr-immutable-id go together")
         }
+        if let audience = logsIngestionAudience, !audience.lowercased().hasPrefix("https://") {
+            throw ValidationError("--logs-ingestion-audience '\(audience)' is not an https:// URL")
+        }
         guard flushInterval > 0, metricsInterval >= 0, spoolMaxMebibytes > 0, spoolMaxAgeHours > 0,
             shutdownSeconds >= 0
         else { throw ValidationError("export intervals and bounds must be positive") }
@@ -110,9 +122,12 @@ struct ExportOptions: ParsableArguments {
         let environment = ProcessInfo.processInfo.environment
         do {
             if let endpoint = logsIngestionEndpoint, let ruleID {
+                let scope =
+                    try logsIngestionAudience.map(MonitorCloud.scope(audience:))
+                    ?? MonitorCloud.logsIngestionScope(
+                        endpoint: endpoint, authorityHost: environment["AZURE_AUTHORITY_HOST"])
                 let credential = TokenCredential(
-                    source: try CredentialSource.fromEnvironment(environment), scope: LogsIngestionSink.scope,
-                    http: http)
+                    source: try CredentialSource.fromEnvironment(environment), scope: scope, http: http)
                 sinks.append(
                     try LogsIngestionSink(
                         endpoint: endpoint, ruleID: ruleID,
@@ -124,7 +139,7 @@ struct ExportOptions: ParsableArguments {
                 let credential = try connection.aadAudience.map { audience throws(ExportError) in
                     TokenCredential(
                         source: try CredentialSource.fromEnvironment(environment),
-                        scope: audience.hasSuffix("/") ? "\(audience).default" : "\(audience)/.default", http: http)
+                        scope: MonitorCloud.scope(audience: audience), http: http)
                 }
                 sinks.append(try ApplicationInsightsSink(connection: connection, credential: credential, http: http))
             }

@@ -266,7 +266,7 @@ class Chain:
         self.target.close()
 
 
-def start_prometheus(metrics_ports, directory, *flags, rule_files=()):
+def start_prometheus(metrics_ports, directory, *flags, rule_files=(), external_labels=None):
     """A real Prometheus on a free loopback port scraping the given /metrics ports every second and
     evaluating `rule_files` every second. Returns (process, port)."""
     prometheus = shutil.which("prometheus")
@@ -274,8 +274,10 @@ def start_prometheus(metrics_ports, directory, *flags, rule_files=()):
     port = free_port()
     targets = ", ".join("'127.0.0.1:%d'" % p for p in metrics_ports)
     rules = "".join("  - '%s'\n" % path for path in rule_files)
+    labels = "".join("    %s: '%s'\n" % item for item in (external_labels or {}).items())
     config = directory / "prometheus.yml"
     config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+                      + ("  external_labels:\n" + labels if labels else "")
                       + ("rule_files:\n" + rules if rules else "")
                       + "scrape_configs:\n  - job_name: hyrelay\n    static_configs:\n      - targets: [%s]\n" % targets)
     log = open(directory / "prometheus.log", "w")

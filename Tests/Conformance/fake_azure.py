@@ -65,14 +65,26 @@ def type_ok(kind, value):
     return False
 
 
+PUBLIC_AUDIENCE = "https://monitor.azure.com"
+AUDIENCES = (PUBLIC_AUDIENCE, "https://monitor.azure.us", "https://monitor.azure.cn")
+
+
+def scope_audience(scope):
+    """`https://monitor.azure.com/.default` and the `//.default` spelling both ask for that audience."""
+    return scope[:-len(".default")].rstrip("/") if scope.endswith("/.default") else None
+
+
 class FakeAzure:
     """One server for all four endpoints; tests script it and read what it stored."""
 
-    def __init__(self, port=0, token_lifetime=3600):
+    def __init__(self, port=0, token_lifetime=3600, audience=PUBLIC_AUDIENCE):
         self.lock = threading.Lock()
+        # The cloud this fake stands for: tokens for another cloud's audience are issued (Entra would, for
+        # a namespace in that cloud) but refused by ingestion with 401, as a real endpoint refuses them.
+        self.audience = audience
         self.streams = stream_declarations()
         self.token_lifetime = token_lifetime
-        self.tokens = {}              # token -> expiry (unix seconds)
+        self.tokens = {}              # token -> (expiry in unix seconds, audience)
         self.token_requests = []      # (time, kind, fields)
         self.rows = {}                # stream -> [row]
         self.calls = []               # dicts: time, status, wire, raw, request_id, stream, count
@@ -162,10 +174,10 @@ class FakeAzure:
         request.end_headers()
         request.wfile.write(body)
 
-    def issue(self, request, kind, fields):
+    def issue(self, request, kind, fields, audience):
         token = "fake-token-" + uuid.uuid4().hex
         with self.lock:
-            self.tokens[token] = time.time() + self.token_lifetime
+            self.tokens[token] = (time.time() + self.token_lifetime, audience)
             self.token_requests.append((time.time(), kind, fields))
         return token
 
@@ -177,7 +189,8 @@ class FakeAzure:
             return self.reply(request, 400, {"error": "invalid_request", "error_description": "form expected"})
         if fields.get("grant_type") != "client_credentials" or fields.get("client_id") != CLIENT_ID:
             return self.reply(request, 400, {"error": "invalid_client"})
-        if fields.get("scope") not in ("https://monitor.azure.com/.default", "https://monitor.azure.com//.default"):
+        audience = scope_audience(fields.get("scope", ""))
+        if audience not in AUDIENCES:
             return self.reply(request, 400, {"error": "invalid_scope"})
         if "client_secret" in fields:
             if fields["client_secret"] != CLIENT_SECRET:
@@ -188,7 +201,7 @@ class FakeAzure:
             kind = "workload"
         else:
             return self.reply(request, 400, {"error": "invalid_request"})
-        token = self.issue(request, kind, fields)
+        token = self.issue(request, kind, fields, audience)
         self.reply(request, 200, {"token_type": "Bearer", "expires_in": self.token_lifetime,
                                   "ext_expires_in": self.token_lifetime, "access_token": token})
 
@@ -196,9 +209,9 @@ class FakeAzure:
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         if method != "GET" or request.headers.get("Metadata") != "true":
             return self.reply(request, 400, {"error": "invalid_request", "error_description": "Metadata header"})
-        if query.get("api-version") not in ("2018-02-01", "2019-08-01") or query.get("resource") != "https://monitor.azure.com":
+        if query.get("api-version") not in ("2018-02-01", "2019-08-01") or query.get("resource") not in AUDIENCES:
             return self.reply(request, 400, {"error": "invalid_resource"})
-        token = self.issue(request, "managed", query)
+        token = self.issue(request, "managed", query, query["resource"])
         self.reply(request, 200, {"access_token": token, "expires_on": str(int(time.time() + self.token_lifetime)),
                                   "expires_in": str(self.token_lifetime), "resource": query["resource"],
                                   "token_type": "Bearer"})
@@ -208,8 +221,8 @@ class FakeAzure:
         if not header.startswith("Bearer "):
             return False
         with self.lock:
-            expiry = self.tokens.get(header[7:])
-        return expiry is not None and expiry > time.time()
+            expiry, audience = self.tokens.get(header[7:], (0, None))
+        return expiry > time.time() and audience == self.audience
 
     def ingest(self, request, method, parts, body):
         call = {"time": time.time(), "wire": len(body), "request_id": request.headers.get("x-ms-client-request-id"),
@@ -357,6 +370,12 @@ class FakeAzure:
                 problems.append(key)
         if not all(isinstance(v, str) for v in base.get("properties", {}).values()):
             problems.append("properties must be strings")
+        elif any(len(v) > 8192 for v in base.get("properties", {}).values()):
+            problems.append("a property value over 8,192 characters")
+        if len(base.get("message", "")) > 32768:
+            problems.append("a message over 32,768 characters")
+        if len(json.dumps(item, ensure_ascii=False).encode()) > 65536:
+            problems.append("an item over 64 KB")
         if not all(isinstance(v, (int, float)) for v in base.get("measurements", {}).values()):
             problems.append("measurements must be numbers")
         if problems:

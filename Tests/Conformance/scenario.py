@@ -18,6 +18,7 @@ from fake_azure import DCR_ID, FakeAzure
 COUNTS = {"ok": 6, "refused": 3, "no_listener": 2, "bad_token": 2, "slow": 2, "flaps": 1}
 SLOW_SECONDS = 1.2
 RULES = os.path.join(ROOT, "dashboards", "prometheus-rules.yml")
+RUNBOOKS = "https://runbooks.example.test/hyrelay"
 
 
 def export_flags(fake, metrics_port, instance):
@@ -62,7 +63,7 @@ class FaultScenario:
 
     def _run(self):
         d = self.directory
-        self.metrics_ports = {name: free_port() for name in ("relay", "edge", "client", "intruder")}
+        self.metrics_ports = {name: free_port() for name in ("relay", "edge", "client", "intruder", "lost")}
         relay_port = free_port()
         relay = agents.Process(
             ["relay", "--listen", "127.0.0.1:%d" % relay_port, "--hybrid-connection", "hc1", "--hybrid-connection",
@@ -79,8 +80,14 @@ class FaultScenario:
         edge_spec = "hc1:ok/127.0.0.1:%d;bad/%s;slow/%s" % (echo.port, self.closed_target, self.slow_target)
         edge_flags = export_flags(self.fake, self.metrics_ports["edge"], "edge-1")
         edge = agents.start_edge(d, url, [edge_spec], extra=edge_flags)
+        # An edge that never registers (its relay address answers nothing), exporting nothing: only its
+        # /metrics tells, and the listener-down alert must see it.
+        self.processes.append(agents.Process(
+            ["edge", "-e", "ws://127.0.0.1:%d" % free_port(), "-K", agents.KEY_NAME, "-k", agents.KEY, "-T",
+             "hc1:127.0.0.1:%d" % echo.port, "--no-export", "--metrics", "127.0.0.1:%d" % self.metrics_ports["lost"]],
+            str(d / "lost-edge.log")))
         self.prometheus, self.prometheus_port = agents.start_prometheus(
-            list(self.metrics_ports.values()), d, rule_files=[RULES])
+            list(self.metrics_ports.values()), d, rule_files=[RULES], external_labels={"runbook_base": RUNBOOKS})
         ports = {name: free_port() for name in ("ok", "bad", "slow", "none", "intruder")}
         client = agents.start_client(
             d, url, ["127.0.0.1:%d/ok;127.0.0.1:%d/bad;127.0.0.1:%d/slow:hc1" % (ports["ok"], ports["bad"], ports["slow"]),
@@ -147,14 +154,13 @@ class FaultScenario:
     def _query_prometheus(self):
         """Every Grafana panel expression and the rule states, while the processes still run."""
         from dashboard_checks import grafana_expressions
-        results = {"grafana": {}, "rules": self.prometheus_api("rules"),
-}
+        results = {"grafana": {}, "rules": self.prometheus_api("rules"), "alerts": self.prometheus_api("alerts")}
         for title, expr in grafana_expressions():
             results["grafana"][(title, expr)] = self.prometheus_api("query", query=expr)["result"]
         # Each rule's expression, an alert's without its threshold: what it measures must have data.
         results["rule_data"] = {}
         for group in results["rules"]["groups"]:
             for rule in group["rules"]:
-                expr = re.sub(r"\s*[<>]=?\s*[0-9.]+\s*$", "", rule["query"])
+                expr = re.sub(r"\s*([<>]=?|==)\s*[0-9.]+\s*$", "", rule["query"])
                 results["rule_data"][rule["name"]] = self.prometheus_api("query", query=expr)["result"]
         return results

@@ -162,6 +162,62 @@ def test_206_partial_success_resends_only_the_failed_items(fake, tmp_path):
     assert fake.violations == []
 
 
+def test_a_token_for_another_cloud_is_retried_once_then_dropped_and_reported(tmp_path):
+    """An Azure Government endpoint refuses public-cloud tokens: one fresh token is tried, then the batch is
+    dropped and counted with the cause, instead of 401s retried silently forever."""
+    fake = FakeAzure(audience="https://monitor.azure.us")
+    try:
+        batch = write_file(tmp_path / "gov.ndjson.gz", [("logs", log_row(i)) for i in range(10)])
+        result = replay(fake, [batch], tmp_path, timeout=60)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "delivered 0, dropped 10" in result.stdout
+        assert [c["status"] for c in fake.calls] == [401, 401]
+        assert len(fake.token_requests) == 2
+        assert "a freshly fetched token was refused too" in result.stderr and "InvalidToken" in result.stderr
+        # The endpoint's cloud given as the audience, the same file goes through.
+        fake.calls.clear()
+        result = replay(fake, [batch], tmp_path, "--logs-ingestion-audience", "https://monitor.azure.us", timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert [c["status"] for c in fake.calls] == [204]
+        assert fake.token_requests[-1][2]["scope"] == "https://monitor.azure.us/.default"
+        assert fake.violations == []
+    finally:
+        fake.close()
+
+
+def test_an_endpoint_and_a_sign_in_in_different_clouds_are_refused_at_start(fake, tmp_path):
+    env = fake.env("secret")
+    env["AZURE_AUTHORITY_HOST"] = "https://login.microsoftonline.com/"
+    result = subprocess.run(
+        [binary(), "export", "replay", str(tmp_path / "none.ndjson.gz"), "--logs-ingestion-endpoint",
+         "https://hyrelay-telemetry-a1b2-usgovvirginia.logs.z1.ingest.monitor.azure.us", "--dcr-immutable-id",
+         "dcr-" + "0" * 32], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode != 0
+    assert "AzureUSGovernment" in result.stderr and "AzureCloud" in result.stderr
+
+
+def test_application_insights_items_stay_inside_the_service_limits(fake, tmp_path):
+    """Huge attributes and a long multi-byte message: each item reaches the fake (which refuses items over
+    64 KB and property values over 8,192 characters) cut to fit, saying what was cut."""
+    row = log_row(0, "é€" * 16_000)
+    row["Attributes"] = {"a%d" % i: "v" * 9_000 for i in range(10)}
+    env = fake.env("none")
+    env["HYRELAY_STATE_DIR"] = str(tmp_path / "state")
+    env["APPLICATIONINSIGHTS_CONNECTION_STRING"] = "InstrumentationKey=%s;IngestionEndpoint=%s/" % (IKEY, fake.url)
+    result = subprocess.run([binary(), "export", "replay", write_file(tmp_path / "big.ndjson.gz", [("logs", row)]),
+                             "--export-interval", "0.2"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert fake.violations == []
+    [item] = fake.envelopes
+    base = item["data"]["baseData"]
+    assert len(json.dumps(item, ensure_ascii=False).encode()) <= 65536
+    assert base["message"].startswith("é€é€") and len(base["message"]) > 10_000
+    kept = [key for key in base["properties"] if key.startswith("a")]
+    assert kept and all(len(base["properties"][key]) == 8192 for key in kept)
+    truncated = base["properties"]["hyrelay.truncated"].split(",")
+    assert truncated[0] == "message" and set(truncated[1:]) | set(kept) == {"a%d" % i for i in range(10)}
+
+
 def metric_value(port, name, **labels):
     text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
     total = 0.0

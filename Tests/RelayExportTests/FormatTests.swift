@@ -103,20 +103,113 @@ import Testing
 
     enum TemplateError: Error { case shape }
 
-    @Test func applicationInsightsEnvelopes() throws {
-        let source = ExportSource(role: "edge", instance: "h1")
-        let key = "00000000-0000-0000-0000-000000000001"
-        let root = TelemetryEnvelope.envelope(.span(Self.span(parent: nil), source: source), instrumentationKey: key)
+    static func envelope(
+        kind: String, parent: String?, error: Bool = false, attributes: [String: String] = [:]
+    ) -> JSONValue {
+        var span = Self.span(parent: parent, error: error)
+        span.kind = kind
+        for (key, value) in attributes { span.attributes[key] = value }
+        return TelemetryEnvelope.envelope(
+            .span(span, source: ExportSource(role: "relay", instance: "h1")),
+            instrumentationKey: "00000000-0000-0000-0000-000000000001")
+    }
+
+    static func baseData(_ envelope: JSONValue) -> [String: JSONValue] {
+        envelope.objectValue?["data"]?.objectValue?["baseData"]?.objectValue ?? [:]
+    }
+
+    /// Server and consumer spans are requests whether or not they have a parent (the relay's rendezvous has
+    /// the client's connect as parent); client, producer and internal spans are dependencies.
+    @Test func applicationInsightsMapsSpanKindsAsAzureDoes() throws {
+        let root = Self.envelope(kind: "server", parent: nil)
         #expect(root.objectValue?["name"] == .string("Microsoft.ApplicationInsights.Request"))
-        let data = try #require(root.objectValue?["data"]?.objectValue?["baseData"]?.objectValue)
-        #expect(data["duration"] == .string("0.00:00:00.012"))
-        #expect(data["responseCode"] == .string("connected"))
-        let child = TelemetryEnvelope.envelope(
-            .span(Self.span(parent: "00f067aa0ba902b7", error: true), source: source), instrumentationKey: key)
-        #expect(child.objectValue?["name"] == .string("Microsoft.ApplicationInsights.RemoteDependency"))
-        #expect(child.objectValue?["tags"]?.objectValue?["ai.operation.parentId"] == .string("00f067aa0ba902b7"))
-        #expect(child.objectValue?["data"]?.objectValue?["baseData"]?.objectValue?["success"] == .bool(false))
+        #expect(Self.baseData(root)["duration"] == .string("0.00:00:00.012"))
+        #expect(Self.baseData(root)["responseCode"] == .string("connected"))
+        let rendezvous = Self.envelope(kind: "server", parent: "00f067aa0ba902b7")
+        #expect(rendezvous.objectValue?["name"] == .string("Microsoft.ApplicationInsights.Request"))
+        #expect(rendezvous.objectValue?["tags"]?.objectValue?["ai.operation.parentId"] == .string("00f067aa0ba902b7"))
+        #expect(
+            Self.envelope(kind: "consumer", parent: "00f067aa0ba902b7").objectValue?["name"]
+                == .string("Microsoft.ApplicationInsights.Request"))
+        let dial = Self.envelope(kind: "client", parent: "00f067aa0ba902b7", error: true)
+        #expect(dial.objectValue?["name"] == .string("Microsoft.ApplicationInsights.RemoteDependency"))
+        #expect(Self.baseData(dial)["type"] == .string("HybridRelay"))
+        #expect(Self.baseData(dial)["success"] == .bool(false))
+        let bridge = Self.envelope(kind: "internal", parent: nil)
+        #expect(bridge.objectValue?["name"] == .string("Microsoft.ApplicationInsights.RemoteDependency"))
+        #expect(Self.baseData(bridge)["type"] == .string("InProc"))
         #expect(TelemetryEnvelope.duration(milliseconds: 90_061_001) == "1.01:01:01.001")
+    }
+
+    @Test func applicationInsightsItemsStayInsideTheServiceLimits() throws {
+        // One value over the property limit is cut to it.
+        let long = Self.envelope(
+            kind: "client", parent: nil, attributes: ["cause": String(repeating: "c", count: 20_000)])
+        let cut = try #require(Self.baseData(long)["properties"]?.objectValue?["cause"]?.stringValue)
+        #expect(cut.count == 8_192)
+        #expect(Self.baseData(long)["properties"]?.objectValue?["hyrelay.truncated"] == nil)
+        // Many values at the limit make an item over 64 KB: the largest go, and the item says which.
+        var many: [String: String] = [:]
+        for index in 0..<12 { many["a\(index)"] = String(repeating: "x", count: 8_000 + index) }
+        let big = Self.envelope(kind: "client", parent: nil, attributes: many)
+        #expect(big.text.utf8.count <= 64 * 1024)
+        let kept = try #require(Self.baseData(big)["properties"]?.objectValue)
+        let removed = try #require(kept["hyrelay.truncated"]?.stringValue).split(separator: ",").map(String.init)
+        #expect(removed.first == "a11" && !removed.isEmpty)
+        #expect(Set(removed).isDisjoint(with: kept.keys) && kept["a0"] != nil)
+        // A message of multi-byte characters within 32,768 characters is still over 64 KB: cut on a
+        // character boundary.
+        let message = ExportRecord.log(
+            time: Date(timeIntervalSince1970: 0), level: .error, label: "hyrelay.edge",
+            message: String(repeating: "é€", count: 16_000), metadata: [:], source: .init(role: "edge", instance: "h"))
+        let item = TelemetryEnvelope.envelope(message, instrumentationKey: "00000000-0000-0000-0000-000000000001")
+        #expect(item.text.utf8.count <= 64 * 1024)
+        let text = try #require(Self.baseData(item)["message"]?.stringValue)
+        #expect(text.count > 10_000 && text.hasPrefix("é€é€"))
+        #expect(Self.baseData(item)["properties"]?.objectValue?["hyrelay.truncated"] == .string("message"))
+    }
+
+    /// The token audience follows the endpoint's cloud; a sign-in in another cloud is a configuration error.
+    @Test func logsIngestionScopeFollowsTheCloud() throws {
+        func scope(_ endpoint: String, _ authority: String? = nil) throws -> String {
+            try MonitorCloud.logsIngestionScope(endpoint: endpoint, authorityHost: authority)
+        }
+        #expect(
+            try scope("https://hyrelay-telemetry-a1b2-westeurope.logs.z1.ingest.monitor.azure.com")
+                == "https://monitor.azure.com/.default")
+        #expect(
+            try scope("https://dce-x.usgovvirginia-1.ingest.monitor.azure.us", "https://login.microsoftonline.us/")
+                == "https://monitor.azure.us/.default")
+        #expect(try scope("https://dce-x.chinaeast2-1.ingest.monitor.azure.cn") == "https://monitor.azure.cn/.default")
+        // A private-link or loopback host says nothing; the authority host decides.
+        #expect(
+            try scope("https://ingest.internal.example", "https://login.chinacloudapi.cn")
+                == "https://monitor.azure.cn/.default")
+        #expect(try scope("http://127.0.0.1:8080", "http://127.0.0.1:9/") == "https://monitor.azure.com/.default")
+        #expect(throws: ExportError.self) {
+            try scope("https://dce-x.usgovvirginia-1.ingest.monitor.azure.us", "https://login.microsoftonline.com/")
+        }
+        #expect(MonitorCloud.scope(audience: "https://monitor.azure.com/") == "https://monitor.azure.com/.default")
+    }
+
+    /// A 401 is retried once with a fresh token; a 401 to the fresh token is final, not retried forever.
+    @Test func aPersistent401IsFinal() async throws {
+        let http = ExportHTTP()
+        let credential = TokenCredential(
+            source: .managedIdentity(endpoint: "http://169.254.169.254", clientID: nil),
+            scope: "https://monitor.azure.com/.default", http: http)
+        let refused = ExportResponse(
+            status: 401, headers: [("x-ms-error-code", "InvalidToken")], body: [])
+        let accepted = ExportResponse(status: 204, headers: [], body: [])
+        #expect(classify(refused, success: [204], credential: credential) == .retry(status: "401", retryAfter: nil))
+        #expect(
+            classify(refused, success: [204], credential: credential) == .rejected(status: "401", code: "InvalidToken"))
+        #expect(
+            classify(refused, success: [204], credential: credential) == .rejected(status: "401", code: "InvalidToken"))
+        // Once a token works again, the next 401 is worth one retry again.
+        #expect(classify(accepted, success: [204], credential: credential) == .delivered)
+        #expect(classify(refused, success: [204], credential: credential) == .retry(status: "401", retryAfter: nil))
+        await http.shutdown()
     }
 
     @Test func connectionStrings() throws {

@@ -133,6 +133,20 @@ enum JSONSerializationLike {
         #expect(rendered.hasSuffix("# EOF\n"))
     }
 
+    @Test func alertingSeriesExistAtZeroBeforeTheFirstEvent() {
+        let metrics = RelayMetrics()
+        metrics.registerRelaySeries(entities: ["hc1"], authFailureReasons: ["expired", "invalid_signature"])
+        let text = String(decoding: metrics.exposition(), as: UTF8.self)
+        #expect(text.contains(#"hyrelay_auth_failures_total{role="relay",reason="expired"} 0"#))
+        #expect(text.contains(#"hyrelay_auth_failures_total{role="relay",reason="invalid_signature"} 0"#))
+        #expect(text.contains(#"hyrelay_rendezvous_total{entity="hc1",outcome="no_listener",status="404"} 0"#))
+        #expect(text.contains(#"hyrelay_listeners{role="relay",entity="hc1"} 0"#))
+        // The first refusal is then an increase of one on the same series, not a new series born at 1.
+        metrics.rendezvous(entity: "hc1", outcome: "no_listener", status: 404, seconds: 0.001)
+        let after = String(decoding: metrics.exposition(), as: UTF8.self)
+        #expect(after.contains(#"hyrelay_rendezvous_total{entity="hc1",outcome="no_listener",status="404"} 1"#))
+    }
+
     @Test func exemplarsLandInTheBucketOfTheirValue() throws {
         let metrics = RelayMetrics()
         metrics.dial(outcome: "connected", seconds: 0.003, traceID: "feed")
