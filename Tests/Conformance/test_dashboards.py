@@ -148,23 +148,69 @@ def test_dcr_transforms_use_only_transform_operators():
 
 def test_workbook_is_current_and_every_item_runs(kusto):
     built = subprocess.run(["python3", os.path.join(ROOT, "dashboards", "build-workbook.py"), "--check"])
-    assert built.returncode == 0, "dashboards/hybridrelay.workbook.json is stale"
+    assert built.returncode == 0, "the workbook or its copy in deploy/azure-monitor.json is stale"
     book = checks.workbook()
     assert book["version"] == "Notebook/1.0"
     parameters = {p["name"]: p for item in book["items"] if item["type"] == 9 for p in item["content"]["parameters"]}
     assert parameters["TimeRange"]["type"] == 4
+    # Imported through Monitor -> Workbooks a workbook has no workspace: the reader must pick one, and only
+    # Log Analytics workspaces are offered.
+    workspace = parameters["Workspace"]
+    assert workspace["type"] == 5 and workspace["isRequired"] and "value" not in workspace
+    assert workspace["typeSettings"]["resourceTypeFilter"] == {"microsoft.operationalinsights/workspaces": True}
+    assert "microsoft.operationalinsights/workspaces" in workspace["query"] and workspace["queryType"] == 1
     queries = [item for item in book["items"] if item["type"] == 3]
     assert len(queries) == len(checks.query_files())
     for item in queries:
         content = item["content"]
         assert content["version"] == "KqlItem/1.0" and content["queryType"] == 0
         assert content["resourceType"] == "microsoft.operationalinsights/workspaces"
+        assert content["crossComponentResources"] == ["{Workspace}"], item["name"]
         assert content["visualization"] in ("table", "timechart", "barchart", "piechart", "tiles")
         assert content["timeContextFromParameter"] in parameters
+        # A whole sentence of the query's Purpose, not a line of it.
+        purpose = " ".join(line.strip() for line in checks.header(
+            os.path.join(checks.QUERIES, item["name"] + ".kql")).split("Parameters:")[0].splitlines())
+        sentence = content["title"].split(" — ", 1)[1]
+        assert sentence[-1] in ".?!" and sentence[1:] in purpose, content["title"]
     substitutions = {"{TimeRange}": "> ago(1h)", "{TimeRange:grain}": "1m", "{Entity}": "", "{TraceId}": ""}
     answers = {name: kusto(query) for name, query in checks.workbook_queries(book, substitutions)}
     assert answers["failed_tunnels_by_hop"] and answers["auth_failures"] and answers["edge_dial_failures"]
     assert all(answers.values()), [name for name, rows in answers.items() if not rows]
+
+
+def test_template_deploys_a_working_set():
+    """What a real deployment trips on: the DCR in the workspace's region, the publisher role where the
+    exporter sends, and the workbook bound to the workspace it was deployed with."""
+    template = checks.template()
+    parameters = template["parameters"]
+    assert "defaultValue" not in parameters["location"], "the DCR's region must be the workspace's: required"
+    resources = {}
+    for resource in template["resources"]:
+        resources.setdefault(resource["type"], []).append(resource)
+    [rule] = resources["Microsoft.Insights/dataCollectionRules"]
+    assert rule["location"] == "[parameters('location')]" and rule["kind"] == "Direct"
+    publisher = template["variables"]["monitoringMetricsPublisher"]
+    assert publisher == "3913510d-42f4-4e42-8a64-420c390055eb"
+    roles = {r["scope"].split("/")[1]: r for r in resources["Microsoft.Authorization/roleAssignments"]}
+    assert set(roles) == {"dataCollectionRules", "components"}
+    for role in roles.values():
+        assert "variables('monitoringMetricsPublisher')" in role["properties"]["roleDefinitionId"]
+        assert role["properties"]["principalId"] == "[parameters('exporterPrincipalId')]"
+    assert "applicationInsightsName" in roles["components"]["condition"]
+    [workbook] = resources["Microsoft.Insights/workbooks"]
+    assert workbook["kind"] == "shared" and workbook["location"] == "[parameters('location')]"
+    assert workbook["properties"]["serializedData"] == "[string(variables('workbook'))]"
+    assert "parameters('workspaceName')" in workbook["properties"]["sourceId"]
+    # The deployed copy is the shipped workbook with the picker starting on the deployed workspace; no other
+    # string in it may start with "[", which ARM would evaluate.
+    deployed = template["variables"]["workbook"]
+    shipped = checks.workbook()
+    workspace = deployed["items"][1]["content"]["parameters"][0]
+    assert workspace.pop("value") == "[resourceId('Microsoft.OperationalInsights/workspaces', parameters('workspaceName'))]"
+    assert deployed == shipped
+    strings = re.findall(r'"((?:[^"\\]|\\.)*)"', json.dumps(shipped))
+    assert not [text for text in strings if text.startswith("[")]
 
 
 def test_grafana_dashboard_structure():
@@ -225,6 +271,23 @@ def test_rules_evaluate_on_the_live_data(scenario):
     assert down["labels"]["entity"] == "hc1"
     assert down["annotations"]["runbook_url"] == RUNBOOKS + "/diagnosis.md#the-edge-listener-is-down"
     assert alerts["HyRelaySendersRefusedNoListener"]["labels"]["entity"] == "hc2"
+
+
+def test_every_alert_explains_itself_and_links_a_runbook_that_exists():
+    import yaml
+    with open(os.path.join(checks.DASHBOARDS, "prometheus-rules.yml")) as f:
+        rules = yaml.safe_load(f)
+    with open(os.path.join(ROOT, "docs", "diagnosis.md")) as f:
+        anchors = {re.sub(r"[^a-z0-9 -]", "", line[3:].strip().lower()).replace(" ", "-")
+                   for line in f if line.startswith("## ")}
+    alerts = [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+    for alert in alerts:
+        annotations = alert["annotations"]
+        assert {"summary", "description", "runbook_url"} <= set(annotations), alert["alert"]
+        assert annotations["runbook_url"].split("#")[1] in anchors, alert["alert"]
+    records = [rule["record"] for group in rules["groups"] for rule in group["rules"] if "record" in rule]
+    assert all(re.fullmatch(r"[a-z_]+:hyrelay_[a-z_]+:[a-z0-9_]+", name) for name in records), records
+    assert not re.search(r"\[[1-4]m\]|\[\d+s\]", json.dumps(rules)), "windows under 5m hold too few samples"
 
 
 def test_rule_tests_hold_with_left_open_windows_as_in_prometheus_3(tmp_path):
