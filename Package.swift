@@ -99,6 +99,9 @@ let package = Package(
         ),
         .testTarget(name: "HybridConnectionsTests", dependencies: ["HybridConnections"], swiftSettings: strict),
         .testTarget(
+            name: "RelayIOTests", dependencies: ["RelayIO", .product(name: "NIOEmbedded", package: "swift-nio")] + nio,
+            swiftSettings: strict),
+        .testTarget(
             name: "RelayTelemetryTests", dependencies: ["RelayTelemetry", log, tracing], swiftSettings: strict),
         .testTarget(
             name: "RelayExportTests", dependencies: ["RelayExport", "RelayTelemetry", log], swiftSettings: strict),

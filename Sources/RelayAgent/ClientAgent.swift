@@ -273,7 +273,7 @@ extension ClientAgent {
         }
 
         WebSocketClient.connect(
-            to: url, headers: headers, tlsContext: tlsContext, group: channel.eventLoop, maxFrameSize: 16 << 20
+            to: url, headers: headers, tlsContext: tlsContext, group: channel.eventLoop, frameInput: .streamed
         ) { webSocket in
             let bridgeSpan = tracer.startSpan("client.bridge", context: acceptSpan.context, ofKind: .internal)
             let handler = TunnelWebSocketHandler(

@@ -195,7 +195,7 @@ final class ListenerLoop: Sendable {
             do {
                 let result = try await WebSocketClient.connect(
                     to: url, headers: headers, tlsContext: settings.tlsContext, group: settings.group,
-                    maxFrameSize: 1 << 20,
+                    frameInput: .whole(maxFrameSize: 1 << 20),
                     connectTimeout: .seconds(10)
                 ) { [self] channel in
                     try channel.pipeline.syncOperations.addHandler(
@@ -285,7 +285,7 @@ final class ListenerLoop: Sendable {
         let tunnelLogger = logger
         WebSocketClient.connect(
             to: url, subprotocols: subprotocols, tlsContext: settings.tlsContext, group: settings.group,
-            maxFrameSize: 16 << 20
+            frameInput: .streamed
         ) { channel in
             let handler = TunnelWebSocketHandler(
                 role: .listener(dial: { portName, handler in

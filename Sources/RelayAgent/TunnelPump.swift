@@ -49,7 +49,8 @@ public struct TunnelSummary: Sendable, Equatable {
 /// Half-close: TCP EOF becomes `Close(1000, "Shutdown")`; a Close from the relay shuts the TCP output
 /// down; the other direction keeps flowing until it ends too.
 final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = WebSocketFrame
+    /// Frames of any size, streamed (`WebSocketFrameStreamDecoder`): payload reaches TCP as it arrives.
+    typealias InboundIn = WebSocketFrameReader.Part
     typealias OutboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
 
@@ -174,18 +175,19 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     // MARK: From the relay
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
-        switch frame.opcode {
-        case .ping:
-            sendFrame(.pong, frame.unmasked(allocator: context.channel.allocator).data)
-            context.flush()
-        case .pong:
+        switch unwrapInboundIn(data) {
+        case .head:
             break
-        case .connectionClose:
-            closeReceived(frame.unmasked(allocator: context.channel.allocator).data)
-        default:
+        case .payload(let chunk):
             guard !receivedClose else { return }
-            payloadReceived(frame.unmasked(allocator: context.channel.allocator).data)
+            payloadReceived(chunk)
+        case .control(let frame) where frame.opcode == .ping:
+            sendFrame(.pong, frame.data)
+            context.flush()
+        case .control(let frame) where frame.opcode == .connectionClose:
+            closeReceived(frame.data)
+        case .control:
+            break
         }
     }
 
@@ -290,6 +292,12 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let violation = error as? FrameRules.Violation {
+            fail(
+                code: violation.code, label: "protocol_error",
+                cause: "the relay broke the WebSocket protocol: \(violation.reason)")
+            return
+        }
         summary.set("error", "websocket error: \(error)")
         context.close(promise: nil)
     }

@@ -9,6 +9,11 @@ public enum FrameRules {
         /// The Close code to answer with: 1002 protocol error or 1007 invalid payload.
         public var code: UInt16
         public var reason: String
+
+        public init(code: UInt16, reason: String) {
+            self.code = code
+            self.reason = reason
+        }
     }
 
     /// Checks the header of any frame, before its payload is looked at.

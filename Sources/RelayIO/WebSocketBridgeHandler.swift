@@ -14,37 +14,41 @@ public struct BridgeLegStatistics: Sendable, Equatable {
     public init() {}
 }
 
-/// One leg of a joined WebSocket pair (sender ↔ listener rendezvous). Frames are forwarded as they are:
-/// opcodes, FIN bits and close codes pass through, payloads are unmasked word-wise. Pings are answered
-/// per leg (only the latest while the peer does not read, see `PongReplies`); pongs are dropped. A frame
-/// that breaks `FrameRules` ends the leg with 1002/1007; text payloads are not checked for UTF-8 (the
-/// endpoints do, and the relay would have to hold fragmented messages to do it).
+/// One leg of a joined WebSocket pair (sender ↔ listener rendezvous). Frames pass through as they arrive,
+/// without waiting for their end: a data frame's head is written to the partner's peer at once and its
+/// payload follows in the pieces the network delivers, unmasked (`WebSocketFrameStreamDecoder` in front), so
+/// a frame of any size crosses in memory bounded by the write watermarks. Opcodes, FIN bits and close codes
+/// pass through. Pings are answered per leg (only the latest while the peer does not read, see
+/// `PongReplies`), never inside a frame being written; pongs are dropped. A frame that breaks the rules ends
+/// the leg with 1002/1007; text payloads are not checked for UTF-8 (the endpoints do, and the relay would
+/// have to hold whole messages to do it).
 ///
 /// Back-pressure: a leg withholds `read()` while its partner's channel is not writable, and resumes
-/// when the partner reports writability again, so a slow reader slows the writer and memory stays
-/// bounded by one read burst per leg.
+/// when the partner reports writability again, so a slow reader slows the writer.
 ///
 /// Half-close (reference §1.5 point 5): a Close from one peer is forwarded to the other peer, not
 /// echoed; the other direction keeps flowing until that peer closes too. A leg's channel closes once
-/// it has both received and sent a Close.
+/// it has both received and sent a Close. A leg whose partner vanished in the middle of a frame cannot
+/// send a Close any more (it would land inside that frame's payload): its connection is closed instead.
 public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    public typealias InboundIn = WebSocketFrame
-    public typealias OutboundIn = WebSocketFrame
-    public typealias OutboundOut = WebSocketFrame
+    public typealias InboundIn = WebSocketFrameReader.Part
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
 
     /// How long a leg waits for its peer's Close reply after the partner leg vanished.
     public static let closeReplyTimeout: TimeAmount = .seconds(5)
 
     private var partner: NIOLoopBound<WebSocketBridgeHandler>?
     private var context: ChannelHandlerContext?
-    private var pending: [WebSocketFrame] = []
+    private var pending: [WebSocketFrameReader.Part] = []
     private var partnerWritable = true
     private var pongs = PongReplies()
     private var readPending = false
     private var receivedClose = false
     private var sentClose = false
     private var closeWritten: EventLoopFuture<Void>?
-    private var partnerGone = false
+    /// Payload bytes of the frame being written to this leg's peer that have not been written yet.
+    private var unwrittenPayload: UInt64 = 0
     private var finished = false
     private var statistics = BridgeLegStatistics()
     private var uncountedBytes = 0
@@ -88,36 +92,28 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
-        if let violation = FrameRules.violation(in: frame) {
-            protocolViolated(violation, context: context)
-            return
-        }
-        switch frame.opcode {
-        case .ping:
-            guard !sentClose else { return }
-            context.sendPong(
-                pongs.pingReceived(
-                    frame.unmasked(allocator: context.channel.allocator).data, writable: context.channel.isWritable))
-        case .pong:
-            break
-        case .connectionClose:
-            guard !receivedClose else { return }
-            let unmasked = frame.unmasked(allocator: context.channel.allocator)
-            if let violation = FrameRules.closeViolation(unmasked.data) {
-                protocolViolated(violation, context: context)
-                return
-            }
-            receivedClose = true
-            var data = unmasked.data
-            statistics.closeCode = data.readInteger(as: UInt16.self).map(Int.init)
-            pending.append(unmasked)
-        default:
-            guard !receivedClose else { return }
-            statistics.bytesIn &+= frame.length
+        guard !receivedClose else { return }
+        let part = unwrapInboundIn(data)
+        switch part {
+        case .head:
             statistics.framesIn &+= 1
-            uncountedBytes &+= frame.length
-            pending.append(frame.unmasked(allocator: context.channel.allocator))
+            pending.append(part)
+        case .payload(let chunk):
+            statistics.bytesIn &+= chunk.readableBytes
+            uncountedBytes &+= chunk.readableBytes
+            pending.append(part)
+        case .control(let frame):
+            switch frame.opcode {
+            case .ping:
+                guard !sentClose else { return }
+                sendPong(pongs.pingReceived(frame.data, writable: canWriteControl(context)), context: context)
+            case .connectionClose:
+                receivedClose = true
+                statistics.closeCode = frame.data.getInteger(at: frame.data.readerIndex, as: UInt16.self).map(Int.init)
+                pending.append(part)
+            default:
+                break
+            }
         }
     }
 
@@ -135,28 +131,54 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
 
     private func forwardPending() {
         guard !pending.isEmpty, let partner else { return }
-        let frames = pending
+        let parts = pending
         // A fresh array: keeping the capacity would only copy the one just handed over.
         pending = []
         partner.eventLoop.execute {
-            partner.value.deliver(frames)
+            partner.value.deliver(parts)
         }
     }
 
-    /// Frames from the partner leg, written to this leg's peer in one flush.
-    private func deliver(_ frames: [WebSocketFrame]) {
+    /// Parts from the partner leg, written to this leg's peer in one flush.
+    private func deliver(_ parts: [WebSocketFrameReader.Part]) {
         guard let context, !sentClose else { return }
-        for frame in frames {
-            if frame.opcode == .connectionClose {
+        for part in parts {
+            switch part {
+            case .head(let head):
+                var header = context.channel.allocator.buffer(capacity: WebSocketFrameHeader.maxLength)
+                WebSocketFrameHeader.write(
+                    fin: head.fin, opcode: head.opcode, length: Int(head.length), maskKey: nil, into: &header)
+                unwrittenPayload = head.length
+                context.write(wrapOutboundOut(header), promise: nil)
+            case .payload(let chunk):
+                unwrittenPayload -= UInt64(chunk.readableBytes)
+                context.write(wrapOutboundOut(chunk), promise: nil)
+            case .control(let frame):
                 writeClose(frame, context: context)
-                break
             }
-            context.write(wrapOutboundOut(frame), promise: nil)
+            if sentClose { break }
+        }
+        // A pong that waited for the frame in progress to end.
+        if unwrittenPayload == 0, !sentClose, context.channel.isWritable {
+            sendPong(pongs.becameWritable(), context: context)
         }
         context.flush()
         if sentClose && receivedClose {
             context.close(after: closeWritten)
         }
+    }
+
+    /// Control frames go between frames only, never inside the payload of one being written.
+    private func canWriteControl(_ context: ChannelHandlerContext) -> Bool {
+        context.channel.isWritable && unwrittenPayload == 0
+    }
+
+    private func sendPong(_ payload: ByteBuffer?, context: ChannelHandlerContext) {
+        guard let payload else { return }
+        let frame = WebSocketFrame(fin: true, opcode: .pong, data: payload)
+        context.writeAndFlush(
+            wrapOutboundOut(WebSocketFrameHeader.unmaskedFrame(frame, allocator: context.channel.allocator)),
+            promise: nil)
     }
 
     public func read(context: ChannelHandlerContext) {
@@ -169,7 +191,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
 
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
         let writable = context.channel.isWritable
-        if !sentClose, context.channel.isWritable { context.sendPong(pongs.becameWritable()) }
+        if !sentClose, canWriteControl(context) { sendPong(pongs.becameWritable(), context: context) }
         if let partner {
             partner.eventLoop.execute {
                 partner.value.partnerWritabilityChanged(writable)
@@ -207,7 +229,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
         receivedClose = true
         statistics.closeCode = Int(violation.code)
         statistics.violation = violation.reason
-        if !sentClose {
+        if !sentClose && unwrittenPayload == 0 {
             writeClose(
                 FrameRules.closeFrame(
                     code: violation.code, reason: violation.reason, allocator: context.channel.allocator),
@@ -218,10 +240,14 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     }
 
     /// The partner's channel is gone. If its peer never sent a Close, ours learns with 1001; then we
-    /// wait briefly for our peer's Close reply.
+    /// wait briefly for our peer's Close reply. Gone in the middle of a frame, the frame cannot be finished
+    /// nor a Close sent after it: the connection is closed.
     public func partnerDidClose() {
-        partnerGone = true
         guard let context, context.channel.isActive else { return }
+        if unwrittenPayload > 0 {
+            context.close(promise: nil)
+            return
+        }
         if !sentClose {
             writeClose(
                 FrameRules.closeFrame(code: 1001, reason: "The peer went away", allocator: context.channel.allocator),
@@ -241,11 +267,17 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     private func writeClose(_ frame: WebSocketFrame, context: ChannelHandlerContext) {
         sentClose = true
         let written = context.eventLoop.makePromise(of: Void.self)
-        context.write(wrapOutboundOut(frame), promise: written)
+        context.write(
+            wrapOutboundOut(WebSocketFrameHeader.unmaskedFrame(frame, allocator: context.channel.allocator)),
+            promise: written)
         closeWritten = written.futureResult
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let violation = error as? FrameRules.Violation {
+            protocolViolated(violation, context: context)
+            return
+        }
         context.close(promise: nil)
     }
 

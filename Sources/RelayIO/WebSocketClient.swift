@@ -87,7 +87,7 @@ public enum WebSocketClient {
         subprotocols: [String] = [],
         tlsContext: NIOSSLContext?,
         group: any EventLoopGroup,
-        maxFrameSize: Int = 1 << 20,
+        frameInput: WebSocketFrameInput = .whole(maxFrameSize: 1 << 20),
         connectTimeout: TimeAmount = .seconds(30),
         configure: @escaping @Sendable (any Channel) throws -> Void
     ) -> EventLoopFuture<WebSocketConnectResult> {
@@ -111,7 +111,7 @@ public enum WebSocketClient {
             try channel.pipeline.syncOperations.addHandler(
                 ClientHandshakeHandler(
                     request: requestHead, expectedAccept: WebSocketHandshake.acceptValue(forKey: key),
-                    promise: promise, maxFrameSize: maxFrameSize, handshakeTimeout: connectTimeout,
+                    promise: promise, frameInput: frameInput, handshakeTimeout: connectTimeout,
                     configure: configure, encoder: encoder, decoder: decoder))
         }.whenFailure { error in
             promise.fail(error)
@@ -165,7 +165,7 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
     private let request: HTTPRequestHead
     private let expectedAccept: String
     private let promise: EventLoopPromise<WebSocketConnectResult>
-    private let maxFrameSize: Int
+    private let frameInput: WebSocketFrameInput
     private let configure: @Sendable (any Channel) throws -> Void
     private let encoder: HTTPRequestEncoder
     private let decoder: ByteToMessageHandler<HTTPResponseDecoder>
@@ -177,14 +177,15 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     init(
         request: HTTPRequestHead, expectedAccept: String, promise: EventLoopPromise<WebSocketConnectResult>,
-        maxFrameSize: Int, handshakeTimeout: TimeAmount, configure: @escaping @Sendable (any Channel) throws -> Void,
+        frameInput: WebSocketFrameInput, handshakeTimeout: TimeAmount,
+        configure: @escaping @Sendable (any Channel) throws -> Void,
         encoder: HTTPRequestEncoder, decoder: ByteToMessageHandler<HTTPResponseDecoder>
     ) {
         self.handshakeTimeout = handshakeTimeout
         self.request = request
         self.expectedAccept = expectedAccept
         self.promise = promise
-        self.maxFrameSize = maxFrameSize
+        self.frameInput = frameInput
         self.configure = configure
         self.encoder = encoder
         self.decoder = decoder
@@ -237,7 +238,7 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
         do {
             try WebSocketPipeline.switchToWebSocket(
                 context: context, handshakeHandler: self, httpEncoder: encoder, httpDecoder: decoder,
-                frameEncoder: MaskingFrameEncoder(), maxFrameSize: maxFrameSize
+                frameEncoder: MaskingFrameEncoder(), frameInput: frameInput
             ) {
                 try configure(context.channel)
             }

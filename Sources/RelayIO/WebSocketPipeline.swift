@@ -7,9 +7,17 @@ public enum WebSocketUpgradeEvent: Sendable {
     case completed
 }
 
+/// How a WebSocket connection's frames are read.
+public enum WebSocketFrameInput: Sendable {
+    /// Whole `WebSocketFrame`s of at most `maxFrameSize` bytes (NIO's decoder): for messages a handler parses.
+    case whole(maxFrameSize: Int)
+    /// `WebSocketFrameReader.Part`s as bytes arrive (`WebSocketFrameStreamDecoder`): frames of any size.
+    case streamed
+}
+
 /// The pipeline surgery both sides of a WebSocket handshake perform after the 101.
 public enum WebSocketPipeline {
-    /// Replaces the HTTP/1.1 codec with WebSocket framing.
+    /// Replaces the HTTP/1.1 codec with WebSocket framing; without `frameEncoder` the handlers write bytes.
     ///
     /// Order matters. The HTTP codec observes and encodes writes, so it must be gone before anything
     /// writes a frame; the HTTP decoder goes last, so bytes that arrived past the handshake reach the
@@ -19,12 +27,18 @@ public enum WebSocketPipeline {
     public static func switchToWebSocket(
         context: ChannelHandlerContext, handshakeHandler: any RemovableChannelHandler,
         httpEncoder: any RemovableChannelHandler, httpDecoder: any RemovableChannelHandler,
-        frameEncoder: any ChannelHandler, maxFrameSize: Int, addHandlers: () throws -> Void
+        frameEncoder: (any ChannelHandler)?, frameInput: WebSocketFrameInput, addHandlers: () throws -> Void
     ) throws {
         let sync = context.pipeline.syncOperations
-        try sync.addHandler(frameEncoder, position: .after(handshakeHandler))
-        try sync.addHandler(
-            ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)), position: .after(handshakeHandler))
+        if let frameEncoder { try sync.addHandler(frameEncoder, position: .after(handshakeHandler)) }
+        switch frameInput {
+        case .whole(let maxFrameSize):
+            try sync.addHandler(
+                ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)),
+                position: .after(handshakeHandler))
+        case .streamed:
+            try sync.addHandler(WebSocketFrameStreamDecoder(), position: .after(handshakeHandler))
+        }
         try addHandlers()
         sync.removeHandler(handshakeHandler, promise: nil)
         sync.removeHandler(httpEncoder, promise: nil)

@@ -481,7 +481,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 "rendezvous": "\(waiting.key)", "entity": "\(waiting.record.entity)",
                 "trace_id": "\(waiting.record.span.traceContext.traceID)",
             ])
-        upgrade(context: context, head: waiting.head, subprotocol: subprotocol, handler: bridge)
+        upgrade(context: context, head: waiting.head, subprotocol: subprotocol, handler: bridge, streamed: true)
         let bound = NIOLoopBound(bridge, eventLoop: context.eventLoop)
         partner.eventLoop.execute { partner.value.attach(partner: bound) }
     }
@@ -530,7 +530,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             collector.listenerLegFinished(statistics)
             Self.logViolation(statistics, leg: "listener", logger: logger)
         }
-        upgrade(context: context, head: head, subprotocol: subprotocol, handler: bridge)
+        upgrade(context: context, head: head, subprotocol: subprotocol, handler: bridge, streamed: true)
         let bound = NIOLoopBound(bridge, eventLoop: context.eventLoop)
         senderHandler.eventLoop.execute {
             senderHandler.value.joinRendezvous(partner: bound, subprotocol: subprotocol, collector: collector)
@@ -762,9 +762,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 1024))
     }
 
-    /// Answers 101 and replaces the HTTP handlers with the WebSocket codec and `handler`.
+    /// Answers 101 and replaces the HTTP handlers with the WebSocket codec and `handler`: streamed frames
+    /// (any size, written as bytes) for a tunnel leg, whole frames up to `maxFrameBytes` for the rest.
     private func upgrade(
-        context: ChannelHandlerContext, head: HTTPRequestHead, subprotocol: String?, handler: any ChannelHandler
+        context: ChannelHandlerContext, head: HTTPRequestHead, subprotocol: String?, handler: any ChannelHandler,
+        streamed: Bool = false
     ) {
         state = .done
         disarm()
@@ -774,7 +776,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         do {
             try WebSocketPipeline.switchToWebSocket(
                 context: context, handshakeHandler: self, httpEncoder: encoder, httpDecoder: decoder,
-                frameEncoder: WebSocketFrameEncoder(), maxFrameSize: limits.maxFrameBytes
+                frameEncoder: streamed ? nil : WebSocketFrameEncoder(),
+                frameInput: streamed ? .streamed : .whole(maxFrameSize: limits.maxFrameBytes)
             ) {
                 try context.pipeline.syncOperations.addHandler(handler)
             }

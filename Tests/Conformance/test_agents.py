@@ -272,6 +272,82 @@ def test_python_listener_serves_our_client(relay):
         client.stop()
 
 
+BIG_FRAME = 48 << 20
+
+
+def test_our_edge_takes_a_48_mib_frame_and_passes_it_on_byte_exact(relay):
+    """An SDK-style sender writes a whole 48 MiB buffer as one frame: the edge streams it to the service
+    (which echoes it) without holding the frame."""
+    target = agents.TcpServer("echo")
+    edge = agents.start_edge(relay.directory, relay.url, ["pyedge:web/127.0.0.1:%d" % target.port])
+    payload = os.urandom(BIG_FRAME)
+
+    async def run():
+        token = hc.sas_token(hc.dotnet_audience("127.0.0.1", "pyedge"), agents.KEY_NAME, agents.KEY)
+        sender = await connect(relay.url + "/$hc/pyedge", additional_headers={"ServiceBusAuthorization": token},
+                               max_size=None, ping_interval=None)
+        await sender.send(bytes([1, 0, 0, 3]))
+        await sender.send(b"web")
+        assert await sender.recv() == bytes([1, 0, 0])
+        sending = asyncio.ensure_future(sender.send(payload))
+        digest, received = hashlib.sha256(), 0
+        while received < BIG_FRAME:
+            chunk = await asyncio.wait_for(sender.recv(), 60)
+            digest.update(chunk)
+            received += len(chunk)
+        await sending
+        assert received == BIG_FRAME and digest.digest() == hashlib.sha256(payload).digest()
+        await sender.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        edge.stop()
+        target.close()
+
+
+def test_our_client_takes_a_48_mib_frame_and_passes_it_on_byte_exact(relay):
+    """An SDK-style listener answers with one 48 MiB frame: the client streams it to the local connection."""
+    port = free_port()
+    client = agents.start_client(relay.directory, relay.url, ["127.0.0.1:%d/svc:pylisten" % port], [port])
+    payload = os.urandom(BIG_FRAME)
+
+    async def run():
+        token = hc.sas_token(hc.dotnet_audience("127.0.0.1", "pylisten"), agents.KEY_NAME, agents.KEY)
+        control = await connect(hc.listen_uri(relay.url, "pylisten"), additional_headers={"ServiceBusAuthorization": token})
+        loop = asyncio.get_running_loop()
+
+        def local_peer():
+            sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+            sock.sendall(b"go")
+            digest, received = hashlib.sha256(), 0
+            while received < BIG_FRAME:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                received += len(chunk)
+            sock.close()
+            return received, digest.digest()
+
+        peer = loop.run_in_executor(None, local_peer)
+        kind, accept = hc.parse_control(await asyncio.wait_for(control.recv(), 10))
+        rendezvous = await connect(accept["address"], max_size=None, ping_interval=None)
+        assert await rendezvous.recv() == bytes([1, 0, 0, 3])
+        assert await rendezvous.recv() == b"svc"
+        await rendezvous.send(bytes([1, 0, 0]))
+        assert await rendezvous.recv() == b"go"
+        await rendezvous.send(payload)
+        assert await peer == (BIG_FRAME, hashlib.sha256(payload).digest())
+        await rendezvous.close()
+        await control.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        client.stop()
+
+
 def test_check_validates_azbridge_files(tmp_path):
     good = tmp_path / "good.yml"
     good.write_text("AzureRelayEndpoint: sb://ns.servicebus.windows.net/\nAzureRelaySharedAccessKeyName: k\n"

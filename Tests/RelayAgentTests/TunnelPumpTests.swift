@@ -48,7 +48,9 @@ import Testing
         try webSocket.pipeline.syncOperations.addHandler(handler)
         // As the frame decoder would hand it over, past the HTTP decoder that is still there.
         try webSocket.pipeline.syncOperations.context(handlerType: MaskingFrameEncoder.self).fireChannelRead(
-            NIOAny(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer(string: "hi"))))
+            NIOAny(
+                WebSocketFrameReader.Part.control(
+                    WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer(string: "hi")))))
         #expect(try webSocket.readOutbound(as: ByteBuffer.self) == nil)
         webSocket.pipeline.syncOperations.removeHandler(decoder, promise: nil)
         webSocket.embeddedEventLoop.run()
@@ -77,7 +79,7 @@ import Testing
         try webSocket.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
         webSocket.pipeline.fireUserInboundEventTriggered(WebSocketUpgradeEvent.completed)
         // Half a preamble is not a preamble.
-        try webSocket.writeInbound(WebSocketFrame(fin: true, opcode: .binary, data: ByteBuffer(bytes: [1, 0])))
+        try webSocket.writeInbound(WebSocketFrameReader.Part.payload(ByteBuffer(bytes: [1, 0])))
         webSocket.embeddedEventLoop.advanceTime(by: .seconds(9))
         #expect(try webSocket.readOutbound(as: ByteBuffer.self) == nil)
         webSocket.embeddedEventLoop.advanceTime(by: .seconds(2))
@@ -102,7 +104,7 @@ import Testing
         try webSocket.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
         webSocket.pipeline.fireUserInboundEventTriggered(WebSocketUpgradeEvent.completed)
         let (header, name) = Preamble.request(portName: "db")
-        try webSocket.writeInbound(WebSocketFrame(fin: true, opcode: .binary, data: ByteBuffer(bytes: header + name)))
+        try webSocket.writeInbound(WebSocketFrameReader.Part.payload(ByteBuffer(bytes: header + name)))
         #expect(dialed == "db")
         webSocket.embeddedEventLoop.advanceTime(by: .seconds(11))
         #expect(try webSocket.readOutbound(as: ByteBuffer.self) == nil, "no close once the preamble arrived")

@@ -72,7 +72,7 @@ struct TestRelay {
         let (stream, continuation) = AsyncStream<WebSocketFrame>.makeStream()
         let result = try await WebSocketClient.connect(
             to: url, headers: headers, subprotocols: subprotocols, tlsContext: tlsClientContext, group: group,
-            maxFrameSize: 1 << 24
+            frameInput: .whole(maxFrameSize: 1 << 24)
         ) { channel in
             try channel.pipeline.syncOperations.addHandler(FrameCollector(continuation: continuation))
         }.get()
@@ -209,7 +209,8 @@ extension TestRelay {
             throw TestSocketResult.NotOpen(status: 0, reason: "expected accept")
         }
         let result = try await WebSocketClient.connect(
-            to: WebSocketURL(accept.address)!, tlsContext: tlsClientContext, group: group, maxFrameSize: 1 << 24
+            to: WebSocketURL(accept.address)!, tlsContext: tlsClientContext, group: group,
+            frameInput: .whole(maxFrameSize: 1 << 24)
         ) { channel in
             try channel.pipeline.syncOperations.addHandler(EchoHandler())
         }.get()

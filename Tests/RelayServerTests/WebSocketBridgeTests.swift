@@ -28,20 +28,22 @@ import Testing
     }
 }
 
-/// Two bridge legs on embedded channels: what one peer sends, the other receives, unmasked.
+/// Two bridge legs on embedded channels, each behind the streaming frame decoder: what one peer sends, the
+/// other receives, unmasked, as it arrives.
 @Suite struct WebSocketBridgeTests {
     struct Pair {
         let a: EmbeddedChannel
         let b: EmbeddedChannel
     }
 
-    func makePair() throws -> Pair {
+    func makePair(readCounter: ReadCounter? = nil) throws -> Pair {
         let a = EmbeddedChannel()
         let b = EmbeddedChannel()
         let legA = WebSocketBridgeHandler()
         let legB = WebSocketBridgeHandler()
-        try a.pipeline.syncOperations.addHandler(legA)
-        try b.pipeline.syncOperations.addHandler(legB)
+        if let readCounter { try a.pipeline.syncOperations.addHandler(readCounter) }
+        try a.pipeline.syncOperations.addHandlers(WebSocketFrameStreamDecoder(), legA)
+        try b.pipeline.syncOperations.addHandlers(WebSocketFrameStreamDecoder(), legB)
         legA.attach(partner: NIOLoopBound(legB, eventLoop: b.embeddedEventLoop))
         legB.attach(partner: NIOLoopBound(legA, eventLoop: a.embeddedEventLoop))
         try a.connect(to: .init(ipAddress: "127.0.0.1", port: 1)).wait()
@@ -49,17 +51,56 @@ import Testing
         return Pair(a: a, b: b)
     }
 
-    func masked(_ opcode: WebSocketOpcode, _ bytes: [UInt8], fin: Bool = true) -> WebSocketFrame {
+    /// A frame as a client puts it on the wire.
+    func masked(_ opcode: WebSocketOpcode, _ bytes: [UInt8], fin: Bool = true) -> ByteBuffer {
+        var wire = ByteBuffer()
         let key = WebSocketMaskingKey([9, 8, 7, 6])!
-        var data = ByteBuffer(bytes: bytes)
-        data.webSocketMask(key)
-        return WebSocketFrame(fin: fin, opcode: opcode, maskKey: key, data: data)
+        WebSocketFrameHeader.write(fin: fin, opcode: opcode, length: bytes.count, maskKey: key, into: &wire)
+        wire.writeWebSocketMasked(ByteBuffer(bytes: bytes), key: key)
+        return wire
     }
 
-    func deliver(_ frame: WebSocketFrame, into channel: EmbeddedChannel, partner: EmbeddedChannel) throws {
-        try channel.writeInbound(frame)
+    func deliver(_ wire: ByteBuffer, into channel: EmbeddedChannel, partner: EmbeddedChannel) throws {
+        try channel.writeInbound(wire)
         channel.pipeline.fireChannelReadComplete()
         partner.embeddedEventLoop.run()
+    }
+
+    /// The whole frames a leg wrote to its peer so far (all of them unmasked).
+    func written(_ channel: EmbeddedChannel) throws -> [WebSocketFrame] {
+        var wire = ByteBuffer()
+        while var chunk = try channel.readOutbound(as: ByteBuffer.self) { wire.writeBuffer(&chunk) }
+        return try frames(in: wire)
+    }
+
+    func frames(in bytes: ByteBuffer) throws -> [WebSocketFrame] {
+        var wire = bytes
+        var reader = WebSocketFrameReader()
+        var frames: [WebSocketFrame] = []
+        var current: (DataFrameHead, ByteBuffer)?
+        while let part = try reader.read(from: &wire) {
+            switch part {
+            case .head(let head):
+                current = (head, ByteBuffer())
+                if head.length == 0 {
+                    frames.append(WebSocketFrame(fin: head.fin, opcode: head.opcode, data: ByteBuffer()))
+                }
+            case .payload(var chunk):
+                current!.1.writeBuffer(&chunk)
+                if current!.1.readableBytes == Int(current!.0.length) {
+                    frames.append(WebSocketFrame(fin: current!.0.fin, opcode: current!.0.opcode, data: current!.1))
+                }
+            case .control(let frame):
+                frames.append(frame)
+            }
+        }
+        #expect(wire.readableBytes == 0, "the leg wrote a partial frame")
+        return frames
+    }
+
+    func code(_ frame: WebSocketFrame?) -> UInt16? {
+        guard let frame, frame.opcode == .connectionClose else { return nil }
+        return frame.data.getInteger(at: frame.data.readerIndex, as: UInt16.self)
     }
 
     @Test func forwardsDataUnmaskedWithOpcodesAndFin() throws {
@@ -67,100 +108,126 @@ import Testing
         try deliver(masked(.binary, [1, 2, 3], fin: false), into: pair.a, partner: pair.b)
         try deliver(masked(.continuation, [4]), into: pair.a, partner: pair.b)
         try deliver(masked(.text, Array("hi".utf8)), into: pair.a, partner: pair.b)
-        let first = try #require(try pair.b.readOutbound(as: WebSocketFrame.self))
-        #expect(
-            first.opcode == .binary && !first.fin && first.maskKey == nil && first.data == ByteBuffer(bytes: [1, 2, 3]))
-        let second = try #require(try pair.b.readOutbound(as: WebSocketFrame.self))
-        #expect(second.opcode == .continuation && second.fin && second.data == ByteBuffer(bytes: [4]))
-        let third = try #require(try pair.b.readOutbound(as: WebSocketFrame.self))
-        #expect(third.opcode == .text && third.data == ByteBuffer(string: "hi"))
+        let frames = try written(pair.b)
+        #expect(frames.count == 3)
+        #expect(frames[0].opcode == .binary && !frames[0].fin && frames[0].data == ByteBuffer(bytes: [1, 2, 3]))
+        #expect(frames[1].opcode == .continuation && frames[1].fin && frames[1].data == ByteBuffer(bytes: [4]))
+        #expect(frames[2].opcode == .text && frames[2].data == ByteBuffer(string: "hi"))
+    }
+
+    /// A frame is passed on while it arrives: the partner's peer has the head and the first piece before the
+    /// rest exists, and the whole arrives byte-exact.
+    @Test func aLargeFrameIsStreamedNotHeld() throws {
+        let pair = try makePair()
+        let payload = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+        var wire = masked(.binary, payload)
+        let first = wire.readSlice(length: 4096)!
+        try deliver(first, into: pair.a, partner: pair.b)
+        var out = ByteBuffer()
+        while var chunk = try pair.b.readOutbound(as: ByteBuffer.self) { out.writeBuffer(&chunk) }
+        #expect(out.readableBytes == 4096 - 14 + 10, "the unmasked head (10 bytes) and the 4082 payload bytes read")
+        while wire.readableBytes > 0 {
+            try deliver(wire.readSlice(length: min(65_536, wire.readableBytes))!, into: pair.a, partner: pair.b)
+            while var chunk = try pair.b.readOutbound(as: ByteBuffer.self) { out.writeBuffer(&chunk) }
+        }
+        let frames = try frames(in: out)
+        #expect(frames.count == 1 && frames[0].data == ByteBuffer(bytes: payload))
     }
 
     @Test func pingIsAnsweredPerLegAndNotForwarded() throws {
         let pair = try makePair()
         try deliver(masked(.ping, [7]), into: pair.a, partner: pair.b)
         try deliver(masked(.pong, [8]), into: pair.a, partner: pair.b)
-        let pong = try #require(try pair.a.readOutbound(as: WebSocketFrame.self))
-        #expect(pong.opcode == .pong && pong.data == ByteBuffer(bytes: [7]))
-        #expect(try pair.b.readOutbound(as: WebSocketFrame.self) == nil)
+        let frames = try written(pair.a)
+        #expect(frames.count == 1 && frames[0].opcode == .pong && frames[0].data == ByteBuffer(bytes: [7]))
+        #expect(try written(pair.b).isEmpty)
+    }
+
+    /// A ping that arrives while the partner's frame is half written to this leg's peer is answered after
+    /// that frame: a pong inside a payload would corrupt the stream.
+    @Test func aPongWaitsForTheFrameBeingWritten() throws {
+        let pair = try makePair()
+        var wire = masked(.binary, [UInt8](repeating: 5, count: 1000))
+        try deliver(wire.readSlice(length: 500)!, into: pair.b, partner: pair.a)
+        try deliver(masked(.ping, [1]), into: pair.a, partner: pair.b)
+        try deliver(wire, into: pair.b, partner: pair.a)
+        let frames = try written(pair.a)
+        #expect(frames.map(\.opcode) == [.binary, .pong])
+        #expect(frames[0].data.readableBytes == 1000)
     }
 
     @Test func halfCloseKeepsTheOtherDirectionOpen() throws {
         let pair = try makePair()
         try deliver(masked(.connectionClose, [0x03, 0xE8] + Array("Shutdown".utf8)), into: pair.a, partner: pair.b)
-        let close = try #require(try pair.b.readOutbound(as: WebSocketFrame.self))
-        #expect(
-            close.opcode == .connectionClose && close.data == ByteBuffer(bytes: [0x03, 0xE8] + Array("Shutdown".utf8)))
-        #expect(try pair.a.readOutbound(as: WebSocketFrame.self) == nil, "the close is not echoed back at once")
+        let close = try written(pair.b)
+        #expect(close.count == 1 && close[0].data == ByteBuffer(bytes: [0x03, 0xE8] + Array("Shutdown".utf8)))
+        #expect(try written(pair.a).isEmpty, "the close is not echoed back at once")
         #expect(pair.a.isActive && pair.b.isActive)
         try deliver(masked(.binary, [42]), into: pair.b, partner: pair.a)
-        #expect(try pair.a.readOutbound(as: WebSocketFrame.self)?.data == ByteBuffer(bytes: [42]))
+        #expect(try written(pair.a).first?.data == ByteBuffer(bytes: [42]))
         try deliver(masked(.connectionClose, [0x03, 0xE8]), into: pair.b, partner: pair.a)
-        #expect(try pair.a.readOutbound(as: WebSocketFrame.self)?.opcode == .connectionClose)
+        #expect(code(try written(pair.a).first) == 1000)
         #expect(!pair.a.isActive && !pair.b.isActive, "both legs close once each sent and received a Close")
     }
 
     @Test func readsAreWithheldWhileThePartnerIsNotWritable() throws {
-        let a = EmbeddedChannel()
-        let b = EmbeddedChannel()
-        let legA = WebSocketBridgeHandler()
-        let legB = WebSocketBridgeHandler()
         let readCounter = ReadCounter()
-        try a.pipeline.syncOperations.addHandler(readCounter)
-        try a.pipeline.syncOperations.addHandler(legA)
-        try b.pipeline.syncOperations.addHandler(legB)
-        legA.attach(partner: NIOLoopBound(legB, eventLoop: b.embeddedEventLoop))
-        legB.attach(partner: NIOLoopBound(legA, eventLoop: a.embeddedEventLoop))
-        a.read()
-        #expect(readCounter.reads == 1)
-        b.isWritable = false
-        b.pipeline.fireChannelWritabilityChanged()
-        a.embeddedEventLoop.run()
-        a.read()
-        #expect(readCounter.reads == 1, "read withheld while the partner is full")
-        b.isWritable = true
-        b.pipeline.fireChannelWritabilityChanged()
-        a.embeddedEventLoop.run()
-        #expect(readCounter.reads == 2, "the withheld read resumes on writability")
+        let pair = try makePair(readCounter: readCounter)
+        let before = readCounter.reads
+        pair.a.read()
+        #expect(readCounter.reads == before + 1)
+        pair.b.isWritable = false
+        pair.b.pipeline.fireChannelWritabilityChanged()
+        pair.a.embeddedEventLoop.run()
+        pair.a.read()
+        #expect(readCounter.reads == before + 1, "read withheld while the partner is full")
+        pair.b.isWritable = true
+        pair.b.pipeline.fireChannelWritabilityChanged()
+        pair.a.embeddedEventLoop.run()
+        #expect(readCounter.reads == before + 2, "the withheld read resumes on writability")
     }
 
     @Test func aPeerThatDoesNotReadGetsOnlyTheLatestPong() throws {
         let pair = try makePair()
         pair.a.isWritable = false
         for byte: UInt8 in 1...100 { try deliver(masked(.ping, [byte]), into: pair.a, partner: pair.b) }
-        #expect(try pair.a.readOutbound(as: WebSocketFrame.self) == nil, "no pong queued while not writable")
+        #expect(try written(pair.a).isEmpty, "no pong queued while not writable")
         pair.a.isWritable = true
         pair.a.pipeline.fireChannelWritabilityChanged()
-        let pong = try #require(try pair.a.readOutbound(as: WebSocketFrame.self))
-        #expect(pong.opcode == .pong && pong.data == ByteBuffer(bytes: [100]))
-        #expect(try pair.a.readOutbound(as: WebSocketFrame.self) == nil)
+        let frames = try written(pair.a)
+        #expect(frames.count == 1 && frames[0].opcode == .pong && frames[0].data == ByteBuffer(bytes: [100]))
     }
 
     @Test func aReservedOpcodeEndsTheLegWith1002AndThePartnerLearns() throws {
         let pair = try makePair()
-        try deliver(
-            WebSocketFrame(fin: true, opcode: WebSocketOpcode(encodedWebSocketOpcode: 0x3)!, data: ByteBuffer()),
-            into: pair.a, partner: pair.b)
-        let close = try #require(try pair.a.readOutbound(as: WebSocketFrame.self))
-        #expect(
-            close.opcode == .connectionClose
-                && close.data.getInteger(at: close.data.readerIndex, as: UInt16.self) == 1002)
+        var wire = masked(.binary, [])
+        wire.setInteger(UInt8(0x83), at: wire.readerIndex)
+        try deliver(wire, into: pair.a, partner: pair.b)
+        #expect(code(try written(pair.a).first) == 1002)
         #expect(!pair.a.isActive, "nothing more is read from the offender")
         // The bad frame is not forwarded: the partner's first frame is the 1001 for a peer that went away.
-        let partnerClose = try #require(try pair.b.readOutbound(as: WebSocketFrame.self))
-        #expect(
-            partnerClose.opcode == .connectionClose
-                && partnerClose.data.getInteger(at: partnerClose.data.readerIndex, as: UInt16.self) == 1001)
+        #expect(code(try written(pair.b).first) == 1001)
     }
 
     @Test func partnerLossSends1001() throws {
         let pair = try makePair()
         pair.b.pipeline.fireChannelInactive()
         pair.a.embeddedEventLoop.run()
-        let close = try #require(try pair.a.readOutbound(as: WebSocketFrame.self))
-        #expect(
-            close.opcode == .connectionClose
-                && close.data.getInteger(at: close.data.readerIndex, as: UInt16.self) == 1001)
+        #expect(code(try written(pair.a).first) == 1001)
+    }
+
+    /// Gone in the middle of a frame, the partner leaves a frame that cannot be finished: a Close after it
+    /// would be read as payload, so the connection is closed instead.
+    @Test func partnerLossInTheMiddleOfAFrameClosesTheConnection() throws {
+        let pair = try makePair()
+        var wire = masked(.binary, [UInt8](repeating: 1, count: 100))
+        try deliver(wire.readSlice(length: 50)!, into: pair.b, partner: pair.a)
+        pair.b.pipeline.fireChannelInactive()
+        pair.a.embeddedEventLoop.run()
+        var out = ByteBuffer()
+        while var chunk = try pair.a.readOutbound(as: ByteBuffer.self) { out.writeBuffer(&chunk) }
+        #expect(out.readableBytes == 10 + 36, "the head and the payload that arrived, no Close")
+        #expect(!pair.a.isActive)
     }
 }
 
@@ -193,8 +260,8 @@ final class ReadCounter: ChannelOutboundHandler {
     }
 }
 
-/// Random bytes through the relay's frame decoder and bridge: malformed frame headers end in a decoder
-/// error, never a crash, and nothing past `maxFrameSize` is buffered.
+/// Random bytes through the relay's frame decoder and bridge: malformed frame headers end the leg with a
+/// Close or pass as frames, never a crash, and whatever the partner's peer receives is whole frames.
 @Suite struct FrameFuzzTests {
     @Test func randomFrameBytesNeverCrashTheBridge() throws {
         var generator = SystemRandomNumberGenerator()
@@ -203,9 +270,8 @@ final class ReadCounter: ChannelOutboundHandler {
             let b = EmbeddedChannel()
             let legA = WebSocketBridgeHandler()
             let legB = WebSocketBridgeHandler()
-            try a.pipeline.syncOperations.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 4096)))
-            try a.pipeline.syncOperations.addHandler(legA)
-            try b.pipeline.syncOperations.addHandler(legB)
+            try a.pipeline.syncOperations.addHandlers(WebSocketFrameStreamDecoder(), legA)
+            try b.pipeline.syncOperations.addHandlers(WebSocketFrameStreamDecoder(), legB)
             legA.attach(partner: NIOLoopBound(legB, eventLoop: b.embeddedEventLoop))
             legB.attach(partner: NIOLoopBound(legA, eventLoop: a.embeddedEventLoop))
             // A valid masked frame header, then random bytes, or random bytes from the start.
@@ -213,14 +279,13 @@ final class ReadCounter: ChannelOutboundHandler {
             bytes += (0..<Int.random(in: 0...64, using: &generator)).map { _ in
                 UInt8.random(in: 0...255, using: &generator)
             }
-            do {
-                try a.writeInbound(ByteBuffer(bytes: bytes))
-                a.pipeline.fireChannelReadComplete()
-            } catch {
-                // A malformed or oversized frame: the decoder's error, as documented.
-            }
+            try a.writeInbound(ByteBuffer(bytes: bytes))
+            a.pipeline.fireChannelReadComplete()
             b.embeddedEventLoop.run()
-            while try b.readOutbound(as: WebSocketFrame.self) != nil {}
+            var out = ByteBuffer()
+            while var chunk = try b.readOutbound(as: ByteBuffer.self) { out.writeBuffer(&chunk) }
+            var reader = WebSocketFrameReader()
+            while try reader.read(from: &out) != nil {}
             _ = try? a.finish()
             _ = try? b.finish()
         }

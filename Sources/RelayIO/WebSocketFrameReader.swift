@@ -1,0 +1,232 @@
+import NIOCore
+import NIOWebSocket
+
+/// The head of a data frame (text, binary or continuation): what a reader learns before any payload.
+public struct DataFrameHead: Equatable, Sendable {
+    public var fin: Bool
+    public var opcode: WebSocketOpcode
+    public var length: UInt64
+
+    public init(fin: Bool, opcode: WebSocketOpcode, length: UInt64) {
+        self.fin = fin
+        self.opcode = opcode
+        self.length = length
+    }
+}
+
+/// Reads WebSocket frames from a byte stream without waiting for whole frames: a data frame comes out as its
+/// head and then its payload in the pieces the network delivers, unmasked, so a frame of any size passes
+/// through in memory bounded by one read. Control frames (at most 125 bytes) come out whole.
+///
+/// The frame rules of RFC 6455 that need no negotiated extension are checked here, once for every role:
+/// RSV bits, reserved opcodes, fragmented or oversized control frames, continuations without a message and
+/// messages started inside another, 64-bit lengths with the top bit set, and Close bodies (`FrameRules`).
+/// A violation ends the stream: every later call reads nothing.
+public struct WebSocketFrameReader: Sendable {
+    public enum Part: Equatable, Sendable {
+        case head(DataFrameHead)
+        /// Unmasked payload of the data frame whose head came last; a slice of the buffer read from.
+        case payload(ByteBuffer)
+        /// A whole control frame (ping, pong, close), unmasked.
+        case control(WebSocketFrame)
+    }
+
+    private enum State: Sendable {
+        case head
+        case payload(remaining: UInt64, key: WebSocketMaskingKey?, offset: Int)
+        case control(opcode: WebSocketOpcode, remaining: Int, key: WebSocketMaskingKey?, collected: ByteBuffer)
+        case failed
+    }
+
+    private var state = State.head
+    /// A fragmented message is open: continuations are expected, a new text or binary frame is not.
+    private var messageOpen = false
+
+    public init() {}
+
+    /// The next part from `buffer`, consuming what it takes; nil when `buffer` holds too little for one (the
+    /// caller keeps what is left and appends the next read to it). Payload is unmasked in `buffer` itself,
+    /// which the caller owns, so nothing is copied.
+    public mutating func read(from buffer: inout ByteBuffer) throws(FrameRules.Violation) -> Part? {
+        switch state {
+        case .failed:
+            return nil
+        case .head:
+            return try readHead(from: &buffer)
+        case .payload(let remaining, let key, let offset):
+            let count = Int(min(remaining, UInt64(buffer.readableBytes)))
+            guard count > 0 else { return nil }
+            if let key { Self.unmask(&buffer, count: count, key: key, offset: offset) }
+            let chunk = buffer.readSlice(length: count)!
+            state =
+                remaining == UInt64(count)
+                ? .head : .payload(remaining: remaining - UInt64(count), key: key, offset: offset + count)
+            return .payload(chunk)
+        case .control(let opcode, let remaining, let key, var collected):
+            let count = min(remaining, buffer.readableBytes)
+            guard count > 0 else { return nil }
+            var chunk = buffer.readSlice(length: count)!
+            collected.writeBuffer(&chunk)
+            guard remaining == count else {
+                state = .control(opcode: opcode, remaining: remaining - count, key: key, collected: collected)
+                return nil
+            }
+            state = .head
+            return try control(opcode: opcode, body: collected, key: key)
+        }
+    }
+
+    private mutating func readHead(from buffer: inout ByteBuffer) throws(FrameRules.Violation) -> Part? {
+        guard let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
+            let second = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self)
+        else { return nil }
+        let masked = second & 0x80 != 0
+        let shortLength = second & 0x7F
+        let lengthBytes = shortLength == 127 ? 8 : shortLength == 126 ? 2 : 0
+        let headLength = 2 + lengthBytes + (masked ? 4 : 0)
+        guard buffer.readableBytes >= headLength else { return nil }
+        buffer.moveReaderIndex(forwardBy: 2)
+        let length: UInt64
+        switch lengthBytes {
+        case 8: length = buffer.readInteger(as: UInt64.self)!
+        case 2: length = UInt64(buffer.readInteger(as: UInt16.self)!)
+        default: length = UInt64(shortLength)
+        }
+        let key = masked ? WebSocketMaskingKey(buffer.readBytes(length: 4)!) : nil
+        let fin = first & 0x80 != 0
+        let opcode = WebSocketOpcode(encodedWebSocketOpcode: first & 0x0F)
+        if let violation = Self.violation(
+            first: first, opcode: opcode, fin: fin, length: length, messageOpen: messageOpen)
+        {
+            state = .failed
+            throw violation
+        }
+        guard let opcode, !opcode.isControlOpcode else {
+            let body = ByteBufferAllocator().buffer(capacity: Int(length))
+            guard length > 0 else { return try control(opcode: opcode!, body: body, key: key) }
+            state = .control(opcode: opcode!, remaining: Int(length), key: key, collected: body)
+            return try read(from: &buffer)
+        }
+        messageOpen = !fin
+        state = length == 0 ? .head : .payload(remaining: length, key: key, offset: 0)
+        return .head(DataFrameHead(fin: fin, opcode: opcode, length: length))
+    }
+
+    private mutating func control(
+        opcode: WebSocketOpcode, body: ByteBuffer, key: WebSocketMaskingKey?
+    ) throws(FrameRules.Violation) -> Part {
+        var body = body
+        if let key { Self.unmask(&body, count: body.readableBytes, key: key, offset: 0) }
+        if opcode == .connectionClose, let violation = FrameRules.closeViolation(body) {
+            state = .failed
+            throw violation
+        }
+        return .control(WebSocketFrame(fin: true, opcode: opcode, data: body))
+    }
+
+    /// The header rules, before any payload is read.
+    static func violation(
+        first: UInt8, opcode: WebSocketOpcode?, fin: Bool, length: UInt64, messageOpen: Bool
+    ) -> FrameRules.Violation? {
+        if first & 0x70 != 0 {
+            return FrameRules.Violation(code: 1002, reason: "RSV bits set without a negotiated extension")
+        }
+        guard let opcode else { return FrameRules.Violation(code: 1002, reason: "reserved opcode") }
+        if length >> 63 != 0 {
+            return FrameRules.Violation(code: 1002, reason: "frame length with the most significant bit set")
+        }
+        switch opcode {
+        case .connectionClose, .ping, .pong:
+            if !fin { return FrameRules.Violation(code: 1002, reason: "fragmented control frame") }
+            if length > 125 { return FrameRules.Violation(code: 1002, reason: "control frame over 125 bytes") }
+        case .continuation:
+            if !messageOpen { return FrameRules.Violation(code: 1002, reason: "continuation frame without a message") }
+        case .text, .binary:
+            if messageOpen {
+                return FrameRules.Violation(code: 1002, reason: "new message while a fragmented one is open")
+            }
+        default:
+            return FrameRules.Violation(code: 1002, reason: "reserved opcode")
+        }
+        return nil
+    }
+
+    private static func unmask(_ buffer: inout ByteBuffer, count: Int, key: WebSocketMaskingKey, offset: Int) {
+        buffer.withUnsafeMutableReadableBytes { bytes in
+            WebSocketMasking.apply(
+                key: key, offset: offset, source: bytes.baseAddress!, destination: bytes.baseAddress!, count: count)
+        }
+    }
+}
+
+/// Writes frame headers: the one encoding of RFC 6455 §5.2 every writer here uses.
+public enum WebSocketFrameHeader {
+    /// The most bytes a header takes (2 + 8 length + 4 mask key).
+    public static let maxLength = 14
+
+    public static func write(
+        fin: Bool, opcode: WebSocketOpcode, length: Int, maskKey: WebSocketMaskingKey?, into output: inout ByteBuffer,
+        rsv: (Bool, Bool, Bool) = (false, false, false)
+    ) {
+        var first: UInt8 = fin ? 0x80 : 0
+        if rsv.0 { first |= 0x40 }
+        if rsv.1 { first |= 0x20 }
+        if rsv.2 { first |= 0x10 }
+        first |= UInt8(webSocketOpcode: opcode)
+        output.writeInteger(first)
+        let maskBit: UInt8 = maskKey == nil ? 0 : 0x80
+        switch length {
+        case ..<126:
+            output.writeInteger(maskBit | UInt8(length))
+        case ..<65536:
+            output.writeInteger(maskBit | 126)
+            output.writeInteger(UInt16(length))
+        default:
+            output.writeInteger(maskBit | 127)
+            output.writeInteger(UInt64(length))
+        }
+        if let maskKey { output.writeBytes(maskKey) }
+    }
+
+    /// A whole unmasked frame, as a server writes it.
+    public static func unmaskedFrame(_ frame: WebSocketFrame, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var output = allocator.buffer(capacity: maxLength + frame.data.readableBytes)
+        write(fin: frame.fin, opcode: frame.opcode, length: frame.data.readableBytes, maskKey: nil, into: &output)
+        output.writeImmutableBuffer(frame.data)
+        return output
+    }
+}
+
+/// Turns the bytes of a WebSocket connection into `WebSocketFrameReader.Part`s as they arrive. A violation
+/// is passed on as an error (`FrameRules.Violation`) for the handler behind to answer.
+public final class WebSocketFrameStreamDecoder: ChannelInboundHandler, RemovableChannelHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = WebSocketFrameReader.Part
+
+    private var reader = WebSocketFrameReader()
+    /// The start of a frame header a read ended inside of: at most a few bytes.
+    private var leftover: ByteBuffer?
+
+    public init() {}
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        if var left = leftover {
+            left.writeBuffer(&buffer)
+            buffer = left
+            leftover = nil
+        }
+        do {
+            while let part = try reader.read(from: &buffer) {
+                context.fireChannelRead(wrapInboundOut(part))
+            }
+        } catch {
+            context.fireErrorCaught(error)
+            return
+        }
+        if buffer.readableBytes > 0 { leftover = ByteBuffer(bytes: buffer.readableBytesView) }
+    }
+}
+
+@available(*, unavailable)
+extension WebSocketFrameStreamDecoder: Sendable {}
