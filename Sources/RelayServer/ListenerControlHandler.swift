@@ -128,6 +128,13 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard !closing else { return }
+        if let tooBig = FrameTooBig(error, limit: hub.limits.maxFrameBytes) {
+            closeCause = "message_too_big"
+            logger.warning("listener sent \(tooBig.reason)", metadata: ["reason": "message_too_big"])
+            close(code: 1009, reason: tooBig.reason)
+            return
+        }
         logger.warning("control channel error: \(error)", metadata: ["reason": "protocol_error"])
         context.close(promise: nil)
     }
@@ -315,11 +322,12 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
                 event = responses.response(response)
             case .message(_, let data): event = responses.binaryMessage(data)
             case .tooLarge:
-                hub.logger.warning("response body over the limit", metadata: ["reason": "body_too_large"])
-                context.close(promise: nil)
+                refuseResponse(
+                    context: context, code: 1009,
+                    reason: "Message too big: response bodies are limited to \(hub.limits.maxHTTPBodyBytes) bytes")
                 return
-            case .protocolError:
-                context.close(promise: nil)
+            case .protocolError(let why):
+                refuseResponse(context: context, code: 1002, reason: why)
                 return
             }
             if case .complete(let head, let body) = event {
@@ -335,12 +343,40 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard !sentClose else { return }
+        if let tooBig = FrameTooBig(error, limit: hub.limits.maxFrameBytes) {
+            refuseResponse(context: context, code: 1009, reason: tooBig.reason)
+            return
+        }
         context.close(promise: nil)
+    }
+
+    /// The listener's response cannot be taken: the listener hears why (a Close), the waiting HTTP client
+    /// gets 502 at once rather than a 504 when its timeout runs out, and both are logged and counted.
+    private func refuseResponse(context: ChannelHandlerContext, code: UInt16, reason: String) {
+        let label = code == 1009 ? "message_too_big" : "protocol_error"
+        hub.logger.warning(
+            "listener response refused on a request rendezvous: \(reason)", metadata: ["reason": "\(label)"])
+        hub.failHTTP(
+            key: key,
+            Refusal(status: 502, text: "BadGateway: The listener's response was refused: \(reason)", reason: label))
+        sentClose = true
+        context.closeWebSocket(code: code, reason: reason)
     }
 }
 
 @available(*, unavailable)
 extension HTTPRendezvousHandler: Sendable {}
+
+/// NIO's frame decoder refused a frame over the limit before reading it.
+struct FrameTooBig {
+    let reason: String
+
+    init?(_ error: any Error, limit: Int) {
+        guard let error = error as? NIOWebSocketError, error == .invalidFrameLength else { return nil }
+        reason = "Message too big: frames over \(limit) bytes are not accepted here"
+    }
+}
 
 extension ChannelHandlerContext {
     /// Writes a control message and the binary message that belongs to it back to back, so nothing can

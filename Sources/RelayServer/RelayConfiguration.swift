@@ -59,8 +59,10 @@ public struct RelayLimits: Codable, Equatable, Sendable {
     public var maxHeaderBytes: Int = 32 * 1024
     /// Longest request target (path and query) accepted; above it, 414 (Azure: about 16 KB).
     public var maxRequestTargetBytes: Int = 16 * 1024
-    /// Largest WebSocket frame accepted from a peer.
-    public var maxFrameBytes: Int = 4 * 1024 * 1024
+    /// Largest WebSocket frame the relay reads whole: on listener control channels and HTTP-mode rendezvous,
+    /// where frames carry messages; above it the peer gets Close 1009. Tunnel frames are streamed at any
+    /// size. As large as the body limit by default, so a body written as one frame passes.
+    public var maxFrameBytes: Int = 64 * 1024 * 1024
     /// Largest HTTP-mode request or response body; above it, 413 or 502.
     public var maxHTTPBodyBytes: Int = 64 * 1024 * 1024
     /// HTTP-mode request bodies the relay holds at once, across all connections; above it, 503.

@@ -662,6 +662,14 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// The listener's response could not be taken (see `RelayHub.failHTTP`).
+    func httpResponseFailed(_ refusal: Refusal) {
+        guard let context, case .awaitingHTTPResponse(_, _, let timeout) = state else { return }
+        timeout.cancel()
+        releaseBody()
+        refuse(context: context, refusal)
+    }
+
     func httpResponseArrived(head: HTTPResponseAssembler.ResponseHead, body: ByteBuffer) {
         guard let context, case .awaitingHTTPResponse(_, let keepAlive, let timeout) = state else { return }
         timeout.cancel()
@@ -763,7 +771,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// Answers 101 and replaces the HTTP handlers with the WebSocket codec and `handler`: streamed frames
-    /// (any size, written as bytes) for a tunnel leg, whole frames up to `maxFrameBytes` for the rest.
+    /// (any size, written as bytes) for a tunnel leg, whole frames up to `maxFrameBytes` for the message
+    /// channels.
     private func upgrade(
         context: ChannelHandlerContext, head: HTTPRequestHead, subprotocol: String?, handler: any ChannelHandler,
         streamed: Bool = false

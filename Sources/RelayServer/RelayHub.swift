@@ -402,6 +402,13 @@ public final class RelayHub: Sendable {
         return true
     }
 
+    /// Answers the waiting HTTP sender with `refusal` instead of the listener's response, if it still waits.
+    func failHTTP(key: String, _ refusal: Refusal) {
+        guard case .http(let pending) = takePending(key: key) else { return }
+        let handler = pending.handler
+        handler.eventLoop.execute { handler.value.httpResponseFailed(refusal) }
+    }
+
     /// `sb://{host}/{entity}` for the SystemTracker part of reason phrases.
     func systemTracker(entity: String?) -> String {
         "sb://\(policy.publicHost)/\(entity ?? "")"

@@ -3,6 +3,7 @@ whole buffer, is passed on while it arrives, byte-exact, with the relay's memory
 watermarks rather than by the frame."""
 import asyncio
 import hashlib
+import json
 import os
 import threading
 import time
@@ -70,3 +71,77 @@ def test_a_48_mib_frame_crosses_the_relay_each_way_byte_exact_in_bounded_memory(
     for name, grown in growth.items():
         assert grown < MEMORY_BOUND, "relay grew by %.1f MiB passing a 48 MiB frame %s" % (grown / 2**20, name)
     print("relay RSS growth per 48 MiB frame: up %.1f MiB, down %.1f MiB" % (growth["up"] / 2**20, growth["down"] / 2**20))
+
+
+def test_an_http_response_written_as_one_6_mb_frame_reaches_the_client_at_once(relay):
+    """As `res.end(buffer)` in Microsoft's Node listener does: the whole response body in one frame."""
+    reply = os.urandom(6_000_000)
+
+    async def run():
+        control, _ = await open_listener(relay)
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        response = loop.run_in_executor(None, lambda: hc.http_request(
+            relay.host, relay.port, "GET", "/hyco/big", headers=dotnet_headers(relay, "hyco")))
+        kind, request = await next_control(control)
+        assert kind == "request"
+        # A small request comes whole on the control channel; the listener answers through a rendezvous, as
+        # the Node SDK does for a large response.
+        assert request["method"] == "GET"
+        rendezvous = await connect(request["address"], max_size=None)
+        await rendezvous.send(json.dumps({"response": {"requestId": request["id"], "statusCode": 200, "body": True}}))
+        await rendezvous.send(reply)
+        status, _, _, body = await response
+        elapsed = time.monotonic() - started
+        await rendezvous.close()
+        await control.close()
+        return status, body, elapsed
+
+    status, body, elapsed = asyncio.run(run())
+    assert status == 200 and body == reply
+    assert elapsed < 10, "%.1f s" % elapsed
+
+
+def test_a_frame_over_the_limit_on_a_message_channel_gets_1009_and_the_client_502_at_once(relay):
+    """A frame the relay must read whole (listener control channel, HTTP rendezvous) and that is over
+    `maxFrameBytes` is answered with Close 1009 and a reason; the waiting HTTP client hears 502 at once,
+    not a 504 when its timeout runs out. Both are logged."""
+    headers = dotnet_headers(relay, "hyco")
+    announce_100_mib = bytes([0x82, 0x80 | 127]) + (100 << 20).to_bytes(8, "big") + b"\0\0\0\0" + b"x" * 1000
+
+    control = hc.RawWebSocket(relay.host, relay.port, "/$hc/hyco?sb-hc-action=listen&sb-hc-id=big", headers=headers)
+    assert control.status == 101
+    loop_response = {}
+
+    def ask():
+        loop_response["answer"] = hc.http_request(relay.host, relay.port, "GET", "/hyco/toobig", headers=headers)
+        loop_response["at"] = time.monotonic()
+
+    asker = threading.Thread(target=ask)
+    started = time.monotonic()
+    asker.start()
+    fin, opcode, text = control.recv_frame()
+    request = json.loads(text)["request"]
+    target = request["address"].split(str(relay.port), 1)[1]
+    rendezvous = hc.RawWebSocket(relay.host, relay.port, target)
+    assert rendezvous.status == 101
+    rendezvous.sock.sendall(announce_100_mib)
+    fin, opcode, payload = rendezvous.recv_frame()
+    assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1009
+    assert b"Message too big" in payload
+    asker.join(10)
+    status, reason, _, _ = loop_response["answer"]
+    assert status == 502 and "Message too big" in reason
+    assert loop_response["at"] - started < 2, "the client learnt at once"
+    rendezvous.close()
+
+    # The same frame on the control channel: Close 1009, the listener counted as disconnected for it.
+    control.sock.sendall(announce_100_mib)
+    while True:
+        fin, opcode, payload = control.recv_frame()
+        if opcode == 0x8:
+            break
+    assert int.from_bytes(payload[:2], "big") == 1009
+    control.close()
+    log = open(relay.log_path).read()
+    assert "listener sent Message too big" in log and "listener response refused on a request rendezvous" in log

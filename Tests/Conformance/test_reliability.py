@@ -234,9 +234,15 @@ def test_oversized_frame_closes_only_that_connection(chain):
     headers = {"ServiceBusAuthorization": hc.sas_token(hc.dotnet_audience("127.0.0.1", "load"), agents.KEY_NAME, agents.KEY)}
     listener = hc.RawWebSocket("127.0.0.1", relay.port, "/$hc/load?sb-hc-action=listen&sb-hc-id=x", headers=headers)
     assert listener.status == 101
-    # A frame header announcing 100 MiB, past maxFrameBytes (4 MiB): the relay drops the connection.
+    # A frame header announcing 100 MiB on a control channel, past maxFrameBytes (64 MiB): the relay says so
+    # with Close 1009 and a reason, then closes.
     listener.sock.sendall(bytes([0x82, 0x80 | 127]) + (100 << 20).to_bytes(8, "big") + b"\0\0\0\0" + b"x" * 1000)
     listener.sock.settimeout(10)
+    while True:
+        fin, opcode, payload = listener.recv_frame()
+        if opcode == 0x8:
+            break
+    assert int.from_bytes(payload[:2], "big") == 1009 and b"Message too big" in payload
     try:
         while listener.sock.recv(65536):
             pass
