@@ -6,7 +6,8 @@ public struct BridgeLegStatistics: Sendable, Equatable {
     /// Payload bytes received from this leg's peer and forwarded to the partner.
     public var bytesIn: Int = 0
     public var framesIn: Int = 0
-    /// Close code the peer sent, if it sent one.
+    /// Close code the peer sent, if it sent a Close: 1005 ("no status received", RFC 6455 §7.1.5) for a
+    /// Close without a body, which is as clean a close as any.
     public var closeCode: Int?
     /// Why the leg was ended for a frame that broke RFC 6455, if it was.
     public var violation: String?
@@ -109,7 +110,8 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
                 sendPong(pongs.pingReceived(frame.data, writable: canWriteControl(context)), context: context)
             case .connectionClose:
                 receivedClose = true
-                statistics.closeCode = frame.data.getInteger(at: frame.data.readerIndex, as: UInt16.self).map(Int.init)
+                statistics.closeCode =
+                    frame.data.getInteger(at: frame.data.readerIndex, as: UInt16.self).map(Int.init) ?? 1005
                 pending.append(part)
             default:
                 break

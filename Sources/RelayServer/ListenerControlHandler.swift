@@ -30,6 +30,8 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     private var tokenExpiry: Int64
     private var context: ChannelHandlerContext?
     private var pingTask: Scheduled<Void>?
+    /// Fires at the token's `se` plus the grace: the channel ends then, not at the next ping.
+    private var expiryTask: Scheduled<Void>?
     private var missedPongs = 0
     private var pongs = PongReplies()
     /// Ticks in a row at which the listener's socket had unread data queued past the high-water mark.
@@ -61,6 +63,20 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         scheduleTick()
+        scheduleExpiry()
+    }
+
+    private func scheduleExpiry() {
+        expiryTask?.cancel()
+        guard let context, tokenExpiry != .max else { return }
+        let deadline = Double(tokenExpiry) + hub.limits.tokenGraceSeconds - Date().timeIntervalSince1970
+        expiryTask = context.eventLoop.assumeIsolated().scheduleTask(in: .fractionalSeconds(max(0, deadline))) {
+            [weak self] in
+            guard let self, !self.closing else { return }
+            self.closeCause = "token_expired"
+            self.logger.warning("listener token expired", metadata: ["reason": "token_expired"])
+            self.close(code: 1008, reason: "The security token expired")
+        }
     }
 
     private func scheduleTick() {
@@ -75,11 +91,13 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
 
     func handlerRemoved(context: ChannelHandlerContext) {
         pingTask?.cancel()
+        expiryTask?.cancel()
         self.context = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         pingTask?.cancel()
+        expiryTask?.cancel()
         if let handle { hub.unregister(handle) }
         hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: "disconnect", cause: closeCause)
         logger.info(
@@ -181,6 +199,7 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
                 entity: entity, token: token, right: .listen, requestHost: requestHost,
                 now: Int64(Date().timeIntervalSince1970))
             tokenExpiry = expiry ?? .max
+            scheduleExpiry()
             hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: "renew")
             logger.info("listener token renewed", metadata: ["expiry": "\(tokenExpiry)"])
         } catch {
@@ -193,13 +212,6 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
 
     private func tick() {
         guard let context, !closing else { return }
-        let now = Int64(Date().timeIntervalSince1970)
-        if tokenExpiry != .max && Double(now) > Double(tokenExpiry) + hub.limits.tokenGraceSeconds {
-            closeCause = "token_expired"
-            logger.warning("listener token expired", metadata: ["reason": "token_expired"])
-            close(code: 1008, reason: "The security token expired")
-            return
-        }
         // A listener that pongs but never reads would let accept and request messages pile up here.
         stalledTicks = context.channel.isWritable ? 0 : stalledTicks + 1
         if stalledTicks >= hub.limits.missedPongLimit {

@@ -494,6 +494,14 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             metadata: ["reason": "protocol_error", "close_code": "\(statistics.closeCode ?? 0)"])
     }
 
+    /// The listener this sender was dispatched to went away before it opened the rendezvous.
+    func listenerVanished(_ refusal: Refusal) {
+        guard let context, case .awaitingRendezvous(let waiting) = state else { return }
+        waiting.timeout.cancel()
+        waiting.record.finish(outcome: refusal.reason, status: refusal.status, error: refusal.text)
+        refuse(context: context, refusal, entity: waiting.record.entity)
+    }
+
     /// The listener rejected the sender: the sender gets the listener's status.
     func rejected(status: Int, description: String?) {
         guard let context, case .awaitingRendezvous(let waiting) = state else { return }

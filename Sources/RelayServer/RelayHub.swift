@@ -338,17 +338,44 @@ public final class RelayHub: Sendable {
         return result == .added
     }
 
-    /// Returns whether the listener was still registered.
+    /// Returns whether the listener was still registered. Senders and HTTP requests dispatched to it that it
+    /// had not opened are answered at once instead of waiting for their timeout: 404 like any sender when no
+    /// listener is left, else 503 (another listener will take a retry).
     @discardableResult
     func unregister(_ listener: ListenerHandle) -> Bool {
-        let (removed, count) = table.withLockedValue { table in
+        let (result, count) = table.withLockedValue { table in
             (
                 table.removeListener(entity: listener.entity, id: listener.id),
                 table.listenerCount(entity: listener.entity)
             )
         }
         metrics.listeners(role: .relay, entity: listener.entity).set(to: Double(count))
-        return removed
+        if !result.orphans.isEmpty {
+            let refusal =
+                count == 0
+                ? Refusal(status: 404, text: RelayErrorText.noListeners, reason: "no_listener")
+                : Refusal(
+                    status: 503, text: "ServiceUnavailable: The listener went away before it accepted; try again",
+                    reason: "listener_gone")
+            logger.warning(
+                "listener gone with rendezvous it had not opened; their senders are answered now",
+                metadata: [
+                    "entity": "\(listener.entity)", "listener_id": "\(listener.trackingId)",
+                    "rendezvous": "\(result.orphans.count)", "status": "\(refusal.status)",
+                ])
+            for orphan in result.orphans {
+                switch orphan {
+                case .webSocket(let sender):
+                    let handler = sender.handler
+                    handler.eventLoop.execute { handler.value.listenerVanished(refusal) }
+                case .http(let request):
+                    let handler = request.handler
+                    let gone = Refusal(status: 502, text: RelayErrorText.noListeners, reason: refusal.reason)
+                    handler.eventLoop.execute { handler.value.httpResponseFailed(gone) }
+                }
+            }
+        }
+        return result.removed
     }
 
     public func listenerCount(entity: String) -> Int {
@@ -361,7 +388,7 @@ public final class RelayHub: Sendable {
         table.withLockedValue { table in
             var generator = SystemRandomNumberGenerator()
             guard let listener = table.pickListener(entity: entity, using: &generator) else { return nil }
-            table.addPending(key: key, pending)
+            table.addPending(key: key, pending, dispatchedTo: listener.id)
             return listener
         }
     }

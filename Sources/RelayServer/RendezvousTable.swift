@@ -7,7 +7,8 @@ struct RendezvousTable<Listener, Pending> {
     }
 
     private var listeners: [String: [(id: UInt64, listener: Listener)]] = [:]
-    private var pending: [String: Pending] = [:]
+    /// Waiting rendezvous by key, with the listener each was dispatched to until that listener opens it.
+    private var pending: [String: (value: Pending, listenerID: UInt64?)] = [:]
     var listenerLimit: Int
 
     init(listenerLimit: Int) {
@@ -24,15 +25,16 @@ struct RendezvousTable<Listener, Pending> {
         return .added
     }
 
-    /// Returns whether the listener was still registered.
-    @discardableResult
-    mutating func removeListener(entity: String, id: UInt64) -> Bool {
+    /// Removes a listener. `orphans` are the rendezvous dispatched to it that it had not opened: they are
+    /// removed too, since the answer their senders wait for can no longer come.
+    mutating func removeListener(entity: String, id: UInt64) -> (removed: Bool, orphans: [Pending]) {
         guard var list = listeners[Self.key(entity)], let index = list.firstIndex(where: { $0.id == id }) else {
-            return false
+            return (false, [])
         }
         list.remove(at: index)
         listeners[Self.key(entity)] = list.isEmpty ? nil : list
-        return true
+        let orphanKeys = pending.filter { $0.value.listenerID == id }.map(\.key)
+        return (true, orphanKeys.compactMap { pending.removeValue(forKey: $0)?.value })
     }
 
     func listenerCount(entity: String) -> Int {
@@ -55,18 +57,20 @@ struct RendezvousTable<Listener, Pending> {
         return eligible.randomElement(using: &generator)?.listener
     }
 
-    mutating func addPending(key: String, _ value: Pending) {
-        pending[key] = value
+    /// Parks a rendezvous; `listenerID` is the listener it was dispatched to, nil once that listener has
+    /// opened it (it then no longer depends on the listener's control channel).
+    mutating func addPending(key: String, _ value: Pending, dispatchedTo listenerID: UInt64? = nil) {
+        pending[key] = (value, listenerID)
     }
 
     /// A waiting rendezvous, left in place.
     func pending(key: String) -> Pending? {
-        pending[key]
+        pending[key]?.value
     }
 
     /// Removes and returns a waiting rendezvous: each address works once.
     mutating func takePending(key: String) -> Pending? {
-        pending.removeValue(forKey: key)
+        pending.removeValue(forKey: key)?.value
     }
 
     var pendingCount: Int { pending.count }

@@ -428,13 +428,14 @@ def test_edge_renews_its_token_before_the_relay_would_drop_it(tmp_path):
     port = free_port()
     config = tmp_path / "relay.yaml"
     config.write_text("listen: 127.0.0.1:%d\nnamespaceRules:\n  - {keyName: %s, primaryKey: '%s', rights: [Listen, Send]}\n"
-                      "hybridConnections:\n  - name: renew\nlimits:\n  pingIntervalSeconds: 0.5\n  tokenGraceSeconds: 1\n"
+                      "hybridConnections:\n  - name: renew\nlimits:\n  pingIntervalSeconds: 30\n  tokenGraceSeconds: 1\n"
                       "  clockSkewSeconds: 0\n" % (port, agents.KEY_NAME, agents.KEY))
     relay = agents.Process(["relay", "--config", str(config)], str(tmp_path / "renew-relay.log"))
     relay.wait_for_log("relay listening")
     url = "ws://127.0.0.1:%d" % port
     renewing = agents.start_edge(tmp_path, url, ["renew:127.0.0.1:1"], extra=["--token-ttl", "3"])
-    # A pre-made token cannot be renewed: the relay drops that listener once se + grace has passed.
+    # A pre-made token cannot be renewed: the relay drops that listener once se + grace has passed, then and
+    # not at its next ping (30 s away here).
     expiring = agents.Process(
         ["edge", "-e", url, "-a", "1", "-s", hc.sas_token(hc.dotnet_audience("127.0.0.1", "renew"), agents.KEY_NAME,
                                                         agents.KEY, expiry=int(time.time()) + 3),

@@ -393,3 +393,36 @@ def test_incomplete_handshakes_time_out_and_do_not_block_others(relay):
     assert b" 408 " in reply.split(b"\r\n")[0] and 1 < time.time() - started < 6
     for sock in stalled:
         sock.close()
+
+
+def test_a_listener_gone_after_an_accept_lets_its_sender_know_at_once(relay):
+    """The listener that was sent the accept drops its control channel without opening the rendezvous: the
+    sender is answered now (404 like any sender once no listener is left, 503 while another one is), not
+    after the accept timeout."""
+    async def run():
+        answers = []
+        for listeners in (1, 2):
+            controls = [(await open_listener(relay))[0] for _ in range(listeners)]
+            started = time.monotonic()
+            sender = asyncio.ensure_future(connect("%s/$hc/hyco" % relay.ws, additional_headers=dotnet_headers(relay, "hyco")))
+            chosen = None
+            while chosen is None:
+                for control in controls:
+                    try:
+                        kind, _ = hc.parse_control(await asyncio.wait_for(control.recv(), 0.2))
+                        assert kind == "accept"
+                        chosen = control
+                    except asyncio.TimeoutError:
+                        pass
+            await chosen.close()
+            with pytest.raises(InvalidStatus) as refused:
+                await sender
+            answers.append((status_of(refused)[0], time.monotonic() - started))
+            for control in controls:
+                await control.close()
+        return answers
+
+    (alone, alone_seconds), (shared, shared_seconds) = asyncio.run(run())
+    assert alone == 404 and shared == 503
+    assert alone_seconds < 1.5 and shared_seconds < 1.5, (alone_seconds, shared_seconds)
+    assert "listener gone with rendezvous it had not opened" in relay.log()

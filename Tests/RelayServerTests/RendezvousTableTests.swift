@@ -15,8 +15,8 @@ import Testing
         let overLimit = table.addListener(entity: "hc", id: 99, "extra")
         #expect(overLimit == .limitReached)
         #expect(table.listenerCount(entity: "hc") == 25)
-        let removed = table.removeListener(entity: "hc", id: 3)
-        let removedAgain = table.removeListener(entity: "hc", id: 3)
+        let removed = table.removeListener(entity: "hc", id: 3).removed
+        let removedAgain = table.removeListener(entity: "hc", id: 3).removed
         #expect(removed && !removedAgain)
         let replacement = table.addListener(entity: "hc", id: 99, "extra")
         let other = table.addListener(entity: "other", id: 100, "o")
@@ -33,6 +33,22 @@ import Testing
         #expect(counts.values.allSatisfy { $0 > 800 })
         #expect(table.pickListener(entity: "none", using: &generator) == nil)
         #expect(table.pickListener(entity: "hc", using: &generator, isEligible: { $0 == "b" }) == "b")
+    }
+
+    /// A listener that goes away takes with it the rendezvous dispatched to it and not yet opened, so their
+    /// senders can be answered at once; rendezvous it already opened, or dispatched elsewhere, stay.
+    @Test func aListenerLeavesItsUnopenedRendezvousAsOrphans() {
+        var table = RendezvousTable<String, Int>(listenerLimit: 5)
+        _ = table.addListener(entity: "hc", id: 1, "one")
+        _ = table.addListener(entity: "hc", id: 2, "two")
+        table.addPending(key: "a", 10, dispatchedTo: 1)
+        table.addPending(key: "b", 11, dispatchedTo: 1)
+        table.addPending(key: "c", 12, dispatchedTo: 2)
+        table.addPending(key: "d", 13)  // opened: no longer tied to a listener
+        let result = table.removeListener(entity: "hc", id: 1)
+        #expect(result.removed && result.orphans.sorted() == [10, 11])
+        #expect(table.pending(key: "a") == nil && table.pending(key: "c") == 12 && table.pending(key: "d") == 13)
+        #expect(table.removeListener(entity: "hc", id: 1).orphans.isEmpty)
     }
 
     @Test func pendingIsSingleUse() {

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
 import NIOWebSocket
@@ -207,6 +208,24 @@ import Testing
         #expect(!pair.a.isActive, "nothing more is read from the offender")
         // The bad frame is not forwarded: the partner's first frame is the 1001 for a peer that went away.
         #expect(code(try written(pair.b).first) == 1001)
+    }
+
+    /// A Close without a status code is a clean close: RFC 6455 reads it as 1005, not a lost connection.
+    @Test func aCloseWithoutACodeCountsAs1005() throws {
+        let a = EmbeddedChannel()
+        let b = EmbeddedChannel()
+        let finished = NIOLockedValueBox<BridgeLegStatistics?>(nil)
+        let legA = WebSocketBridgeHandler(onFinished: { statistics in finished.withLockedValue { $0 = statistics } })
+        let legB = WebSocketBridgeHandler()
+        try a.pipeline.syncOperations.addHandlers(WebSocketFrameStreamDecoder(), legA)
+        try b.pipeline.syncOperations.addHandlers(WebSocketFrameStreamDecoder(), legB)
+        legA.attach(partner: NIOLoopBound(legB, eventLoop: b.embeddedEventLoop))
+        legB.attach(partner: NIOLoopBound(legA, eventLoop: a.embeddedEventLoop))
+        try a.connect(to: .init(ipAddress: "127.0.0.1", port: 1)).wait()
+        try b.connect(to: .init(ipAddress: "127.0.0.1", port: 2)).wait()
+        try deliver(masked(.connectionClose, []), into: a, partner: b)
+        a.pipeline.fireChannelInactive()
+        #expect(finished.withLockedValue { $0 }?.closeCode == 1005)
     }
 
     @Test func partnerLossSends1001() throws {
