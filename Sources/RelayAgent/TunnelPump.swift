@@ -406,7 +406,8 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// not `read()` was asked for.
     private var early: [ByteBuffer] = []
     private var uncountedBytes = 0
-    /// Bytes read from the TCP peer, reported once per read burst.
+    /// Bytes read from the TCP peer and passed into the open tunnel, reported once per read burst: bytes of a
+    /// tunnel that never opened are not counted as moved.
     var countBytes: (Int) -> Void
     /// Runs once, when the connection becomes active (the client opens its sender then).
     var onActive: (() -> Void)?
@@ -437,8 +438,8 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = unwrapInboundIn(data)
-        uncountedBytes &+= bytes.readableBytes
         if started, let webSocket {
+            uncountedBytes &+= bytes.readableBytes
             webSocket.send(bytes)
         } else {
             early.append(bytes)
@@ -495,8 +496,12 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func startReading() {
         started = true
         if let webSocket {
-            for data in early { webSocket.send(data) }
+            for data in early {
+                uncountedBytes &+= data.readableBytes
+                webSocket.send(data)
+            }
             early.removeAll()
+            reportBytes()
             webSocket.flush()
             if inputClosed {
                 webSocket.sendClose(code: 1000, reason: "Shutdown")

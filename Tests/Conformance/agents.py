@@ -6,6 +6,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 
 from conftest import ROOT, free_port
 
@@ -100,6 +101,17 @@ def wait_port(port, process=None, timeout=20):
                 assert process.popen.poll() is None, process.log()
             time.sleep(0.05)
     raise AssertionError("port %d not open" % port)
+
+
+def metric_value(port, name, **labels):
+    """The sum of a metric's samples on a process's /metrics whose labels include `labels`."""
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all('%s="%s"' % (k, v) in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def rss(pid):

@@ -13,6 +13,7 @@ from websockets.asyncio.client import connect
 
 import agents
 import hc
+from agents import metric_value
 from conftest import free_port
 
 
@@ -270,6 +271,32 @@ def test_python_listener_serves_our_client(relay):
         asyncio.run(run())
     finally:
         client.stop()
+
+
+def test_bytes_of_a_tunnel_that_never_opened_are_not_counted(tmp_path):
+    """The relay refuses the sender (no listener): the bytes the local application had already written never
+    left the client, so the client's byte counter stays at 0."""
+    relay = agents.start_relay(tmp_path, ["nobody"])
+    port, metrics = free_port(), free_port()
+    client = agents.start_client(tmp_path, "ws://127.0.0.1:%d" % relay.port, ["127.0.0.1:%d:nobody" % port], [port],
+                                 extra=["--metrics", "127.0.0.1:%d" % metrics])
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"x" * 10_000)
+        # The FIN makes the client drain the socket although it withholds reads until the tunnel opens.
+        sock.shutdown(socket.SHUT_WR)
+        try:
+            while sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        sock.close()
+        client.wait_for_log("sender refused")
+        assert metric_value(metrics, "hyrelay_transferred_bytes_total", role="client", direction="up") == 0
+        assert metric_value(metrics, "hyrelay_client_connects_total", outcome="refused_404") == 1
+    finally:
+        client.stop()
+        relay.stop()
 
 
 BIG_FRAME = 48 << 20

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from agents import binary, start_client, start_edge, start_relay, wait_port
+from agents import binary, metric_value, start_client, start_edge, start_relay, wait_port
 from conftest import free_port
 from fake_azure import IKEY, FakeAzure
 
@@ -216,16 +216,6 @@ def test_application_insights_items_stay_inside_the_service_limits(fake, tmp_pat
     assert kept and all(len(base["properties"][key]) == 8192 for key in kept)
     truncated = base["properties"]["hyrelay.truncated"].split(",")
     assert truncated[0] == "message" and set(truncated[1:]) | set(kept) == {"a%d" % i for i in range(10)}
-
-
-def metric_value(port, name, **labels):
-    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all('%s="%s"' % (k, v) in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def wait_until(predicate, timeout=30, what="condition"):
