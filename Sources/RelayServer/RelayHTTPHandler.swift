@@ -26,7 +26,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case webSocketRequested(HTTPRequestHead, HybridConnectionRequest)
         case awaitingRendezvous(WaitingSender)
         case readingHTTPBody(HTTPModeRequest)
-        case awaitingHTTPResponse(key: String, keepAlive: Bool, timeout: Scheduled<Void>)
+        case awaitingHTTPResponse(
+            key: String, keepAlive: Bool, timeout: Scheduled<Void>, exchange: HTTPExchangeRecord)
         case done
     }
 
@@ -179,9 +180,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                     outcome: "abandoned", status: 0, error: "the sender left before a listener accepted")
                 logger.info("sender left before a listener accepted", metadata: ["rendezvous": "\(waiting.key)"])
             }
-        case .awaitingHTTPResponse(let key, _, let timeout):
+        case .awaitingHTTPResponse(let key, _, let timeout, let exchange):
             timeout.cancel()
             _ = hub.takePending(key: key)
+            exchange.finish(status: 0, error: "the client left before the response")
         default:
             break
         }
@@ -632,6 +634,15 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let viaName = headers.keys.first { $0.lowercased() == "via" } ?? "Via"
         headers[viaName] = headers[viaName].map { "\($0), \(via)" } ?? via
 
+        let span = hub.tracer.startSpan(
+            "relay.http", context: hub.tracer.context(traceparent: request.head.headers.first(name: "traceparent")),
+            ofKind: .server)
+        span.attributes["method"] = request.head.method.rawValue
+        let exchange = HTTPExchangeRecord(
+            span: span, entity: request.entity.name, requestBytes: request.body.readableBytes, metrics: hub.metrics)
+        // The listener continues the trace from this hop, as on a tunnel's accept.
+        for name in headers.keys where name.lowercased() == "traceparent" { headers[name] = nil }
+        headers["traceparent"] = span.traceContext.traceparent
         let trackingId = UUID().uuidString.lowercased()
         let key = hub.makeRendezvousKey(trackingId: trackingId)
         let entityPath = "/$hc/\(request.entity.name)"
@@ -645,6 +656,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             handler: NIOLoopBound(self, eventLoop: context.eventLoop), entity: request.entity.name, command: command,
             body: request.body, sentOnControlChannel: onControlChannel)
         guard let listener = hub.dispatch(entity: request.entity.name, key: key, pending: .http(pending)) else {
+            exchange.finish(status: Refusal.noHTTPListener.status, error: Refusal.noHTTPListener.text)
             refuse(context: context, .noHTTPListener, trackingId: trackingId, entity: request.entity.name)
             return
         }
@@ -652,12 +664,14 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             in: .fractionalSeconds(limits.httpResponseTimeoutSeconds)
         ) { [weak self] in
             guard let self, let context = self.context, self.hub.takePending(key: key) != nil else { return }
+            exchange.finish(status: 504, error: RelayErrorText.responseTimeout)
             self.refuse(
                 context: context,
                 Refusal(status: 504, text: RelayErrorText.responseTimeout, reason: "response_timeout"),
                 trackingId: trackingId, entity: request.entity.name)
         }
-        state = .awaitingHTTPResponse(key: key, keepAlive: request.head.isKeepAlive, timeout: timeout)
+        state = .awaitingHTTPResponse(
+            key: key, keepAlive: request.head.isKeepAlive, timeout: timeout, exchange: exchange)
         logger.info(
             "http request routed",
             metadata: [
@@ -672,18 +686,27 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// The listener's response could not be taken (see `RelayHub.failHTTP`).
     func httpResponseFailed(_ refusal: Refusal) {
-        guard let context, case .awaitingHTTPResponse(_, _, let timeout) = state else { return }
+        guard let context, case .awaitingHTTPResponse(_, _, let timeout, let exchange) = state else { return }
         timeout.cancel()
         releaseBody()
+        exchange.finish(status: refusal.status, error: refusal.text)
         refuse(context: context, refusal)
     }
 
     func httpResponseArrived(head: HTTPResponseAssembler.ResponseHead, body: ByteBuffer) {
-        guard let context, case .awaitingHTTPResponse(_, let keepAlive, let timeout) = state else { return }
+        guard let context, case .awaitingHTTPResponse(_, let keepAlive, let timeout, let exchange) = state else {
+            return
+        }
         timeout.cancel()
         releaseBody()
+        defer {
+            exchange.finish(
+                status: head.statusCode, responseBytes: body.readableBytes,
+                error: head.statusCode >= 500 ? "the listener answered \(head.statusCode)" : nil)
+        }
         if let problem = HTTPFieldSyntax.problem(in: head.headers) {
             // Forwarding it would let a listener write headers, or a whole response, of its own choosing.
+            exchange.finish(status: 502, error: "the listener's response is not valid HTTP: \(problem)")
             refuse(
                 context: context,
                 Refusal(

@@ -89,6 +89,39 @@ final class BridgeSpanCollector: Sendable {
     }
 }
 
+/// One HTTP-mode request as telemetry sees it: the `relay.http` span, the request counter and duration, and
+/// the body bytes both ways; finished exactly once, whoever answers.
+final class HTTPExchangeRecord: @unchecked Sendable {
+    // Touched only on the HTTP client's event loop.
+    let span: HopSpan
+    let entity: String
+    private let arrived = NIODeadline.now()
+    private let metrics: RelayMetrics
+    private var finished = false
+
+    init(span: HopSpan, entity: String, requestBytes: Int, metrics: RelayMetrics) {
+        self.span = span
+        self.entity = entity
+        self.metrics = metrics
+        span.attributes["entity"] = entity
+        span.attributes["bytes_up"] = requestBytes
+        if requestBytes > 0 { metrics.bytes(role: .relay, direction: .up).increment(by: Int64(requestBytes)) }
+    }
+
+    func finish(status: Int, responseBytes: Int = 0, error: String? = nil) {
+        guard !finished else { return }
+        finished = true
+        if responseBytes > 0 { metrics.bytes(role: .relay, direction: .down).increment(by: Int64(responseBytes)) }
+        metrics.httpRequest(
+            entity: entity, status: status, seconds: (NIODeadline.now() - arrived).seconds,
+            traceID: span.traceContext.traceID)
+        span.attributes["status"] = status
+        span.attributes["bytes_down"] = responseBytes
+        if let error { span.setStatus(SpanStatus(code: .error, message: error)) }
+        span.end()
+    }
+}
+
 /// One sender's rendezvous as telemetry sees it: its span and metrics, finished exactly once.
 final class RendezvousRecord: @unchecked Sendable {
     // Touched only on the sender's event loop.

@@ -195,6 +195,18 @@ public final class RelayMetrics: Sendable {
         ).increment()
     }
 
+    /// One HTTP-mode request answered (by the listener or by the relay on its behalf): counted by status
+    /// class, its duration recorded once.
+    public func httpRequest(entity: String, status: Int, seconds: Double, traceID: String? = nil) {
+        counter(
+            "http_requests", "HTTP-mode requests answered, by entity and status class (2xx … 5xx).",
+            [("entity", entity), ("code", "\(min(max(status / 100, 1), 5))xx")]
+        ).increment()
+        observe(
+            "http_request_duration", "HTTP-mode request received until its response was written.",
+            [("entity", entity)], buckets: Self.latencyBuckets, value: seconds, traceID: traceID)
+    }
+
     // MARK: Gauges
 
     public func activeTunnels(role: TelemetryRole) -> Gauge {

@@ -228,3 +228,67 @@ def test_openmetrics_exemplars_reach_prometheus(stack, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_http_mode_requests_have_a_span_metrics_and_carry_the_trace_on(tmp_path):
+    """An HTTP-mode request through the relay: a `relay.http` span continuing the caller's trace, whose
+    context the listener receives in `traceparent`; requests counted by status class with their duration;
+    body bytes in the relay's byte counters. A request nobody answers is a 5xx."""
+    import asyncio
+    import hc
+    from websockets.asyncio.client import connect
+
+    metrics_port, relay_port = free_port(), free_port()
+    relay = agents.Process(
+        ["relay", "--listen", "127.0.0.1:%d" % relay_port, "--hybrid-connection", "web", "--sas-key-name",
+         agents.KEY_NAME, "--sas-key", agents.KEY, "--metrics", "127.0.0.1:%d" % metrics_port, "--log-format", "json",
+         "--config", str(_http_limits(tmp_path))],
+        str(tmp_path / "relay.log"))
+    relay.wait_for_log("relay listening")
+    caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    headers = {"ServiceBusAuthorization": hc.sas_token(hc.dotnet_audience("127.0.0.1", "web"), agents.KEY_NAME,
+                                                       agents.KEY), "traceparent": caller}
+
+    async def run():
+        control = await connect(hc.listen_uri("ws://127.0.0.1:%d" % relay_port, "web"),
+                                additional_headers={"ServiceBusAuthorization": headers["ServiceBusAuthorization"]})
+        loop = asyncio.get_running_loop()
+        answered = loop.run_in_executor(None, lambda: hc.http_request(
+            "127.0.0.1", relay_port, "POST", "/web/api", headers=headers, body=b"q" * 1000))
+        kind, request = hc.parse_control(await asyncio.wait_for(control.recv(), 10))
+        assert kind == "request" and await control.recv() == b"q" * 1000
+        forwarded = {k.lower(): v for k, v in request["requestHeaders"].items()}
+        await control.send(json.dumps({"response": {"requestId": request["id"], "statusCode": 201, "body": True}}))
+        await control.send(b"r" * 5000)
+        status, _, _, body = await answered
+        assert (status, body) == (201, b"r" * 5000)
+        # Nobody answers this one: the relay's 504 after httpResponseTimeoutSeconds.
+        unanswered = await loop.run_in_executor(None, lambda: hc.http_request(
+            "127.0.0.1", relay_port, "GET", "/web/slow", headers=headers))
+        await control.close()
+        return forwarded, unanswered[0]
+
+    try:
+        forwarded, late = asyncio.run(run())
+        assert late == 504
+        trace_id = caller.split("-")[1]
+        version, forwarded_trace, forwarded_parent, _ = forwarded["traceparent"].split("-")
+        assert forwarded_trace == trace_id and forwarded_parent != caller.split("-")[2]
+        values = parse_metrics(get("http://127.0.0.1:%d/metrics" % metrics_port)[1])
+        assert values['hyrelay_http_requests_total{entity="web",code="2xx"}'] == 1
+        assert values['hyrelay_http_requests_total{entity="web",code="5xx"}'] == 1
+        assert values['hyrelay_http_request_duration_seconds_count{entity="web"}'] == 2
+        assert values['hyrelay_transferred_bytes_total{role="relay",direction="up"}'] == 1000
+        assert values['hyrelay_transferred_bytes_total{role="relay",direction="down"}'] == 5000
+        spans = [json.loads(line) for line in relay.log().splitlines() if '"relay.http"' in line]
+        ok = next(s for s in spans if s.get("status") == "201")
+        assert ok["trace_id"] == trace_id and ok["span_id"] == forwarded_parent
+        assert ok["bytes_up"] == "1000" and ok["bytes_down"] == "5000" and ok["entity"] == "web"
+    finally:
+        relay.stop()
+
+
+def _http_limits(directory):
+    path = directory / "limits.yaml"
+    path.write_text("limits:\n  httpResponseTimeoutSeconds: 1\n")
+    return path
