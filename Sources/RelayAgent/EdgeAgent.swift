@@ -285,7 +285,7 @@ final class ListenerLoop: Sendable {
         let tunnelLogger = logger
         WebSocketClient.connect(
             to: url, subprotocols: subprotocols, tlsContext: settings.tlsContext, group: settings.group,
-            frameInput: .streamed
+            frameInput: .bytes
         ) { channel in
             let handler = TunnelWebSocketHandler(
                 role: .listener(dial: { portName, handler in

@@ -49,8 +49,9 @@ public struct TunnelSummary: Sendable, Equatable {
 /// Half-close: TCP EOF becomes `Close(1000, "Shutdown")`; a Close from the relay shuts the TCP output
 /// down; the other direction keeps flowing until it ends too.
 final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    /// Frames of any size, streamed (`WebSocketFrameStreamDecoder`): payload reaches TCP as it arrives.
-    typealias InboundIn = WebSocketFrameReader.Part
+    /// The relay connection's bytes, read here with `WebSocketFrameReader`: frames of any size, their payload
+    /// passed to TCP as it arrives.
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
 
@@ -70,6 +71,8 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     private let role: Role
     private var phase: Phase
+    private var reader = WebSocketFrameReader()
+    private var remainder = HeadRemainder()
     private(set) var context: ChannelHandlerContext?
     private var tcp: TunnelTCPHandler?
     private var readPending = false
@@ -175,7 +178,20 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     // MARK: From the relay
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        var buffer = remainder.joined(unwrapInboundIn(data))
+        do {
+            while let part = try reader.read(from: &buffer) { received(part, context: context) }
+        } catch {
+            fail(
+                code: error.code, label: "protocol_error",
+                cause: "the relay broke the WebSocket protocol: \(error.reason)")
+            return
+        }
+        remainder.keep(buffer)
+    }
+
+    private func received(_ part: WebSocketFrameReader.Part, context: ChannelHandlerContext) {
+        switch part {
         case .head:
             break
         case .payload(let chunk):
@@ -292,12 +308,6 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let violation = error as? FrameRules.Violation {
-            fail(
-                code: violation.code, label: "protocol_error",
-                cause: "the relay broke the WebSocket protocol: \(violation.reason)")
-            return
-        }
         summary.set("error", "websocket error: \(error)")
         context.close(promise: nil)
     }

@@ -15,10 +15,10 @@ public struct BridgeLegStatistics: Sendable, Equatable {
     public init() {}
 }
 
-/// One leg of a joined WebSocket pair (sender ↔ listener rendezvous). Frames pass through as they arrive,
-/// without waiting for their end: a data frame's head is written to the partner's peer at once and its
-/// payload follows in the pieces the network delivers, unmasked (`WebSocketFrameStreamDecoder` in front), so
-/// a frame of any size crosses in memory bounded by the write watermarks. Opcodes, FIN bits and close codes
+/// One leg of a joined WebSocket pair (sender ↔ listener rendezvous), reading its peer's bytes itself. Frames
+/// pass through as they arrive, without waiting for their end: `WebSocketFrameReader.forward` rewrites each
+/// read into the bytes the partner's peer gets (heads without a mask key, payload unmasked, one copy into one
+/// buffer), so a frame of any size crosses in memory bounded by the write watermarks. Opcodes, FIN bits and close codes
 /// pass through. Pings are answered per leg (only the latest while the peer does not read, see
 /// `PongReplies`), never inside a frame being written; pongs are dropped. A frame that breaks the rules ends
 /// the leg with 1002/1007; text payloads are not checked for UTF-8 (the endpoints do, and the relay would
@@ -32,7 +32,7 @@ public struct BridgeLegStatistics: Sendable, Equatable {
 /// it has both received and sent a Close. A leg whose partner vanished in the middle of a frame cannot
 /// send a Close any more (it would land inside that frame's payload): its connection is closed instead.
 public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    public typealias InboundIn = WebSocketFrameReader.Part
+    public typealias InboundIn = ByteBuffer
     public typealias OutboundIn = ByteBuffer
     public typealias OutboundOut = ByteBuffer
 
@@ -41,15 +41,17 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
 
     private var partner: NIOLoopBound<WebSocketBridgeHandler>?
     private var context: ChannelHandlerContext?
-    private var pending: [WebSocketFrameReader.Part] = []
+    private var reader = WebSocketFrameReader()
+    private var remainder = HeadRemainder()
+    private var pending: [WebSocketFrameReader.ForwardPart] = []
     private var partnerWritable = true
     private var pongs = PongReplies()
     private var readPending = false
     private var receivedClose = false
     private var sentClose = false
     private var closeWritten: EventLoopFuture<Void>?
-    /// Payload bytes of the frame being written to this leg's peer that have not been written yet.
-    private var unwrittenPayload: UInt64 = 0
+    /// The partner's frame being written to this leg's peer continues in bytes not written yet.
+    private var insideFrame = false
     private var finished = false
     private var statistics = BridgeLegStatistics()
     private var uncountedBytes = 0
@@ -94,14 +96,25 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !receivedClose else { return }
-        let part = unwrapInboundIn(data)
+        var buffer = remainder.joined(unwrapInboundIn(data))
+        do {
+            try reader.forward(from: &buffer, allocator: context.channel.allocator) { part in
+                received(part, context: context)
+            }
+        } catch {
+            protocolViolated(error, context: context)
+            return
+        }
+        remainder.keep(buffer)
+    }
+
+    private func received(_ part: WebSocketFrameReader.ForwardPart, context: ChannelHandlerContext) {
+        guard !receivedClose else { return }
         switch part {
-        case .head:
-            statistics.framesIn &+= 1
-            pending.append(part)
-        case .payload(let chunk):
-            statistics.bytesIn &+= chunk.readableBytes
-            uncountedBytes &+= chunk.readableBytes
+        case .bytes(_, let payloadBytes, let framesStarted, _):
+            statistics.framesIn &+= framesStarted
+            statistics.bytesIn &+= payloadBytes
+            uncountedBytes &+= payloadBytes
             pending.append(part)
         case .control(let frame):
             switch frame.opcode {
@@ -142,26 +155,20 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     }
 
     /// Parts from the partner leg, written to this leg's peer in one flush.
-    private func deliver(_ parts: [WebSocketFrameReader.Part]) {
+    private func deliver(_ parts: [WebSocketFrameReader.ForwardPart]) {
         guard let context, !sentClose else { return }
         for part in parts {
             switch part {
-            case .head(let head):
-                var header = context.channel.allocator.buffer(capacity: WebSocketFrameHeader.maxLength)
-                WebSocketFrameHeader.write(
-                    fin: head.fin, opcode: head.opcode, length: Int(head.length), maskKey: nil, into: &header)
-                unwrittenPayload = head.length
-                context.write(wrapOutboundOut(header), promise: nil)
-            case .payload(let chunk):
-                unwrittenPayload -= UInt64(chunk.readableBytes)
-                context.write(wrapOutboundOut(chunk), promise: nil)
+            case .bytes(let bytes, _, _, let endsInsideFrame):
+                insideFrame = endsInsideFrame
+                context.write(wrapOutboundOut(bytes), promise: nil)
             case .control(let frame):
                 writeClose(frame, context: context)
             }
             if sentClose { break }
         }
         // A pong that waited for the frame in progress to end.
-        if unwrittenPayload == 0, !sentClose, context.channel.isWritable {
+        if !insideFrame, !sentClose, context.channel.isWritable {
             sendPong(pongs.becameWritable(), context: context)
         }
         context.flush()
@@ -172,7 +179,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
 
     /// Control frames go between frames only, never inside the payload of one being written.
     private func canWriteControl(_ context: ChannelHandlerContext) -> Bool {
-        context.channel.isWritable && unwrittenPayload == 0
+        context.channel.isWritable && !insideFrame
     }
 
     private func sendPong(_ payload: ByteBuffer?, context: ChannelHandlerContext) {
@@ -231,7 +238,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
         receivedClose = true
         statistics.closeCode = Int(violation.code)
         statistics.violation = violation.reason
-        if !sentClose && unwrittenPayload == 0 {
+        if !sentClose && !insideFrame {
             writeClose(
                 FrameRules.closeFrame(
                     code: violation.code, reason: violation.reason, allocator: context.channel.allocator),
@@ -246,7 +253,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     /// nor a Close sent after it: the connection is closed.
     public func partnerDidClose() {
         guard let context, context.channel.isActive else { return }
-        if unwrittenPayload > 0 {
+        if insideFrame {
             context.close(promise: nil)
             return
         }
@@ -276,10 +283,6 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let violation = error as? FrameRules.Violation {
-            protocolViolated(violation, context: context)
-            return
-        }
         context.close(promise: nil)
     }
 

@@ -31,6 +31,22 @@ public struct WebSocketFrameReader: Sendable {
         case control(WebSocketFrame)
     }
 
+    /// What `forward` makes of a peer's bytes: data frames rewritten for the other side, control frames whole.
+    public enum ForwardPart: Equatable, Sendable {
+        /// Data frames as a server writes them (heads without a mask key, payload unmasked), ready to write:
+        /// `payloadBytes` of payload and `framesStarted` frame heads in it; `endsInsideFrame` when the last
+        /// frame's payload continues in a later part, so nothing else may be written to that peer before it.
+        case bytes(ByteBuffer, payloadBytes: Int, framesStarted: Int, endsInsideFrame: Bool)
+        case control(WebSocketFrame)
+    }
+
+    private struct Head {
+        var fin: Bool
+        var opcode: WebSocketOpcode
+        var length: UInt64
+        var key: WebSocketMaskingKey?
+    }
+
     private enum State: Sendable {
         case head
         case payload(remaining: UInt64, key: WebSocketMaskingKey?, offset: Int)
@@ -45,38 +61,117 @@ public struct WebSocketFrameReader: Sendable {
     public init() {}
 
     /// The next part from `buffer`, consuming what it takes; nil when `buffer` holds too little for one (the
-    /// caller keeps what is left and appends the next read to it). Payload is unmasked in `buffer` itself,
-    /// which the caller owns, so nothing is copied.
+    /// caller keeps what is left and appends the next read to it). Payload is unmasked in `buffer` itself.
     public mutating func read(from buffer: inout ByteBuffer) throws(FrameRules.Violation) -> Part? {
         switch state {
         case .failed:
             return nil
         case .head:
-            return try readHead(from: &buffer)
+            guard let head = try readHead(from: &buffer) else { return nil }
+            guard !head.opcode.isControlOpcode else {
+                if let frame = try startControl(head) { return .control(frame) }
+                return try read(from: &buffer)
+            }
+            return .head(DataFrameHead(fin: head.fin, opcode: head.opcode, length: head.length))
         case .payload(let remaining, let key, let offset):
             let count = Int(min(remaining, UInt64(buffer.readableBytes)))
             guard count > 0 else { return nil }
             if let key { Self.unmask(&buffer, count: count, key: key, offset: offset) }
-            let chunk = buffer.readSlice(length: count)!
-            state =
-                remaining == UInt64(count)
-                ? .head : .payload(remaining: remaining - UInt64(count), key: key, offset: offset + count)
-            return .payload(chunk)
-        case .control(let opcode, let remaining, let key, var collected):
-            let count = min(remaining, buffer.readableBytes)
-            guard count > 0 else { return nil }
-            var chunk = buffer.readSlice(length: count)!
-            collected.writeBuffer(&chunk)
-            guard remaining == count else {
-                state = .control(opcode: opcode, remaining: remaining - count, key: key, collected: collected)
-                return nil
-            }
-            state = .head
-            return try control(opcode: opcode, body: collected, key: key)
+            advance(remaining: remaining, key: key, offset: offset, by: count)
+            return .payload(buffer.readSlice(length: count)!)
+        case .control:
+            guard let frame = try continueControl(from: &buffer) else { return nil }
+            return .control(frame)
         }
     }
 
-    private mutating func readHead(from buffer: inout ByteBuffer) throws(FrameRules.Violation) -> Part? {
+    /// Reads everything `buffer` holds and hands it to `emit` rewritten for the other side of a relay: data
+    /// frames copied once, unmasked, behind heads without a mask key, into one new buffer per read (split only
+    /// where a control frame comes between), and control frames whole. What is left in `buffer` is the start
+    /// of a head, for the caller to keep for the next read.
+    public mutating func forward(
+        from buffer: inout ByteBuffer, allocator: ByteBufferAllocator, _ emit: (ForwardPart) -> Void
+    ) throws(FrameRules.Violation) {
+        var output: ByteBuffer?
+        var payloadBytes = 0
+        var framesStarted = 0
+        func flush(endsInsideFrame: Bool) {
+            if let written = output, written.readableBytes > 0 {
+                emit(
+                    .bytes(
+                        written, payloadBytes: payloadBytes, framesStarted: framesStarted,
+                        endsInsideFrame: endsInsideFrame))
+            }
+            output = nil
+            payloadBytes = 0
+            framesStarted = 0
+        }
+        // Taken out while written to, so no second reference makes the write copy it. Heads lose their mask
+        // key, so the rewritten bytes never outgrow the bytes read.
+        func takeOutput() -> ByteBuffer {
+            defer { output = nil }
+            return output ?? allocator.buffer(capacity: buffer.readableBytes + WebSocketFrameHeader.maxLength)
+        }
+        loop: while true {
+            switch state {
+            case .failed:
+                return
+            case .head:
+                guard let head = try readHead(from: &buffer) else { break loop }
+                if head.opcode.isControlOpcode {
+                    if let frame = try startControl(head) {
+                        flush(endsInsideFrame: false)
+                        emit(.control(frame))
+                    }
+                    continue
+                }
+                var written = takeOutput()
+                WebSocketFrameHeader.write(
+                    fin: head.fin, opcode: head.opcode, length: Int(head.length), maskKey: nil, into: &written)
+                output = written
+                framesStarted += 1
+            case .payload(let remaining, let key, let offset):
+                let count = Int(min(remaining, UInt64(buffer.readableBytes)))
+                guard count > 0 else { break loop }
+                var written = takeOutput()
+                if let key {
+                    buffer.withUnsafeReadableBytes { source in
+                        _ = written.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { destination in
+                            WebSocketMasking.apply(
+                                key: key, offset: offset, source: source.baseAddress!,
+                                destination: destination.baseAddress!, count: count)
+                            return count
+                        }
+                    }
+                    buffer.moveReaderIndex(forwardBy: count)
+                } else {
+                    var chunk = buffer.readSlice(length: count)!
+                    written.writeBuffer(&chunk)
+                }
+                output = written
+                payloadBytes += count
+                advance(remaining: remaining, key: key, offset: offset, by: count)
+            case .control:
+                guard let frame = try continueControl(from: &buffer) else { break loop }
+                flush(endsInsideFrame: false)
+                emit(.control(frame))
+            }
+        }
+        if case .payload = state {
+            flush(endsInsideFrame: true)
+        } else {
+            flush(endsInsideFrame: false)
+        }
+    }
+
+    private mutating func advance(remaining: UInt64, key: WebSocketMaskingKey?, offset: Int, by count: Int) {
+        state =
+            remaining == UInt64(count)
+            ? .head : .payload(remaining: remaining - UInt64(count), key: key, offset: offset + count)
+    }
+
+    /// A whole head from `buffer`, checked, or nil while it is incomplete. A data head moves to its payload.
+    private mutating func readHead(from buffer: inout ByteBuffer) throws(FrameRules.Violation) -> Head? {
         guard let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
             let second = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self)
         else { return nil }
@@ -92,7 +187,11 @@ public struct WebSocketFrameReader: Sendable {
         case 2: length = UInt64(buffer.readInteger(as: UInt16.self)!)
         default: length = UInt64(shortLength)
         }
-        let key = masked ? WebSocketMaskingKey(buffer.readBytes(length: 4)!) : nil
+        var key: WebSocketMaskingKey?
+        if masked {
+            key = WebSocketMaskingKey(buffer.readableBytesView.prefix(4))
+            buffer.moveReaderIndex(forwardBy: 4)
+        }
         let fin = first & 0x80 != 0
         let opcode = WebSocketOpcode(encodedWebSocketOpcode: first & 0x0F)
         if let violation = Self.violation(
@@ -101,27 +200,50 @@ public struct WebSocketFrameReader: Sendable {
             state = .failed
             throw violation
         }
-        guard let opcode, !opcode.isControlOpcode else {
-            let body = ByteBufferAllocator().buffer(capacity: Int(length))
-            guard length > 0 else { return try control(opcode: opcode!, body: body, key: key) }
-            state = .control(opcode: opcode!, remaining: Int(length), key: key, collected: body)
-            return try read(from: &buffer)
+        let head = Head(fin: fin, opcode: opcode!, length: length, key: key)
+        if !head.opcode.isControlOpcode {
+            messageOpen = !fin
+            state = length == 0 ? .head : .payload(remaining: length, key: key, offset: 0)
         }
-        messageOpen = !fin
-        state = length == 0 ? .head : .payload(remaining: length, key: key, offset: 0)
-        return .head(DataFrameHead(fin: fin, opcode: opcode, length: length))
+        return head
+    }
+
+    /// A control head: the frame itself when it has no body, else nil and its body is collected next.
+    private mutating func startControl(_ head: Head) throws(FrameRules.Violation) -> WebSocketFrame? {
+        let body = ByteBufferAllocator().buffer(capacity: Int(head.length))
+        guard head.length > 0 else { return try control(opcode: head.opcode, body: body, key: head.key) }
+        state = .control(opcode: head.opcode, remaining: Int(head.length), key: head.key, collected: body)
+        return nil
+    }
+
+    /// More of a control frame's body; the frame once it is whole.
+    private mutating func continueControl(from buffer: inout ByteBuffer) throws(FrameRules.Violation) -> WebSocketFrame?
+    {
+        guard case .control(let opcode, let remaining, let key, var collected) = state else { return nil }
+        let count = min(remaining, buffer.readableBytes)
+        guard count > 0 else { return nil }
+        // The state lets go of the body while it grows, so writing to it does not copy it.
+        state = .head
+        var chunk = buffer.readSlice(length: count)!
+        collected.writeBuffer(&chunk)
+        guard remaining == count else {
+            state = .control(opcode: opcode, remaining: remaining - count, key: key, collected: collected)
+            return nil
+        }
+        state = .head
+        return try control(opcode: opcode, body: collected, key: key)
     }
 
     private mutating func control(
         opcode: WebSocketOpcode, body: ByteBuffer, key: WebSocketMaskingKey?
-    ) throws(FrameRules.Violation) -> Part {
+    ) throws(FrameRules.Violation) -> WebSocketFrame {
         var body = body
         if let key { Self.unmask(&body, count: body.readableBytes, key: key, offset: 0) }
         if opcode == .connectionClose, let violation = FrameRules.closeViolation(body) {
             state = .failed
             throw violation
         }
-        return .control(WebSocketFrame(fin: true, opcode: opcode, data: body))
+        return WebSocketFrame(fin: true, opcode: opcode, data: body)
     }
 
     /// The header rules, before any payload is read.
@@ -197,36 +319,23 @@ public enum WebSocketFrameHeader {
     }
 }
 
-/// Turns the bytes of a WebSocket connection into `WebSocketFrameReader.Part`s as they arrive. A violation
-/// is passed on as an error (`FrameRules.Violation`) for the handler behind to answer.
-public final class WebSocketFrameStreamDecoder: ChannelInboundHandler, RemovableChannelHandler {
-    public typealias InboundIn = ByteBuffer
-    public typealias InboundOut = WebSocketFrameReader.Part
-
-    private var reader = WebSocketFrameReader()
-    /// The start of a frame header a read ended inside of: at most a few bytes.
-    private var leftover: ByteBuffer?
+/// The few bytes of a frame head a read ended inside of, joined to the next read.
+public struct HeadRemainder {
+    private var bytes: ByteBuffer?
 
     public init() {}
 
-    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var buffer = unwrapInboundIn(data)
-        if var left = leftover {
-            left.writeBuffer(&buffer)
-            buffer = left
-            leftover = nil
-        }
-        do {
-            while let part = try reader.read(from: &buffer) {
-                context.fireChannelRead(wrapInboundOut(part))
-            }
-        } catch {
-            context.fireErrorCaught(error)
-            return
-        }
-        if buffer.readableBytes > 0 { leftover = ByteBuffer(bytes: buffer.readableBytesView) }
+    /// `buffer`, behind whatever the previous read left.
+    public mutating func joined(_ buffer: ByteBuffer) -> ByteBuffer {
+        guard var left = bytes else { return buffer }
+        var buffer = buffer
+        left.writeBuffer(&buffer)
+        bytes = nil
+        return left
+    }
+
+    /// Keeps what `buffer` has left (at most a head's few bytes), copied so the read buffer can go.
+    public mutating func keep(_ buffer: ByteBuffer) {
+        if buffer.readableBytes > 0 { bytes = ByteBuffer(bytes: buffer.readableBytesView) }
     }
 }
-
-@available(*, unavailable)
-extension WebSocketFrameStreamDecoder: Sendable {}

@@ -11,8 +11,9 @@ public enum WebSocketUpgradeEvent: Sendable {
 public enum WebSocketFrameInput: Sendable {
     /// Whole `WebSocketFrame`s of at most `maxFrameSize` bytes (NIO's decoder): for messages a handler parses.
     case whole(maxFrameSize: Int)
-    /// `WebSocketFrameReader.Part`s as bytes arrive (`WebSocketFrameStreamDecoder`): frames of any size.
-    case streamed
+    /// The bytes themselves: the handler reads frames of any size with `WebSocketFrameReader` as they arrive
+    /// (a relay leg rewrites them for its partner's peer, an agent's tunnel passes their payload to TCP).
+    case bytes
 }
 
 /// The pipeline surgery both sides of a WebSocket handshake perform after the 101.
@@ -36,8 +37,8 @@ public enum WebSocketPipeline {
             try sync.addHandler(
                 ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)),
                 position: .after(handshakeHandler))
-        case .streamed:
-            try sync.addHandler(WebSocketFrameStreamDecoder(), position: .after(handshakeHandler))
+        case .bytes:
+            break
         }
         try addHandlers()
         sync.removeHandler(handshakeHandler, promise: nil)

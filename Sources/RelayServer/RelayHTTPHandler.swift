@@ -817,7 +817,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             try WebSocketPipeline.switchToWebSocket(
                 context: context, handshakeHandler: self, httpEncoder: encoder, httpDecoder: decoder,
                 frameEncoder: streamed ? nil : WebSocketFrameEncoder(),
-                frameInput: streamed ? .streamed : .whole(maxFrameSize: limits.maxFrameBytes)
+                frameInput: streamed ? .bytes : .whole(maxFrameSize: limits.maxFrameBytes)
             ) {
                 try context.pipeline.syncOperations.addHandler(handler)
             }

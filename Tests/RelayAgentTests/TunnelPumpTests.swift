@@ -9,6 +9,12 @@ import Testing
 @testable import RelayAgent
 
 @Suite struct TunnelPumpTests {
+    /// A frame as the relay writes it (unmasked).
+    static func wire(_ opcode: WebSocketOpcode, _ data: ByteBuffer) -> ByteBuffer {
+        WebSocketFrameHeader.unmaskedFrame(
+            WebSocketFrame(fin: true, opcode: opcode, data: data), allocator: ByteBufferAllocator())
+    }
+
     /// A client whose TCP peer leaves while the relay's 101 is still being processed: the HTTP decoder is
     /// still in the pipeline and rejects anything but HTTP parts, so the Close must wait for the upgrade.
     @Test func aCloseBeforeTheUpgradeCompletesWaitsForIt() throws {
@@ -46,11 +52,9 @@ import Testing
         try webSocket.pipeline.syncOperations.addHandler(decoder)
         try webSocket.pipeline.syncOperations.addHandler(MaskingFrameEncoder())
         try webSocket.pipeline.syncOperations.addHandler(handler)
-        // As the frame decoder would hand it over, past the HTTP decoder that is still there.
+        // Frame bytes that arrived with the 101, handed past the HTTP decoder that is still there.
         try webSocket.pipeline.syncOperations.context(handlerType: MaskingFrameEncoder.self).fireChannelRead(
-            NIOAny(
-                WebSocketFrameReader.Part.control(
-                    WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer(string: "hi")))))
+            NIOAny(Self.wire(.ping, ByteBuffer(string: "hi"))))
         #expect(try webSocket.readOutbound(as: ByteBuffer.self) == nil)
         webSocket.pipeline.syncOperations.removeHandler(decoder, promise: nil)
         webSocket.embeddedEventLoop.run()
@@ -79,7 +83,7 @@ import Testing
         try webSocket.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
         webSocket.pipeline.fireUserInboundEventTriggered(WebSocketUpgradeEvent.completed)
         // Half a preamble is not a preamble.
-        try webSocket.writeInbound(WebSocketFrameReader.Part.payload(ByteBuffer(bytes: [1, 0])))
+        try webSocket.writeInbound(TunnelPumpTests.wire(.binary, ByteBuffer(bytes: [1, 0])))
         webSocket.embeddedEventLoop.advanceTime(by: .seconds(9))
         #expect(try webSocket.readOutbound(as: ByteBuffer.self) == nil)
         webSocket.embeddedEventLoop.advanceTime(by: .seconds(2))
@@ -104,7 +108,7 @@ import Testing
         try webSocket.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
         webSocket.pipeline.fireUserInboundEventTriggered(WebSocketUpgradeEvent.completed)
         let (header, name) = Preamble.request(portName: "db")
-        try webSocket.writeInbound(WebSocketFrameReader.Part.payload(ByteBuffer(bytes: header + name)))
+        try webSocket.writeInbound(TunnelPumpTests.wire(.binary, ByteBuffer(bytes: header + name)))
         #expect(dialed == "db")
         webSocket.embeddedEventLoop.advanceTime(by: .seconds(11))
         #expect(try webSocket.readOutbound(as: ByteBuffer.self) == nil, "no close once the preamble arrived")

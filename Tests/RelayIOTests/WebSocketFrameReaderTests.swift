@@ -118,6 +118,72 @@ import Testing
         #expect(try reader.read(from: &buffer) == nil, "nothing is read after a violation")
     }
 
+    /// A relay's rewrite: whatever the reads, the bytes handed on are the same frames as a server writes them,
+    /// one buffer per read unless a control frame comes between, with the frame-in-progress flag right.
+    @Test(arguments: [1, 5, 14, 100, 4096, 1 << 20])
+    func forwardingRewritesFramesForTheOtherSide(chunk: Int) throws {
+        let payload = (0..<70_000).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 1) }
+        let wire =
+            Self.frame(.binary, payload) + Self.frame(.text, Array("ab".utf8), fin: false) + Self.frame(.ping, [4])
+            + Self.frame(.continuation, Array("c".utf8)) + Self.frame(.connectionClose, [0x03, 0xE8])
+        var reader = WebSocketFrameReader()
+        var left = ByteBuffer()
+        var forwarded = ByteBuffer()
+        var controls: [WebSocketOpcode] = []
+        var payloadBytes = 0
+        var frames = 0
+        var offset = 0
+        while offset < wire.count {
+            let end = min(wire.count, offset + chunk)
+            left.writeBytes(wire[offset..<end])
+            offset = end
+            var partsThisRead = 0
+            var controlsThisRead = 0
+            try reader.forward(from: &left, allocator: ByteBufferAllocator()) { part in
+                switch part {
+                case .bytes(var bytes, let payloadCount, let started, let inside):
+                    partsThisRead += 1
+                    payloadBytes += payloadCount
+                    frames += started
+                    forwarded.writeBuffer(&bytes)
+                    // Inside a frame exactly when the frames seen so far announce more payload than arrived.
+                    #expect(inside == (offset < wire.count && Self.insideFrame(forwarded)))
+                case .control(let frame):
+                    controlsThisRead += 1
+                    controls.append(frame.opcode)
+                }
+            }
+            #expect(partsThisRead <= controlsThisRead + 1, "one buffer per read, split only by control frames")
+            left.discardReadBytes()
+        }
+        var expected = ByteBuffer()
+        for (opcode, bytes, fin) in [
+            (WebSocketOpcode.binary, payload, true), (.text, Array("ab".utf8), false),
+            (.continuation, Array("c".utf8), true),
+        ] {
+            WebSocketFrameHeader.write(fin: fin, opcode: opcode, length: bytes.count, maskKey: nil, into: &expected)
+            expected.writeBytes(bytes)
+        }
+        #expect(forwarded == expected)
+        #expect(controls == [.ping, .connectionClose])
+        #expect(payloadBytes == 70_003 && frames == 3)
+    }
+
+    /// Whether unmasked frames in `bytes` end inside a frame's payload.
+    static func insideFrame(_ bytes: ByteBuffer) -> Bool {
+        var reader = WebSocketFrameReader()
+        var copy = bytes
+        var owed: UInt64 = 0
+        while let part = try? reader.read(from: &copy) {
+            switch part {
+            case .head(let head): owed = head.length
+            case .payload(let chunk): owed -= UInt64(chunk.readableBytes)
+            case .control: break
+            }
+        }
+        return owed > 0 || copy.readableBytes > 0
+    }
+
     @Test func aCloseReasonThatIsNotUTF8Is1007() {
         var reader = WebSocketFrameReader()
         var buffer = ByteBuffer(bytes: Self.frame(.connectionClose, [0x03, 0xE8, 0xFF, 0xFE]))
