@@ -99,7 +99,11 @@ let package = Package(
         ),
         .testTarget(name: "HybridConnectionsTests", dependencies: ["HybridConnections"], swiftSettings: strict),
         .testTarget(
-            name: "RelayIOTests", dependencies: ["RelayIO", .product(name: "NIOEmbedded", package: "swift-nio")] + nio,
+            name: "RelayIOTests",
+            dependencies: [
+                "RelayIO", .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ] + nio,
             swiftSettings: strict),
         .testTarget(
             name: "RelayTelemetryTests", dependencies: ["RelayTelemetry", log, tracing], swiftSettings: strict),

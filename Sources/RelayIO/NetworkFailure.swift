@@ -1,4 +1,12 @@
 import NIOCore
+import NIOPosix
+import NIOSSL
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// Why a connection failed, in words a person can act on: a short bounded `label` for metrics and queries,
 /// a `summary` of what happened, and a `hint` of what to try. NIO's and BoringSSL's own texts (kept by
@@ -10,43 +18,61 @@ public struct ConnectFailure: Sendable, Equatable {
     public var summary: String
     public var hint: String?
 
+    /// Classified by the error's type: NIO's connection errors carry the errno, DNS and timeout causes as
+    /// values; BoringSSL reports a failed verification only as reason text inside a typed handshake error.
     public init(_ error: any Error, host: String, port: Int) {
-        self.init(description: "\(error)", host: host, port: port)
+        target = "\(host):\(port)"
+        (label, summary, hint) = ("other", "\(error)", nil)
+        classify(error, host: host)
     }
 
     public init(_ error: any Error, url: WebSocketURL) {
         self.init(error, host: url.host, port: url.port)
     }
 
-    /// Classifies by the error's text: NIO wraps the errno, DNS and TLS causes in several types whose
-    /// descriptions all carry them.
-    public init(description: String, host: String, port: Int) {
-        target = "\(host):\(port)"
-        (label, summary, hint) = ("other", description, nil)
-        let text = description.lowercased()
-        switch text {
-        case _ where text.contains("certificate_verify_failed") || text.contains("unable to get local issuer"):
-            set(
-                "tls_untrusted", "the relay's TLS certificate is not signed by a CA this agent trusts",
-                "pass --ca-file with the PEM certificate of the CA that signed it")
-        case _ where text.contains("failedtovalidatehostname") || text.contains("unable to validate hostname"):
+    private mutating func classify(_ error: any Error, host: String) {
+        switch error {
+        case let error as NIOConnectionError:
+            // Every address failed: the first one's cause stands for all; with no address, DNS failed.
+            if let first = error.connectionErrors.first {
+                classify(first.error, host: host)
+            } else if error.dnsAError != nil || error.dnsAAAAError != nil {
+                set("name_resolution", "\(host) does not resolve", "check the name, and DNS on this machine")
+            }
+        case let error as IOError:
+            switch error.errnoCode {
+            case ECONNREFUSED:
+                set("connection_refused", "connection refused", "nothing listens there; is the service running?")
+            case ETIMEDOUT:
+                set("timeout", "no answer in time", "check the address, and firewalls on the way")
+            case ENETUNREACH, EHOSTUNREACH:
+                set("unreachable", "the network is unreachable", "check routing and firewalls to that address")
+            case ECONNRESET:
+                set("connection_reset", "the connection was reset", nil)
+            default:
+                break
+            }
+        case ChannelError.connectTimeout:
+            set("timeout", "no answer in time", "check the address, and firewalls on the way")
+        case is SocketAddressError.UnknownHost:
+            set("name_resolution", "\(host) does not resolve", "check the name, and DNS on this machine")
+        case let error as NIOSSLExtraError where error == .failedToValidateHostname:
             set(
                 "tls_wrong_host", "the relay's TLS certificate does not name \(host)",
                 "issue a certificate with \(host) in its subjectAltName (docs/relay.md shows how)")
-        case _ where text.contains("handshakefailed") || text.contains("sslerror") || text.contains("boringssl"):
-            set(
-                "tls_failed", "the TLS handshake failed", "check that the relay serves TLS 1.2 or newer on this port")
-        case _ where text.contains("connection refused") || text.contains("errno: 111"):
-            set("connection_refused", "connection refused", "nothing listens there; is the service running?")
-        case _ where text.contains("timed out") || text.contains("timeout"):
-            set("timeout", "no answer in time", "check the address, and firewalls on the way")
-        case _ where text.contains("unreachable") || text.contains("no route"):
-            set("unreachable", "the network is unreachable", "check routing and firewalls to that address")
-        case _ where text.contains("resolution") || text.contains("unknownhost") || text.contains("name or service"):
-            set("name_resolution", "\(host) does not resolve", "check the name, and DNS on this machine")
-        case _ where text.contains("connection reset"):
-            set("connection_reset", "the connection was reset", nil)
-        case _ where text.contains("closed during the websocket handshake"):
+        case let error as NIOSSLError:
+            if case .handshakeFailed(.sslError(let reasons)) = error,
+                reasons.contains(where: { "\($0)".contains("CERTIFICATE_VERIFY_FAILED") })
+            {
+                set(
+                    "tls_untrusted", "the relay's TLS certificate is not signed by a CA this agent trusts",
+                    "pass --ca-file with the PEM certificate of the CA that signed it")
+            } else {
+                set(
+                    "tls_failed", "the TLS handshake failed",
+                    "check that the relay serves TLS 1.2 or newer on this port")
+            }
+        case let error as WebSocketClientError where error.kind == .closedDuringHandshake:
             set(
                 "closed_in_handshake", "the connection closed during the WebSocket handshake",
                 "if the relay serves TLS, use a wss:// address")

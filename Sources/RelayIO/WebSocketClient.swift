@@ -72,7 +72,18 @@ public enum WebSocketConnectResult: Sendable {
 }
 
 public struct WebSocketClientError: Error, CustomStringConvertible {
+    public enum Kind: Sendable, Equatable {
+        case closedDuringHandshake
+        case other
+    }
+
+    public var kind: Kind
     public var description: String
+
+    public init(_ kind: Kind = .other, description: String) {
+        self.kind = kind
+        self.description = description
+    }
 }
 
 /// Opens client WebSockets: TCP (and TLS), the HTTP/1.1 upgrade, then frame codecs.
@@ -268,7 +279,9 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
     func channelInactive(context: ChannelHandlerContext) {
         if !done {
             done = true
-            promise.fail(WebSocketClientError(description: "the connection closed during the WebSocket handshake"))
+            promise.fail(
+                WebSocketClientError(
+                    .closedDuringHandshake, description: "the connection closed during the WebSocket handshake"))
         }
         context.fireChannelInactive()
     }

@@ -255,38 +255,6 @@ import Testing
     }
 }
 
-@Suite struct ConnectFailureTests {
-    func failure(_ text: String) -> ConnectFailure {
-        ConnectFailure(description: text, host: "relay.example", port: 35661)
-    }
-
-    /// The texts NIO and BoringSSL really produce (taken from agent logs), and what a person reads instead.
-    @Test func errorsBecomeAReasonAndWhatToTry() {
-        let refused =
-            "Connection errors: SingleConnectionFailure(target: [IPv4]127.0.0.1/127.0.0.1:35661, error: connection reset (error set): Connection refused) (errno: 111))"
-        #expect(failure(refused).label == "connection_refused")
-        #expect(
-            ConnectFailure(description: refused, host: "127.0.0.1", port: 35661).text.hasPrefix(
-                "127.0.0.1:35661: connection refused; "))
-        let untrusted =
-            "handshakeFailed(NIOSSL.BoringSSLError.sslError([Error: 268435581 error:1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED at /src/handshake.cc:320]))"
-        #expect(failure(untrusted).label == "tls_untrusted")
-        #expect(failure(untrusted).hint?.contains("--ca-file") == true)
-        #expect(!failure(untrusted).text.contains("handshake.cc"), "no source paths")
-        #expect(failure("failedToValidateHostname").label == "tls_wrong_host")
-        #expect(
-            failure("failedToValidateHostname").summary == "the relay's TLS certificate does not name relay.example")
-        #expect(failure("connectTimeout(TimeAmount(10s))").label == "timeout")
-        #expect(failure("No route to host (errno: 113)").label == "unreachable")
-        #expect(
-            failure(
-                "DNS error: SocketAddressError.UnknownHost: Name or service not known (error -2) for host relay.example"
-            ).label == "name_resolution")
-        #expect(failure("the connection closed during the WebSocket handshake").hint?.contains("wss://") == true)
-        #expect(failure("something else").label == "other" && failure("something else").summary == "something else")
-    }
-}
-
 @Suite struct ProbeOutcomeTests {
     func response(_ status: Int, _ body: String, contentType: String = "text/plain") -> HTTPProbeResponse {
         var headers = HTTPHeaders()
