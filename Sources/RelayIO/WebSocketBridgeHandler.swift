@@ -43,6 +43,8 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     private var context: ChannelHandlerContext?
     private var reader = WebSocketFrameReader()
     private var remainder = HeadRemainder()
+    /// The rewritten bytes of the current read burst, handed on at read-complete.
+    private var output = WebSocketFrameReader.ForwardOutput()
     private var pending: [WebSocketFrameReader.ForwardPart] = []
     private var partnerWritable = true
     private var pongs = PongReplies()
@@ -98,7 +100,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
         guard !receivedClose else { return }
         var buffer = remainder.joined(unwrapInboundIn(data))
         do {
-            try reader.forward(from: &buffer, allocator: context.channel.allocator) { part in
+            try reader.forward(from: &buffer, into: &output, allocator: context.channel.allocator) { part in
                 received(part, context: context)
             }
         } catch {
@@ -111,11 +113,8 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     private func received(_ part: WebSocketFrameReader.ForwardPart, context: ChannelHandlerContext) {
         guard !receivedClose else { return }
         switch part {
-        case .bytes(_, let payloadBytes, let framesStarted, _):
-            statistics.framesIn &+= framesStarted
-            statistics.bytesIn &+= payloadBytes
-            uncountedBytes &+= payloadBytes
-            pending.append(part)
+        case .bytes:
+            queue(part)
         case .control(let frame):
             switch frame.opcode {
             case .ping:
@@ -132,7 +131,24 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
         }
     }
 
+    /// Rewritten bytes for the partner, counted as they are queued.
+    private func queue(_ part: WebSocketFrameReader.ForwardPart) {
+        if case .bytes(_, let payloadBytes, let framesStarted, _) = part {
+            statistics.framesIn &+= framesStarted
+            statistics.bytesIn &+= payloadBytes
+            uncountedBytes &+= payloadBytes
+        }
+        pending.append(part)
+    }
+
+    /// The read burst's rewritten bytes join the queue (a Close read in the burst already took them).
+    private func queueOutput() {
+        guard !receivedClose, let part = reader.take(&output) else { return }
+        queue(part)
+    }
+
     public func channelReadComplete(context: ChannelHandlerContext) {
+        queueOutput()
         if uncountedBytes > 0 {
             countBytes(uncountedBytes)
             uncountedBytes = 0
@@ -218,6 +234,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
+        queueOutput()
         if uncountedBytes > 0 {
             countBytes(uncountedBytes)
             uncountedBytes = 0

@@ -85,32 +85,29 @@ public struct WebSocketFrameReader: Sendable {
         }
     }
 
-    /// Reads everything `buffer` holds and hands it to `emit` rewritten for the other side of a relay: data
-    /// frames copied once, unmasked, behind heads without a mask key, into one new buffer per read (split only
-    /// where a control frame comes between), and control frames whole. What is left in `buffer` is the start
-    /// of a head, for the caller to keep for the next read.
+    /// Rewritten data frames waiting to be handed on: one buffer for a whole read burst, so a burst of reads
+    /// costs one allocation (and a growth or two), not one per read or per frame.
+    public struct ForwardOutput: Sendable {
+        fileprivate var buffer: ByteBuffer?
+        fileprivate var payloadBytes = 0
+        fileprivate var framesStarted = 0
+
+        public init() {}
+    }
+
+    /// Reads everything `buffer` holds, rewritten for the other side of a relay: data frames copied once,
+    /// unmasked, behind heads without a mask key, onto `output`; a control frame is handed to `emit` whole,
+    /// after what `output` held before it (as a `.bytes` part). What is left in `buffer` is the start of a
+    /// head, for the caller to keep for the next read. `take(_:)` hands on what `output` holds.
     public mutating func forward(
-        from buffer: inout ByteBuffer, allocator: ByteBufferAllocator, _ emit: (ForwardPart) -> Void
+        from buffer: inout ByteBuffer, into output: inout ForwardOutput, allocator: ByteBufferAllocator,
+        _ emit: (ForwardPart) -> Void
     ) throws(FrameRules.Violation) {
-        var output: ByteBuffer?
-        var payloadBytes = 0
-        var framesStarted = 0
-        func flush(endsInsideFrame: Bool) {
-            if let written = output, written.readableBytes > 0 {
-                emit(
-                    .bytes(
-                        written, payloadBytes: payloadBytes, framesStarted: framesStarted,
-                        endsInsideFrame: endsInsideFrame))
-            }
-            output = nil
-            payloadBytes = 0
-            framesStarted = 0
-        }
-        // Taken out while written to, so no second reference makes the write copy it. Heads lose their mask
-        // key, so the rewritten bytes never outgrow the bytes read.
-        func takeOutput() -> ByteBuffer {
-            defer { output = nil }
-            return output ?? allocator.buffer(capacity: buffer.readableBytes + WebSocketFrameHeader.maxLength)
+        // Taken out of `output` while written to, so no second reference makes the write copy it. Heads lose
+        // their mask key, so a read's rewritten bytes never outgrow the read.
+        func take() -> ByteBuffer {
+            defer { output.buffer = nil }
+            return output.buffer ?? allocator.buffer(capacity: buffer.readableBytes + WebSocketFrameHeader.maxLength)
         }
         loop: while true {
             switch state {
@@ -120,20 +117,20 @@ public struct WebSocketFrameReader: Sendable {
                 guard let head = try readHead(from: &buffer) else { break loop }
                 if head.opcode.isControlOpcode {
                     if let frame = try startControl(head) {
-                        flush(endsInsideFrame: false)
+                        if let part = self.take(&output) { emit(part) }
                         emit(.control(frame))
                     }
                     continue
                 }
-                var written = takeOutput()
+                var written = take()
                 WebSocketFrameHeader.write(
                     fin: head.fin, opcode: head.opcode, length: Int(head.length), maskKey: nil, into: &written)
-                output = written
-                framesStarted += 1
+                output.buffer = written
+                output.framesStarted += 1
             case .payload(let remaining, let key, let offset):
                 let count = Int(min(remaining, UInt64(buffer.readableBytes)))
                 guard count > 0 else { break loop }
-                var written = takeOutput()
+                var written = take()
                 if let key {
                     buffer.withUnsafeReadableBytes { source in
                         _ = written.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { destination in
@@ -148,20 +145,26 @@ public struct WebSocketFrameReader: Sendable {
                     var chunk = buffer.readSlice(length: count)!
                     written.writeBuffer(&chunk)
                 }
-                output = written
-                payloadBytes += count
+                output.buffer = written
+                output.payloadBytes += count
                 advance(remaining: remaining, key: key, offset: offset, by: count)
             case .control:
                 guard let frame = try continueControl(from: &buffer) else { break loop }
-                flush(endsInsideFrame: false)
+                if let part = self.take(&output) { emit(part) }
                 emit(.control(frame))
             }
         }
-        if case .payload = state {
-            flush(endsInsideFrame: true)
-        } else {
-            flush(endsInsideFrame: false)
-        }
+    }
+
+    /// What `output` holds, as one part to write, and `output` emptied; nil when it holds nothing.
+    public func take(_ output: inout ForwardOutput) -> ForwardPart? {
+        defer { output = ForwardOutput() }
+        guard let written = output.buffer, written.readableBytes > 0 else { return nil }
+        var insideFrame = false
+        if case .payload = state { insideFrame = true }
+        return .bytes(
+            written, payloadBytes: output.payloadBytes, framesStarted: output.framesStarted,
+            endsInsideFrame: insideFrame)
     }
 
     private mutating func advance(remaining: UInt64, key: WebSocketMaskingKey?, offset: Int, by count: Int) {

@@ -249,6 +249,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                     return
                 }
                 state = .readingHTTPBody(try admitHTTPRequest(head: head, target: target))
+                if head.headers.contains(name: "expect") {
+                    // Admitted: the client may send its body now (RFC 9110 §10.1.1). A refusal above was the
+                    // final answer instead, sent before the body.
+                    context.writeAndFlush(
+                        wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .continue))), promise: nil)
+                }
                 arm(
                     seconds: limits.httpBodyTimeoutSeconds,
                     Refusal(
@@ -604,6 +610,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// read: a declared body over the limit, and an entity nobody listens on.
     private func admitHTTPRequest(head: HTTPRequestHead, target: RequestTarget) throws -> HTTPModeRequest {
         guard !hub.isDraining else { throw Refusal.draining }
+        if let expectation = head.headers.first(name: "expect"), expectation.lowercased() != "100-continue" {
+            throw Refusal(
+                status: 417, text: "ExpectationFailed: Only 'Expect: 100-continue' is supported",
+                reason: "expectation_failed")
+        }
         let path = try target.decodedPath()
         let (entity, _) = try hub.policy.entity(for: String(path.dropFirst()))
         let found = token(head, queryToken: try target.value(of: "sb-hc-token"))
@@ -619,10 +630,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             consumedHeaders: RelayPolicy.consumedHeaders(entity: entity, source: found?.source), body: ByteBuffer())
     }
 
-    /// Connection-level headers the relay never forwards (RFC 7230).
+    /// Connection-level headers the relay never forwards (RFC 7230); `Expect` the relay answers itself.
     static let hopByHopHeaders: Set<String> = [
         "connection", "content-length", "te", "trailer", "transfer-encoding", "upgrade", "keep-alive",
-        "proxy-connection", "close",
+        "proxy-connection", "close", "expect",
     ]
 
     private func httpRequestReceived(context: ChannelHandlerContext, request: HTTPModeRequest) {

@@ -426,3 +426,72 @@ def test_a_listener_gone_after_an_accept_lets_its_sender_know_at_once(relay):
     assert alone == 404 and shared == 503
     assert alone_seconds < 1.5 and shared_seconds < 1.5, (alone_seconds, shared_seconds)
     assert "listener gone with rendezvous it had not opened" in relay.log()
+
+
+def test_http_mode_answers_expect_100_continue(relay):
+    """A client that asks before sending its body (curl does for large ones) hears 100 Continue once the
+    relay would take the request, then the listener's answer; a refusal is the final answer instead, and an
+    expectation other than 100-continue gets 417. The listener never sees the Expect header."""
+    import socket as sockets
+
+    def head(target, headers, length):
+        lines = ["POST %s HTTP/1.1" % target, "Host: 127.0.0.1:%d" % relay.port, "Connection: close",
+                 "Content-Length: %d" % length] + ["%s: %s" % item for item in headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    def read_head(sock):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(1)
+            assert chunk, data
+            data += chunk
+        return data.decode("latin-1")
+
+    async def run():
+        control, _ = await open_listener(relay)
+        body = os.urandom(50_000)
+
+        def client():
+            sock = sockets.create_connection(("127.0.0.1", relay.port), timeout=10)
+            sock.sendall(head("/hyco/upload", {**dotnet_headers(relay, "hyco"), "Expect": "100-continue"}, len(body)))
+            interim = read_head(sock)
+            sock.sendall(body)
+            final = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                final += chunk
+            sock.close()
+            return interim, final.decode("latin-1")
+
+        answered = asyncio.get_running_loop().run_in_executor(None, client)
+        kind, request = await next_control(control)
+        assert kind == "request"
+        if request.get("method"):
+            received = await control.recv()
+            sink = control
+        else:
+            sink = await connect(request["address"], max_size=None)
+            kind, request = hc.parse_control(await sink.recv())
+            received = await sink.recv()
+        assert received == body
+        assert "expect" not in {k.lower() for k in request["requestHeaders"]}
+        await sink.send(json.dumps({"response": {"requestId": request["id"], "statusCode": 204}}))
+        interim, final = await answered
+        assert interim.startswith("HTTP/1.1 100 Continue\r\n"), interim
+        assert final.startswith("HTTP/1.1 204 "), final
+        if sink is not control:
+            await sink.close()
+        await control.close()
+
+    asyncio.run(run())
+    # Refused before the body: the final answer, no 100.
+    sock = hc.socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    sock.sendall(head("/hyco/upload", {"Expect": "100-continue"}, 10))
+    assert read_head(sock).startswith("HTTP/1.1 401 ")
+    sock.close()
+    sock = hc.socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    sock.sendall(head("/hyco/upload", {**dotnet_headers(relay, "hyco"), "Expect": "something-else"}, 10))
+    assert read_head(sock).startswith("HTTP/1.1 417 ")
+    sock.close()
