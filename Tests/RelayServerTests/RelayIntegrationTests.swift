@@ -107,27 +107,6 @@ import Testing
         try await relay.stop()
     }
 
-    @Test func deadListenersAreEvicted() async throws {
-        let relay = try await TestRelay.start {
-            $0.pingIntervalSeconds = 0.1
-            $0.missedPongLimit = 2
-        }
-        // A listener that never answers pings: its pipeline swallows them.
-        let silent = try await relay.connect(url: relay.url("/$hc/hc?sb-hc-action=listen"), token: relay.token("hc"))
-            .socket()
-        let channel = silent.channel
-        try await channel.eventLoop.submit {
-            try channel.pipeline.syncOperations.addHandler(PingSwallower(), position: .first)
-        }.get()
-        let live = try await relay.listen()
-        #expect(relay.server.hub.listenerCount(entity: "hc") == 2)
-        try await Task.sleep(for: .milliseconds(1000))
-        #expect(
-            relay.server.hub.listenerCount(entity: "hc") == 1, "the silent listener is gone, the answering one stays")
-        try await live.close()
-        try await relay.stop()
-    }
-
     @Test func tlsWithSelfSignedCA() async throws {
         let pki = try TestPKI.make()
         let relay = try await TestRelay.start(
@@ -182,11 +161,6 @@ func randomBytes(_ count: Int) -> [UInt8] {
 actor AcceptCounter {
     var counts: [Int: Int] = [:]
     func add(_ index: Int) { counts[index, default: 0] += 1 }
-}
-
-final class PingSwallower: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }
 
 @Suite(.serialized) struct AuthenticationFloodTests {

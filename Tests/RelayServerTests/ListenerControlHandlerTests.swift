@@ -1,0 +1,129 @@
+import HybridConnections
+import Logging
+import NIOCore
+import NIOEmbedded
+import NIOWebSocket
+import RelayIO
+import RelayTelemetry
+import Testing
+
+@testable import RelayServer
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+
+/// The listener control channel on an `EmbeddedChannel`: its timers run on virtual time, so liveness and token
+/// expiry are tested without sleeping.
+@Suite struct ListenerControlHandlerTests {
+    struct Setup {
+        let channel: EmbeddedChannel
+        let hub: RelayHub
+        let handler: ListenerControlHandler
+    }
+
+    func setUp(
+        tokenExpiry: Int64 = .max, configure: (inout RelayLimits) -> Void = { _ in }
+    ) throws -> Setup {
+        var limits = RelayLimits()
+        configure(&limits)
+        let configuration = RelayConfiguration(
+            listen: "127.0.0.1:0",
+            namespaceRules: [AuthorizationRule(keyName: TestKeys.name, primaryKey: TestKeys.key, rights: [.manage])],
+            hybridConnections: [HybridConnectionConfiguration(name: "hc")], limits: limits)
+        var logger = Logger(label: "test.control")
+        logger.logLevel = .critical
+        let hub = RelayHub(
+            configuration: configuration, logger: logger, metrics: RelayMetrics(), tracer: HopTracer(logger: logger))
+        let channel = EmbeddedChannel()
+        let handler = ListenerControlHandler(
+            hub: hub, entity: configuration.hybridConnections[0], trackingId: "l1", tokenExpiry: tokenExpiry,
+            requestHost: "127.0.0.1")
+        let handle = ListenerHandle(
+            id: hub.makeID(), trackingId: "l1", entity: "hc",
+            control: NIOLoopBound(handler, eventLoop: channel.embeddedEventLoop))
+        handler.handle = handle
+        #expect(hub.register(handle))
+        try channel.pipeline.syncOperations.addHandlers(WebSocketFrameEncoder(), handler)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        return Setup(channel: channel, hub: hub, handler: handler)
+    }
+
+    /// The frames the handler wrote, decoded.
+    func written(_ channel: EmbeddedChannel) throws -> [WebSocketFrame] {
+        var wire = ByteBuffer()
+        while var chunk = try channel.readOutbound(as: ByteBuffer.self) { wire.writeBuffer(&chunk) }
+        var reader = WebSocketFrameReader()
+        var frames: [WebSocketFrame] = []
+        while let part = try reader.read(from: &wire) {
+            if case .control(let frame) = part { frames.append(frame) }
+        }
+        return frames
+    }
+
+    func closeCode(_ frames: [WebSocketFrame]) -> UInt16? {
+        frames.first { $0.opcode == .connectionClose }.flatMap { $0.data.getInteger(at: $0.data.readerIndex) }
+    }
+
+    @Test func aListenerThatNeverAnswersPingsIsEvicted() throws {
+        let setup = try setUp {
+            $0.pingIntervalSeconds = 1
+            $0.missedPongLimit = 2
+        }
+        setup.channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        setup.channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        #expect(try written(setup.channel).filter { $0.opcode == .ping }.count == 2)
+        #expect(setup.hub.listenerCount(entity: "hc") == 1)
+        setup.channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        #expect(setup.hub.listenerCount(entity: "hc") == 0, "evicted after two unanswered pings")
+        #expect(!setup.channel.isActive)
+    }
+
+    @Test func pongsKeepAListenerRegistered() throws {
+        let setup = try setUp {
+            $0.pingIntervalSeconds = 1
+            $0.missedPongLimit = 2
+        }
+        for _ in 0..<10 {
+            setup.channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+            try setup.channel.writeInbound(WebSocketFrame(fin: true, opcode: .pong, data: ByteBuffer()))
+        }
+        #expect(setup.hub.listenerCount(entity: "hc") == 1 && setup.channel.isActive)
+    }
+
+    /// The token ends the channel at `se` plus the grace, on its own timer: no ping is due for an hour.
+    @Test func aTokenEndsTheChannelAtItsExpiryPlusGrace() throws {
+        let now = Int64(Date().timeIntervalSince1970)
+        let setup = try setUp(tokenExpiry: now + 5) {
+            $0.pingIntervalSeconds = 3600
+            $0.tokenGraceSeconds = 2
+        }
+        setup.channel.embeddedEventLoop.advanceTime(by: .seconds(5))
+        let early = try written(setup.channel)
+        #expect(setup.channel.isActive && early.isEmpty)
+        setup.channel.embeddedEventLoop.advanceTime(by: .seconds(3))
+        #expect(closeCode(try written(setup.channel)) == 1008)
+        #expect(setup.hub.listenerCount(entity: "hc") == 0)
+    }
+
+    /// A renewed token moves the deadline.
+    @Test func renewTokenMovesTheDeadline() throws {
+        let now = Int64(Date().timeIntervalSince1970)
+        let setup = try setUp(tokenExpiry: now + 5) {
+            $0.pingIntervalSeconds = 3600
+            $0.tokenGraceSeconds = 2
+        }
+        let token = SharedAccessSignature.make(
+            resource: "http://127.0.0.1/hc/", keyName: TestKeys.name, key: TestKeys.key, expiry: now + 60)
+        var text = ByteBuffer()
+        text.writeString(#"{"renewToken":{"token":"\#(token)"}}"#)
+        try setup.channel.writeInbound(WebSocketFrame(fin: true, opcode: .text, data: text))
+        setup.channel.embeddedEventLoop.advanceTime(by: .seconds(30))
+        let beforeDeadline = try written(setup.channel)
+        #expect(setup.channel.isActive && closeCode(beforeDeadline) == nil)
+        setup.channel.embeddedEventLoop.advanceTime(by: .seconds(33))
+        #expect(closeCode(try written(setup.channel)) == 1008)
+    }
+}
