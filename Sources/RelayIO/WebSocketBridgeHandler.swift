@@ -41,20 +41,13 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
 
     private var partner: NIOLoopBound<WebSocketBridgeHandler>?
     private var context: ChannelHandlerContext?
+    private var state = BridgeLegStateMachine()
     private var reader = WebSocketFrameReader()
     private var remainder = HeadRemainder()
     /// The rewritten bytes of the current read burst, handed on at read-complete.
     private var output = WebSocketFrameReader.ForwardOutput()
     private var pending: [WebSocketFrameReader.ForwardPart] = []
-    private var partnerWritable = true
-    private var pongs = PongReplies()
-    private var readPending = false
-    private var receivedClose = false
-    private var sentClose = false
     private var closeWritten: EventLoopFuture<Void>?
-    /// The partner's frame being written to this leg's peer continues in bytes not written yet.
-    private var insideFrame = false
-    private var finished = false
     private var statistics = BridgeLegStatistics()
     private var uncountedBytes = 0
     private let countBytes: @Sendable (Int) -> Void
@@ -75,17 +68,14 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     /// Joins this leg to its partner. Until then reads are withheld, so nothing is lost.
     public func attach(partner: NIOLoopBound<WebSocketBridgeHandler>) {
         self.partner = partner
-        if finished {
+        if state.isFinished {
             // This leg went away before it was joined: the partner learns now.
             partner.eventLoop.execute { partner.value.partnerDidClose() }
             return
         }
         // Frames can arrive before the join despite withheld reads: NIO drains input on a peer's FIN.
         forwardPending()
-        if readPending, let context {
-            readPending = false
-            context.read()
-        }
+        if state.joinedPartner() { context?.read() }
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
@@ -97,7 +87,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !receivedClose else { return }
+        guard state.takesData else { return }
         var buffer = remainder.joined(unwrapInboundIn(data))
         do {
             try reader.forward(from: &buffer, into: &output, allocator: context.channel.allocator) { part in
@@ -111,23 +101,19 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     }
 
     private func received(_ part: WebSocketFrameReader.ForwardPart, context: ChannelHandlerContext) {
-        guard !receivedClose else { return }
+        guard state.takesData else { return }
         switch part {
         case .bytes:
             queue(part)
-        case .control(let frame):
-            switch frame.opcode {
-            case .ping:
-                guard !sentClose else { return }
-                sendPong(pongs.pingReceived(frame.data, writable: canWriteControl(context)), context: context)
-            case .connectionClose:
-                receivedClose = true
-                statistics.closeCode =
-                    frame.data.getInteger(at: frame.data.readerIndex, as: UInt16.self).map(Int.init) ?? 1005
-                pending.append(part)
-            default:
-                break
-            }
+        case .control(let frame) where frame.opcode == .ping:
+            sendPong(state.pingReceived(frame.data, writable: context.channel.isWritable), context: context)
+        case .control(let frame) where frame.opcode == .connectionClose:
+            guard state.closeReceived() else { return }
+            statistics.closeCode =
+                frame.data.getInteger(at: frame.data.readerIndex, as: UInt16.self).map(Int.init) ?? 1005
+            pending.append(part)
+        case .control:
+            break
         }
     }
 
@@ -143,21 +129,22 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
 
     /// The read burst's rewritten bytes join the queue (a Close read in the burst already took them).
     private func queueOutput() {
-        guard !receivedClose, let part = reader.take(&output) else { return }
+        guard state.takesData, let part = reader.take(&output) else { return }
         queue(part)
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
         queueOutput()
-        if uncountedBytes > 0 {
-            countBytes(uncountedBytes)
-            uncountedBytes = 0
-        }
+        reportBytes()
         forwardPending()
-        if receivedClose && sentClose {
-            context.close(after: closeWritten)
-        }
+        if state.closesAfterReadBurst { context.close(after: closeWritten) }
         context.fireChannelReadComplete()
+    }
+
+    private func reportBytes() {
+        guard uncountedBytes > 0 else { return }
+        countBytes(uncountedBytes)
+        uncountedBytes = 0
     }
 
     private func forwardPending() {
@@ -172,30 +159,21 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
 
     /// Parts from the partner leg, written to this leg's peer in one flush.
     private func deliver(_ parts: [WebSocketFrameReader.ForwardPart]) {
-        guard let context, !sentClose else { return }
+        guard let context, !state.closeState.sent else { return }
         for part in parts {
             switch part {
             case .bytes(let bytes, _, _, let endsInsideFrame):
-                insideFrame = endsInsideFrame
+                state.partnerBytesWritten(endsInsideFrame: endsInsideFrame)
                 context.write(wrapOutboundOut(bytes), promise: nil)
             case .control(let frame):
-                writeClose(frame, context: context)
+                if state.partnerCloseArrived() { writeClose(frame, context: context) }
             }
-            if sentClose { break }
+            if state.closeState.sent { break }
         }
-        // A pong that waited for the frame in progress to end.
-        if !insideFrame, !sentClose, context.channel.isWritable {
-            sendPong(pongs.becameWritable(), context: context)
-        }
+        let (pong, close) = state.deliveryWritten(writable: context.channel.isWritable)
+        sendPong(pong, context: context)
         context.flush()
-        if sentClose && receivedClose {
-            context.close(after: closeWritten)
-        }
-    }
-
-    /// Control frames go between frames only, never inside the payload of one being written.
-    private func canWriteControl(_ context: ChannelHandlerContext) -> Bool {
-        context.channel.isWritable && !insideFrame
+        if close { context.close(after: closeWritten) }
     }
 
     private func sendPong(_ payload: ByteBuffer?, context: ChannelHandlerContext) {
@@ -207,16 +185,12 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     }
 
     public func read(context: ChannelHandlerContext) {
-        if partnerWritable && partner != nil {
-            context.read()
-        } else {
-            readPending = true
-        }
+        if state.readRequested() { context.read() }
     }
 
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
         let writable = context.channel.isWritable
-        if !sentClose, canWriteControl(context) { sendPong(pongs.becameWritable(), context: context) }
+        sendPong(state.writabilityChanged(writable), context: context)
         if let partner {
             partner.eventLoop.execute {
                 partner.value.partnerWritabilityChanged(writable)
@@ -226,21 +200,14 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     }
 
     private func partnerWritabilityChanged(_ writable: Bool) {
-        partnerWritable = writable
-        if writable && readPending, let context {
-            readPending = false
-            context.read()
-        }
+        if state.partnerWritabilityChanged(writable) { context?.read() }
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
         queueOutput()
-        if uncountedBytes > 0 {
-            countBytes(uncountedBytes)
-            uncountedBytes = 0
-        }
+        reportBytes()
         forwardPending()
-        finish()
+        if state.channelInactive() { onFinished(statistics) }
         if let partner {
             partner.eventLoop.execute {
                 partner.value.partnerDidClose()
@@ -252,10 +219,9 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     /// This leg's peer broke the protocol: it gets a Close with the reason and the leg ends; the partner's
     /// peer learns with 1001 when this channel is gone. Nothing more is read from the offender.
     private func protocolViolated(_ violation: FrameRules.Violation, context: ChannelHandlerContext) {
-        receivedClose = true
         statistics.closeCode = Int(violation.code)
         statistics.violation = violation.reason
-        if !sentClose && !insideFrame {
+        if state.violation() == .closeWithReasonThenClose {
             writeClose(
                 FrameRules.closeFrame(
                     code: violation.code, reason: violation.reason, allocator: context.channel.allocator),
@@ -269,18 +235,23 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     /// wait briefly for our peer's Close reply. Gone in the middle of a frame, the frame cannot be finished
     /// nor a Close sent after it: the connection is closed.
     public func partnerDidClose() {
-        guard let context, context.channel.isActive else { return }
-        if insideFrame {
+        guard let context else { return }
+        let action = state.partnerGone(active: context.channel.isActive)
+        switch action {
+        case .none:
+            return
+        case .closeNow:
             context.close(promise: nil)
             return
-        }
-        if !sentClose {
+        case .goingAwayThenClose, .goingAwayThenAwaitReply:
             writeClose(
                 FrameRules.closeFrame(code: 1001, reason: "The peer went away", allocator: context.channel.allocator),
                 context: context)
             context.flush()
+        case .closeAfterCloseWritten, .awaitReply:
+            break
         }
-        if receivedClose {
+        if action == .goingAwayThenClose || action == .closeAfterCloseWritten {
             context.close(after: closeWritten)
         } else {
             context.eventLoop.assumeIsolated().scheduleTask(in: Self.closeReplyTimeout) { [weak self] in
@@ -291,7 +262,6 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
 
     /// The Close is the last frame this leg writes, so its completion means everything before it is out.
     private func writeClose(_ frame: WebSocketFrame, context: ChannelHandlerContext) {
-        sentClose = true
         let written = context.eventLoop.makePromise(of: Void.self)
         context.write(
             wrapOutboundOut(WebSocketFrameHeader.unmaskedFrame(frame, allocator: context.channel.allocator)),
@@ -301,12 +271,6 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
-    }
-
-    private func finish() {
-        guard !finished else { return }
-        finished = true
-        onFinished(statistics)
     }
 }
 
