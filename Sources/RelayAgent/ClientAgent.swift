@@ -277,7 +277,7 @@ extension ClientAgent {
         ) { webSocket in
             let bridgeSpan = tracer.startSpan("client.bridge", context: acceptSpan.context, ofKind: .internal)
             let handler = TunnelWebSocketHandler(
-                role: .sender(portName: binding.portName), tcp: tcp.value, started: startedDeadline,
+                role: .sender(portName: binding.portName), local: tcp.value, started: startedDeadline,
                 countBytes: { downBytes.increment(by: Int64($0)) }
             ) { summary in
                 counter.closed()

@@ -292,7 +292,7 @@ final class ListenerLoop: Sendable {
                     Self.dial(
                         portName: portName, forward: forward, handler: handler, metrics: metrics,
                         span: tracer.startSpan("edge.dial", context: parent, ofKind: .client), logger: tunnelLogger)
-                }), tcp: nil, started: startedDeadline, countBytes: { upBytes.increment(by: Int64($0)) }
+                }), local: nil, started: startedDeadline, countBytes: { upBytes.increment(by: Int64($0)) }
             ) { summary in
                 counter.closed()
                 metrics.tunnelClosed(
@@ -389,7 +389,7 @@ final class ListenerLoop: Sendable {
                             "target": "\(binding.host):\(binding.port)",
                             "dial_ms": "\((ContinuousClock.now - started).milliseconds)",
                         ])
-                    boundHandler.value.dialSucceeded(tcp: boundTCP.value)
+                    boundHandler.value.dialSucceeded(local: boundTCP.value)
                 case .failure(let error):
                     let failure = ConnectFailure(error, host: binding.host, port: binding.port)
                     let target = "\(binding.host):\(binding.port)"

@@ -48,6 +48,28 @@ public struct TunnelSummary: Sendable, Equatable {
 /// Back-pressure: each side withholds `read()` while the other side's channel is not writable.
 /// Half-close: TCP EOF becomes `Close(1000, "Shutdown")`; a Close from the relay shuts the TCP output
 /// down; the other direction keeps flowing until it ends too.
+/// What a tunnel pumps to and from on the agent's side: the local connection (TCP now; Unix sockets, UDP flows
+/// and HTTP exchanges are further kinds). The WebSocket side drives it through these calls only, on the
+/// event loop they share.
+protocol TunnelLocalSide: AnyObject {
+    /// The local connection is open (a tunnel whose local side is already gone is not opened).
+    var isActive: Bool { get }
+    /// It takes more bytes without queuing (else the WebSocket side withholds its reads).
+    var isWritable: Bool { get }
+    /// Binds the WebSocket side; the local side reports its reads and closes to it.
+    func attach(_ webSocket: TunnelWebSocketHandler)
+    /// The tunnel is open: read the local connection from now on (what arrived before goes first).
+    func startReading()
+    /// The WebSocket side can take more: a withheld read may be made.
+    func resumeReading()
+    func write(_ data: ByteBuffer)
+    func flush()
+    /// The relay side closed: no more bytes toward the local peer, once the written ones are out.
+    func shutdownOutput()
+    /// Ends the local connection once the written bytes are out.
+    func close()
+}
+
 final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The relay connection's bytes, read here with `WebSocketFrameReader`: frames of any size, their payload
     /// passed to TCP as it arrives.
@@ -74,7 +96,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var reader = WebSocketFrameReader()
     private var remainder = HeadRemainder()
     private(set) var context: ChannelHandlerContext?
-    private var tcp: TunnelTCPHandler?
+    private var local: (any TunnelLocalSide)?
     private var readPending = false
     private var receivedClose = false
     private(set) var sentClose = false
@@ -100,13 +122,13 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     ///   - preambleTimeout: on the edge, how long the sender has to send its preamble.
     ///   - countBytes: payload bytes received from the relay, reported once per read burst.
     init(
-        role: Role, tcp: TunnelTCPHandler?, started: NIODeadline = .now(),
+        role: Role, local: (any TunnelLocalSide)?, started: NIODeadline = .now(),
         preambleTimeout: TimeAmount = TunnelWebSocketHandler.defaultPreambleTimeout,
         countBytes: @escaping (Int) -> Void = { _ in },
         onFinished: @escaping (TunnelSummary) -> Void
     ) {
         self.role = role
-        self.tcp = tcp
+        self.local = local
         self.started = started
         self.preambleTimeout = preambleTimeout
         self.countBytes = countBytes
@@ -123,8 +145,8 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        tcp?.attach(self)
-        if let tcp, !tcp.isActive {
+        local?.attach(self)
+        if let local, !local.isActive {
             summary.set("local_closed_early", "the local connection closed before the tunnel opened")
             context.close(promise: nil)
             return
@@ -215,7 +237,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
             }
             summary.bytesFromRelay &+= data.readableBytes
             uncountedBytes &+= data.readableBytes
-            tcp?.write(data)
+            local?.write(data)
         case .awaitingReply(var parser):
             switch parser.feed(data.readableBytesView) {
             case .needMore:
@@ -225,9 +247,9 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
                 if !leftover.isEmpty {
                     summary.bytesFromRelay += leftover.count
                     uncountedBytes += leftover.count
-                    tcp?.write(ByteBuffer(bytes: leftover))
+                    local?.write(ByteBuffer(bytes: leftover))
                 }
-                tcp?.startReading()
+                local?.startReading()
             case .refused(_, let reason):
                 fail(code: 1002, label: "preamble_refused", cause: "preamble refused: \(reason)")
             }
@@ -264,7 +286,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
             if summary.causeLabel == "closed" {
                 summary.set("remote_close", "remote close \(code.map(String.init) ?? "-")")
             }
-            tcp?.shutdownOutput()
+            local?.shutdownOutput()
         } else {
             let detail = reason.isEmpty ? "" : ": \(reason)"
             if summary.causeLabel == "closed" {
@@ -272,14 +294,14 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
                     "refused_by_peer",
                     "closed by peer before the tunnel opened (\(code.map(String.init) ?? "no code")\(detail))")
             }
-            tcp?.close()
+            local?.close()
         }
         if sentClose, let context { context.close(after: closeWritten) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         reportBytes()
-        tcp?.flush()
+        local?.flush()
         context.fireChannelReadComplete()
     }
 
@@ -287,7 +309,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
         switch phase {
         case .dialing:
             readPending = true
-        case .pumping where !(tcp?.isWritable ?? true):
+        case .pumping where !(local?.isWritable ?? true):
             readPending = true
         default:
             context.read()
@@ -295,14 +317,14 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { tcp?.resumeReading() }
+        if context.channel.isWritable { local?.resumeReading() }
         context.fireChannelWritabilityChanged()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         reportBytes()
         if !receivedClose, summary.causeLabel == "closed" { summary.set("relay_lost", "relay connection lost") }
-        tcp?.close()
+        local?.close()
         finish()
         context.fireChannelInactive()
     }
@@ -322,22 +344,22 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     // MARK: From the TCP side
 
     /// The dial for this tunnel succeeded: answer the preamble and start pumping.
-    func dialSucceeded(tcp: TunnelTCPHandler) {
+    func dialSucceeded(local: any TunnelLocalSide) {
         guard case .dialing(let leftover) = phase, let context else {
-            tcp.close()
+            local.close()
             return
         }
-        self.tcp = tcp
-        tcp.attach(self)
+        self.local = local
+        local.attach(self)
         phase = .pumping
         sendFrame(.binary, ByteBuffer(bytes: Preamble.accepted()))
         context.flush()
         if !leftover.isEmpty {
             summary.bytesFromRelay += leftover.count
-            tcp.write(ByteBuffer(bytes: leftover))
-            tcp.flush()
+            local.write(ByteBuffer(bytes: leftover))
+            local.flush()
         }
-        tcp.startReading()
+        local.startReading()
         resumeReading()
     }
 
@@ -345,7 +367,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     func fail(code: UInt16, label: String, cause: String) {
         summary.set(label, cause)
         sendClose(code: code, reason: cause)
-        tcp?.close()
+        local?.close()
     }
 
     func send(_ data: ByteBuffer) {
@@ -392,7 +414,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     private func finish() {
         guard !finished else { return }
         finished = true
-        tcp = nil
+        local = nil
         onFinished(summary)
     }
 }
@@ -401,7 +423,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
 extension TunnelWebSocketHandler: Sendable {}
 
 /// The TCP side of an agent tunnel. Reads stay off until the preamble exchange is done.
-final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler {
+final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler, TunnelLocalSide {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer

@@ -25,7 +25,7 @@ import Testing
 
         let webSocket = EmbeddedChannel()
         let decoder = ByteToMessageHandler(HTTPResponseDecoder())
-        let handler = TunnelWebSocketHandler(role: .sender(portName: "db"), tcp: tcp) { _ in }
+        let handler = TunnelWebSocketHandler(role: .sender(portName: "db"), local: tcp) { _ in }
         try webSocket.pipeline.syncOperations.addHandler(decoder)
         try webSocket.pipeline.syncOperations.addHandler(MaskingFrameEncoder())
         try webSocket.pipeline.syncOperations.addHandler(handler)
@@ -48,7 +48,7 @@ import Testing
     @Test func aPingBeforeTheUpgradeCompletesIsAnsweredAfterIt() throws {
         let webSocket = EmbeddedChannel()
         let decoder = ByteToMessageHandler(HTTPResponseDecoder())
-        let handler = TunnelWebSocketHandler(role: .sender(portName: "db"), tcp: nil) { _ in }
+        let handler = TunnelWebSocketHandler(role: .sender(portName: "db"), local: nil) { _ in }
         try webSocket.pipeline.syncOperations.addHandler(decoder)
         try webSocket.pipeline.syncOperations.addHandler(MaskingFrameEncoder())
         try webSocket.pipeline.syncOperations.addHandler(handler)
@@ -75,7 +75,7 @@ import Testing
         let webSocket = EmbeddedChannel()
         var summary: TunnelSummary?
         let handler = TunnelWebSocketHandler(
-            role: .listener(dial: { _, _ in Issue.record("nothing to dial") }), tcp: nil,
+            role: .listener(dial: { _, _ in Issue.record("nothing to dial") }), local: nil,
             preambleTimeout: .seconds(10)
         ) { summary = $0 }
         try webSocket.pipeline.syncOperations.addHandler(MaskingFrameEncoder())
@@ -101,7 +101,7 @@ import Testing
         let webSocket = EmbeddedChannel()
         var dialed: String?
         let handler = TunnelWebSocketHandler(
-            role: .listener(dial: { name, _ in dialed = name }), tcp: nil, preambleTimeout: .seconds(10)
+            role: .listener(dial: { name, _ in dialed = name }), local: nil, preambleTimeout: .seconds(10)
         ) { _ in }
         try webSocket.pipeline.syncOperations.addHandler(MaskingFrameEncoder())
         try webSocket.pipeline.syncOperations.addHandler(handler)
