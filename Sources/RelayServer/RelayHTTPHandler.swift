@@ -200,54 +200,15 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     // MARK: Request classification
 
     private func requestHeadReceived(context: ChannelHandlerContext, head: HTTPRequestHead) {
-        guard head.uri.utf8.count <= limits.maxRequestTargetBytes else {
-            refuse(
-                context: context,
-                Refusal(
-                    status: 414,
-                    text: "URITooLong: The request target exceeds \(limits.maxRequestTargetBytes) bytes",
-                    reason: "uri_too_long"))
-            return
-        }
-        let headerBytes = head.headers.reduce(head.uri.utf8.count) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
-        guard headerBytes <= limits.maxHeaderBytes else {
-            refuse(
-                context: context,
-                Refusal(
-                    status: 431,
-                    text: "RequestHeaderFieldsTooLarge: The request headers exceed \(limits.maxHeaderBytes) bytes",
-                    reason: "headers_too_large"))
-            return
-        }
         do {
-            let target = try RequestTarget(parsing: head.uri)
-            if let request = try HybridConnectionRequest(target: target) {
-                guard WebSocketHandshake.isUpgradeRequest(head) else {
-                    throw Refusal(status: 400, text: RelayErrorText.webSocketOnly, reason: "not_websocket")
-                }
-                if let problem = WebSocketHandshake.upgradeProblem(head) {
-                    throw Refusal(status: 400, text: "BadRequest: \(problem)", reason: "bad_handshake")
-                }
-                // A body would keep the request open past its head, and with it a socket nobody answers.
-                guard !Self.declaresBody(head) else {
-                    throw Refusal(
-                        status: 400, text: "BadRequest: A WebSocket upgrade request cannot have a body",
-                        reason: "upgrade_with_body")
-                }
+            switch RequestClassifier.classify(head, limits: limits) {
+            case .failure(let refusal):
+                throw refusal
+            case .success(.webSocket(let request)):
                 state = .webSocketRequested(head, request)
-            } else {
-                guard !WebSocketHandshake.isUpgradeRequest(head) else {
-                    throw Refusal(
-                        status: 400, text: "BadRequest: WebSocket requests must use the /$hc/ path",
-                        reason: "websocket_outside_hc")
-                }
-                if RuntimeInformation.isQuery(
-                    method: head.method.rawValue, target: target,
-                    processAtHeader: head.headers.first(name: "x-process-at"))
-                {
-                    try runtimeInformation(context: context, head: head, target: target)
-                    return
-                }
+            case .success(.runtimeInformation(let target)):
+                try runtimeInformation(context: context, head: head, target: target)
+            case .success(.httpMode(let target)):
                 state = .readingHTTPBody(try admitHTTPRequest(head: head, target: target))
                 if head.headers.contains(name: "expect") {
                     // Admitted: the client may send its body now (RFC 9110 §10.1.1). A refusal above was the
@@ -268,12 +229,6 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         } catch {
             refuse(context: context, Refusal(status: 400, text: "BadRequest: \(error)", reason: "malformed_url"))
         }
-    }
-
-    /// Whether a request announces a body (`Content-Length` above 0, or any `Transfer-Encoding`).
-    static func declaresBody(_ head: HTTPRequestHead) -> Bool {
-        if head.headers.contains(name: "transfer-encoding") { return true }
-        return head.headers[canonicalForm: "content-length"].contains { $0 != "0" }
     }
 
     private func refuse(
