@@ -131,3 +131,73 @@ import Testing
         #expect(opened == 1, "once")
     }
 }
+
+/// A client tunnel pumping between an embedded TCP connection and an embedded relay WebSocket: half-close
+/// each way, with what is in flight delivered.
+@Suite struct TunnelHalfCloseTests {
+    struct Pump {
+        let tcp: EmbeddedChannel
+        let webSocket: EmbeddedChannel
+    }
+
+    func pumping() throws -> Pump {
+        let tcpChannel = EmbeddedChannel()
+        let tcp = TunnelTCPHandler()
+        try tcpChannel.pipeline.syncOperations.addHandler(tcp)
+        try tcpChannel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        let webSocket = EmbeddedChannel()
+        let handler = TunnelWebSocketHandler(role: .sender(portName: "db"), local: tcp) { _ in }
+        try webSocket.pipeline.syncOperations.addHandlers(MaskingFrameEncoder(), handler)
+        try webSocket.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
+        webSocket.pipeline.fireUserInboundEventTriggered(WebSocketUpgradeEvent.completed)
+        _ = try frames(webSocket)  // the preamble
+        try webSocket.writeInbound(TunnelPumpTests.wire(.binary, ByteBuffer(bytes: Preamble.accepted())))
+        webSocket.pipeline.fireChannelReadComplete()
+        return Pump(tcp: tcpChannel, webSocket: webSocket)
+    }
+
+    /// The frames the client wrote to the relay, unmasked.
+    func frames(_ channel: EmbeddedChannel) throws -> [WebSocketFrame] {
+        var frames: [WebSocketFrame] = []
+        while let bytes = try channel.readOutbound(as: ByteBuffer.self) {
+            let decoder = EmbeddedChannel(handler: ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 20)))
+            try decoder.writeInbound(bytes)
+            while let frame = try decoder.readInbound(as: WebSocketFrame.self) { frames.append(frame) }
+        }
+        return frames
+    }
+
+    func tcpOutput(_ channel: EmbeddedChannel) throws -> [UInt8] {
+        var out: [UInt8] = []
+        while let bytes = try channel.readOutbound(as: ByteBuffer.self) { out += bytes.readableBytesView }
+        return out
+    }
+
+    @Test func theLocalPeersFinClosesOneWayOnly() throws {
+        let pump = try pumping()
+        try pump.tcp.writeInbound(ByteBuffer(string: "request"))
+        pump.tcp.pipeline.fireChannelReadComplete()
+        pump.tcp.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        let sent = try frames(pump.webSocket)
+        #expect(sent.map(\.opcode) == [.binary, .connectionClose])
+        #expect(sent[0].unmaskedData == ByteBuffer(string: "request"))
+        #expect(sent[1].unmaskedData.getInteger(at: sent[1].unmaskedData.readerIndex, as: UInt16.self) == 1000)
+        // The relay's direction still flows after the local peer's FIN.
+        try pump.webSocket.writeInbound(TunnelPumpTests.wire(.binary, ByteBuffer(string: "answer")))
+        pump.webSocket.pipeline.fireChannelReadComplete()
+        #expect(try tcpOutput(pump.tcp) == Array("answer".utf8))
+        #expect(pump.tcp.isActive && pump.webSocket.isActive)
+    }
+
+    /// The relay's Close shuts the way toward the local peer once what came before it is written. (The other
+    /// way staying open needs a real socket's half-close, which `EmbeddedChannel` does not have; the
+    /// conformance suite covers it.)
+    @Test func theRelaysCloseComesAfterWhatPrecededIt() throws {
+        let pump = try pumping()
+        try pump.webSocket.writeInbound(TunnelPumpTests.wire(.binary, ByteBuffer(string: "last words")))
+        try pump.webSocket.writeInbound(
+            TunnelPumpTests.wire(.connectionClose, ByteBuffer(bytes: [0x03, 0xE8])))
+        pump.webSocket.pipeline.fireChannelReadComplete()
+        #expect(try tcpOutput(pump.tcp) == Array("last words".utf8))
+    }
+}
