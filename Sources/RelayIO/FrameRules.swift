@@ -1,9 +1,8 @@
 import NIOCore
 import NIOWebSocket
 
-/// RFC 6455 rules NIO's frame decoder leaves to the endpoint, because it cannot know which extensions were
-/// agreed. HybridRelay agrees none, so: RSV bits clear, no reserved opcode, and a Close body that is empty
-/// or a code a peer may send followed by UTF-8 text.
+/// The Close rules of RFC 6455 (`WebSocketFrameReader` checks every other frame rule): a Close body is empty
+/// or a code a peer may send followed by UTF-8 text. And the one way Close frames are built.
 public enum FrameRules {
     public struct Violation: Equatable, Sendable, Error {
         /// The Close code to answer with: 1002 protocol error or 1007 invalid payload.
@@ -14,22 +13,6 @@ public enum FrameRules {
             self.code = code
             self.reason = reason
         }
-    }
-
-    /// Checks the header of any frame, before its payload is looked at.
-    public static func violation(in frame: WebSocketFrame) -> Violation? {
-        if frame.rsv1 || frame.rsv2 || frame.rsv3 {
-            return Violation(code: 1002, reason: "RSV bits set without a negotiated extension")
-        }
-        switch frame.opcode {
-        case .continuation, .text, .binary, .connectionClose, .ping, .pong: return nil
-        default: return Violation(code: 1002, reason: "reserved opcode")
-        }
-    }
-
-    /// Checks an unmasked frame whole: its header and, for a Close, its body.
-    public static func violation(inUnmasked frame: WebSocketFrame) -> Violation? {
-        violation(in: frame) ?? (frame.opcode == .connectionClose ? closeViolation(frame.data) : nil)
     }
 
     /// Checks an unmasked Close body.

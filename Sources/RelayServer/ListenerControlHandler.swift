@@ -16,7 +16,8 @@ import RelayTelemetry
 /// `renewToken` and `response` messages, pings the listener and evicts it when it stops answering or
 /// its token lapses.
 final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = WebSocketFrame
+    /// The channel's bytes, read here with `WebSocketFrameReader` (the frame rules every role shares).
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = WebSocketFrame
 
     /// Control-channel JSON is kept under 64 KiB (the .NET listener's receive buffer).
@@ -39,6 +40,8 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     private var closing = false
     /// Why the channel ended, as a bounded metric label.
     private var closeCause = "closed"
+    private var reader = WebSocketFrameReader()
+    private var remainder = HeadRemainder()
     private var messages: MessageAssembler
     private var responses = HTTPResponseAssembler()
     private var logger: Logger
@@ -53,8 +56,9 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         self.tokenExpiry = tokenExpiry
         self.requestHost = requestHost
         messages = MessageAssembler(
-            limit: max(Self.maxControlMessageBytes, hub.limits.maxHTTPBodyBytes), textLimit: Self.maxControlMessageBytes
-        )
+            limit: max(Self.maxControlMessageBytes, hub.limits.maxHTTPBodyBytes),
+            textLimit: Self.maxControlMessageBytes,
+            frameLimit: hub.limits.maxFrameBytes)
         logger = hub.logger
         logger[metadataKey: "entity"] = "\(entity.name)"
         logger[metadataKey: "listener_id"] = "\(trackingId)"
@@ -107,36 +111,48 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !closing else { return }
-        let frame = unwrapInboundIn(data).unmasked(allocator: context.channel.allocator)
-        if let violation = FrameRules.violation(inUnmasked: frame) {
+        var buffer = remainder.joined(unwrapInboundIn(data))
+        do {
+            while !closing, let part = try reader.read(from: &buffer) { received(part, context: context) }
+        } catch {
             closeCause = "protocol_error"
-            logger.warning("listener broke the protocol: \(violation.reason)", metadata: ["reason": "protocol_error"])
-            close(code: violation.code, reason: violation.reason)
+            logger.warning("listener broke the protocol: \(error.reason)", metadata: ["reason": "protocol_error"])
+            close(code: error.code, reason: error.reason)
             return
         }
-        switch frame.opcode {
-        case .ping:
-            context.sendPong(pongs.pingReceived(frame.data, writable: context.channel.isWritable))
-        case .pong:
-            // Solicited or not (the .NET runtime sends unsolicited pongs as heartbeats): proof of life.
-            missedPongs = 0
-        case .connectionClose:
-            closeCause = "listener_closed"
-            close(code: 1000, reason: "Normal Closure")
-        default:
-            missedPongs = 0
-            switch messages.receive(frame) {
-            case .none: break
-            case .message(.text, let data): textMessage(data)
-            case .message(_, let data): binaryMessage(data)
-            case .tooLarge:
-                closeCause = "message_too_big"
-                close(code: 1009, reason: "Message too big")
-            case .protocolError(let why):
-                closeCause = "protocol_error"
-                close(code: 1002, reason: why)
+        remainder.keep(buffer)
+    }
+
+    private func received(_ part: WebSocketFrameReader.Part, context: ChannelHandlerContext) {
+        if case .control(let frame) = part {
+            switch frame.opcode {
+            case .ping:
+                context.sendPong(pongs.pingReceived(frame.data, writable: context.channel.isWritable))
+            case .pong:
+                // Solicited or not (the .NET runtime sends unsolicited pongs as heartbeats): proof of life.
+                missedPongs = 0
+            case .connectionClose:
+                closeCause = "listener_closed"
+                close(code: 1000, reason: "Normal Closure")
+            default:
+                break
             }
+            return
+        }
+        missedPongs = 0
+        switch messages.receive(part) {
+        case .none: break
+        case .message(.text, let data): textMessage(data)
+        case .message(_, let data): binaryMessage(data)
+        case .tooLarge:
+            closeCause = "message_too_big"
+            logger.warning("listener sent a message over the limit", metadata: ["reason": "message_too_big"])
+            close(code: 1009, reason: "Message too big")
+        case .frameTooLarge:
+            closeCause = "message_too_big"
+            let reason = "Message too big: frames over \(hub.limits.maxFrameBytes) bytes are not accepted here"
+            logger.warning("listener sent \(reason)", metadata: ["reason": "message_too_big"])
+            close(code: 1009, reason: reason)
         }
     }
 
@@ -147,12 +163,6 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         guard !closing else { return }
-        if let tooBig = FrameTooBig(error, limit: hub.limits.maxFrameBytes) {
-            closeCause = "message_too_big"
-            logger.warning("listener sent \(tooBig.reason)", metadata: ["reason": "message_too_big"])
-            close(code: 1009, reason: tooBig.reason)
-            return
-        }
         logger.warning("control channel error: \(error)", metadata: ["reason": "protocol_error"])
         context.close(promise: nil)
     }
@@ -264,12 +274,14 @@ extension ListenerControlHandler: Sendable {}
 /// A listener's rendezvous for one HTTP-mode request (`sb-hc-action=request`): delivers the request
 /// when it did not fit the control channel, then reads the `response` and its body.
 final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = WebSocketFrame
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = WebSocketFrame
 
     private let hub: RelayHub
     private let key: String
     private let request: PendingHTTPRequest?
+    private var reader = WebSocketFrameReader()
+    private var remainder = HeadRemainder()
     private var messages: MessageAssembler
     private var responses = HTTPResponseAssembler()
     private var pongs = PongReplies()
@@ -280,7 +292,8 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
         self.key = key
         self.request = request
         messages = MessageAssembler(
-            limit: hub.limits.maxHTTPBodyBytes, textLimit: ListenerControlHandler.maxControlMessageBytes)
+            limit: hub.limits.maxHTTPBodyBytes, textLimit: ListenerControlHandler.maxControlMessageBytes,
+            frameLimit: hub.limits.maxFrameBytes)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -294,33 +307,36 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !sentClose else { return }
-        let frame = unwrapInboundIn(data).unmasked(allocator: context.channel.allocator)
-        if let violation = FrameRules.violation(inUnmasked: frame) {
+        var buffer = remainder.joined(unwrapInboundIn(data))
+        do {
+            while !sentClose, let part = try reader.read(from: &buffer) { received(part, context: context) }
+        } catch {
             hub.logger.warning(
-                "listener broke the protocol on a request rendezvous: \(violation.reason)",
+                "listener broke the protocol on a request rendezvous: \(error.reason)",
                 metadata: ["reason": "protocol_error"])
             sentClose = true
-            context.closeWebSocket(code: violation.code, reason: violation.reason)
+            context.closeWebSocket(code: error.code, reason: error.reason)
             return
         }
-        switch frame.opcode {
-        case .ping:
+        remainder.keep(buffer)
+    }
+
+    private func received(_ part: WebSocketFrameReader.Part, context: ChannelHandlerContext) {
+        switch part {
+        case .control(let frame) where frame.opcode == .ping:
             context.sendPong(pongs.pingReceived(frame.data, writable: context.channel.isWritable))
-        case .pong:
-            break
-        case .connectionClose:
+        case .control(let frame) where frame.opcode == .connectionClose:
             // The .NET listener closes the rendezvous after every response; answer and hang up.
-            if !sentClose {
-                sentClose = true
-                context.writeAndFlush(
-                    wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: frame.data))
-                )
-                .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-            }
-        default:
+            sentClose = true
+            context.writeAndFlush(
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: frame.data))
+            )
+            .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        case .control:
+            break
+        case .head, .payload:
             let event: HTTPResponseAssembler.Event
-            switch messages.receive(frame) {
+            switch messages.receive(part) {
             case .none: return
             case .message(.text, let data):
                 guard let message = try? ControlMessage(decoding: data.readableBytesView),
@@ -338,8 +354,10 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
                     context: context, code: 1009,
                     reason: "Message too big: response bodies are limited to \(hub.limits.maxHTTPBodyBytes) bytes")
                 return
-            case .protocolError(let why):
-                refuseResponse(context: context, code: 1002, reason: why)
+            case .frameTooLarge:
+                refuseResponse(
+                    context: context, code: 1009,
+                    reason: "Message too big: frames over \(hub.limits.maxFrameBytes) bytes are not accepted here")
                 return
             }
             if case .complete(let head, let body) = event {
@@ -356,10 +374,6 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         guard !sentClose else { return }
-        if let tooBig = FrameTooBig(error, limit: hub.limits.maxFrameBytes) {
-            refuseResponse(context: context, code: 1009, reason: tooBig.reason)
-            return
-        }
         context.close(promise: nil)
     }
 
@@ -379,16 +393,6 @@ final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandle
 
 @available(*, unavailable)
 extension HTTPRendezvousHandler: Sendable {}
-
-/// NIO's frame decoder refused a frame over the limit before reading it.
-struct FrameTooBig {
-    let reason: String
-
-    init?(_ error: any Error, limit: Int) {
-        guard let error = error as? NIOWebSocketError, error == .invalidFrameLength else { return nil }
-        reason = "Message too big: frames over \(limit) bytes are not accepted here"
-    }
-}
 
 extension ChannelHandlerContext {
     /// Writes a control message and the binary message that belongs to it back to back, so nothing can

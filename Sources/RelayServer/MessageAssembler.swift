@@ -1,62 +1,72 @@
 import HybridConnections
 import NIOCore
 import NIOWebSocket
+import RelayIO
 
-/// Joins fragmented WebSocket data frames into whole messages, refusing binary messages larger than
-/// `limit` and text messages larger than `textLimit` as soon as they cross it, not once assembled.
-/// Control frames are not its business; callers handle them first.
+/// Joins WebSocket data frames, read as parts by `WebSocketFrameReader` (which has already checked their
+/// order), into whole messages. A frame over `frameLimit` is refused from its head, a binary message over
+/// `limit` or a text message over `textLimit` as soon as a head announces it would cross, never once
+/// assembled. Control frames are not its business; callers handle them first.
 struct MessageAssembler {
     enum Event: Equatable {
         case none
         case message(opcode: WebSocketOpcode, data: ByteBuffer)
+        /// A message over its limit: Close 1009.
         case tooLarge
-        case protocolError(String)
+        /// A single frame over `frameLimit`: Close 1009 too, with its own reason.
+        case frameTooLarge
     }
 
     private var opcode: WebSocketOpcode?
-    private var buffer: ByteBuffer?
+    private var buffer = ByteBuffer()
+    private var frameRemaining: UInt64 = 0
+    private var lastFrame = false
     let limit: Int
     let textLimit: Int
+    let frameLimit: Int
 
-    init(limit: Int, textLimit: Int? = nil) {
+    init(limit: Int, textLimit: Int? = nil, frameLimit: Int = .max) {
         self.limit = limit
         self.textLimit = min(textLimit ?? limit, limit)
+        self.frameLimit = frameLimit
     }
 
     private func limit(for opcode: WebSocketOpcode) -> Int { opcode == .text ? textLimit : limit }
 
-    /// Feeds one already-unmasked data frame.
-    mutating func receive(_ frame: WebSocketFrame) -> Event {
-        var data = frame.data
-        switch frame.opcode {
-        case .continuation:
-            guard let current = opcode, var collected = buffer else {
-                return .protocolError("continuation frame without a message to continue")
+    mutating func receive(_ part: WebSocketFrameReader.Part) -> Event {
+        switch part {
+        case .head(let head):
+            guard head.length <= UInt64(frameLimit) else { return reset(.frameTooLarge) }
+            let current = head.opcode == .continuation ? (opcode ?? .binary) : head.opcode
+            guard UInt64(buffer.readableBytes) + head.length <= UInt64(limit(for: current)) else {
+                return reset(.tooLarge)
             }
-            guard collected.readableBytes + data.readableBytes <= limit(for: current) else { return reset(.tooLarge) }
-            buffer = nil
-            collected.writeBuffer(&data)
-            if frame.fin {
-                opcode = nil
-                return .message(opcode: current, data: collected)
-            }
-            buffer = collected
-            return .none
-        case .text, .binary:
-            guard opcode == nil else { return reset(.protocolError("new message before the previous one finished")) }
-            guard data.readableBytes <= limit(for: frame.opcode) else { return reset(.tooLarge) }
-            if frame.fin { return .message(opcode: frame.opcode, data: data) }
-            opcode = frame.opcode
-            buffer = data
-            return .none
-        default:
+            opcode = current
+            frameRemaining = head.length
+            lastFrame = head.fin
+            return head.length == 0 ? completed() : .none
+        case .payload(var chunk):
+            guard opcode != nil else { return .none }
+            frameRemaining -= UInt64(chunk.readableBytes)
+            buffer.writeBuffer(&chunk)
+            return frameRemaining == 0 ? completed() : .none
+        case .control:
             return .none
         }
     }
 
+    /// A frame ended: the message, if it was the message's last frame.
+    private mutating func completed() -> Event {
+        guard lastFrame, let current = opcode else { return .none }
+        let message = buffer
+        buffer = ByteBuffer()
+        opcode = nil
+        return .message(opcode: current, data: message)
+    }
+
     private mutating func reset(_ event: Event) -> Event {
         opcode = nil
-        buffer = nil
+        buffer = ByteBuffer()
         return event
     }
 }

@@ -767,9 +767,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 1024))
     }
 
-    /// Answers 101 and replaces the HTTP handlers with the WebSocket codec and `handler`: streamed frames
-    /// (any size, written as bytes) for a tunnel leg, whole frames up to `maxFrameBytes` for the message
-    /// channels.
+    /// Answers 101 and replaces the HTTP handlers with `handler`, which reads the frames itself
+    /// (`WebSocketFrameReader`): a tunnel leg also writes bytes, the message channels write frames through
+    /// NIO's encoder.
     private func upgrade(
         context: ChannelHandlerContext, head: HTTPRequestHead, subprotocol: String?, handler: any ChannelHandler,
         streamed: Bool = false
@@ -782,8 +782,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         do {
             try WebSocketPipeline.switchToWebSocket(
                 context: context, handshakeHandler: self, httpEncoder: encoder, httpDecoder: decoder,
-                frameEncoder: streamed ? nil : WebSocketFrameEncoder(),
-                frameInput: streamed ? .bytes : .whole(maxFrameSize: limits.maxFrameBytes)
+                frameEncoder: streamed ? nil : WebSocketFrameEncoder(), frameInput: .bytes
             ) {
                 try context.pipeline.syncOperations.addHandler(handler)
             }

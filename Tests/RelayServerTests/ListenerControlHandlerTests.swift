@@ -51,6 +51,15 @@ import Testing
         return Setup(channel: channel, hub: hub, handler: handler)
     }
 
+    /// A frame as a listener writes it: masked.
+    func wire(_ opcode: WebSocketOpcode, _ data: ByteBuffer) -> ByteBuffer {
+        let key = WebSocketMaskingKey([3, 1, 4, 1])!
+        var bytes = ByteBuffer()
+        WebSocketFrameHeader.write(fin: true, opcode: opcode, length: data.readableBytes, maskKey: key, into: &bytes)
+        bytes.writeWebSocketMasked(data, key: key)
+        return bytes
+    }
+
     /// The frames the handler wrote, decoded.
     func written(_ channel: EmbeddedChannel) throws -> [WebSocketFrame] {
         var wire = ByteBuffer()
@@ -88,7 +97,7 @@ import Testing
         }
         for _ in 0..<10 {
             setup.channel.embeddedEventLoop.advanceTime(by: .seconds(1))
-            try setup.channel.writeInbound(WebSocketFrame(fin: true, opcode: .pong, data: ByteBuffer()))
+            try setup.channel.writeInbound(wire(.pong, ByteBuffer()))
         }
         #expect(setup.hub.listenerCount(entity: "hc") == 1 && setup.channel.isActive)
     }
@@ -119,7 +128,7 @@ import Testing
             resource: "http://127.0.0.1/hc/", keyName: TestKeys.name, key: TestKeys.key, expiry: now + 60)
         var text = ByteBuffer()
         text.writeString(#"{"renewToken":{"token":"\#(token)"}}"#)
-        try setup.channel.writeInbound(WebSocketFrame(fin: true, opcode: .text, data: text))
+        try setup.channel.writeInbound(wire(.text, text))
         setup.channel.embeddedEventLoop.advanceTime(by: .seconds(30))
         let beforeDeadline = try written(setup.channel)
         #expect(setup.channel.isActive && closeCode(beforeDeadline) == nil)

@@ -10,17 +10,17 @@ import Yams
 @testable import RelayServer
 
 @Suite struct RelayDefenceTests {
-    @Test func controlTextIsRefusedWhenItCrossesItsLimitNotWhenAssembled() {
+    @Test func controlTextIsRefusedWhenAHeadWouldCrossItsLimit() {
         var assembler = MessageAssembler(limit: 1000, textLimit: 10)
-        #expect(
-            assembler.receive(WebSocketFrame(fin: false, opcode: .text, data: ByteBuffer(string: "12345"))) == .none)
-        #expect(
-            assembler.receive(WebSocketFrame(fin: false, opcode: .continuation, data: ByteBuffer(string: "678901")))
-                == .tooLarge)
+        let first = assembler.receive(.head(DataFrameHead(fin: false, opcode: .text, length: 5)))
+        let firstBody = assembler.receive(.payload(ByteBuffer(string: "12345")))
+        // The continuation's head announces 6 more: refused before any of its payload is read.
+        let crossing = assembler.receive(.head(DataFrameHead(fin: false, opcode: .continuation, length: 6)))
+        #expect(first == .none && firstBody == .none && crossing == .tooLarge)
         let body = ByteBuffer(repeating: 7, count: 900)
-        #expect(
-            assembler.receive(WebSocketFrame(fin: true, opcode: .binary, data: body))
-                == .message(opcode: .binary, data: body), "binary bodies keep the larger limit")
+        let head = assembler.receive(.head(DataFrameHead(fin: true, opcode: .binary, length: 900)))
+        let message = assembler.receive(.payload(body))
+        #expect(head == .none && message == .message(opcode: .binary, data: body), "binary keeps the larger limit")
         #expect(MessageAssembler(limit: 5, textLimit: 10).textLimit == 5, "text never gets more than binary")
     }
 
@@ -73,20 +73,25 @@ import Yams
 }
 
 @Suite struct FrameRulesTests {
-    func frame(_ opcode: UInt8, rsv1: Bool = false, _ payload: [UInt8] = []) -> WebSocketFrame {
-        WebSocketFrame(
-            fin: true, rsv1: rsv1, opcode: WebSocketOpcode(encodedWebSocketOpcode: opcode)!,
-            data: ByteBuffer(bytes: payload))
-    }
-
+    /// Every opcode through the reader every role uses: the reserved ones and RSV bits are 1002.
     @Test func reservedBitsAndOpcodesAreProtocolErrors() {
-        #expect(FrameRules.violation(in: frame(0x2)) == nil)
-        #expect(FrameRules.violation(in: frame(0x2, rsv1: true))?.code == 1002)
-        for reserved: UInt8 in [0x3, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF] {
-            #expect(FrameRules.violation(in: frame(reserved))?.code == 1002, "opcode \(reserved)")
+        func violation(_ first: UInt8) -> FrameRules.Violation? {
+            var reader = WebSocketFrameReader()
+            var buffer = ByteBuffer(bytes: [first, 0x00])
+            do {
+                while try reader.read(from: &buffer) != nil {}
+                return nil
+            } catch {
+                return error
+            }
         }
-        for allowed: UInt8 in [0x0, 0x1, 0x2, 0x8, 0x9, 0xA] {
-            #expect(FrameRules.violation(in: frame(allowed)) == nil, "opcode \(allowed)")
+        #expect(violation(0x82) == nil)
+        #expect(violation(0xC2)?.code == 1002)
+        for reserved: UInt8 in [0x3, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF] {
+            #expect(violation(0x80 | reserved)?.code == 1002, "opcode \(reserved)")
+        }
+        for allowed: UInt8 in [0x1, 0x2, 0x8, 0x9, 0xA] {
+            #expect(violation(0x80 | allowed) == nil, "opcode \(allowed)")
         }
     }
 

@@ -1,6 +1,7 @@
 import HybridConnections
 import NIOCore
 import NIOWebSocket
+import RelayIO
 import Testing
 
 @testable import RelayServer
@@ -62,33 +63,41 @@ import Testing
 }
 
 @Suite struct MessageAssemblerTests {
-    func frame(_ opcode: WebSocketOpcode, _ text: String, fin: Bool) -> WebSocketFrame {
-        WebSocketFrame(fin: fin, opcode: opcode, data: ByteBuffer(string: text))
+    /// The parts the reader makes of a frame: its head, then its payload in two pieces.
+    func frame(_ opcode: WebSocketOpcode, _ text: String, fin: Bool) -> [WebSocketFrameReader.Part] {
+        let bytes = Array(text.utf8)
+        let half = bytes.count / 2
+        return [
+            .head(DataFrameHead(fin: fin, opcode: opcode, length: UInt64(bytes.count))),
+            .payload(ByteBuffer(bytes: bytes[..<half])), .payload(ByteBuffer(bytes: bytes[half...])),
+        ]
+    }
+
+    func feed(_ assembler: inout MessageAssembler, _ parts: [WebSocketFrameReader.Part]) -> [MessageAssembler.Event] {
+        parts.map { assembler.receive($0) }.filter { $0 != .none }
     }
 
     @Test func joinsFragments() {
         var assembler = MessageAssembler(limit: 100)
-        #expect(assembler.receive(frame(.text, "{\"a\":", fin: false)) == .none)
+        let parts =
+            frame(.text, "{\"a\":", fin: false) + frame(.continuation, "1}", fin: true) + frame(.binary, "x", fin: true)
         #expect(
-            assembler.receive(frame(.continuation, "1}", fin: true))
-                == .message(opcode: .text, data: ByteBuffer(string: "{\"a\":1}")))
-        #expect(
-            assembler.receive(frame(.binary, "x", fin: true))
-                == .message(opcode: .binary, data: ByteBuffer(string: "x")))
+            feed(&assembler, parts) == [
+                .message(opcode: .text, data: ByteBuffer(string: "{\"a\":1}")),
+                .message(opcode: .binary, data: ByteBuffer(string: "x")),
+            ])
+        let empty = feed(&assembler, [.head(DataFrameHead(fin: true, opcode: .binary, length: 0))])
+        #expect(empty == [.message(opcode: .binary, data: ByteBuffer())])
     }
 
-    @Test func refusesOversizeAndBadSequences() {
+    @Test func refusesOversizeMessagesAndFrames() {
         var assembler = MessageAssembler(limit: 4)
-        #expect(assembler.receive(frame(.text, "12345", fin: true)) == .tooLarge)
-        #expect(assembler.receive(frame(.text, "123", fin: false)) == .none)
-        #expect(assembler.receive(frame(.continuation, "45", fin: true)) == .tooLarge)
-        #expect(
-            assembler.receive(frame(.continuation, "4", fin: true))
-                == .protocolError("continuation frame without a message to continue"))
-        #expect(assembler.receive(frame(.text, "1", fin: false)) == .none)
-        #expect(
-            assembler.receive(frame(.binary, "2", fin: true))
-                == .protocolError("new message before the previous one finished"))
+        #expect(feed(&assembler, [.head(DataFrameHead(fin: true, opcode: .text, length: 5))]) == [.tooLarge])
+        #expect(feed(&assembler, frame(.text, "123", fin: false)).isEmpty)
+        #expect(feed(&assembler, [.head(DataFrameHead(fin: true, opcode: .continuation, length: 2))]) == [.tooLarge])
+        var frames = MessageAssembler(limit: 1000, frameLimit: 10)
+        #expect(feed(&frames, [.head(DataFrameHead(fin: true, opcode: .binary, length: 11))]) == [.frameTooLarge])
+        #expect(feed(&frames, frame(.binary, "0123456789", fin: true)).count == 1)
     }
 
     @Test func responseWithAndWithoutBody() {
