@@ -195,7 +195,7 @@ final class ListenerLoop: Sendable {
             do {
                 let result = try await WebSocketClient.connect(
                     to: url, headers: headers, tlsContext: settings.tlsContext, group: settings.group,
-                    frameInput: .whole(maxFrameSize: 1 << 20),
+                    frameInput: .bytes,
                     connectTimeout: .seconds(10)
                 ) { [self] channel in
                     try channel.pipeline.syncOperations.addHandler(
@@ -416,8 +416,13 @@ final class ListenerLoop: Sendable {
 /// The agent's side of a listener control channel: takes `accept` messages, keeps the channel alive
 /// with pings, notices a dead channel, and renews the token before it expires.
 final class EdgeControlHandler: ChannelInboundHandler {
-    typealias InboundIn = WebSocketFrame
+    /// The channel's bytes, read with `WebSocketFrameReader` and joined into messages.
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = WebSocketFrame
+
+    /// Control messages are JSON under 64 KiB; no frame on this channel needs more than 1 MiB.
+    static let maxMessageBytes = 64 * 1024
+    static let maxFrameBytes = 1 << 20
 
     private let listener: ListenerLoop
     private var tokenExpiry: Int64?
@@ -426,6 +431,10 @@ final class EdgeControlHandler: ChannelInboundHandler {
     private var unansweredPings = 0
     private var keepAliveTask: Scheduled<Void>?
     private var renewTask: Scheduled<Void>?
+    private var reader = WebSocketFrameReader()
+    private var remainder = HeadRemainder()
+    private var messages = MessageAssembler(
+        limit: EdgeControlHandler.maxMessageBytes, frameLimit: EdgeControlHandler.maxFrameBytes)
 
     init(listener: ListenerLoop, tokenExpiry: Int64?, logger: Logger) {
         self.listener = listener
@@ -490,28 +499,49 @@ final class EdgeControlHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data).unmasked(allocator: context.channel.allocator)
-        unansweredPings = 0
-        switch frame.opcode {
-        case .ping:
-            send(.pong, frame.data)
-        case .pong:
-            break
-        case .connectionClose:
-            var data = frame.data
-            let code = data.readInteger(as: UInt16.self)
-            let reason = data.readString(length: data.readableBytes) ?? ""
+        var buffer = remainder.joined(unwrapInboundIn(data))
+        do {
+            while context.channel.isActive, let part = try reader.read(from: &buffer) {
+                received(part, context: context)
+            }
+        } catch {
             logger.warning(
-                "relay closed the control channel",
-                metadata: ["code": "\(code.map(String.init) ?? "-")", "cause": "\(reason)"])
-            context.writeAndFlush(
-                wrapOutboundOut(
-                    WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: frame.data))
-            )
-            .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-        case .text where frame.fin:
+                "the relay broke the WebSocket protocol: \(error.reason)", metadata: ["reason": "protocol_error"])
+            context.closeWebSocket(code: error.code, reason: error.reason, maskKey: .random())
+            return
+        }
+        remainder.keep(buffer)
+    }
+
+    private func received(_ part: WebSocketFrameReader.Part, context: ChannelHandlerContext) {
+        unansweredPings = 0
+        if case .control(let frame) = part {
+            switch frame.opcode {
+            case .ping:
+                send(.pong, frame.data)
+            case .connectionClose:
+                var data = frame.data
+                let code = data.readInteger(as: UInt16.self)
+                let reason = data.readString(length: data.readableBytes) ?? ""
+                logger.warning(
+                    "relay closed the control channel",
+                    metadata: ["code": "\(code.map(String.init) ?? "-")", "cause": "\(reason)"])
+                context.writeAndFlush(
+                    wrapOutboundOut(
+                        WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: frame.data))
+                )
+                .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            default:
+                break
+            }
+            return
+        }
+        switch messages.receive(part) {
+        case .none:
+            break
+        case .message(.text, let data):
             do {
-                switch try ControlMessage(decoding: frame.data.readableBytesView) {
+                switch try ControlMessage(decoding: data.readableBytesView) {
                 case .accept(let accept):
                     listener.accept(accept)
                 case .request(let request):
@@ -522,8 +552,13 @@ final class EdgeControlHandler: ChannelInboundHandler {
             } catch {
                 logger.warning("ignored control message: \(error)")
             }
-        default:
-            logger.warning("ignored unexpected frame on the control channel", metadata: ["opcode": "\(frame.opcode)"])
+        case .message:
+            logger.warning("ignored binary message on the control channel")
+        case .tooLarge, .frameTooLarge:
+            logger.warning(
+                "the relay sent a control message over \(Self.maxMessageBytes) bytes",
+                metadata: ["reason": "message_too_big"])
+            context.closeWebSocket(code: 1009, reason: "Message too big", maskKey: .random())
         }
     }
 

@@ -68,10 +68,11 @@ extension ChannelHandlerContext {
     }
 
     /// Sends a Close with `code` and `reason` and closes the channel once it is out.
-    public func closeWebSocket(code: UInt16, reason: String) {
-        close(
-            after: writeAndFlush(
-                NIOAny(FrameRules.closeFrame(code: code, reason: reason, allocator: channel.allocator))))
+    /// A client masks it: pass a `maskKey`.
+    public func closeWebSocket(code: UInt16, reason: String, maskKey: WebSocketMaskingKey? = nil) {
+        var frame = FrameRules.closeFrame(code: code, reason: reason, allocator: channel.allocator)
+        frame.maskKey = maskKey
+        close(after: writeAndFlush(NIOAny(frame)))
     }
 }
 

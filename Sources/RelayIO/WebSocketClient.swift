@@ -98,7 +98,7 @@ public enum WebSocketClient {
         subprotocols: [String] = [],
         tlsContext: NIOSSLContext?,
         group: any EventLoopGroup,
-        frameInput: WebSocketFrameInput = .whole(maxFrameSize: 1 << 20),
+        frameInput: WebSocketFrameInput = .bytes,
         connectTimeout: TimeAmount = .seconds(30),
         configure: @escaping @Sendable (any Channel) throws -> Void
     ) -> EventLoopFuture<WebSocketConnectResult> {

@@ -1,14 +1,12 @@
-import HybridConnections
 import NIOCore
 import NIOWebSocket
-import RelayIO
 
 /// Joins WebSocket data frames, read as parts by `WebSocketFrameReader` (which has already checked their
 /// order), into whole messages. A frame over `frameLimit` is refused from its head, a binary message over
 /// `limit` or a text message over `textLimit` as soon as a head announces it would cross, never once
 /// assembled. Control frames are not its business; callers handle them first.
-struct MessageAssembler {
-    enum Event: Equatable {
+public struct MessageAssembler: Sendable {
+    public enum Event: Equatable, Sendable {
         case none
         case message(opcode: WebSocketOpcode, data: ByteBuffer)
         /// A message over its limit: Close 1009.
@@ -21,11 +19,11 @@ struct MessageAssembler {
     private var buffer = ByteBuffer()
     private var frameRemaining: UInt64 = 0
     private var lastFrame = false
-    let limit: Int
-    let textLimit: Int
-    let frameLimit: Int
+    public let limit: Int
+    public let textLimit: Int
+    public let frameLimit: Int
 
-    init(limit: Int, textLimit: Int? = nil, frameLimit: Int = .max) {
+    public init(limit: Int, textLimit: Int? = nil, frameLimit: Int = .max) {
         self.limit = limit
         self.textLimit = min(textLimit ?? limit, limit)
         self.frameLimit = frameLimit
@@ -33,7 +31,7 @@ struct MessageAssembler {
 
     private func limit(for opcode: WebSocketOpcode) -> Int { opcode == .text ? textLimit : limit }
 
-    mutating func receive(_ part: WebSocketFrameReader.Part) -> Event {
+    public mutating func receive(_ part: WebSocketFrameReader.Part) -> Event {
         switch part {
         case .head(let head):
             guard head.length <= UInt64(frameLimit) else { return reset(.frameTooLarge) }
@@ -68,43 +66,5 @@ struct MessageAssembler {
         opcode = nil
         buffer = ByteBuffer()
         return event
-    }
-}
-
-/// Builds the listener's HTTP response from the `response` message and the binary message that follows
-/// it when `body` is true (reference §1.7), on the control channel or a rendezvous.
-struct HTTPResponseAssembler {
-    enum Event: Equatable {
-        case none
-        case complete(ResponseHead, body: ByteBuffer)
-        case unexpected(String)
-    }
-
-    struct ResponseHead: Equatable {
-        var requestId: String
-        var statusCode: Int
-        var statusDescription: String?
-        var headers: [String: String]
-    }
-
-    private var awaitingBody: ResponseHead?
-
-    mutating func response(_ command: ResponseCommand) -> Event {
-        let head = ResponseHead(
-            requestId: command.requestId, statusCode: command.statusCode, statusDescription: command.statusDescription,
-            headers: command.responseHeaders ?? [:])
-        if command.body == true {
-            awaitingBody = head
-            return .none
-        }
-        return .complete(head, body: ByteBuffer())
-    }
-
-    mutating func binaryMessage(_ data: ByteBuffer) -> Event {
-        guard let head = awaitingBody else {
-            return .unexpected("a binary message arrived with no response waiting for it")
-        }
-        awaitingBody = nil
-        return .complete(head, body: data)
     }
 }
