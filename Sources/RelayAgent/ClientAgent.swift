@@ -273,7 +273,7 @@ extension ClientAgent {
         }
 
         WebSocketClient.connect(
-            to: url, headers: headers, tlsContext: tlsContext, group: channel.eventLoop, frameInput: .bytes
+            to: url, headers: headers, tlsContext: tlsContext, group: channel.eventLoop
         ) { webSocket in
             let bridgeSpan = tracer.startSpan("client.bridge", context: acceptSpan.context, ofKind: .internal)
             let handler = TunnelWebSocketHandler(

@@ -195,7 +195,6 @@ final class ListenerLoop: Sendable {
             do {
                 let result = try await WebSocketClient.connect(
                     to: url, headers: headers, tlsContext: settings.tlsContext, group: settings.group,
-                    frameInput: .bytes,
                     connectTimeout: .seconds(10)
                 ) { [self] channel in
                     try channel.pipeline.syncOperations.addHandler(
@@ -284,8 +283,7 @@ final class ListenerLoop: Sendable {
         let upBytes = metrics.bytes(role: .edge, direction: .up)
         let tunnelLogger = logger
         WebSocketClient.connect(
-            to: url, subprotocols: subprotocols, tlsContext: settings.tlsContext, group: settings.group,
-            frameInput: .bytes
+            to: url, subprotocols: subprotocols, tlsContext: settings.tlsContext, group: settings.group
         ) { channel in
             let handler = TunnelWebSocketHandler(
                 role: .listener(dial: { portName, handler in

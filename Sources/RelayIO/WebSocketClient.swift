@@ -98,7 +98,6 @@ public enum WebSocketClient {
         subprotocols: [String] = [],
         tlsContext: NIOSSLContext?,
         group: any EventLoopGroup,
-        frameInput: WebSocketFrameInput = .bytes,
         connectTimeout: TimeAmount = .seconds(30),
         configure: @escaping @Sendable (any Channel) throws -> Void
     ) -> EventLoopFuture<WebSocketConnectResult> {
@@ -122,7 +121,7 @@ public enum WebSocketClient {
             try channel.pipeline.syncOperations.addHandler(
                 ClientHandshakeHandler(
                     request: requestHead, expectedAccept: WebSocketHandshake.acceptValue(forKey: key),
-                    promise: promise, frameInput: frameInput, handshakeTimeout: connectTimeout,
+                    promise: promise, handshakeTimeout: connectTimeout,
                     configure: configure, encoder: encoder, decoder: decoder))
         }.whenFailure { error in
             promise.fail(error)
@@ -176,7 +175,6 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
     private let request: HTTPRequestHead
     private let expectedAccept: String
     private let promise: EventLoopPromise<WebSocketConnectResult>
-    private let frameInput: WebSocketFrameInput
     private let configure: @Sendable (any Channel) throws -> Void
     private let encoder: HTTPRequestEncoder
     private let decoder: ByteToMessageHandler<HTTPResponseDecoder>
@@ -188,7 +186,7 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     init(
         request: HTTPRequestHead, expectedAccept: String, promise: EventLoopPromise<WebSocketConnectResult>,
-        frameInput: WebSocketFrameInput, handshakeTimeout: TimeAmount,
+        handshakeTimeout: TimeAmount,
         configure: @escaping @Sendable (any Channel) throws -> Void,
         encoder: HTTPRequestEncoder, decoder: ByteToMessageHandler<HTTPResponseDecoder>
     ) {
@@ -196,7 +194,6 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
         self.request = request
         self.expectedAccept = expectedAccept
         self.promise = promise
-        self.frameInput = frameInput
         self.configure = configure
         self.encoder = encoder
         self.decoder = decoder
@@ -249,7 +246,7 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
         do {
             try WebSocketPipeline.switchToWebSocket(
                 context: context, handshakeHandler: self, httpEncoder: encoder, httpDecoder: decoder,
-                frameEncoder: MaskingFrameEncoder(), frameInput: frameInput
+                frameEncoder: MaskingFrameEncoder()
             ) {
                 try configure(context.channel)
             }

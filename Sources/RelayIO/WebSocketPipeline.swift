@@ -7,18 +7,10 @@ public enum WebSocketUpgradeEvent: Sendable {
     case completed
 }
 
-/// How a WebSocket connection's frames are read.
-public enum WebSocketFrameInput: Sendable {
-    /// Whole `WebSocketFrame`s of at most `maxFrameSize` bytes (NIO's decoder): for messages a handler parses.
-    case whole(maxFrameSize: Int)
-    /// The bytes themselves: the handler reads frames of any size with `WebSocketFrameReader` as they arrive
-    /// (a relay leg rewrites them for its partner's peer, an agent's tunnel passes their payload to TCP).
-    case bytes
-}
-
 /// The pipeline surgery both sides of a WebSocket handshake perform after the 101.
 public enum WebSocketPipeline {
-    /// Replaces the HTTP/1.1 codec with WebSocket framing; without `frameEncoder` the handlers write bytes.
+    /// Replaces the HTTP/1.1 codec with the WebSocket handlers, which read the frames themselves
+    /// (`WebSocketFrameReader`); without `frameEncoder` they write bytes too.
     ///
     /// Order matters. The HTTP codec observes and encodes writes, so it must be gone before anything
     /// writes a frame; the HTTP decoder goes last, so bytes that arrived past the handshake reach the
@@ -28,18 +20,10 @@ public enum WebSocketPipeline {
     public static func switchToWebSocket(
         context: ChannelHandlerContext, handshakeHandler: any RemovableChannelHandler,
         httpEncoder: any RemovableChannelHandler, httpDecoder: any RemovableChannelHandler,
-        frameEncoder: (any ChannelHandler)?, frameInput: WebSocketFrameInput, addHandlers: () throws -> Void
+        frameEncoder: (any ChannelHandler)?, addHandlers: () throws -> Void
     ) throws {
         let sync = context.pipeline.syncOperations
         if let frameEncoder { try sync.addHandler(frameEncoder, position: .after(handshakeHandler)) }
-        switch frameInput {
-        case .whole(let maxFrameSize):
-            try sync.addHandler(
-                ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maxFrameSize)),
-                position: .after(handshakeHandler))
-        case .bytes:
-            break
-        }
         try addHandlers()
         sync.removeHandler(handshakeHandler, promise: nil)
         sync.removeHandler(httpEncoder, promise: nil)

@@ -782,7 +782,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         do {
             try WebSocketPipeline.switchToWebSocket(
                 context: context, handshakeHandler: self, httpEncoder: encoder, httpDecoder: decoder,
-                frameEncoder: streamed ? nil : WebSocketFrameEncoder(), frameInput: .bytes
+                frameEncoder: streamed ? nil : WebSocketFrameEncoder()
             ) {
                 try context.pipeline.syncOperations.addHandler(handler)
             }

@@ -71,10 +71,10 @@ struct TestRelay {
         if let token { headers.add(name: "ServiceBusAuthorization", value: token) }
         let (stream, continuation) = AsyncStream<WebSocketFrame>.makeStream()
         let result = try await WebSocketClient.connect(
-            to: url, headers: headers, subprotocols: subprotocols, tlsContext: tlsClientContext, group: group,
-            frameInput: .whole(maxFrameSize: 1 << 24)
+            to: url, headers: headers, subprotocols: subprotocols, tlsContext: tlsClientContext, group: group
         ) { channel in
-            try channel.pipeline.syncOperations.addHandler(FrameCollector(continuation: continuation))
+            try channel.pipeline.syncOperations.addHandlers(
+                WholeFrameDecoder(), FrameCollector(continuation: continuation))
         }.get()
         switch result {
         case .upgraded(let channel, let subprotocol):
@@ -150,6 +150,38 @@ final class TestSocket: Sendable {
     }
 }
 
+/// Whole frames for the test handlers, read from the bytes with the reader every role uses.
+final class WholeFrameDecoder: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = WebSocketFrame
+    private var reader = WebSocketFrameReader()
+    private var remainder = HeadRemainder()
+    private var head: DataFrameHead?
+    private var payload = ByteBuffer()
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = remainder.joined(unwrapInboundIn(data))
+        while let part = try? reader.read(from: &buffer) {
+            switch part {
+            case .head(let next):
+                head = next
+                payload = ByteBuffer()
+            case .payload(var chunk):
+                payload.writeBuffer(&chunk)
+            case .control(let frame):
+                context.fireChannelRead(wrapInboundOut(frame))
+                continue
+            }
+            if let current = head, payload.readableBytes == Int(current.length) {
+                context.fireChannelRead(
+                    wrapInboundOut(WebSocketFrame(fin: current.fin, opcode: current.opcode, data: payload)))
+                head = nil
+            }
+        }
+        remainder.keep(buffer)
+    }
+}
+
 final class FrameCollector: ChannelInboundHandler {
     typealias InboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
@@ -209,10 +241,9 @@ extension TestRelay {
             throw TestSocketResult.NotOpen(status: 0, reason: "expected accept")
         }
         let result = try await WebSocketClient.connect(
-            to: WebSocketURL(accept.address)!, tlsContext: tlsClientContext, group: group,
-            frameInput: .whole(maxFrameSize: 1 << 24)
+            to: WebSocketURL(accept.address)!, tlsContext: tlsClientContext, group: group
         ) { channel in
-            try channel.pipeline.syncOperations.addHandler(EchoHandler())
+            try channel.pipeline.syncOperations.addHandlers(WholeFrameDecoder(), EchoHandler())
         }.get()
         guard case .upgraded = result else { throw TestSocketResult.NotOpen(status: 0, reason: "rendezvous refused") }
         return accept
