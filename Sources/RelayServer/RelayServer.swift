@@ -24,6 +24,19 @@ public final class RelayServer: Sendable {
     }
 
     /// Validates the configuration, loads TLS material and binds.
+    /// The handlers of one relay connection behind TLS: the HTTP codec and `RelayHTTPHandler`, which
+    /// replaces the codec with the WebSocket handlers on an upgrade.
+    static func addHTTPHandlers(to pipeline: ChannelPipeline.SynchronousOperations, hub: RelayHub) throws {
+        let encoder = HTTPResponseEncoder()
+        let decoder = ByteToMessageHandler(
+            HTTPRequestDecoder(
+                leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop,
+                limitConfiguration: hub.limits.decoderLimits))
+        try pipeline.addHandler(encoder)
+        try pipeline.addHandler(decoder)
+        try pipeline.addHandler(RelayHTTPHandler(hub: hub, encoder: encoder, decoder: decoder))
+    }
+
     public static func start(
         configuration: RelayConfiguration, group: any EventLoopGroup, logger: Logger,
         metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil
@@ -50,14 +63,7 @@ public final class RelayServer: Sendable {
                     if let tls = tlsContext.withLockedValue({ $0 }) {
                         try sync.addHandler(NIOSSLServerHandler(context: tls))
                     }
-                    let encoder = HTTPResponseEncoder()
-                    let decoder = ByteToMessageHandler(
-                        HTTPRequestDecoder(
-                            leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop,
-                            limitConfiguration: hub.limits.decoderLimits))
-                    try sync.addHandler(encoder)
-                    try sync.addHandler(decoder)
-                    try sync.addHandler(RelayHTTPHandler(hub: hub, encoder: encoder, decoder: decoder))
+                    try Self.addHTTPHandlers(to: sync, hub: hub)
                 }
             }
             .bindGuarded(

@@ -1,0 +1,96 @@
+import HybridConnections
+import Logging
+import NIOCore
+import NIOEmbedded
+import RelayTelemetry
+import Testing
+
+@testable import RelayServer
+
+/// One relay connection on an `EmbeddedChannel`, its pipeline built as the relay builds it: requests in as
+/// bytes, answers out as bytes, timers on virtual time.
+@Suite struct RelayHTTPHandlerTests {
+    func connection(configure: (inout RelayLimits) -> Void = { _ in }) throws -> (EmbeddedChannel, RelayHub) {
+        var limits = RelayLimits()
+        configure(&limits)
+        let configuration = RelayConfiguration(
+            listen: "127.0.0.1:0",
+            namespaceRules: [AuthorizationRule(keyName: TestKeys.name, primaryKey: TestKeys.key, rights: [.manage])],
+            hybridConnections: [HybridConnectionConfiguration(name: "hc")], limits: limits)
+        var logger = Logger(label: "test.http")
+        logger.logLevel = .critical
+        let hub = RelayHub(
+            configuration: configuration, logger: logger, metrics: RelayMetrics(), tracer: HopTracer(logger: logger))
+        let channel = EmbeddedChannel()
+        try RelayServer.addHTTPHandlers(to: channel.pipeline.syncOperations, hub: hub)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()
+        return (channel, hub)
+    }
+
+    var token: String {
+        SharedAccessSignature.make(
+            resource: "http://127.0.0.1/hc/", keyName: TestKeys.name, key: TestKeys.key, expiry: 4_000_000_000)
+    }
+
+    func send(_ channel: EmbeddedChannel, _ request: String) throws -> String {
+        try channel.writeInbound(ByteBuffer(string: request))
+        return try answer(channel)
+    }
+
+    func answer(_ channel: EmbeddedChannel) throws -> String {
+        var out = ""
+        while let bytes = try channel.readOutbound(as: ByteBuffer.self) { out += String(buffer: bytes) }
+        return out
+    }
+
+    @Test func aNonUpgradeOnTheWebSocketPathIs400() throws {
+        let (channel, _) = try connection()
+        let reply = try send(channel, "GET /$hc/hc HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        #expect(reply.hasPrefix("HTTP/1.1 400 ") && reply.contains("only for web-socket requests"))
+    }
+
+    @Test func aTargetOverTheLimitIs414() throws {
+        let (channel, _) = try connection { $0.maxRequestTargetBytes = 100 }
+        let reply = try send(channel, "GET /hc/\(String(repeating: "a", count: 200)) HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(reply.hasPrefix("HTTP/1.1 414 "))
+    }
+
+    @Test func httpModeWithoutAListenerIs502BeforeTheBody() throws {
+        let (channel, _) = try connection()
+        let reply = try send(
+            channel,
+            "POST /hc/api HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: \(token)\r\nContent-Length: 5\r\n\r\n"
+        )
+        #expect(reply.hasPrefix("HTTP/1.1 502 ") && reply.contains("no listeners"))
+    }
+
+    @Test func theRuntimeInformationQueryCountsListeners() throws {
+        let (channel, _) = try connection()
+        let reply = try send(
+            channel,
+            "GET /hc?api-version=2016-07 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-PROCESS-AT: ServiceBus\r\n"
+                + "ServiceBusAuthorization: \(token)\r\n\r\n")
+        #expect(reply.hasPrefix("HTTP/1.1 200 ") && reply.contains("<ListenerCount>0</ListenerCount>"))
+    }
+
+    @Test func aListenUpgradeRegistersTheListener() throws {
+        let (channel, hub) = try connection()
+        let reply = try send(
+            channel,
+            "GET /$hc/hc?sb-hc-action=listen&sb-hc-id=l1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
+                + "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                + "ServiceBusAuthorization: \(token)\r\n\r\n")
+        #expect(reply.hasPrefix("HTTP/1.1 101 "))
+        #expect(reply.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "the RFC 6455 example key's accept value")
+        #expect(hub.listenerCount(entity: "hc") == 1)
+    }
+
+    @Test func aHeadThatNeverEndsIs408() throws {
+        let (channel, _) = try connection { $0.handshakeTimeoutSeconds = 2 }
+        try channel.writeInbound(ByteBuffer(string: "GET /$hc/hc HTTP/1.1\r\nHost: 127.0"))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        #expect(try answer(channel).isEmpty)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        #expect(try answer(channel).hasPrefix("HTTP/1.1 408 "))
+    }
+}
