@@ -444,7 +444,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 "rendezvous": "\(waiting.key)", "entity": "\(waiting.record.entity)",
                 "trace_id": "\(waiting.record.span.traceContext.traceID)",
             ])
-        upgrade(context: context, head: waiting.head, subprotocol: subprotocol, handler: bridge, streamed: true)
+        upgrade(context: context, head: waiting.head, subprotocol: subprotocol, handler: bridge, writesBytes: true)
         let bound = NIOLoopBound(bridge, eventLoop: context.eventLoop)
         partner.eventLoop.execute { partner.value.attach(partner: bound) }
     }
@@ -501,7 +501,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             collector.listenerLegFinished(statistics)
             Self.logViolation(statistics, leg: "listener", logger: logger)
         }
-        upgrade(context: context, head: head, subprotocol: subprotocol, handler: bridge, streamed: true)
+        upgrade(context: context, head: head, subprotocol: subprotocol, handler: bridge, writesBytes: true)
         let bound = NIOLoopBound(bridge, eventLoop: context.eventLoop)
         senderHandler.eventLoop.execute {
             senderHandler.value.joinRendezvous(partner: bound, subprotocol: subprotocol, collector: collector)
@@ -772,7 +772,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// NIO's encoder.
     private func upgrade(
         context: ChannelHandlerContext, head: HTTPRequestHead, subprotocol: String?, handler: any ChannelHandler,
-        streamed: Bool = false
+        writesBytes: Bool = false
     ) {
         state = .done
         disarm()
@@ -782,7 +782,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         do {
             try WebSocketPipeline.switchToWebSocket(
                 context: context, handshakeHandler: self, httpEncoder: encoder, httpDecoder: decoder,
-                frameEncoder: streamed ? nil : WebSocketFrameEncoder()
+                frameEncoder: writesBytes ? nil : WebSocketFrameEncoder()
             ) {
                 try context.pipeline.syncOperations.addHandler(handler)
             }

@@ -213,17 +213,40 @@ def test_wss_with_self_signed_ca(tmp_path):
         target.close()
 
 
+async def open_python_sender(relay, entity, port_name, **options):
+    """An azbridge -L style sender on `entity`: the preamble naming `port_name`, and the edge's answer."""
+    token = hc.sas_token(hc.dotnet_audience("127.0.0.1", entity), agents.KEY_NAME, agents.KEY)
+    sender = await connect(relay.url + "/$hc/" + entity, additional_headers={"ServiceBusAuthorization": token},
+                           **options)
+    await sender.send(bytes([1, 0, 0, len(port_name)]))
+    await sender.send(port_name.encode())
+    assert await sender.recv() == bytes([1, 0, 0])
+    return sender
+
+
+async def open_python_listener(relay, entity):
+    token = hc.sas_token(hc.dotnet_audience("127.0.0.1", entity), agents.KEY_NAME, agents.KEY)
+    return await connect(hc.listen_uri(relay.url, entity), additional_headers={"ServiceBusAuthorization": token})
+
+
+async def accept_python_tunnel(control, port_name, **options):
+    """An azbridge -T style listener's side of the next tunnel: accept, read the preamble, answer it."""
+    kind, accept = hc.parse_control(await asyncio.wait_for(control.recv(), 10))
+    assert kind == "accept"
+    rendezvous = await connect(accept["address"], **options)
+    assert await rendezvous.recv() == bytes([1, 0, 0, len(port_name)])
+    assert await rendezvous.recv() == port_name.encode()
+    await rendezvous.send(bytes([1, 0, 0]))
+    return rendezvous
+
+
 def test_python_sender_talks_to_our_edge(relay):
     """The conformance client acts as an azbridge -L sender: preamble, answer, payload."""
     target = agents.TcpServer("echo")
     edge = agents.start_edge(relay.directory, relay.url, ["pyedge:web/127.0.0.1:%d" % target.port])
 
     async def run():
-        token = hc.sas_token(hc.dotnet_audience("127.0.0.1", "pyedge"), agents.KEY_NAME, agents.KEY)
-        sender = await connect(relay.url + "/$hc/pyedge", additional_headers={"ServiceBusAuthorization": token})
-        await sender.send(bytes([1, 0, 0, 3]))
-        await sender.send(b"web")
-        assert await sender.recv() == bytes([1, 0, 0])
+        sender = await open_python_sender(relay, "pyedge", "web")
         await sender.send(b"payload")
         received = b""
         while len(received) < 7:
@@ -244,8 +267,7 @@ def test_python_listener_serves_our_client(relay):
     client = agents.start_client(relay.directory, relay.url, ["127.0.0.1:%d/svc:pylisten" % port], [port])
 
     async def run():
-        token = hc.sas_token(hc.dotnet_audience("127.0.0.1", "pylisten"), agents.KEY_NAME, agents.KEY)
-        control = await connect(hc.listen_uri(relay.url, "pylisten"), additional_headers={"ServiceBusAuthorization": token})
+        control = await open_python_listener(relay, "pylisten")
         loop = asyncio.get_running_loop()
 
         def local_peer():
@@ -256,12 +278,7 @@ def test_python_listener_serves_our_client(relay):
             return data
 
         peer = loop.run_in_executor(None, local_peer)
-        kind, accept = hc.parse_control(await asyncio.wait_for(control.recv(), 10))
-        assert kind == "accept"
-        rendezvous = await connect(accept["address"])
-        assert await rendezvous.recv() == bytes([1, 0, 0, 3])
-        assert await rendezvous.recv() == b"svc"
-        await rendezvous.send(bytes([1, 0, 0]))
+        rendezvous = await accept_python_tunnel(control, "svc")
         assert await rendezvous.recv() == b"from tcp"
         await rendezvous.send(b"from listener")
         assert await peer == b"from listener"
@@ -310,12 +327,7 @@ def test_our_edge_takes_a_48_mib_frame_and_passes_it_on_byte_exact(relay):
     payload = os.urandom(BIG_FRAME)
 
     async def run():
-        token = hc.sas_token(hc.dotnet_audience("127.0.0.1", "pyedge"), agents.KEY_NAME, agents.KEY)
-        sender = await connect(relay.url + "/$hc/pyedge", additional_headers={"ServiceBusAuthorization": token},
-                               max_size=None, ping_interval=None)
-        await sender.send(bytes([1, 0, 0, 3]))
-        await sender.send(b"web")
-        assert await sender.recv() == bytes([1, 0, 0])
+        sender = await open_python_sender(relay, "pyedge", "web", max_size=None, ping_interval=None)
         sending = asyncio.ensure_future(sender.send(payload))
         digest, received = hashlib.sha256(), 0
         while received < BIG_FRAME:
@@ -340,8 +352,7 @@ def test_our_client_takes_a_48_mib_frame_and_passes_it_on_byte_exact(relay):
     payload = os.urandom(BIG_FRAME)
 
     async def run():
-        token = hc.sas_token(hc.dotnet_audience("127.0.0.1", "pylisten"), agents.KEY_NAME, agents.KEY)
-        control = await connect(hc.listen_uri(relay.url, "pylisten"), additional_headers={"ServiceBusAuthorization": token})
+        control = await open_python_listener(relay, "pylisten")
         loop = asyncio.get_running_loop()
 
         def local_peer():
@@ -358,11 +369,7 @@ def test_our_client_takes_a_48_mib_frame_and_passes_it_on_byte_exact(relay):
             return received, digest.digest()
 
         peer = loop.run_in_executor(None, local_peer)
-        kind, accept = hc.parse_control(await asyncio.wait_for(control.recv(), 10))
-        rendezvous = await connect(accept["address"], max_size=None, ping_interval=None)
-        assert await rendezvous.recv() == bytes([1, 0, 0, 3])
-        assert await rendezvous.recv() == b"svc"
-        await rendezvous.send(bytes([1, 0, 0]))
+        rendezvous = await accept_python_tunnel(control, "svc", max_size=None, ping_interval=None)
         assert await rendezvous.recv() == b"go"
         await rendezvous.send(payload)
         assert await peer == (BIG_FRAME, hashlib.sha256(payload).digest())

@@ -27,19 +27,10 @@ import Testing
     func setUp(
         tokenExpiry: Int64 = .max, configure: (inout RelayLimits) -> Void = { _ in }
     ) throws -> Setup {
-        var limits = RelayLimits()
-        configure(&limits)
-        let configuration = RelayConfiguration(
-            listen: "127.0.0.1:0",
-            namespaceRules: [AuthorizationRule(keyName: TestKeys.name, primaryKey: TestKeys.key, rights: [.manage])],
-            hybridConnections: [HybridConnectionConfiguration(name: "hc")], limits: limits)
-        var logger = Logger(label: "test.control")
-        logger.logLevel = .critical
-        let hub = RelayHub(
-            configuration: configuration, logger: logger, metrics: RelayMetrics(), tracer: HopTracer(logger: logger))
+        let hub = RelayHub.test(configure: configure)
         let channel = EmbeddedChannel()
         let handler = ListenerControlHandler(
-            hub: hub, entity: configuration.hybridConnections[0], trackingId: "l1", tokenExpiry: tokenExpiry,
+            hub: hub, entity: hub.configuration.hybridConnections[0], trackingId: "l1", tokenExpiry: tokenExpiry,
             requestHost: "127.0.0.1")
         let handle = ListenerHandle(
             id: hub.makeID(), trackingId: "l1", entity: "hc",

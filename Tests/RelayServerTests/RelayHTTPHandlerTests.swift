@@ -11,16 +11,7 @@ import Testing
 /// bytes, answers out as bytes, timers on virtual time.
 @Suite struct RelayHTTPHandlerTests {
     func connection(configure: (inout RelayLimits) -> Void = { _ in }) throws -> (EmbeddedChannel, RelayHub) {
-        var limits = RelayLimits()
-        configure(&limits)
-        let configuration = RelayConfiguration(
-            listen: "127.0.0.1:0",
-            namespaceRules: [AuthorizationRule(keyName: TestKeys.name, primaryKey: TestKeys.key, rights: [.manage])],
-            hybridConnections: [HybridConnectionConfiguration(name: "hc")], limits: limits)
-        var logger = Logger(label: "test.http")
-        logger.logLevel = .critical
-        let hub = RelayHub(
-            configuration: configuration, logger: logger, metrics: RelayMetrics(), tracer: HopTracer(logger: logger))
+        let hub = RelayHub.test(configure: configure)
         let channel = EmbeddedChannel()
         try RelayServer.addHTTPHandlers(to: channel.pipeline.syncOperations, hub: hub)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()

@@ -7,6 +7,7 @@ import NIOSSL
 import NIOWebSocket
 import RelayIO
 import RelayServer
+import RelayTelemetry
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -17,6 +18,31 @@ import RelayServer
 enum TestKeys {
     static let name = "root"
     static let key = "dGVzdC1rZXktZm9yLWludGVncmF0aW9uLXRlc3Rz"
+}
+
+extension RelayConfiguration {
+    /// A loopback relay with `entities` and the test key holding every right.
+    static func test(
+        entities: [String] = ["hc"], tls: TLSFiles? = nil, configure: (inout RelayLimits) -> Void = { _ in }
+    ) -> RelayConfiguration {
+        var limits = RelayLimits()
+        configure(&limits)
+        return RelayConfiguration(
+            listen: "127.0.0.1:0", tls: tls,
+            namespaceRules: [AuthorizationRule(keyName: TestKeys.name, primaryKey: TestKeys.key, rights: [.manage])],
+            hybridConnections: entities.map { HybridConnectionConfiguration(name: $0) }, limits: limits)
+    }
+}
+
+extension RelayHub {
+    /// A hub for handler tests on embedded channels: the test configuration, logging only what is critical.
+    static func test(configure: (inout RelayLimits) -> Void = { _ in }) -> RelayHub {
+        var logger = Logger(label: "test.hub")
+        logger.logLevel = .critical
+        return RelayHub(
+            configuration: .test(configure: configure), logger: logger, metrics: RelayMetrics(),
+            tracer: HopTracer(logger: logger))
+    }
 }
 
 /// A relay running in this process on an ephemeral loopback port.
@@ -30,13 +56,8 @@ struct TestRelay {
         entities: [String] = ["hc"], tls: TLSFiles? = nil, caFile: String? = nil,
         configure: (inout RelayLimits) -> Void = { _ in }
     ) async throws -> TestRelay {
-        var limits = RelayLimits()
-        configure(&limits)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        let configuration = RelayConfiguration(
-            listen: "127.0.0.1:0", tls: tls,
-            namespaceRules: [AuthorizationRule(keyName: TestKeys.name, primaryKey: TestKeys.key, rights: [.manage])],
-            hybridConnections: entities.map { HybridConnectionConfiguration(name: $0) }, limits: limits)
+        let configuration = RelayConfiguration.test(entities: entities, tls: tls, configure: configure)
         var logger = Logger(label: "test.relay")
         logger.logLevel = .warning
         let server = try await RelayServer.start(configuration: configuration, group: group, logger: logger)

@@ -37,10 +37,12 @@ import Testing
         let b: EmbeddedChannel
     }
 
-    func makePair(readCounter: ReadCounter? = nil) throws -> Pair {
+    func makePair(
+        readCounter: ReadCounter? = nil, onFinishedA: @escaping @Sendable (BridgeLegStatistics) -> Void = { _ in }
+    ) throws -> Pair {
         let a = EmbeddedChannel()
         let b = EmbeddedChannel()
-        let legA = WebSocketBridgeHandler()
+        let legA = WebSocketBridgeHandler(onFinished: onFinishedA)
         let legB = WebSocketBridgeHandler()
         if let readCounter { try a.pipeline.syncOperations.addHandler(readCounter) }
         try a.pipeline.syncOperations.addHandler(legA)
@@ -212,19 +214,10 @@ import Testing
 
     /// A Close without a status code is a clean close: RFC 6455 reads it as 1005, not a lost connection.
     @Test func aCloseWithoutACodeCountsAs1005() throws {
-        let a = EmbeddedChannel()
-        let b = EmbeddedChannel()
         let finished = NIOLockedValueBox<BridgeLegStatistics?>(nil)
-        let legA = WebSocketBridgeHandler(onFinished: { statistics in finished.withLockedValue { $0 = statistics } })
-        let legB = WebSocketBridgeHandler()
-        try a.pipeline.syncOperations.addHandler(legA)
-        try b.pipeline.syncOperations.addHandler(legB)
-        legA.attach(partner: NIOLoopBound(legB, eventLoop: b.embeddedEventLoop))
-        legB.attach(partner: NIOLoopBound(legA, eventLoop: a.embeddedEventLoop))
-        try a.connect(to: .init(ipAddress: "127.0.0.1", port: 1)).wait()
-        try b.connect(to: .init(ipAddress: "127.0.0.1", port: 2)).wait()
-        try deliver(masked(.connectionClose, []), into: a, partner: b)
-        a.pipeline.fireChannelInactive()
+        let pair = try makePair(onFinishedA: { statistics in finished.withLockedValue { $0 = statistics } })
+        try deliver(masked(.connectionClose, []), into: pair.a, partner: pair.b)
+        pair.a.pipeline.fireChannelInactive()
         #expect(finished.withLockedValue { $0 }?.closeCode == 1005)
     }
 
