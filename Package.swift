@@ -119,7 +119,7 @@ let package = Package(
         .testTarget(
             name: "RelayServerTests",
             dependencies: [
-                "HybridConnections", "RelayIO", "RelayServer", log, crypto, yams,
+                "HybridConnections", "RelayIO", "RelayServer", log, locks, crypto, yams,
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ] + nio,
             swiftSettings: strict

@@ -41,13 +41,6 @@ public struct TunnelSummary: Sendable, Equatable {
     }
 }
 
-/// The WebSocket side of an agent tunnel: the preamble exchange, then payload frames to and from the
-/// TCP side, which lives on the same event loop. Outbound frames are masked word-wise (both agents are
-/// WebSocket clients).
-///
-/// Back-pressure: each side withholds `read()` while the other side's channel is not writable.
-/// Half-close: TCP EOF becomes `Close(1000, "Shutdown")`; a Close from the relay shuts the TCP output
-/// down; the other direction keeps flowing until it ends too.
 /// What a tunnel pumps to and from on the agent's side: the local connection (TCP now; Unix sockets, UDP flows
 /// and HTTP exchanges are further kinds). The WebSocket side drives it through these calls only, on the
 /// event loop they share.
@@ -70,9 +63,16 @@ protocol TunnelLocalSide: AnyObject {
     func close()
 }
 
+/// The WebSocket side of an agent tunnel: runs what `TunnelStateMachine` answers to NIO's events and the local
+/// side's, on the event loop both share. Outbound frames are masked word-wise (both agents are WebSocket
+/// clients).
+///
+/// Back-pressure: each side withholds `read()` while the other side's channel is not writable.
+/// Half-close: the local peer's end becomes `Close(1000, "Shutdown")`; a Close from the relay shuts the local
+/// output down; the other direction keeps flowing until it ends too.
 final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The relay connection's bytes, read here with `WebSocketFrameReader`: frames of any size, their payload
-    /// passed to TCP as it arrives.
+    /// passed to the local side as it arrives.
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
@@ -84,38 +84,25 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
         case listener(dial: (_ portName: String, _ handler: TunnelWebSocketHandler) -> Void)
     }
 
-    private enum Phase {
-        case awaitingReply(PreambleResponseParser)
-        case awaitingRequest(PreambleRequestParser)
-        case dialing(leftover: [UInt8])
-        case pumping
-    }
-
-    private let role: Role
-    private var phase: Phase
+    private let dial: ((_ portName: String, _ handler: TunnelWebSocketHandler) -> Void)?
+    private var machine: TunnelStateMachine
     private var reader = WebSocketFrameReader()
     private var remainder = HeadRemainder()
     private(set) var context: ChannelHandlerContext?
     private var local: (any TunnelLocalSide)?
-    private var readPending = false
-    private var receivedClose = false
-    private(set) var sentClose = false
-    private var closeWritten: EventLoopFuture<Void>?
     /// Until the upgrade completes the HTTP decoder still sits in the pipeline and rejects frames, so frames
-    /// (a pong, the edge's preamble reply, a Close when the TCP side went away first) wait here.
-    private var upgraded = false
+    /// written before it (a pong to a ping that came with the 101) wait here.
     private var heldFrames: [WebSocketFrame] = []
-    private var heldClose: (code: UInt16, reason: String)?
-    private var summary = TunnelSummary()
-    private var finished = false
+    private var closeWritten: EventLoopFuture<Void>?
     private var uncountedBytes = 0
-    private let started: NIODeadline
     private let preambleTimeout: TimeAmount
     private let countBytes: (Int) -> Void
     private let onFinished: (TunnelSummary) -> Void
 
     /// How long an edge waits for a sender's preamble once the rendezvous is open.
     static let defaultPreambleTimeout = TimeAmount.seconds(10)
+    /// How long a peer has to answer this side's Close with its own before the connection is cut.
+    static let closeReplyTimeout = TimeAmount.seconds(30)
 
     /// - Parameters:
     ///   - started: when the tunnel began (TCP accept on the client, `accept` on the edge).
@@ -127,18 +114,18 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
         countBytes: @escaping (Int) -> Void = { _ in },
         onFinished: @escaping (TunnelSummary) -> Void
     ) {
-        self.role = role
+        switch role {
+        case .sender(let portName):
+            machine = TunnelStateMachine(role: .sender(portName: portName), started: started)
+            dial = nil
+        case .listener(let dial):
+            machine = TunnelStateMachine(role: .listener, started: started)
+            self.dial = dial
+        }
         self.local = local
-        self.started = started
         self.preambleTimeout = preambleTimeout
         self.countBytes = countBytes
         self.onFinished = onFinished
-        switch role {
-        case .sender: phase = .awaitingReply(PreambleResponseParser())
-        case .listener:
-            phase = .awaitingRequest(PreambleRequestParser())
-            summary.atEdge = true
-        }
     }
 
     var isWritable: Bool { context?.channel.isWritable ?? false }
@@ -147,38 +134,34 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
         self.context = context
         local?.attach(self)
         if let local, !local.isActive {
-            summary.set("local_closed_early", "the local connection closed before the tunnel opened")
+            machine.localSideMissing()
             context.close(promise: nil)
-            return
         }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case WebSocketUpgradeEvent.completed = event {
-            upgraded = true
-            switch role {
-            case .sender(let portName) where heldClose == nil:
+            let action = machine.upgradeCompleted()
+            switch action {
+            case .sendPreamble(let portName):
                 let (header, name) = Preamble.request(portName: portName)
                 sendFrame(.binary, ByteBuffer(bytes: header))
                 sendFrame(.binary, ByteBuffer(bytes: name))
-            case .sender:
-                break
-            case .listener:
+            case .armPreambleTimer:
                 // A sender that never names its port would otherwise hold the rendezvous open for good.
                 context.eventLoop.assumeIsolated().scheduleTask(in: preambleTimeout) { [weak self] in
-                    guard let self, case .awaitingRequest = self.phase else { return }
-                    self.fail(
-                        code: 1008, label: "preamble_timeout",
-                        cause:
-                            "the sender sent no preamble within \(self.preambleTimeout.nanoseconds / 1_000_000_000) s")
+                    guard let self,
+                        let failure = self.machine.preambleTimedOut(
+                            after: self.preambleTimeout.nanoseconds / 1_000_000_000)
+                    else { return }
+                    self.fail(failure)
                 }
+            case .close:
+                break
             }
             for frame in heldFrames { context.write(wrapOutboundOut(frame), promise: nil) }
             heldFrames = []
-            if let (code, reason) = heldClose {
-                heldClose = nil
-                writeClose(context: context, code: code, reason: reason)
-            }
+            if case .close(let close) = action { run(close) }
             context.flush()
         }
         context.fireUserInboundEventTriggered(event)
@@ -190,7 +173,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     private func sendFrame(_ opcode: WebSocketOpcode, _ data: ByteBuffer) {
         let frame = WebSocketFrame(fin: true, opcode: opcode, maskKey: .random(), data: data)
-        guard upgraded else {
+        guard machine.isUpgraded else {
             heldFrames.append(frame)
             return
         }
@@ -204,9 +187,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
         do {
             while let part = try reader.read(from: &buffer) { received(part, context: context) }
         } catch {
-            fail(
-                code: error.code, label: "protocol_error",
-                cause: "the relay broke the WebSocket protocol: \(error.reason)")
+            fail(machine.violation(error))
             return
         }
         remainder.keep(buffer)
@@ -217,86 +198,52 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
         case .head:
             break
         case .payload(let chunk):
-            guard !receivedClose else { return }
             payloadReceived(chunk)
         case .control(let frame) where frame.opcode == .ping:
+            guard machine.answersPings else { return }
             sendFrame(.pong, frame.data)
             context.flush()
         case .control(let frame) where frame.opcode == .connectionClose:
-            closeReceived(frame.data)
+            var data = frame.data
+            let code = data.readInteger(as: UInt16.self)
+            run(machine.closeReceived(code: code, reason: data.readString(length: data.readableBytes) ?? ""))
         case .control:
             break
         }
     }
 
     private func payloadReceived(_ data: ByteBuffer) {
-        switch phase {
-        case .pumping:
-            if summary.timeToFirstByte == nil {
-                summary.timeToFirstByte = (NIODeadline.now() - started).seconds
-            }
-            summary.bytesFromRelay &+= data.readableBytes
+        switch machine.payloadReceived(data.readableBytesView, now: .now()) {
+        case .none:
+            break
+        case .deliver:
             uncountedBytes &+= data.readableBytes
             local?.write(data)
-        case .awaitingReply(var parser):
-            switch parser.feed(data.readableBytesView) {
-            case .needMore:
-                phase = .awaitingReply(parser)
-            case .accepted(let leftover):
-                phase = .pumping
-                if !leftover.isEmpty {
-                    summary.bytesFromRelay += leftover.count
-                    uncountedBytes += leftover.count
-                    local?.write(ByteBuffer(bytes: leftover))
-                }
-                local?.startReading()
-            case .refused(_, let reason):
-                fail(code: 1002, label: "preamble_refused", cause: "preamble refused: \(reason)")
+        case .opened(let leftover):
+            if !leftover.isEmpty {
+                uncountedBytes &+= leftover.count
+                local?.write(ByteBuffer(bytes: leftover))
             }
-        case .awaitingRequest(var parser):
-            switch parser.feed(data.readableBytesView) {
-            case .needMore:
-                phase = .awaitingRequest(parser)
-            case .complete(let portName, .stream, let leftover):
-                phase = .dialing(leftover: leftover)
-                if case .listener(let dial) = role { dial(portName, self) }
-            case .complete(_, .datagram, _):
-                sendFrame(.binary, ByteBuffer(bytes: [0, 0, 255]))
-                fail(code: 1003, label: "protocol_error", cause: "datagram (UDP) tunnels are not supported")
-            case .unsupportedVersion(let major):
-                sendFrame(.binary, ByteBuffer(bytes: Preamble.unsupportedVersion))
-                fail(code: 1002, label: "protocol_error", cause: "unsupported preamble version \(major)")
-            case .invalid(let why):
-                fail(code: 1002, label: "protocol_error", cause: "invalid preamble: \(why)")
-            }
-        case .dialing:
-            // The sender waits for the preamble answer before sending payload; anything else is a
-            // protocol error.
-            fail(code: 1002, label: "protocol_error", cause: "payload arrived before the preamble was answered")
+            startLocalReading()
+        case .dial(let portName):
+            dial?(portName, self)
+        case .fail(let reply, let failure):
+            if let reply { sendFrame(.binary, ByteBuffer(bytes: reply)) }
+            fail(failure)
         }
     }
 
-    private func closeReceived(_ data: ByteBuffer) {
-        guard !receivedClose else { return }
-        receivedClose = true
-        var data = data
-        let code = data.readInteger(as: UInt16.self)
-        let reason = data.readString(length: data.readableBytes) ?? ""
-        if case .pumping = phase {
-            if summary.causeLabel == "closed" {
-                summary.set("remote_close", "remote close \(code.map(String.init) ?? "-")")
-            }
+    private func run(_ action: TunnelStateMachine.CloseReceivedAction) {
+        switch action {
+        case .none:
+            return
+        case .shutDownLocalOutput(let closeChannel):
             local?.shutdownOutput()
-        } else {
-            let detail = reason.isEmpty ? "" : ": \(reason)"
-            if summary.causeLabel == "closed" {
-                summary.set(
-                    "refused_by_peer",
-                    "closed by peer before the tunnel opened (\(code.map(String.init) ?? "no code")\(detail))")
-            }
+            if closeChannel, let context { context.close(after: closeWritten) }
+        case .closeLocal(let closeChannel):
             local?.close()
+            if closeChannel, let context { context.close(after: closeWritten) }
         }
-        if sentClose, let context { context.close(after: closeWritten) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -306,14 +253,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func read(context: ChannelHandlerContext) {
-        switch phase {
-        case .dialing:
-            readPending = true
-        case .pumping where !(local?.isWritable ?? true):
-            readPending = true
-        default:
-            context.read()
-        }
+        if machine.readRequested(localWritable: local?.isWritable ?? true) { context.read() }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -323,14 +263,16 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func channelInactive(context: ChannelHandlerContext) {
         reportBytes()
-        if !receivedClose, summary.causeLabel == "closed" { summary.set("relay_lost", "relay connection lost") }
         local?.close()
-        finish()
+        if let summary = machine.channelInactive() {
+            local = nil
+            onFinished(summary)
+        }
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        summary.set("error", "websocket error: \(error)")
+        machine.errorCaught(error)
         context.close(promise: nil)
     }
 
@@ -341,81 +283,79 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
         uncountedBytes = 0
     }
 
-    // MARK: From the TCP side
+    // MARK: From the local side
 
     /// The dial for this tunnel succeeded: answer the preamble and start pumping.
     func dialSucceeded(local: any TunnelLocalSide) {
-        guard case .dialing(let leftover) = phase, let context else {
+        guard context != nil, case .open(let leftover) = machine.dialSucceeded() else {
             local.close()
             return
         }
         self.local = local
         local.attach(self)
-        phase = .pumping
         sendFrame(.binary, ByteBuffer(bytes: Preamble.accepted()))
-        context.flush()
+        context?.flush()
         if !leftover.isEmpty {
-            summary.bytesFromRelay += leftover.count
             local.write(ByteBuffer(bytes: leftover))
             local.flush()
         }
-        local.startReading()
+        startLocalReading()
         resumeReading()
+    }
+
+    /// The local side reads from now on; a FIN that came before the tunnel opened is passed on after the bytes
+    /// that preceded it.
+    private func startLocalReading() {
+        local?.startReading()
+        run(machine.localReadingStarted())
+    }
+
+    /// Ends the tunnel for `failure`: the sender or the relay is told why with a Close.
+    func fail(_ failure: TunnelFailure) {
+        run(machine.fail(failure))
+        local?.close()
     }
 
     /// The dial failed or the port name is unknown: tell the sender why, then close.
     func fail(code: UInt16, label: String, cause: String) {
-        summary.set(label, cause)
-        sendClose(code: code, reason: cause)
-        local?.close()
+        fail(TunnelFailure(code: code, label: label, cause: cause))
     }
 
     func send(_ data: ByteBuffer) {
-        summary.bytesToRelay &+= data.readableBytes
+        machine.localBytesSent(data.readableBytes)
         sendFrame(.binary, data)
     }
 
     func flush() { context?.flush() }
 
-    func sendClose(code: UInt16, reason: String) {
-        guard let context, !sentClose else { return }
-        sentClose = true
-        guard upgraded else {
-            heldClose = (code, reason)
-            return
-        }
-        writeClose(context: context, code: code, reason: reason)
-    }
+    /// The local peer ended its input (TCP FIN).
+    func localInputEnded() { run(machine.localInputEnded()) }
 
-    private func writeClose(context: ChannelHandlerContext, code: UInt16, reason: String) {
+    /// The local side is gone or failed: end the tunnel's upstream direction with `code`.
+    func sendClose(code: UInt16, reason: String) { run(machine.closeRequested(code: code, reason: reason)) }
+
+    private func run(_ action: TunnelStateMachine.CloseAction) {
+        guard case .write(let code, let reason, let closeChannelAfter) = action, let context else { return }
         var frame = FrameRules.closeFrame(code: code, reason: reason, allocator: context.channel.allocator)
         frame.maskKey = .random()
         // The Close is the last frame written, so its completion means everything before it is out.
         let written = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(wrapOutboundOut(frame), promise: written)
         closeWritten = written.futureResult
-        if receivedClose {
+        if closeChannelAfter {
             context.close(after: closeWritten)
         } else {
             // The peer's Close reply ends it; a peer that never replies is cut off.
-            context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(30)) { [weak self] in
+            context.eventLoop.assumeIsolated().scheduleTask(in: Self.closeReplyTimeout) { [weak self] in
                 self?.context?.close(promise: nil)
             }
         }
     }
 
-    /// TCP side became writable again.
+    /// The local side can take more again.
     func resumeReading() {
-        guard readPending, let context else { return }
-        readPending = false
+        guard machine.resumeReading(), let context else { return }
         context.read()
-    }
-
-    private func finish() {
-        guard !finished else { return }
-        finished = true
-        local = nil
-        onFinished(summary)
     }
 }
 
@@ -452,7 +392,11 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler, Tun
 
     var isActive: Bool { context?.channel.isActive ?? false }
 
-    func attach(_ webSocket: TunnelWebSocketHandler) { self.webSocket = webSocket }
+    /// A FIN that came before the WebSocket side was attached is reported to it now.
+    func attach(_ webSocket: TunnelWebSocketHandler) {
+        self.webSocket = webSocket
+        if inputClosed { webSocket.localInputEnded() }
+    }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
@@ -487,10 +431,8 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler, Tun
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case ChannelEvent.inputClosed = event {
             inputClosed = true
-            if started {
-                webSocket?.sendClose(code: 1000, reason: "Shutdown")
-                if outputShut { close() }
-            }
+            webSocket?.localInputEnded()
+            if outputShut { close() }
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -535,10 +477,6 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler, Tun
             early.removeAll()
             reportBytes()
             webSocket.flush()
-            if inputClosed {
-                webSocket.sendClose(code: 1000, reason: "Shutdown")
-                if outputShut { close() }
-            }
         }
         resumeReading()
     }

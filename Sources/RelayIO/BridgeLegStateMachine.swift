@@ -4,17 +4,6 @@ import NIOCore
 /// full), its close handshake in both directions, and what may be written to its peer while a frame from the
 /// partner is half written. `WebSocketBridgeHandler` feeds it NIO's events and does what it answers.
 public struct BridgeLegStateMachine: Sendable {
-    /// The close handshake as this leg sees it: its peer's Close read, this leg's Close written, or both.
-    public enum CloseState: Sendable, Equatable {
-        case open
-        case closeReceived
-        case closeSent
-        case closed
-
-        var received: Bool { self == .closeReceived || self == .closed }
-        var sent: Bool { self == .closeSent || self == .closed }
-    }
-
     /// What to do when the partner leg's channel is gone.
     public enum PartnerGoneAction: Sendable, Equatable {
         /// Nothing: the channel is gone already.
@@ -39,7 +28,7 @@ public struct BridgeLegStateMachine: Sendable {
         case close
     }
 
-    public private(set) var closeState = CloseState.open
+    public private(set) var closeState = WebSocketCloseState.open
     private var joined = false
     private var partnerWritable = true
     private var readWithheld = false
@@ -91,12 +80,7 @@ public struct BridgeLegStateMachine: Sendable {
 
     /// The peer's Close: true to pass it on to the partner (only the first).
     public mutating func closeReceived() -> Bool {
-        switch closeState {
-        case .open: closeState = .closeReceived
-        case .closeSent: closeState = .closed
-        case .closeReceived, .closed: return false
-        }
-        return true
+        closeState.receive()
     }
 
     /// A read burst ended: true to close the channel once this leg's Close is written (both Closes done).
@@ -111,7 +95,7 @@ public struct BridgeLegStateMachine: Sendable {
 
     /// The partner's peer closed: true to write its Close to this leg's peer (once).
     public mutating func partnerCloseArrived() -> Bool {
-        markCloseSent()
+        closeState.send()
     }
 
     /// The partner's delivery is written: the pong that waited for the frame in progress, if one may go now,
@@ -140,7 +124,7 @@ public struct BridgeLegStateMachine: Sendable {
     public mutating func partnerGone(active: Bool) -> PartnerGoneAction {
         guard active else { return .none }
         if insideFrame { return .closeNow }
-        if markCloseSent() {
+        if closeState.send() {
             return closeState.received ? .goingAwayThenClose : .goingAwayThenAwaitReply
         }
         return closeState.received ? .closeAfterCloseWritten : .awaitReply
@@ -154,14 +138,4 @@ public struct BridgeLegStateMachine: Sendable {
 
     /// True when the leg is gone (its partner, joining late, must learn at once).
     public var isFinished: Bool { finished }
-
-    /// Marks this leg's Close as written; false if it was already.
-    private mutating func markCloseSent() -> Bool {
-        switch closeState {
-        case .open: closeState = .closeSent
-        case .closeReceived: closeState = .closed
-        case .closeSent, .closed: return false
-        }
-        return true
-    }
 }

@@ -28,33 +28,29 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     private let entity: HybridConnectionConfiguration
     private let trackingId: String
     private let requestHost: String?
-    private var tokenExpiry: Int64
+    private var machine: ListenerChannelStateMachine
     private var context: ChannelHandlerContext?
     private var pingTask: Scheduled<Void>?
-    /// Fires at the token's `se` plus the grace: the channel ends then, not at the next ping.
     private var expiryTask: Scheduled<Void>?
-    private var missedPongs = 0
     private var pongs = PongReplies()
-    /// Ticks in a row at which the listener's socket had unread data queued past the high-water mark.
-    private var stalledTicks = 0
-    private var closing = false
-    /// Why the channel ended, as a bounded metric label.
-    private var closeCause = "closed"
     private var reader = WebSocketFrameReader()
     private var remainder = HeadRemainder()
     private var messages: MessageAssembler
     private var responses = HTTPResponseAssembler()
     private var logger: Logger
 
+    /// - Parameter tokenExpiry: the listen token's `se`, nil if it does not expire.
     init(
-        hub: RelayHub, entity: HybridConnectionConfiguration, trackingId: String, tokenExpiry: Int64,
+        hub: RelayHub, entity: HybridConnectionConfiguration, trackingId: String, tokenExpiry: Int64?,
         requestHost: String?
     ) {
         self.hub = hub
         self.entity = entity
         self.trackingId = trackingId
-        self.tokenExpiry = tokenExpiry
         self.requestHost = requestHost
+        machine = ListenerChannelStateMachine(
+            tokenExpiry: tokenExpiry, missedPongLimit: hub.limits.missedPongLimit,
+            tokenGraceSeconds: hub.limits.tokenGraceSeconds)
         messages = MessageAssembler(
             limit: max(Self.maxControlMessageBytes, hub.limits.maxHTTPBodyBytes),
             textLimit: Self.maxControlMessageBytes,
@@ -70,16 +66,21 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         scheduleExpiry()
     }
 
+    /// Sets the token timer for the machine's deadline (after a renewal, the new token's).
     private func scheduleExpiry() {
         expiryTask?.cancel()
-        guard let context, tokenExpiry != .max else { return }
-        let deadline = Double(tokenExpiry) + hub.limits.tokenGraceSeconds - Date().timeIntervalSince1970
-        expiryTask = context.eventLoop.assumeIsolated().scheduleTask(in: .fractionalSeconds(max(0, deadline))) {
+        guard let context, let deadline = machine.expiryDeadline else { return }
+        // At most a day at a time: a token valid for centuries is past what a timer holds.
+        let delay = min(max(0, deadline - hub.wallClock()), 86_400)
+        expiryTask = context.eventLoop.assumeIsolated().scheduleTask(in: .fractionalSeconds(delay)) {
             [weak self] in
-            guard let self, !self.closing else { return }
-            self.closeCause = "token_expired"
-            self.logger.warning("listener token expired", metadata: ["reason": "token_expired"])
-            self.close(code: 1008, reason: "The security token expired")
+            guard let self else { return }
+            if let close = self.machine.expiryTimerFired(now: hub.wallClock()) {
+                self.logger.warning("listener token expired", metadata: ["reason": "token_expired"])
+                self.run(close)
+            } else if self.machine.isOpen {
+                self.scheduleExpiry()
+            }
         }
     }
 
@@ -103,21 +104,21 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         pingTask?.cancel()
         expiryTask?.cancel()
         if let handle { hub.unregister(handle) }
-        hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: "disconnect", cause: closeCause)
+        let cause = machine.channelInactive()
+        hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: "disconnect", cause: cause)
         logger.info(
             "listener disconnected",
-            metadata: ["listeners": "\(hub.listenerCount(entity: entity.name))", "cause": "\(closeCause)"])
+            metadata: ["listeners": "\(hub.listenerCount(entity: entity.name))", "cause": "\(cause)"])
         context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = remainder.joined(unwrapInboundIn(data))
         do {
-            while !closing, let part = try reader.read(from: &buffer) { received(part, context: context) }
+            while machine.isOpen, let part = try reader.read(from: &buffer) { received(part, context: context) }
         } catch {
-            closeCause = "protocol_error"
             logger.warning("listener broke the protocol: \(error.reason)", metadata: ["reason": "protocol_error"])
-            close(code: error.code, reason: error.reason)
+            run(machine.violation(code: error.code, reason: error.reason))
             return
         }
         remainder.keep(buffer)
@@ -129,40 +130,36 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
             case .ping:
                 context.sendPong(pongs.pingReceived(frame.data, writable: context.channel.isWritable))
             case .pong:
-                // Solicited or not (the .NET runtime sends unsolicited pongs as heartbeats): proof of life.
-                missedPongs = 0
+                machine.heardFromListener()
             case .connectionClose:
-                closeCause = "listener_closed"
-                close(code: 1000, reason: "Normal Closure")
+                run(machine.closeReceived())
             default:
                 break
             }
             return
         }
-        missedPongs = 0
+        machine.heardFromListener()
         switch messages.receive(part) {
         case .none: break
         case .message(.text, let data): textMessage(data)
         case .message(_, let data): binaryMessage(data)
         case .tooLarge:
-            closeCause = "message_too_big"
             logger.warning("listener sent a message over the limit", metadata: ["reason": "message_too_big"])
-            close(code: 1009, reason: "Message too big")
+            run(machine.messageTooLarge(reason: "Message too big"))
         case .frameTooLarge:
-            closeCause = "message_too_big"
             let reason = "Message too big: frames over \(hub.limits.maxFrameBytes) bytes are not accepted here"
             logger.warning("listener sent \(reason)", metadata: ["reason": "message_too_big"])
-            close(code: 1009, reason: reason)
+            run(machine.messageTooLarge(reason: reason))
         }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if !closing, context.channel.isWritable { context.sendPong(pongs.becameWritable()) }
+        if machine.isOpen, context.channel.isWritable { context.sendPong(pongs.becameWritable()) }
         context.fireChannelWritabilityChanged()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        guard !closing else { return }
+        guard machine.isOpen else { return }
         logger.warning("control channel error: \(error)", metadata: ["reason": "protocol_error"])
         context.close(promise: nil)
     }
@@ -206,65 +203,51 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     private func renewToken(_ token: String) {
         do {
             let expiry = try hub.policy.authorize(
-                entity: entity, token: token, right: .listen, requestHost: requestHost,
-                now: Int64(Date().timeIntervalSince1970))
-            tokenExpiry = expiry ?? .max
+                entity: entity, token: token, right: .listen, requestHost: requestHost, now: Int64(hub.wallClock()))
+            machine.tokenRenewed(expiry: expiry)
             scheduleExpiry()
             hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: "renew")
-            logger.info("listener token renewed", metadata: ["expiry": "\(tokenExpiry)"])
+            logger.info("listener token renewed", metadata: ["expiry": "\(expiry.map(String.init) ?? "none")"])
         } catch {
-            closeCause = "renew_refused"
             hub.metrics.authFailure(role: .relay, reason: error.reason)
             logger.warning("renewToken refused: \(error.text)", metadata: ["reason": "\(error.reason)"])
-            close(code: 1008, reason: "Token renewal failed: \(error.reason)")
+            run(machine.renewalRefused(reason: error.reason))
         }
     }
 
     private func tick() {
-        guard let context, !closing else { return }
-        // A listener that pongs but never reads would let accept and request messages pile up here.
-        stalledTicks = context.channel.isWritable ? 0 : stalledTicks + 1
-        if stalledTicks >= hub.limits.missedPongLimit {
-            evict(context: context, cause: "not_reading", "listener evicted: it does not read its control channel")
+        guard let context else { return }
+        switch machine.tick(writable: context.channel.isWritable) {
+        case .none:
             return
+        case .ping:
+            context.writeAndFlush(
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
+            scheduleTick()
+        case .evict(let cause, let message):
+            // No Close: a listener that does not read would not read one either.
+            logger.warning("\(message)", metadata: ["reason": "\(cause)"])
+            if let handle { hub.unregister(handle) }
+            context.close(promise: nil)
         }
-        if missedPongs >= hub.limits.missedPongLimit {
-            evict(
-                context: context, cause: "ping_timeout", "listener evicted: no pong (\(missedPongs) pings unanswered)")
-            return
-        }
-        missedPongs += 1
-        context.writeAndFlush(
-            wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
-        scheduleTick()
-    }
-
-    /// Drops a listener that no longer does its part, without a Close: it would not read one.
-    private func evict(context: ChannelHandlerContext, cause: String, _ message: String) {
-        closeCause = cause
-        logger.warning("\(message)", metadata: ["reason": "\(cause)"])
-        closing = true
-        if let handle { hub.unregister(handle) }
-        context.close(promise: nil)
     }
 
     /// The relay drains or the entity is gone: 1001, so the listener reconnects elsewhere.
     func goAway(reason: String) {
-        closeCause = "going_away"
-        close(code: 1001, reason: reason)
+        run(machine.goAway(reason: reason))
     }
 
     /// Writes `message` and its body back to back, so no other message can come between them.
     func send(_ message: ControlMessage, body: ByteBuffer?) {
-        guard let context, !closing else { return }
+        guard let context, machine.isOpen else { return }
         context.writeControlMessage(message, body: body)
     }
 
-    private func close(code: UInt16, reason: String) {
-        guard let context, !closing else { return }
-        closing = true
+    /// Writes the machine's Close; the listener leaves the dispatch table at once.
+    private func run(_ close: ListenerChannelStateMachine.Close?) {
+        guard let close, let context else { return }
         if let handle { hub.unregister(handle) }
-        context.closeWebSocket(code: code, reason: reason)
+        context.closeWebSocket(code: close.code, reason: close.reason)
     }
 }
 

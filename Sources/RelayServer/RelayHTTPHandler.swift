@@ -24,16 +24,18 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private enum State {
         case idle
         case webSocketRequested(HTTPRequestHead, HybridConnectionRequest)
-        case awaitingRendezvous(WaitingSender)
+        /// A sender held by `senderHold` (its resources in `waitingSender`).
+        case awaitingRendezvous
         case readingHTTPBody(HTTPModeRequest)
         case awaitingHTTPResponse(
             key: String, keepAlive: Bool, timeout: Scheduled<Void>, exchange: HTTPExchangeRecord)
         case done
     }
 
-    /// A sender held until a listener accepts, rejects or the time runs out.
+    /// What a held sender's connection keeps until the hold ends.
     private struct WaitingSender {
         var key: String
+        var trackingId: String
         var head: HTTPRequestHead
         var timeout: Scheduled<Void>
         var record: RendezvousRecord
@@ -52,6 +54,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let encoder: HTTPResponseEncoder
     private let decoder: ByteToMessageHandler<HTTPRequestDecoder>
     private var state = State.idle
+    private var senderHold = SenderHoldStateMachine()
+    private var waitingSender: WaitingSender?
     private var context: ChannelHandlerContext?
     /// The deadline of the current phase: request head and classification, HTTP body, or keep-alive idle.
     private var deadline: Scheduled<Void>?
@@ -173,12 +177,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         switch state {
-        case .awaitingRendezvous(let waiting):
-            waiting.timeout.cancel()
-            if hub.takePending(key: waiting.key) != nil {
-                waiting.record.finish(
-                    outcome: "abandoned", status: 0, error: "the sender left before a listener accepted")
-                logger.info("sender left before a listener accepted", metadata: ["rendezvous": "\(waiting.key)"])
+        case .awaitingRendezvous:
+            if let waiting = waitingSender {
+                _ = hub.takePending(key: waiting.key)
+                endHold(senderHold.senderLeft())
             }
         case .awaitingHTTPResponse(let key, _, let timeout, let exchange):
             timeout.cancel()
@@ -249,7 +251,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         respond(context: context, refusal, trackingId: trackingId, entity: entity, close: true)
     }
 
-    private func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+    private func now() -> Int64 { Int64(hub.wallClock()) }
 
     private func hostHeader(_ head: HTTPRequestHead) -> String? { head.headers.first(name: "host") }
 
@@ -303,7 +305,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             entity: entity, token: token(head, queryToken: request.token)?.token, right: .listen, head: head)
         let trackingId = request.id ?? UUID().uuidString.lowercased()
         let control = ListenerControlHandler(
-            hub: hub, entity: entity, trackingId: trackingId, tokenExpiry: expiry ?? .max, requestHost: hostHeader(head)
+            hub: hub, entity: entity, trackingId: trackingId, tokenExpiry: expiry, requestHost: hostHeader(head)
         )
         let handle = ListenerHandle(
             id: hub.makeID(), trackingId: trackingId, entity: entity.name,
@@ -360,14 +362,13 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let timeout = context.eventLoop.assumeIsolated().scheduleTask(
             in: .fractionalSeconds(limits.acceptTimeoutSeconds)
         ) { [weak self] in
-            guard let self, let context = self.context, self.hub.takePending(key: key) != nil else { return }
-            record.finish(outcome: "timeout", status: 504, error: RelayErrorText.acceptTimeout)
-            self.refuse(
-                context: context, Refusal(status: 504, text: RelayErrorText.acceptTimeout, reason: "accept_timeout"),
-                trackingId: trackingId, entity: record.entity)
+            guard let self else { return }
+            self.endHold(self.senderHold.acceptTimedOut(stillParked: self.hub.takePending(key: key) != nil))
         }
         disarm()
-        state = .awaitingRendezvous(WaitingSender(key: key, head: head, timeout: timeout, record: record))
+        state = .awaitingRendezvous
+        waitingSender = WaitingSender(
+            key: key, trackingId: trackingId, head: head, timeout: timeout, record: record)
         // The listener continues the trace from this hop, so the relay's span is its parent.
         var connectHeaders = Self.joinedHeaders(head.headers) { consumedHeaders.contains($0) }
         for name in connectHeaders.keys where name.lowercased() == "traceparent" { connectHeaders[name] = nil }
@@ -410,7 +411,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     func joinRendezvous(
         partner: NIOLoopBound<WebSocketBridgeHandler>, subprotocol: String?, collector: BridgeSpanCollector
     ) {
-        guard let context, case .awaitingRendezvous(let waiting) = state else {
+        guard let context, let waiting = waitingSender, senderHold.accepted() == .join else {
             partner.eventLoop.execute { partner.value.partnerDidClose() }
             return
         }
@@ -459,21 +460,40 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// The listener this sender was dispatched to went away before it opened the rendezvous.
     func listenerVanished(_ refusal: Refusal) {
-        guard let context, case .awaitingRendezvous(let waiting) = state else { return }
-        waiting.timeout.cancel()
-        waiting.record.finish(outcome: refusal.reason, status: refusal.status, error: refusal.text)
-        refuse(context: context, refusal, entity: waiting.record.entity)
+        endHold(senderHold.listenerVanished(refusal))
     }
 
     /// The listener rejected the sender: the sender gets the listener's status.
     func rejected(status: Int, description: String?) {
-        guard let context, case .awaitingRendezvous(let waiting) = state else { return }
-        waiting.timeout.cancel()
-        waiting.record.finish(outcome: "rejected", status: status, error: description ?? "rejected by the listener")
-        logger.info("listener rejected sender", metadata: ["rendezvous": "\(waiting.key)", "status": "\(status)"])
-        respond(
-            context: context, status: status,
-            reason: description ?? HTTPResponseStatus(statusCode: status).reasonPhrase, close: true)
+        endHold(senderHold.rejected(status: status, description: description))
+    }
+
+    /// Runs the end of a sender's hold: the rendezvous record gets its outcome, the sender its answer.
+    private func endHold(_ action: SenderHoldStateMachine.EndAction) {
+        guard let waiting = waitingSender else { return }
+        switch action {
+        case .none:
+            return
+        case .refuse(let refusal, let outcome):
+            waiting.timeout.cancel()
+            waiting.record.finish(outcome: outcome, status: refusal.status, error: refusal.text)
+            if let context {
+                refuse(context: context, refusal, trackingId: waiting.trackingId, entity: waiting.record.entity)
+            }
+        case .forwardRejection(let status, let description):
+            waiting.timeout.cancel()
+            waiting.record.finish(outcome: "rejected", status: status, error: description ?? "rejected by the listener")
+            logger.info("listener rejected sender", metadata: ["rendezvous": "\(waiting.key)", "status": "\(status)"])
+            if let context {
+                respond(
+                    context: context, status: status,
+                    reason: description ?? HTTPResponseStatus(statusCode: status).reasonPhrase, close: true)
+            }
+        case .recordAbandoned:
+            waiting.timeout.cancel()
+            waiting.record.finish(outcome: "abandoned", status: 0, error: "the sender left before a listener accepted")
+            logger.info("sender left before a listener accepted", metadata: ["rendezvous": "\(waiting.key)"])
+        }
     }
 
     // MARK: Rendezvous legs opened by listeners
@@ -529,7 +549,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func runtimeInformation(context: ChannelHandlerContext, head: HTTPRequestHead, target: RequestTarget) throws
     {
         let path = String(try target.decodedPath().dropFirst())
-        let updated = JSONText.timestamp(Date())
+        let updated = JSONText.timestamp(Date(timeIntervalSince1970: hub.wallClock()))
         let id = "https://\(hub.policy.publicHost)/\(path)"
         guard let (entity, suffix) = try? hub.policy.entity(for: path), suffix.isEmpty else {
             writeResponse(

@@ -207,7 +207,15 @@ public final class RelayHub: Sendable {
     private let draining = Atomic<Bool>(false)
     private let floodLogs = NIOLockedValueBox(LogThrottle(interval: 1))
 
-    public init(configuration: RelayConfiguration, logger: Logger, metrics: RelayMetrics, tracer: HopTracer) {
+    /// Seconds since 1970 now: token expiry, failure budgets, log throttling. Handler tests on virtual time
+    /// pass a clock they move with it.
+    let wallClock: @Sendable () -> Double
+
+    public init(
+        configuration: RelayConfiguration, logger: Logger, metrics: RelayMetrics, tracer: HopTracer,
+        wallClock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }
+    ) {
+        self.wallClock = wallClock
         settings = NIOLockedValueBox(Settings(configuration))
         self.logger = logger
         self.metrics = metrics
@@ -287,7 +295,7 @@ public final class RelayHub: Sendable {
     /// spent its budget: only failures are limited, so good agents behind the same address keep working.
     func authFailed(source: String?) -> Refusal? {
         guard let source else { return nil }
-        let now = Date().timeIntervalSince1970
+        let now = wallClock()
         let blocked = authFailures.withLockedValue { limiter in
             defer { limiter.recordFailure(source: source, now: now) }
             return limiter.isBlocked(source: source, now: now)
@@ -349,7 +357,7 @@ public final class RelayHub: Sendable {
     /// Whether a refusal a flood produces (one per connection) should be logged now, with how many were
     /// not logged since; the metric counts every one.
     func floodLogAllowance(_ reason: String) -> Int? {
-        let now = Date().timeIntervalSince1970
+        let now = wallClock()
         return floodLogs.withLockedValue { $0.shouldLog(reason, now: now) }
     }
 

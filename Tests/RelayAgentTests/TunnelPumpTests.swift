@@ -189,6 +189,28 @@ import Testing
         #expect(pump.tcp.isActive && pump.webSocket.isActive)
     }
 
+    /// A short-lived client writes its request and its FIN before the relay connection even exists: both wait
+    /// for the tunnel, and the Close follows the bytes.
+    @Test func aFinBeforeTheTunnelExistsFollowsTheEarlyBytes() throws {
+        let tcpChannel = EmbeddedChannel()
+        let tcp = TunnelTCPHandler()
+        try tcpChannel.pipeline.syncOperations.addHandler(tcp)
+        try tcpChannel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        try tcpChannel.writeInbound(ByteBuffer(string: "GET / HTTP/1.0\r\n\r\n"))
+        tcpChannel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+
+        let webSocket = EmbeddedChannel()
+        let handler = TunnelWebSocketHandler(role: .sender(portName: "db"), local: tcp) { _ in }
+        try webSocket.pipeline.syncOperations.addHandlers(MaskingFrameEncoder(), handler)
+        try webSocket.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
+        webSocket.pipeline.fireUserInboundEventTriggered(WebSocketUpgradeEvent.completed)
+        #expect(try frames(webSocket).count == 2, "the preamble only: the tunnel is not open")
+        try webSocket.writeInbound(TunnelPumpTests.wire(.binary, ByteBuffer(bytes: Preamble.accepted())))
+        let sent = try frames(webSocket)
+        #expect(sent.map(\.opcode) == [.binary, .connectionClose])
+        #expect(sent.first?.unmaskedData == ByteBuffer(string: "GET / HTTP/1.0\r\n\r\n"))
+    }
+
     /// The relay's Close shuts the way toward the local peer once what came before it is written. (The other
     /// way staying open needs a real socket's half-close, which `EmbeddedChannel` does not have; the
     /// conformance suite covers it.)

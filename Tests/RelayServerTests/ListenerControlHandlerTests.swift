@@ -22,12 +22,17 @@ import Testing
         let channel: EmbeddedChannel
         let hub: RelayHub
         let handler: ListenerControlHandler
+        let clock: ManualWallClock
+
+        /// Moves the relay's wall clock and the channel's virtual time together.
+        func advance(by amount: TimeAmount) { clock.advance(by: amount, loop: channel.embeddedEventLoop) }
     }
 
     func setUp(
-        tokenExpiry: Int64 = .max, configure: (inout RelayLimits) -> Void = { _ in }
+        tokenExpiry: Int64? = nil, clock: ManualWallClock = ManualWallClock(),
+        configure: (inout RelayLimits) -> Void = { _ in }
     ) throws -> Setup {
-        let hub = RelayHub.test(configure: configure)
+        let hub = RelayHub.test(clock: clock, configure: configure)
         let channel = EmbeddedChannel()
         let handler = ListenerControlHandler(
             hub: hub, entity: hub.configuration.hybridConnections[0], trackingId: "l1", tokenExpiry: tokenExpiry,
@@ -39,7 +44,7 @@ import Testing
         #expect(hub.register(handle))
         try channel.pipeline.syncOperations.addHandlers(WebSocketFrameEncoder(), handler)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
-        return Setup(channel: channel, hub: hub, handler: handler)
+        return Setup(channel: channel, hub: hub, handler: handler, clock: clock)
     }
 
     /// A frame as a listener writes it: masked.
@@ -72,11 +77,11 @@ import Testing
             $0.pingIntervalSeconds = 1
             $0.missedPongLimit = 2
         }
-        setup.channel.embeddedEventLoop.advanceTime(by: .seconds(1))
-        setup.channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        setup.advance(by: .seconds(1))
+        setup.advance(by: .seconds(1))
         #expect(try written(setup.channel).filter { $0.opcode == .ping }.count == 2)
         #expect(setup.hub.listenerCount(entity: "hc") == 1)
-        setup.channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        setup.advance(by: .seconds(1))
         #expect(setup.hub.listenerCount(entity: "hc") == 0, "evicted after two unanswered pings")
         #expect(!setup.channel.isActive)
     }
@@ -87,7 +92,7 @@ import Testing
             $0.missedPongLimit = 2
         }
         for _ in 0..<10 {
-            setup.channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+            setup.advance(by: .seconds(1))
             try setup.channel.writeInbound(wire(.pong, ByteBuffer()))
         }
         #expect(setup.hub.listenerCount(entity: "hc") == 1 && setup.channel.isActive)
@@ -95,23 +100,25 @@ import Testing
 
     /// The token ends the channel at `se` plus the grace, on its own timer: no ping is due for an hour.
     @Test func aTokenEndsTheChannelAtItsExpiryPlusGrace() throws {
-        let now = Int64(Date().timeIntervalSince1970)
-        let setup = try setUp(tokenExpiry: now + 5) {
+        let clock = ManualWallClock()
+        let now = Int64(clock.now)
+        let setup = try setUp(tokenExpiry: now + 5, clock: clock) {
             $0.pingIntervalSeconds = 3600
             $0.tokenGraceSeconds = 2
         }
-        setup.channel.embeddedEventLoop.advanceTime(by: .seconds(5))
+        setup.advance(by: .seconds(5))
         let early = try written(setup.channel)
         #expect(setup.channel.isActive && early.isEmpty)
-        setup.channel.embeddedEventLoop.advanceTime(by: .seconds(3))
+        setup.advance(by: .seconds(3))
         #expect(closeCode(try written(setup.channel)) == 1008)
         #expect(setup.hub.listenerCount(entity: "hc") == 0)
     }
 
     /// A renewed token moves the deadline.
     @Test func renewTokenMovesTheDeadline() throws {
-        let now = Int64(Date().timeIntervalSince1970)
-        let setup = try setUp(tokenExpiry: now + 5) {
+        let clock = ManualWallClock()
+        let now = Int64(clock.now)
+        let setup = try setUp(tokenExpiry: now + 5, clock: clock) {
             $0.pingIntervalSeconds = 3600
             $0.tokenGraceSeconds = 2
         }
@@ -120,10 +127,10 @@ import Testing
         var text = ByteBuffer()
         text.writeString(#"{"renewToken":{"token":"\#(token)"}}"#)
         try setup.channel.writeInbound(wire(.text, text))
-        setup.channel.embeddedEventLoop.advanceTime(by: .seconds(30))
+        setup.advance(by: .seconds(30))
         let beforeDeadline = try written(setup.channel)
         #expect(setup.channel.isActive && closeCode(beforeDeadline) == nil)
-        setup.channel.embeddedEventLoop.advanceTime(by: .seconds(33))
+        setup.advance(by: .seconds(33))
         #expect(closeCode(try written(setup.channel)) == 1008)
     }
 }

@@ -1,6 +1,8 @@
 import HybridConnections
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
+import NIOEmbedded
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
@@ -36,12 +38,31 @@ extension RelayConfiguration {
 
 extension RelayHub {
     /// A hub for handler tests on embedded channels: the test configuration, logging only what is critical.
-    static func test(configure: (inout RelayLimits) -> Void = { _ in }) -> RelayHub {
+    static func test(
+        clock: ManualWallClock = ManualWallClock(), configure: (inout RelayLimits) -> Void = { _ in }
+    ) -> RelayHub {
         var logger = Logger(label: "test.hub")
         logger.logLevel = .critical
         return RelayHub(
             configuration: .test(configure: configure), logger: logger, metrics: RelayMetrics(),
-            tracer: HopTracer(logger: logger))
+            tracer: HopTracer(logger: logger), wallClock: { clock.now })
+    }
+}
+
+/// Wall-clock time that moves only when a test says, together with an `EmbeddedEventLoop`'s virtual time.
+final class ManualWallClock: Sendable {
+    private let seconds: NIOLockedValueBox<Double>
+
+    init(start: Double = 1_800_000_000) {
+        seconds = NIOLockedValueBox(start)
+    }
+
+    var now: Double { seconds.withLockedValue { $0 } }
+
+    /// Moves this clock and `loop`'s virtual time by the same amount, running what falls due.
+    func advance(by amount: TimeAmount, loop: EmbeddedEventLoop) {
+        seconds.withLockedValue { $0 += Double(amount.nanoseconds) / 1e9 }
+        loop.advanceTime(by: amount)
     }
 }
 
