@@ -550,7 +550,7 @@ final class EdgeControlHandler: ChannelInboundHandler {
             } catch {
                 logger.warning("ignored control message: \(error)")
             }
-        case .message:
+        case .message, .binaryPart:
             logger.warning("ignored binary message on the control channel")
         case .tooLarge, .frameTooLarge:
             logger.warning(

@@ -52,7 +52,7 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
             tokenExpiry: tokenExpiry, missedPongLimit: hub.limits.missedPongLimit,
             tokenGraceSeconds: hub.limits.tokenGraceSeconds)
         messages = MessageAssembler(
-            limit: max(Self.maxControlMessageBytes, hub.limits.maxHTTPBodyBytes),
+            limit: max(Self.maxControlMessageBytes, hub.limits.maxFrameBytes),
             textLimit: Self.maxControlMessageBytes,
             frameLimit: hub.limits.maxFrameBytes)
         logger = hub.logger
@@ -143,6 +143,7 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         case .none: break
         case .message(.text, let data): textMessage(data)
         case .message(_, let data): binaryMessage(data)
+        case .binaryPart: break  // this assembler joins binary messages whole
         case .tooLarge:
             logger.warning("listener sent a message over the limit", metadata: ["reason": "message_too_big"])
             run(machine.messageTooLarge(reason: "Message too big"))
@@ -192,9 +193,11 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         case .none:
             break
         case .complete(let head, let body):
-            if !hub.completeHTTP(key: head.requestId, head: head, body: body) {
+            guard let forwarder = hub.takeHTTPExchange(key: head.requestId) else {
                 logger.info("response for an unknown or expired request", metadata: ["request_id": "\(head.requestId)"])
+                return
             }
+            forwarder.send { $0.responseHead(head, body: body, ended: true) }
         case .unexpected(let why):
             logger.warning("ignored control message: \(why)", metadata: ["reason": "bad_control_message"])
         }
@@ -254,133 +257,10 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
 @available(*, unavailable)
 extension ListenerControlHandler: Sendable {}
 
-/// A listener's rendezvous for one HTTP-mode request (`sb-hc-action=request`): delivers the request
-/// when it did not fit the control channel, then reads the `response` and its body.
-final class HTTPRendezvousHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = WebSocketFrame
-
-    private let hub: RelayHub
-    private let key: String
-    private let request: PendingHTTPRequest?
-    private var reader = WebSocketFrameReader()
-    private var remainder = HeadRemainder()
-    private var messages: MessageAssembler
-    private var responses = HTTPResponseAssembler()
-    private var pongs = PongReplies()
-    private var sentClose = false
-
-    init(hub: RelayHub, key: String, request: PendingHTTPRequest?) {
-        self.hub = hub
-        self.key = key
-        self.request = request
-        messages = MessageAssembler(
-            limit: hub.limits.maxHTTPBodyBytes, textLimit: ListenerControlHandler.maxControlMessageBytes,
-            frameLimit: hub.limits.maxFrameBytes)
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if case WebSocketUpgradeEvent.completed = event { sendRequest(context: context) }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    private func sendRequest(context: ChannelHandlerContext) {
-        guard let request else { return }
-        context.writeControlMessage(.request(request.command), body: request.command.body == true ? request.body : nil)
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var buffer = remainder.joined(unwrapInboundIn(data))
-        do {
-            while !sentClose, let part = try reader.read(from: &buffer) { received(part, context: context) }
-        } catch {
-            hub.logger.warning(
-                "listener broke the protocol on a request rendezvous: \(error.reason)",
-                metadata: ["reason": "protocol_error"])
-            sentClose = true
-            context.closeWebSocket(code: error.code, reason: error.reason)
-            return
-        }
-        remainder.keep(buffer)
-    }
-
-    private func received(_ part: WebSocketFrameReader.Part, context: ChannelHandlerContext) {
-        switch part {
-        case .control(let frame) where frame.opcode == .ping:
-            context.sendPong(pongs.pingReceived(frame.data, writable: context.channel.isWritable))
-        case .control(let frame) where frame.opcode == .connectionClose:
-            // The .NET listener closes the rendezvous after every response; answer and hang up.
-            sentClose = true
-            context.writeAndFlush(
-                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: frame.data))
-            )
-            .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-        case .control:
-            break
-        case .head, .payload:
-            let event: HTTPResponseAssembler.Event
-            switch messages.receive(part) {
-            case .none: return
-            case .message(.text, let data):
-                guard let message = try? ControlMessage(decoding: data.readableBytesView),
-                    case .response(let response) = message
-                else {
-                    hub.logger.warning(
-                        "ignored rendezvous message that is not a response", metadata: ["reason": "bad_control_message"]
-                    )
-                    return
-                }
-                event = responses.response(response)
-            case .message(_, let data): event = responses.binaryMessage(data)
-            case .tooLarge:
-                refuseResponse(
-                    context: context, code: 1009,
-                    reason: "Message too big: response bodies are limited to \(hub.limits.maxHTTPBodyBytes) bytes")
-                return
-            case .frameTooLarge:
-                refuseResponse(
-                    context: context, code: 1009,
-                    reason: "Message too big: frames over \(hub.limits.maxFrameBytes) bytes are not accepted here")
-                return
-            }
-            if case .complete(let head, let body) = event {
-                // The response names its request; on a rendezvous it can only be this one.
-                _ = hub.completeHTTP(key: key, head: head, body: body)
-            }
-        }
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if !sentClose, context.channel.isWritable { context.sendPong(pongs.becameWritable()) }
-        context.fireChannelWritabilityChanged()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        guard !sentClose else { return }
-        context.close(promise: nil)
-    }
-
-    /// The listener's response cannot be taken: the listener hears why (a Close), the waiting HTTP client
-    /// gets 502 at once rather than a 504 when its timeout runs out, and both are logged and counted.
-    private func refuseResponse(context: ChannelHandlerContext, code: UInt16, reason: String) {
-        let label = code == 1009 ? "message_too_big" : "protocol_error"
-        hub.logger.warning(
-            "listener response refused on a request rendezvous: \(reason)", metadata: ["reason": "\(label)"])
-        hub.failHTTP(
-            key: key,
-            Refusal(status: 502, text: "BadGateway: The listener's response was refused: \(reason)", reason: label))
-        sentClose = true
-        context.closeWebSocket(code: code, reason: reason)
-    }
-}
-
-@available(*, unavailable)
-extension HTTPRendezvousHandler: Sendable {}
-
 extension ChannelHandlerContext {
     /// Writes a control message and the binary message that belongs to it back to back, so nothing can
     /// come between them (the SDKs take "the next message" as the body).
-    fileprivate func writeControlMessage(_ message: ControlMessage, body: ByteBuffer?) {
+    func writeControlMessage(_ message: ControlMessage, body: ByteBuffer?) {
         var text = channel.allocator.buffer(capacity: 512)
         text.writeString(message.encoded())
         write(NIOAny(WebSocketFrame(fin: true, opcode: .text, data: text)), promise: nil)

@@ -42,7 +42,7 @@ public struct RelayLimits: Codable, Equatable, Sendable {
     /// Time allowed from TCP accept until the request is classified: head complete and, for WebSocket
     /// requests, answered (slowloris guard).
     public var handshakeTimeoutSeconds: Double = 10
-    /// Time allowed for an HTTP-mode request body to arrive in full once its head is in.
+    /// Longest pause in an HTTP-mode request body (from its head on) while no response has started; then 408.
     public var httpBodyTimeoutSeconds: Double = 60
     /// How long a kept-alive HTTP-mode connection may sit idle before its next request head.
     public var idleTimeoutSeconds: Double = 60
@@ -61,11 +61,10 @@ public struct RelayLimits: Codable, Equatable, Sendable {
     public var maxRequestTargetBytes: Int = 16 * 1024
     /// Largest WebSocket frame the relay reads whole: on listener control channels and HTTP-mode rendezvous,
     /// where frames carry messages; above it the peer gets Close 1009. Tunnel frames are streamed at any
-    /// size. As large as the body limit by default, so a body written as one frame passes.
+    /// size, and so are HTTP bodies on a rendezvous.
     public var maxFrameBytes: Int = 64 * 1024 * 1024
-    /// Largest HTTP-mode request or response body; above it, 413 or 502.
-    public var maxHTTPBodyBytes: Int = 64 * 1024 * 1024
-    /// HTTP-mode request bodies the relay holds at once, across all connections; above it, 503.
+    /// HTTP-mode request bodies the relay holds at once, across all connections (a small body collected for the
+    /// control channel, a large one's first 64 KiB while its rendezvous opens); above it, 503.
     public var maxBufferedHTTPBytes: Int = 256 * 1024 * 1024
     /// Requests (headers plus body) up to this size go on the control channel, larger ones through a
     /// rendezvous (Azure: 64 kB).
@@ -83,7 +82,7 @@ public struct RelayLimits: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case acceptTimeoutSeconds, httpResponseTimeoutSeconds, handshakeTimeoutSeconds, httpBodyTimeoutSeconds,
             idleTimeoutSeconds, pingIntervalSeconds, missedPongLimit, tokenGraceSeconds, clockSkewSeconds,
-            maxListenersPerEntity, maxHeaderBytes, maxRequestTargetBytes, maxFrameBytes, maxHTTPBodyBytes,
+            maxListenersPerEntity, maxHeaderBytes, maxRequestTargetBytes, maxFrameBytes,
             maxBufferedHTTPBytes, controlChannelRequestBytes, maxConnectionsPerSource, maxConnections, authFailureBurst,
             authFailuresPerSecond
     }
@@ -129,7 +128,7 @@ public struct RelayLimits: Codable, Equatable, Sendable {
         }
         let sizes: [(String, Int)] = [
             ("maxHeaderBytes", maxHeaderBytes), ("maxRequestTargetBytes", maxRequestTargetBytes),
-            ("maxHTTPBodyBytes", maxHTTPBodyBytes), ("maxBufferedHTTPBytes", maxBufferedHTTPBytes),
+            ("maxBufferedHTTPBytes", maxBufferedHTTPBytes),
             ("controlChannelRequestBytes", controlChannelRequestBytes),
             ("maxConnectionsPerSource", maxConnectionsPerSource),
         ]
@@ -158,7 +157,6 @@ public struct RelayLimits: Codable, Equatable, Sendable {
         try read(.maxHeaderBytes, \.maxHeaderBytes)
         try read(.maxRequestTargetBytes, \.maxRequestTargetBytes)
         try read(.maxFrameBytes, \.maxFrameBytes)
-        try read(.maxHTTPBodyBytes, \.maxHTTPBodyBytes)
         try read(.maxBufferedHTTPBytes, \.maxBufferedHTTPBytes)
         try read(.controlChannelRequestBytes, \.controlChannelRequestBytes)
         try read(.maxConnectionsPerSource, \.maxConnectionsPerSource)
@@ -318,6 +316,12 @@ indirect enum ConfigurationSchema: Sendable {
             Dictionary(uniqueKeysWithValues: RelayLimits.CodingKeys.allCases.map { ($0.rawValue, .value) })),
     ])
 
+    /// Keys earlier versions read, with what to do about them: refused by name rather than as unknown.
+    static let retiredKeys = [
+        "maxHTTPBodyBytes":
+            "is no longer used: HTTP-mode bodies are streamed both ways, of any size; remove it"
+    ]
+
     /// Refuses the first key `node` holds that the schema does not know. Shapes (a list where a mapping
     /// belongs) are left to the decoder, which names them by path.
     func check(_ node: Node, at place: String) throws(ConfigurationError) {
@@ -327,6 +331,9 @@ indirect enum ConfigurationSchema: Sendable {
                 let name = key.string ?? "\(key)"
                 guard let schema = keys[name] else {
                     let line = key.mark.map { "line \($0.line): " } ?? ""
+                    if let retired = Self.retiredKeys[name] {
+                        throw ConfigurationError(description: "\(line)'\(name)' in \(place) \(retired)")
+                    }
                     throw ConfigurationError(
                         description:
                             "\(line)unknown key '\(name)' in \(place)\(Spelling.hint(for: name, among: keys.keys))")

@@ -16,9 +16,11 @@ import Tracing
 
 /// The first handler of every relay connection: reads HTTP/1.1 requests, decides what they are
 /// (listener, sender, rendezvous, HTTP-mode request), answers refusals, holds senders until a
-/// listener accepts, and swaps itself for the WebSocket handlers on upgrade.
-final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
+/// listener accepts, hands HTTP-mode requests to an `HTTPModeForwarder`, and swaps itself for the
+/// WebSocket handlers on upgrade.
+final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
     private enum State {
@@ -26,9 +28,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case webSocketRequested(HTTPRequestHead, HybridConnectionRequest)
         /// A sender held by `senderHold` (its resources in `waitingSender`).
         case awaitingRendezvous
-        case readingHTTPBody(HTTPModeRequest)
-        case awaitingHTTPResponse(
-            key: String, keepAlive: Bool, timeout: Scheduled<Void>, exchange: HTTPExchangeRecord)
+        /// An HTTP-mode request and its response, until the response is written.
+        case forwarding(HTTPModeForwarder)
         case done
     }
 
@@ -41,13 +42,13 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         var record: RendezvousRecord
     }
 
+    /// An HTTP-mode request the relay admitted from its head.
     private struct HTTPModeRequest {
         var head: HTTPRequestHead
         var target: RequestTarget
         var entity: HybridConnectionConfiguration
         /// Lowercased names of the headers that carried the credential the relay consumed.
         var consumedHeaders: Set<String>
-        var body: ByteBuffer
     }
 
     private let hub: RelayHub
@@ -60,8 +61,6 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The deadline of the current phase: request head and classification, HTTP body, or keep-alive idle.
     private var deadline: Scheduled<Void>?
     private var countedConnection = false
-    /// Bytes of this connection's HTTP-mode body held in the relay-wide budget.
-    private var reservedBodyBytes = 0
     private var logger: Logger
     /// Taken once per connection: a reload's limits apply to connections that come after it.
     private let limits: RelayLimits
@@ -134,24 +133,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         switch (unwrapInboundIn(data), state) {
         case (.head(let head), .idle):
             requestHeadReceived(context: context, head: head)
-        case (.body(var chunk), .readingHTTPBody(var request)):
-            guard request.body.readableBytes + chunk.readableBytes <= limits.maxHTTPBodyBytes else {
-                refuse(context: context, .bodyTooLarge(limits.maxHTTPBodyBytes), entity: request.entity.name)
-                return
-            }
-            guard hub.reserveHTTPBytes(chunk.readableBytes) else {
-                refuse(context: context, .httpBufferFull, entity: request.entity.name)
-                return
-            }
-            reservedBodyBytes += chunk.readableBytes
-            // The relay holds the request until a listener takes it; the head and this chunk are
-            // separate, so the body is kept in one buffer rather than a list of chunks.
-            request.body.writeBuffer(&chunk)
-            state = .readingHTTPBody(request)
+        case (.body(let chunk), .forwarding(let forwarder)):
+            if !forwarder.bodyPart(chunk) { refuse(context: context, .httpBufferFull) }
         case (.end, .webSocketRequested(let head, let request)):
             webSocketRequestReceived(context: context, head: head, request: request)
-        case (.end, .readingHTTPBody(let request)):
-            httpRequestReceived(context: context, request: request)
+        case (.end, .forwarding(let forwarder)):
+            forwarder.requestEnded()
         default:
             // Bytes of a request already refused, or a pipelined request while one is in flight.
             break
@@ -182,21 +169,23 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 _ = hub.takePending(key: waiting.key)
                 endHold(senderHold.senderLeft())
             }
-        case .awaitingHTTPResponse(let key, _, let timeout, let exchange):
-            timeout.cancel()
-            _ = hub.takePending(key: key)
-            exchange.finish(status: 0, error: "the client left before the response")
+        case .forwarding(let forwarder):
+            forwarder.clientGone()
         default:
             break
         }
-        releaseBody()
         state = .done
         context.fireChannelInactive()
     }
 
-    private func releaseBody() {
-        hub.releaseHTTPBytes(reservedBodyBytes)
-        reservedBodyBytes = 0
+    func read(context: ChannelHandlerContext) {
+        if case .forwarding(let forwarder) = state, !forwarder.readRequested() { return }
+        context.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if case .forwarding(let forwarder) = state { forwarder.clientWritabilityChanged(context.channel.isWritable) }
+        context.fireChannelWritabilityChanged()
     }
 
     // MARK: Request classification
@@ -211,18 +200,14 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .success(.runtimeInformation(let target)):
                 try runtimeInformation(context: context, head: head, target: target)
             case .success(.httpMode(let target)):
-                state = .readingHTTPBody(try admitHTTPRequest(head: head, target: target))
+                let request = try admitHTTPRequest(head: head, target: target)
                 if head.headers.contains(name: "expect") {
                     // Admitted: the client may send its body now (RFC 9110 §10.1.1). A refusal above was the
                     // final answer instead, sent before the body.
                     context.writeAndFlush(
                         wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .continue))), promise: nil)
                 }
-                arm(
-                    seconds: limits.httpBodyTimeoutSeconds,
-                    Refusal(
-                        status: 408, text: "RequestTimeout: The request body did not arrive in time",
-                        reason: "body_timeout"))
+                startForwarding(context: context, request)
             }
         } catch let refusal as Refusal {
             refuse(context: context, refusal)
@@ -247,7 +232,6 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             if refusal.isFloodable { metadata["suppressed"] = "\(suppressed)" }
             logger.warning("refused request: \(refusal.text)", metadata: metadata)
         }
-        releaseBody()
         respond(context: context, refusal, trackingId: trackingId, entity: entity, close: true)
     }
 
@@ -536,7 +520,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         else {
             throw Refusal(status: 404, text: RelayErrorText.rendezvousNotFound, reason: "no_rendezvous")
         }
-        let handler = HTTPRendezvousHandler(hub: hub, key: key, request: pending.sentOnControlChannel ? nil : pending)
+        let handler = HTTPRendezvousHandler(hub: hub, key: key, pending: pending)
         upgrade(
             context: context, head: head, subprotocol: WebSocketHandshake.firstSubprotocol(head.headers),
             handler: handler)
@@ -582,7 +566,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     // MARK: HTTP mode
 
     /// Authorizes an HTTP-mode request from its head, and refuses what can be refused before a body is
-    /// read: a declared body over the limit, and an entity nobody listens on.
+    /// read: an expectation other than 100-continue, and an entity nobody listens on.
     private func admitHTTPRequest(head: HTTPRequestHead, target: RequestTarget) throws -> HTTPModeRequest {
         guard !hub.isDraining else { throw Refusal.draining }
         if let expectation = head.headers.first(name: "expect"), expectation.lowercased() != "100-continue" {
@@ -594,15 +578,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let (entity, _) = try hub.policy.entity(for: String(path.dropFirst()))
         let found = token(head, queryToken: try target.value(of: "sb-hc-token"))
         _ = try authorize(entity: entity, token: found?.token, right: .send, head: head)
-        if let declared = head.headers.first(name: "content-length").flatMap(Int.init),
-            declared > limits.maxHTTPBodyBytes
-        {
-            throw Refusal.bodyTooLarge(limits.maxHTTPBodyBytes)
-        }
         guard hub.listenerCount(entity: entity.name) > 0 else { throw Refusal.noHTTPListener }
         return HTTPModeRequest(
             head: head, target: target, entity: entity,
-            consumedHeaders: RelayPolicy.consumedHeaders(entity: entity, source: found?.source), body: ByteBuffer())
+            consumedHeaders: RelayPolicy.consumedHeaders(entity: entity, source: found?.source))
     }
 
     /// Connection-level headers the relay never forwards (RFC 7230); `Expect` the relay answers itself.
@@ -611,7 +590,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         "proxy-connection", "close", "expect",
     ]
 
-    private func httpRequestReceived(context: ChannelHandlerContext, request: HTTPModeRequest) {
+    /// Starts forwarding an admitted request: its message for the listener (headers as the control messages
+    /// carry them, the relay's `Via`, the trace continued from this hop) and the route it takes.
+    private func startForwarding(context: ChannelHandlerContext, _ request: HTTPModeRequest) {
         disarm()
         var headers = Self.joinedHeaders(request.head.headers) { name in
             Self.hopByHopHeaders.contains(name) || request.consumedHeaders.contains(name)
@@ -624,100 +605,42 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             "relay.http", context: hub.tracer.context(traceparent: request.head.headers.first(name: "traceparent")),
             ofKind: .server)
         span.attributes["method"] = request.head.method.rawValue
-        let exchange = HTTPExchangeRecord(
-            span: span, entity: request.entity.name, requestBytes: request.body.readableBytes, metrics: hub.metrics)
+        let record = HTTPExchangeRecord(span: span, entity: request.entity.name, metrics: hub.metrics)
         // The listener continues the trace from this hop, as on a tunnel's accept.
         for name in headers.keys where name.lowercased() == "traceparent" { headers[name] = nil }
         headers["traceparent"] = span.traceContext.traceparent
         let trackingId = UUID().uuidString.lowercased()
         let key = hub.makeRendezvousKey(trackingId: trackingId)
-        let entityPath = "/$hc/\(request.entity.name)"
-        let command = RequestCommand(
-            address: hub.rendezvousAddress(rawPath: entityPath, applicationQuery: "", action: .request, key: key),
-            id: key, requestTarget: request.target.applicationTarget, method: request.head.method.rawValue,
-            remoteEndpoint: remoteEndpoint(context), requestHeaders: headers, body: request.body.readableBytes > 0)
+        let chunked = request.head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
+        let declared = request.head.headers.first(name: "content-length").flatMap(Int.init) ?? 0
+        let hasBody = chunked || declared > 0
         let headerBytes = headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
-        let onControlChannel = headerBytes + request.body.readableBytes <= limits.controlChannelRequestBytes
-        let pending = PendingHTTPRequest(
-            handler: NIOLoopBound(self, eventLoop: context.eventLoop), entity: request.entity.name, command: command,
-            body: request.body, sentOnControlChannel: onControlChannel)
-        guard let listener = hub.dispatch(entity: request.entity.name, key: key, pending: .http(pending)) else {
-            exchange.finish(status: Refusal.noHTTPListener.status, error: Refusal.noHTTPListener.text)
-            refuse(context: context, .noHTTPListener, trackingId: trackingId, entity: request.entity.name)
-            return
-        }
-        let timeout = context.eventLoop.assumeIsolated().scheduleTask(
-            in: .fractionalSeconds(limits.httpResponseTimeoutSeconds)
-        ) { [weak self] in
-            guard let self, let context = self.context, self.hub.takePending(key: key) != nil else { return }
-            exchange.finish(status: 504, error: RelayErrorText.responseTimeout)
-            self.refuse(
-                context: context,
-                Refusal(status: 504, text: RelayErrorText.responseTimeout, reason: "response_timeout"),
-                trackingId: trackingId, entity: request.entity.name)
-        }
-        state = .awaitingHTTPResponse(
-            key: key, keepAlive: request.head.isKeepAlive, timeout: timeout, exchange: exchange)
-        logger.info(
-            "http request routed",
-            metadata: [
-                "entity": "\(request.entity.name)", "request_id": "\(key)", "control_channel": "\(onControlChannel)",
-            ])
-        if onControlChannel {
-            listener.send(.request(command), body: command.body == true ? request.body : nil)
-        } else {
-            listener.send(.request(command.rendezvousOnly))
-        }
-    }
-
-    /// The listener's response could not be taken (see `RelayHub.failHTTP`).
-    func httpResponseFailed(_ refusal: Refusal) {
-        guard let context, case .awaitingHTTPResponse(_, _, let timeout, let exchange) = state else { return }
-        timeout.cancel()
-        releaseBody()
-        exchange.finish(status: refusal.status, error: refusal.text)
-        refuse(context: context, refusal)
-    }
-
-    func httpResponseArrived(head: HTTPResponseAssembler.ResponseHead, body: ByteBuffer) {
-        guard let context, case .awaitingHTTPResponse(_, let keepAlive, let timeout, let exchange) = state else {
-            return
-        }
-        timeout.cancel()
-        releaseBody()
-        defer {
-            exchange.finish(
-                status: head.statusCode, responseBytes: body.readableBytes,
-                error: head.statusCode >= 500 ? "the listener answered \(head.statusCode)" : nil)
-        }
-        if let problem = HTTPFieldSyntax.problem(in: head.headers) {
-            // Forwarding it would let a listener write headers, or a whole response, of its own choosing.
-            exchange.finish(status: 502, error: "the listener's response is not valid HTTP: \(problem)")
-            refuse(
-                context: context,
-                Refusal(
-                    status: 502, text: "BadGateway: The listener's response is not valid HTTP: \(problem)",
-                    reason: "bad_listener_response"))
-            return
-        }
-        var headers = HTTPHeaders()
-        for (name, value) in head.headers.sorted(by: { $0.key < $1.key })
-        where !Self.hopByHopHeaders.contains(name.lowercased()) {
-            headers.add(name: name, value: value)
-        }
-        let via = "1.1 \(hub.policy.publicHost)"
-        if let existing = headers.first(name: "via") {
-            headers.replaceOrAdd(name: "Via", value: "\(existing), \(via)")
-        } else {
-            headers.add(name: "Via", value: via)
-        }
-        headers.add(name: "Content-Length", value: "\(body.readableBytes)")
-        if !keepAlive { headers.add(name: "Connection", value: "close") }
-        let status = Self.status(head.statusCode, reason: head.statusDescription ?? "")
-        context.write(
-            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        responseEnded(context: context, written: context.writeAndFlush(wrapOutboundOut(.end(nil))), close: !keepAlive)
+        // Small requests travel whole on the control channel; large, chunked (length unknown) ones stream
+        // through a rendezvous.
+        let route: HTTPExchangeStateMachine.Route =
+            !chunked && headerBytes + declared <= limits.controlChannelRequestBytes ? .controlChannel : .rendezvous
+        let command = RequestCommand(
+            address: hub.rendezvousAddress(
+                rawPath: "/$hc/\(request.entity.name)", applicationQuery: "", action: .request, key: key),
+            id: key, requestTarget: request.target.applicationTarget, method: request.head.method.rawValue,
+            remoteEndpoint: remoteEndpoint(context), requestHeaders: headers, body: hasBody)
+        let entity = request.entity.name
+        let forwarder = HTTPModeForwarder(
+            hub: hub, context: context,
+            request: HTTPModeForwarder.Request(
+                head: request.head, entity: entity, key: key, trackingId: trackingId, command: command, route: route,
+                hasBody: hasBody),
+            record: record, logger: logger,
+            refuse: { [weak self] refusal in
+                guard let self, let context = self.context else { return }
+                self.refuse(context: context, refusal, trackingId: trackingId, entity: entity)
+            },
+            finished: { [weak self] written, keepAlive in
+                guard let self, let context = self.context else { return }
+                self.responseEnded(context: context, written: written, close: !keepAlive)
+            })
+        state = .forwarding(forwarder)
+        if route == .rendezvous { forwarder.dispatch() }
     }
 
     /// After a whole response: close once it is out, or wait for the next request.

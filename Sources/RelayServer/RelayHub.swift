@@ -99,19 +99,22 @@ final class HTTPExchangeRecord: @unchecked Sendable {
     private let metrics: RelayMetrics
     private var finished = false
 
-    init(span: HopSpan, entity: String, requestBytes: Int, metrics: RelayMetrics) {
+    /// Request body bytes taken from the client so far.
+    var requestBytes = 0
+
+    init(span: HopSpan, entity: String, metrics: RelayMetrics) {
         self.span = span
         self.entity = entity
         self.metrics = metrics
         span.attributes["entity"] = entity
-        span.attributes["bytes_up"] = requestBytes
-        if requestBytes > 0 { metrics.bytes(role: .relay, direction: .up).increment(by: Int64(requestBytes)) }
     }
 
     func finish(status: Int, responseBytes: Int = 0, error: String? = nil) {
         guard !finished else { return }
         finished = true
+        if requestBytes > 0 { metrics.bytes(role: .relay, direction: .up).increment(by: Int64(requestBytes)) }
         if responseBytes > 0 { metrics.bytes(role: .relay, direction: .down).increment(by: Int64(responseBytes)) }
+        span.attributes["bytes_up"] = requestBytes
         metrics.httpRequest(
             entity: entity, status: status, seconds: (NIODeadline.now() - arrived).seconds,
             traceID: span.traceContext.traceID)
@@ -162,10 +165,9 @@ struct PendingSender: Sendable {
 
 /// An HTTP-mode request waiting for its response.
 struct PendingHTTPRequest: Sendable {
-    let handler: NIOLoopBound<RelayHTTPHandler>
+    let forwarder: NIOLoopBound<HTTPModeForwarder>
     let entity: String
     let command: RequestCommand
-    let body: ByteBuffer
     /// False when the listener was told to fetch the request from the rendezvous.
     let sentOnControlChannel: Bool
     /// Set once a listener opened the request's rendezvous: the address works once.
@@ -410,9 +412,8 @@ public final class RelayHub: Sendable {
                     let handler = sender.handler
                     handler.eventLoop.execute { handler.value.listenerVanished(refusal) }
                 case .http(let request):
-                    let handler = request.handler
                     let gone = Refusal(status: 502, text: RelayErrorText.noListeners, reason: refusal.reason)
-                    handler.eventLoop.execute { handler.value.httpResponseFailed(gone) }
+                    request.forwarder.send { $0.failed(gone) }
                 }
             }
         }
@@ -460,21 +461,11 @@ public final class RelayHub: Sendable {
         }
     }
 
-    /// Hands a listener's response to the waiting HTTP sender, if it still waits.
-    func completeHTTP(key: String, head: HTTPResponseAssembler.ResponseHead, body: ByteBuffer) -> Bool {
-        guard case .http(let pending) = takePending(key: key) else { return false }
-        let handler = pending.handler
-        handler.eventLoop.execute {
-            handler.value.httpResponseArrived(head: head, body: body)
-        }
-        return true
-    }
-
-    /// Answers the waiting HTTP sender with `refusal` instead of the listener's response, if it still waits.
-    func failHTTP(key: String, _ refusal: Refusal) {
-        guard case .http(let pending) = takePending(key: key) else { return }
-        let handler = pending.handler
-        handler.eventLoop.execute { handler.value.httpResponseFailed(refusal) }
+    /// Takes the HTTP exchange waiting for a response to `key`: the first response wins, later ones (and those
+    /// for requests already answered or timed out) find nothing.
+    func takeHTTPExchange(key: String) -> NIOLoopBound<HTTPModeForwarder>? {
+        guard case .http(let pending) = takePending(key: key) else { return nil }
+        return pending.forwarder
     }
 
     /// `sb://{host}/{entity}` for the SystemTracker part of reason phrases.

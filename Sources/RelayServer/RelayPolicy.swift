@@ -22,10 +22,6 @@ public struct Refusal: Error, Equatable, Sendable {
             .contains(reason)
     }
 
-    static func bodyTooLarge(_ limit: Int) -> Refusal {
-        Refusal(status: 413, text: "PayloadTooLarge: The request body exceeds \(limit) bytes", reason: "body_too_large")
-    }
-
     static let draining = Refusal(
         status: 503, text: "ServerBusy: The relay is shutting down; connect again (another relay will answer)",
         reason: "draining")

@@ -144,21 +144,46 @@ def http_request(host, port, method, target, headers=None, body=b"", timeout=70)
     for name, value in (headers or {}).items():
         lines.append("%s: %s" % (name, value))
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-    data = b""
+    return read_response(sock)
+
+
+def read_response(sock):
+    """Reads one response to the connection's end and closes the socket; returns (status, reason, headers,
+    body), a chunked body decoded (its framing checked), a Content-Length checked."""
+    data = bytearray()
     while True:
         chunk = sock.recv(1 << 20)
         if not chunk:
             break
         data += chunk
     sock.close()
-    head, _, rest = data.partition(b"\r\n\r\n")
+    head, _, rest = bytes(data).partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     parts = status_line.split(" ", 2)
     response_headers = {}
     for line in header_lines:
         name, _, value = line.partition(":")
         response_headers.setdefault(name.strip().lower(), value.strip())
+    if response_headers.get("transfer-encoding", "").lower() == "chunked":
+        rest = dechunk(rest)
+    elif "content-length" in response_headers:
+        assert len(rest) == int(response_headers["content-length"]), (len(rest), response_headers)
     return int(parts[1]), (parts[2] if len(parts) > 2 else ""), response_headers, rest
+
+
+def dechunk(data):
+    """The body of a chunked message, checking its framing strictly (every size line, CRLF and the last chunk)."""
+    body = b""
+    while True:
+        size_line, crlf, data = data.partition(b"\r\n")
+        assert crlf, "a chunk size line without CRLF"
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            assert data == b"\r\n", "trailers or bytes after the last chunk: %r" % data[:40]
+            return body
+        assert data[size:size + 2] == b"\r\n", "a chunk not followed by CRLF"
+        body += data[:size]
+        data = data[size + 2:]
 
 
 def listen_uri(base, path, listener_id=None, token=None, encode=form_encode_plus):

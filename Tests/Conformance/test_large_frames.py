@@ -103,11 +103,13 @@ def test_an_http_response_written_as_one_6_mb_frame_reaches_the_client_at_once(r
 
 
 def test_a_frame_over_the_limit_on_a_message_channel_gets_1009_and_the_client_502_at_once(relay):
-    """A frame the relay must read whole (listener control channel, HTTP rendezvous) and that is over
-    `maxFrameBytes` is answered with Close 1009 and a reason; the waiting HTTP client hears 502 at once,
+    """A frame the relay must read whole (a control-channel message, a response head on an HTTP rendezvous) and
+    that is over its limit is answered with Close 1009 and a reason; the waiting HTTP client hears 502 at once,
     not a 504 when its timeout runs out. Both are logged."""
     headers = dotnet_headers(relay, "hyco")
     announce_100_mib = bytes([0x82, 0x80 | 127]) + (100 << 20).to_bytes(8, "big") + b"\0\0\0\0" + b"x" * 1000
+    # A response head is JSON in a text message, read whole: 100 MiB of it is refused from the frame's head.
+    announce_100_mib_text = bytes([0x81]) + announce_100_mib[1:]
 
     control = hc.RawWebSocket(relay.host, relay.port, "/$hc/hyco?sb-hc-action=listen&sb-hc-id=big", headers=headers)
     assert control.status == 101
@@ -125,7 +127,7 @@ def test_a_frame_over_the_limit_on_a_message_channel_gets_1009_and_the_client_50
     target = request["address"].split(str(relay.port), 1)[1]
     rendezvous = hc.RawWebSocket(relay.host, relay.port, target)
     assert rendezvous.status == 101
-    rendezvous.sock.sendall(announce_100_mib)
+    rendezvous.sock.sendall(announce_100_mib_text)
     fin, opcode, payload = rendezvous.recv_frame()
     assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1009
     assert b"Message too big" in payload
@@ -145,3 +147,87 @@ def test_a_frame_over_the_limit_on_a_message_channel_gets_1009_and_the_client_50
     control.close()
     log = open(relay.log_path).read()
     assert "listener sent Message too big" in log and "listener response refused on a request rendezvous" in log
+
+
+STREAM = 64 << 20
+
+
+def chunked_upload(host, port, target, headers, size, version="HTTP/1.1"):
+    """PUTs `size` random bytes with chunked transfer coding (length unknown to the relay) and reads the reply.
+    Returns (sha256 of what was sent, status, headers, body)."""
+    import socket
+    sock = socket.create_connection((host, port), timeout=120)
+    lines = ["PUT %s %s" % (target, version), "Host: %s:%d" % (host, port), "Transfer-Encoding: chunked",
+             "Connection: close"] + ["%s: %s" % item for item in headers.items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    digest = hashlib.sha256()
+    block = os.urandom(1 << 20)
+    for _ in range(size >> 20):
+        digest.update(block)
+        sock.sendall(b"%x\r\n" % len(block) + block + b"\r\n")
+    sock.sendall(b"0\r\n\r\n")
+    status, _, response_headers, body = hc.read_response(sock)
+    return digest.hexdigest(), status, response_headers, body
+
+
+def test_http_bodies_of_64_mib_stream_both_ways_in_bounded_memory(relay):
+    """A chunked 64 MiB upload reaches the listener as one binary message on the rendezvous while it is being
+    sent, and a 64 MiB response written as one frame reaches the client chunked; the relay holds neither."""
+    reply = os.urandom(STREAM)
+
+    async def run():
+        control, _ = await open_listener(relay)
+        loop = asyncio.get_running_loop()
+        memory = PeakMemory(relay.process.pid)
+        upload = loop.run_in_executor(
+            None, lambda: chunked_upload(relay.host, relay.port, "/hyco/stream", dotnet_headers(relay, "hyco"), STREAM))
+        kind, request = await next_control(control)
+        assert kind == "request" and "method" not in request, "a body of unknown length goes through a rendezvous"
+        rendezvous = await connect(request["address"], max_size=None, ping_interval=None)
+        kind, full = hc.parse_control(await rendezvous.recv())
+        assert full["method"] == "PUT" and full["body"] is True
+        assert "Transfer-Encoding" not in full["requestHeaders"] and "transfer-encoding" not in full["requestHeaders"]
+        received = await asyncio.wait_for(rendezvous.recv(), 120)
+        await rendezvous.send(json.dumps({"response": {"requestId": full["id"], "statusCode": 200, "body": True}}))
+        await rendezvous.send(reply)
+        sent_digest, status, headers, body = await upload
+        growth = memory.stop()
+        await rendezvous.close()
+        await control.close()
+        return hashlib.sha256(received).hexdigest(), sent_digest, status, headers, body, growth
+
+    received_digest, sent_digest, status, headers, body, growth = asyncio.run(run())
+    assert received_digest == sent_digest, "the upload arrived byte-exact"
+    assert status == 200 and headers.get("transfer-encoding") == "chunked"
+    assert hashlib.sha256(body).digest() == hashlib.sha256(reply).digest(), "the download arrived byte-exact"
+    assert growth < MEMORY_BOUND, "relay grew by %.1f MiB streaming 64 MiB each way" % (growth / 2**20)
+    print("relay RSS growth streaming 64 MiB up and 64 MiB down over HTTP: %.1f MiB" % (growth / 2**20))
+
+
+def test_an_http_10_client_gets_a_streamed_response_delimited_by_the_close(relay):
+    """No chunked coding for HTTP/1.0: the body runs until the relay closes the connection."""
+    async def run():
+        control, _ = await open_listener(relay)
+        loop = asyncio.get_running_loop()
+        response = loop.run_in_executor(None, lambda: chunked_upload(
+            relay.host, relay.port, "/hyco/old", dotnet_headers(relay, "hyco"), 1 << 20, version="HTTP/1.0"))
+        _, request = await next_control(control)
+        rendezvous = await connect(request["address"], max_size=None)
+        _, full = hc.parse_control(await rendezvous.recv())
+        await rendezvous.recv()
+        await rendezvous.send(json.dumps({"response": {"requestId": full["id"], "statusCode": 201, "body": True}}))
+        # Three frames of one message, sent in separate writes.
+        async def pieces():
+            for piece in (b"a" * 100_000, b"b" * 100_000, b"c"):
+                yield piece
+                await asyncio.sleep(0.05)
+        await rendezvous.send(pieces())
+        result = await response
+        await rendezvous.close()
+        await control.close()
+        return result
+
+    _, status, headers, body = asyncio.run(run())
+    assert status == 201 and "transfer-encoding" not in headers and "content-length" not in headers
+    assert headers.get("connection") == "close"
+    assert body == b"a" * 100_000 + b"b" * 100_000 + b"c"

@@ -53,8 +53,8 @@ limits:
 
 LIMITS = {
     "acceptTimeoutSeconds": 5, "httpResponseTimeoutSeconds": 5, "handshakeTimeoutSeconds": 2,
-    "httpBodyTimeoutSeconds": 2, "idleTimeoutSeconds": 2, "pingIntervalSeconds": 1, "maxHTTPBodyBytes": 1048576,
-    "maxBufferedHTTPBytes": 1572864,
+    "httpBodyTimeoutSeconds": 2, "idleTimeoutSeconds": 2, "pingIntervalSeconds": 1,
+    "maxBufferedHTTPBytes": 262144,
 }
 
 
@@ -477,30 +477,28 @@ def test_http_mode_bounds_bodies_before_and_while_reading(relay):
     assert b" 502 " in raw_request(relay, ("POST /hyco/x HTTP/1.1\r\nHost: x\r\n%sContent-Length: 1000\r\n\r\n" % auth).encode())
 
     async def run():
+        # A listener that never opens a rendezvous: every large body waits for one. Each connection's body is
+        # held up to 64 KiB (then the relay stops reading it), all of them within maxBufferedHTTPBytes
+        # (256 KiB); connections past that get 503, the others 408 once their body stalls for 2 s.
         control = await open_listener(relay)
-        # A declared body over maxHTTPBodyBytes: 413 from the head alone.
-        line = raw_request(relay, ("POST /hyco/x HTTP/1.1\r\nHost: x\r\n%sContent-Length: 2000000\r\n\r\n" % auth).encode())
-        assert b" 413 " in line, line
-        # Two bodies that fit one by one but not together in maxBufferedHTTPBytes (1.5 MiB): the second gets 503.
-        first = socket.create_connection((relay.host, relay.port), timeout=10)
-        first.sendall(("POST /hyco/a HTTP/1.1\r\nHost: x\r\n%sContent-Length: 1000000\r\n\r\n" % auth).encode() + b"x" * 900_000)
-        await asyncio.sleep(0.5)
-        second = socket.create_connection((relay.host, relay.port), timeout=10)
-        replies = []
-        # Read while sending: the 503 comes mid-body, and the relay closes on the rest.
-        reader = threading.Thread(target=lambda: replies.append(second.recv(4096)))
-        reader.start()
-        try:
-            second.sendall(("POST /hyco/b HTTP/1.1\r\nHost: x\r\n%sContent-Length: 1000000\r\n\r\n" % auth).encode()
-                           + b"y" * 1_000_000)
-        except OSError:
-            pass
-        reader.join(10)
-        assert replies and b" 503 " in replies[0].split(b"\r\n")[0], replies
-        second.close()
-        # The first body's deadline passes (2 s) and frees its share; the budget is whole again.
-        assert b" 408 " in first.recv(4096).split(b"\r\n")[0]
-        first.close()
+        sockets = []
+        for index in range(8):
+            sock = socket.create_connection((relay.host, relay.port), timeout=10)
+            sock.sendall(("POST /hyco/%d HTTP/1.1\r\nHost: x\r\n%sContent-Length: 1000000\r\n\r\n" % (index, auth)).encode())
+            sock.settimeout(1)
+            try:
+                sock.sendall(b"x" * 150_000)
+            except (socket.timeout, OSError):
+                pass
+            sock.settimeout(10)
+            sockets.append(sock)
+        lines = []
+        for sock in sockets:
+            lines.append(sock.recv(4096).split(b"\r\n")[0])
+            sock.close()
+        refused = [line for line in lines if b" 503 " in line]
+        timed_out = [line for line in lines if b" 408 " in line]
+        assert refused and timed_out and len(refused) + len(timed_out) == len(lines), lines
         await control.close()
     asyncio.run(run())
     assert relay.metric("hyrelay_refused_requests_total", reason="http_buffer_full") >= 1

@@ -47,14 +47,7 @@ import Testing
         return Setup(channel: channel, hub: hub, handler: handler, clock: clock)
     }
 
-    /// A frame as a listener writes it: masked.
-    func wire(_ opcode: WebSocketOpcode, _ data: ByteBuffer) -> ByteBuffer {
-        let key = WebSocketMaskingKey([3, 1, 4, 1])!
-        var bytes = ByteBuffer()
-        WebSocketFrameHeader.write(fin: true, opcode: opcode, length: data.readableBytes, maskKey: key, into: &bytes)
-        bytes.writeWebSocketMasked(data, key: key)
-        return bytes
-    }
+    func wire(_ opcode: WebSocketOpcode, _ data: ByteBuffer) -> ByteBuffer { maskedFrame(opcode, data) }
 
     /// The frames the handler wrote, decoded.
     func written(_ channel: EmbeddedChannel) throws -> [WebSocketFrame] {

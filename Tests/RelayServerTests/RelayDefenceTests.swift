@@ -153,6 +153,10 @@ import Yams
             "line 4: unknown key 'right' in 'namespaceRules' (did you mean 'rights'?)"
         ),
         ("{\"listen\": \"127.0.0.1:1\", \"bogus\": 1}\n", "unknown key 'bogus' in the configuration"),
+        (
+            "limits:\n  maxHTTPBodyBytes: 1048576\n",
+            "line 2: 'maxHTTPBodyBytes' in 'limits' is no longer used: HTTP-mode bodies are streamed both ways, of any size; remove it"
+        ),
     ])
     func unknownKeysAreRefusedWithTheirLine(yaml: String, message: String) {
         do {

@@ -2,6 +2,8 @@ import HybridConnections
 import Logging
 import NIOCore
 import NIOEmbedded
+import NIOWebSocket
+import RelayIO
 import RelayTelemetry
 import Testing
 
@@ -10,8 +12,10 @@ import Testing
 /// One relay connection on an `EmbeddedChannel`, its pipeline built as the relay builds it: requests in as
 /// bytes, answers out as bytes, timers on virtual time.
 @Suite struct RelayHTTPHandlerTests {
-    func connection(configure: (inout RelayLimits) -> Void = { _ in }) throws -> (EmbeddedChannel, RelayHub) {
-        let hub = RelayHub.test(configure: configure)
+    func connection(
+        hub: RelayHub? = nil, configure: (inout RelayLimits) -> Void = { _ in }
+    ) throws -> (EmbeddedChannel, RelayHub) {
+        let hub = hub ?? RelayHub.test(configure: configure)
         let channel = EmbeddedChannel()
         try RelayServer.addHTTPHandlers(to: channel.pipeline.syncOperations, hub: hub)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()
@@ -64,16 +68,73 @@ import Testing
         #expect(reply.hasPrefix("HTTP/1.1 200 ") && reply.contains("<ListenerCount>0</ListenerCount>"))
     }
 
+    var listenRequest: String {
+        "GET /$hc/hc?sb-hc-action=listen&sb-hc-id=l1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
+            + "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            + "ServiceBusAuthorization: \(token)\r\n\r\n"
+    }
+
     @Test func aListenUpgradeRegistersTheListener() throws {
         let (channel, hub) = try connection()
-        let reply = try send(
-            channel,
-            "GET /$hc/hc?sb-hc-action=listen&sb-hc-id=l1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
-                + "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                + "ServiceBusAuthorization: \(token)\r\n\r\n")
+        let reply = try send(channel, listenRequest)
         #expect(reply.hasPrefix("HTTP/1.1 101 "))
         #expect(reply.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "the RFC 6455 example key's accept value")
         #expect(hub.listenerCount(entity: "hc") == 1)
+    }
+
+    /// A listener's control channel on its own embedded connection to `hub`.
+    func listener(_ hub: RelayHub) throws -> EmbeddedChannel {
+        let (channel, _) = try connection(hub: hub)
+        #expect(try send(channel, listenRequest).hasPrefix("HTTP/1.1 101 "))
+        return channel
+    }
+
+    /// A small HTTP-mode request goes whole on the control channel, its body the next message; the listener's
+    /// response comes back with `Content-Length` and the relay's `Via`.
+    @Test func aSmallHTTPModeRequestRoundTripsOnTheControlChannel() throws {
+        let (client, hub) = try connection()
+        let control = try listener(hub)
+        try client.writeInbound(
+            ByteBuffer(
+                string: "POST /hc/api?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: \(token)\r\n"
+                    + "Content-Length: 5\r\n\r\nhello"))
+        control.embeddedEventLoop.run()
+        let messages = try writtenMessages(control)
+        #expect(messages.map(\.opcode) == [.text, .binary])
+        let request = try ControlMessage(decoding: messages[0].data.readableBytesView)
+        guard case .request(let command) = request else {
+            Issue.record("expected a request, got \(request)")
+            return
+        }
+        #expect(command.method == "POST" && command.requestTarget == "/hc/api?x=1" && command.body == true)
+        #expect(command.requestHeaders?["ServiceBusAuthorization"] == nil, "the consumed credential stays here")
+        #expect(String(buffer: messages[1].data) == "hello")
+
+        let response = ControlMessage.response(
+            ResponseCommand(requestId: command.id, statusCode: 201, statusDescription: "Created", body: true))
+        try control.writeInbound(maskedFrame(.text, ByteBuffer(string: response.encoded())))
+        try control.writeInbound(maskedFrame(.binary, ByteBuffer(string: "world")))
+        client.embeddedEventLoop.run()
+        let reply = try answer(client)
+        #expect(reply.hasPrefix("HTTP/1.1 201 Created\r\n"))
+        #expect(reply.contains("Content-Length: 5\r\n") && reply.contains("Via: 1.1 ") && reply.hasSuffix("world"))
+        #expect(client.isActive, "kept alive for the next request")
+    }
+
+    /// A listener that never answers: 504 once the response deadline passes, on virtual time.
+    @Test func anUnansweredHTTPModeRequestIs504() throws {
+        let hub = RelayHub.test { $0.httpResponseTimeoutSeconds = 5 }
+        let (client, _) = try connection(hub: hub)
+        let control = try listener(hub)
+        try client.writeInbound(
+            ByteBuffer(string: "GET /hc/api HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: \(token)\r\n\r\n"))
+        control.embeddedEventLoop.run()
+        #expect(try writtenMessages(control).count == 1, "the request, without a body")
+        client.embeddedEventLoop.advanceTime(by: .seconds(4))
+        #expect(try answer(client).isEmpty)
+        client.embeddedEventLoop.advanceTime(by: .seconds(2))
+        let reply = try answer(client)
+        #expect(reply.hasPrefix("HTTP/1.1 504 ") && reply.contains("did not respond"))
     }
 
     @Test func aHeadThatNeverEndsIs408() throws {

@@ -291,3 +291,25 @@ extension TestRelay {
         return accept
     }
 }
+
+/// A frame as a listener or sender writes it: masked.
+func maskedFrame(_ opcode: WebSocketOpcode, _ data: ByteBuffer) -> ByteBuffer {
+    let key = WebSocketMaskingKey([3, 1, 4, 1])!
+    var bytes = ByteBuffer()
+    WebSocketFrameHeader.write(fin: true, opcode: opcode, length: data.readableBytes, maskKey: key, into: &bytes)
+    bytes.writeWebSocketMasked(data, key: key)
+    return bytes
+}
+
+/// The data messages a relay connection wrote, joined from its frames.
+func writtenMessages(_ channel: EmbeddedChannel) throws -> [(opcode: WebSocketOpcode, data: ByteBuffer)] {
+    var wire = ByteBuffer()
+    while var chunk = try channel.readOutbound(as: ByteBuffer.self) { wire.writeBuffer(&chunk) }
+    var reader = WebSocketFrameReader()
+    var assembler = MessageAssembler(limit: 1 << 20)
+    var messages: [(opcode: WebSocketOpcode, data: ByteBuffer)] = []
+    while let part = try reader.read(from: &wire) {
+        if case .message(let opcode, let data) = assembler.receive(part) { messages.append((opcode, data)) }
+    }
+    return messages
+}
