@@ -8,7 +8,6 @@ import NIOSSL
 import Prometheus
 import RelayIO
 import RelayTelemetry
-import Synchronization
 import Tracing
 
 #if canImport(FoundationEssentials)
@@ -196,31 +195,33 @@ public final class ClientAgent: Sendable {
     /// Stops accepting, then waits up to `grace` for open tunnels to finish.
     public func shutdown(grace: Duration) async {
         await closePorts()
-        let deadline = ContinuousClock.now + grace
-        while tunnelCount > 0 && ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(50))
-        }
+        await settings.counter.waitUntilClosed(timeout: grace)
         settings.logger.info("client stopped", metadata: ["open_tunnels": "\(tunnelCount)"])
     }
 }
 
 /// Open tunnels, shared by every connection of an agent.
 final class TunnelCounter: Sendable {
-    private let value = Atomic<Int>(0)
+    private let work = InFlightWork()
     private let gauge: Gauge
 
     init(gauge: Gauge) { self.gauge = gauge }
 
-    var current: Int { value.load(ordering: .relaxed) }
+    var current: Int { work.count }
 
     func opened() {
-        value.add(1, ordering: .relaxed)
+        work.add(1)
         gauge.increment()
     }
 
     func closed() {
-        value.subtract(1, ordering: .relaxed)
+        work.add(-1)
         gauge.decrement()
+    }
+
+    /// Waits up to `timeout` for every open tunnel to close.
+    func waitUntilClosed(timeout: Duration) async {
+        _ = await work.waitUntilIdle(timeout: timeout)
     }
 }
 

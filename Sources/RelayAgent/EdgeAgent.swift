@@ -117,10 +117,7 @@ public final class EdgeAgent: Sendable {
             return listeners.map(\.loop)
         }
         for loop in loops { await loop.stop() }
-        let deadline = ContinuousClock.now + grace
-        while settings.counter.current > 0 && ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(50))
-        }
+        await settings.counter.waitUntilClosed(timeout: grace)
         settings.logger.info("edge stopped", metadata: ["open_tunnels": "\(settings.counter.current)"])
     }
 }

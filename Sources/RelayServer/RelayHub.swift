@@ -205,7 +205,8 @@ public final class RelayHub: Sendable {
     private let connectionsBySource = NIOLockedValueBox([String: Int]())
     private let openConnections = Atomic<Int>(0)
     private let bufferedHTTPBytes = Atomic<Int>(0)
-    private let openTunnels = Atomic<Int>(0)
+    /// Joined tunnels and waiting rendezvous: what a drain waits for.
+    let work = InFlightWork()
     private let draining = Atomic<Bool>(false)
     private let floodLogs = NIOLockedValueBox(LogThrottle(interval: 1))
 
@@ -250,7 +251,7 @@ public final class RelayHub: Sendable {
         let newNames = Set(configuration.hybridConnections.map { $0.name.lowercased() })
         let removed = old.hybridConnections.map(\.name).filter { !newNames.contains($0.lowercased()) }
         let added = configuration.hybridConnections.map(\.name).filter { !oldNames.contains($0.lowercased()) }
-        let orphans = table.withLockedValue { table in
+        let orphans = withTable { table in
             table.listenerLimit = configuration.limits.maxListenersPerEntity
             return removed.flatMap { table.listeners(entity: $0) }
         }
@@ -265,7 +266,7 @@ public final class RelayHub: Sendable {
     /// (1001); rendezvous already under way complete, and open tunnels run on.
     func startDraining() {
         draining.store(true, ordering: .relaxed)
-        for listener in table.withLockedValue({ $0.allListeners }) {
+        for listener in withTable({ $0.allListeners }) {
             listener.goAway(reason: "The relay is shutting down")
         }
     }
@@ -273,12 +274,21 @@ public final class RelayHub: Sendable {
     public var isDraining: Bool { draining.load(ordering: .relaxed) }
 
     /// Tunnels joined and not yet closed, plus rendezvous and HTTP requests waiting.
-    var workInFlight: Int {
-        openTunnels.load(ordering: .relaxed) + table.withLockedValue { $0.pendingCount }
-    }
+    var workInFlight: Int { work.count }
 
-    func tunnelOpened() { openTunnels.wrappingAdd(1, ordering: .relaxed) }
-    func tunnelClosed() { openTunnels.wrappingSubtract(1, ordering: .relaxed) }
+    func tunnelOpened() { work.add(1) }
+    func tunnelClosed() { work.add(-1) }
+
+    /// Runs `body` on the table; waiting rendezvous it adds or removes are counted as work in flight.
+    private func withTable<T>(_ body: (inout RendezvousTable<ListenerHandle, PendingRendezvous>) -> T) -> T {
+        let (result, added) = table.withLockedValue { table in
+            let before = table.pendingCount
+            let result = body(&table)
+            return (result, table.pendingCount - before)
+        }
+        if added != 0 { work.add(added) }
+        return result
+    }
 
     /// Base of the `address` fields handed to listeners.
     public var publicURL: String { publicURLBox.withLockedValue { $0 } }
@@ -373,7 +383,7 @@ public final class RelayHub: Sendable {
     }
 
     func register(_ listener: ListenerHandle) -> Bool {
-        let (result, count) = table.withLockedValue { table in
+        let (result, count) = withTable { table in
             let result = table.addListener(entity: listener.entity, id: listener.id, listener)
             return (result, table.listenerCount(entity: listener.entity))
         }
@@ -386,7 +396,7 @@ public final class RelayHub: Sendable {
     /// listener is left, else 503 (another listener will take a retry).
     @discardableResult
     func unregister(_ listener: ListenerHandle) -> Bool {
-        let (result, count) = table.withLockedValue { table in
+        let (result, count) = withTable { table in
             (
                 table.removeListener(entity: listener.entity, id: listener.id),
                 table.listenerCount(entity: listener.entity)
@@ -421,13 +431,13 @@ public final class RelayHub: Sendable {
     }
 
     public func listenerCount(entity: String) -> Int {
-        table.withLockedValue { $0.listenerCount(entity: entity) }
+        withTable { $0.listenerCount(entity: entity) }
     }
 
     /// Picks a listener and, in the same critical section, parks the rendezvous, so a listener that
     /// answers at once finds it.
     func dispatch(entity: String, key: String, pending: PendingRendezvous) -> ListenerHandle? {
-        table.withLockedValue { table in
+        withTable { table in
             var generator = SystemRandomNumberGenerator()
             guard let listener = table.pickListener(entity: entity, using: &generator) else { return nil }
             table.addPending(key: key, pending, dispatchedTo: listener.id)
@@ -436,12 +446,12 @@ public final class RelayHub: Sendable {
     }
 
     func takePending(key: String) -> PendingRendezvous? {
-        table.withLockedValue { $0.takePending(key: key) }
+        withTable { $0.takePending(key: key) }
     }
 
     /// Takes a waiting sender for an accept, only if the accept addresses the sender's entity.
     func takeSender(key: String, entity: String) -> PendingSender? {
-        table.withLockedValue { table in
+        withTable { table in
             guard case .webSocket(let sender) = table.pending(key: key), sender.entity == entity else { return nil }
             _ = table.takePending(key: key)
             return sender
@@ -451,7 +461,7 @@ public final class RelayHub: Sendable {
     /// Claims an HTTP request's rendezvous for the listener opening it: once, and only on its entity. The
     /// request stays parked; the response takes it.
     func claimHTTPRendezvous(key: String, entity: String) -> PendingHTTPRequest? {
-        table.withLockedValue { table in
+        withTable { table in
             guard case .http(var request) = table.pending(key: key), request.entity == entity,
                 !request.rendezvousClaimed
             else { return nil }

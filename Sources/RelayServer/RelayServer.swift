@@ -118,10 +118,7 @@ public final class RelayServer: Sendable {
     /// then the listening socket closes.
     public func shutdown(grace: Duration) async {
         hub.startDraining()
-        let deadline = ContinuousClock.now + grace
-        while hub.workInFlight > 0 && ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(50))
-        }
+        _ = await hub.work.waitUntilIdle(timeout: grace)
         hub.logger.info("relay stopped", metadata: ["open_tunnels": "\(hub.workInFlight)"])
         await stop()
     }

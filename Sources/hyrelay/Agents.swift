@@ -176,7 +176,7 @@ struct Client: AsyncParsableCommand {
         }
         let probing = Task { await agent.watchRelays() }
         defer { probing.cancel() }
-        await serveUntilTerminated(agent, grace: options.grace, session: session, side: side, logger: logger) {
+        try await serveUntilTerminated(agent, grace: options.grace, session: session, side: side, logger: logger) {
             let (added, removed) = try await agent.reload(forwards: try makeForwards())
             return ["ports_added": "\(added)", "ports_removed": "\(removed)"]
         }
@@ -256,7 +256,7 @@ struct Edge: AsyncParsableCommand {
             await stop(agent, grace: 0, session: session, side: side)
             throw ExitCode(1)
         }
-        await serveUntilTerminated(agent, grace: options.grace, session: session, side: side, logger: logger) {
+        try await serveUntilTerminated(agent, grace: options.grace, session: session, side: side, logger: logger) {
             let (added, removed) = await agent.reload(forwards: try makeForwards().forwards)
             return ["listeners_added": "\(added)", "listeners_removed": "\(removed)"]
         }
@@ -361,25 +361,6 @@ protocol DrainableAgent: Sendable {
 extension ClientAgent: DrainableAgent {}
 extension EdgeAgent: DrainableAgent {}
 extension RelayServer: DrainableAgent {}
-
-/// Runs until SIGINT or SIGTERM, reloading on SIGHUP (`reload` answers what changed, for the log; a failed
-/// reload keeps the running configuration); then drains open tunnels for `grace` seconds, flushes the
-/// exporter and stops the side port. Every role runs this.
-func serveUntilTerminated(
-    _ agent: some DrainableAgent, grace: Double, session: TelemetrySession, side: TelemetryServer?, logger: Logger,
-    reload: @escaping @Sendable () async throws -> Logger.Metadata
-) async {
-    await SignalWaiter.waitForTermination {
-        do {
-            let changes = try await reload()
-            logger.info("configuration reloaded", metadata: changes)
-        } catch {
-            logger.error("reload failed, the running configuration stays", metadata: ["cause": "\(error)"])
-        }
-    }
-    logger.info("draining", metadata: ["open_tunnels": "\(agent.tunnelCount)", "grace_seconds": "\(grace)"])
-    await stop(agent, grace: grace, session: session, side: side)
-}
 
 /// Lets open tunnels finish for `grace` seconds, flushes the exporter and stops the side port.
 func stop(_ agent: some DrainableAgent, grace: Double, session: TelemetrySession, side: TelemetryServer?) async {

@@ -121,7 +121,7 @@ struct Demo: AsyncParsableCommand {
             """)
         if !once {
             print("Running; Ctrl-C stops.")
-            await SignalWaiter.waitForTermination()
+            await waitForTerminationSignal()
         }
         await client.shutdown(grace: .seconds(2))
         await edge.shutdown(grace: .seconds(2))

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Dispatch
 import HybridConnections
 import Logging
 import NIOCore
@@ -11,12 +10,6 @@ import RelayTelemetry
     import FoundationEssentials
 #else
     import Foundation
-#endif
-
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
 #endif
 
 /// The release this binary is, as `hyrelay --version` prints it.
@@ -183,7 +176,7 @@ struct Relay: AsyncParsableCommand {
             }
             return (server, side)
         }
-        await serveUntilTerminated(server, grace: grace, session: session, side: side, logger: logger) {
+        try await serveUntilTerminated(server, grace: grace, session: session, side: side, logger: logger) {
             let (added, removed) = try server.reload(try makeConfiguration())
             return [
                 "hybrid_connections_added": "\(added.joined(separator: ","))",
@@ -216,25 +209,5 @@ struct Token: ParsableCommand {
         guard ttl > 0, ttl <= 10 * 365 * 86_400 else { throw ValidationError("--ttl must be 1 to 315360000 seconds") }
         let expiry = Int64(Date().timeIntervalSince1970) + Int64(ttl)
         print(SharedAccessSignature.make(resource: resource, keyName: keyName, key: key, expiry: expiry))
-    }
-}
-
-/// Suspends until SIGINT or SIGTERM; with `onReload`, runs it for every SIGHUP meanwhile.
-enum SignalWaiter {
-    static func waitForTermination(onReload: (@Sendable () async -> Void)? = nil) async {
-        let numbers = [SIGINT, SIGTERM] + (onReload == nil ? [] : [SIGHUP])
-        for number in numbers { signal(number, SIG_IGN) }
-        let sources = numbers.map { DispatchSource.makeSignalSource(signal: $0, queue: .global()) }
-        let stream = AsyncStream<Int32> { continuation in
-            for (number, source) in zip(numbers, sources) {
-                source.setEventHandler { continuation.yield(number) }
-                source.resume()
-            }
-        }
-        for await number in stream {
-            guard number == SIGHUP, let onReload else { break }
-            await onReload()
-        }
-        for source in sources { source.cancel() }
     }
 }
