@@ -100,7 +100,20 @@ let package = Package(
             ],
             path: "Benchmarks/MaskingBenchmark", swiftSettings: strict
         ),
-        .testTarget(name: "HybridConnectionsTests", dependencies: ["HybridConnections"], swiftSettings: strict),
+        // Allocations of one WebSocket upgrade, the relay's handshake against NIO's typed upgrader.
+        .executableTarget(
+            name: "UpgradeBenchmark",
+            dependencies: [
+                "RelayIO", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ],
+            path: "Benchmarks/UpgradeBenchmark", swiftSettings: strict
+        ),
+        // Shared by the fuzz suites: a seeded generator, so failures replay.
+        .target(name: "FuzzSupport", path: "Tests/FuzzSupport", swiftSettings: strict),
+        .testTarget(
+            name: "HybridConnectionsTests", dependencies: ["HybridConnections", "FuzzSupport"], swiftSettings: strict),
         .testTarget(
             name: "RelayIOTests",
             dependencies: [
@@ -115,7 +128,7 @@ let package = Package(
         .testTarget(
             name: "RelayAgentTests",
             dependencies: [
-                "HybridConnections", "RelayAgent", "RelayIO", .product(name: "NIOEmbedded", package: "swift-nio"),
+                "HybridConnections", "RelayAgent", "RelayIO", "FuzzSupport", .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOWebSocket", package: "swift-nio"),
             ], swiftSettings: strict
         ),

@@ -34,6 +34,11 @@ public final class EdgeAgent: Sendable {
         var counter: TunnelCounter
     }
 
+    /// How long opening a control channel to the relay (TCP, TLS and the upgrade) may take.
+    static let relayConnectTimeout = TimeAmount.seconds(10)
+    /// How long the edge's TCP connect to a target may take before the sender is told it failed.
+    static let dialTimeout = TimeAmount.seconds(10)
+
     private let settings: Settings
     private let listeners = NIOLockedValueBox<[(key: ListenerKey, loop: ListenerLoop)]>([])
 
@@ -192,7 +197,7 @@ final class ListenerLoop: Sendable {
             do {
                 let result = try await WebSocketClient.connect(
                     to: url, headers: headers, tlsContext: settings.tlsContext, group: settings.group,
-                    connectTimeout: .seconds(10)
+                    connectTimeout: EdgeAgent.relayConnectTimeout
                 ) { [self] channel in
                     try channel.pipeline.syncOperations.addHandler(
                         EdgeControlHandler(listener: self, tokenExpiry: expiry, logger: logger))
@@ -208,7 +213,7 @@ final class ListenerLoop: Sendable {
                     if stopped { try? await channel.close() }
                     backoff.reset()
                     settings.metrics.listenerEvent(
-                        role: .edge, entity: forward.relayName, event: wasOnline ? "reconnect" : "connect")
+                        role: .edge, entity: forward.relayName, event: wasOnline ? .reconnect : .connect)
                     settings.metrics.listeners(role: .edge, entity: forward.relayName).set(to: 1)
                     logger.info(
                         wasOnline ? "listener reconnected" : "listener online",
@@ -222,14 +227,14 @@ final class ListenerLoop: Sendable {
                     }
                     settings.metrics.listeners(role: .edge, entity: forward.relayName).set(to: 0)
                     settings.metrics.listenerEvent(
-                        role: .edge, entity: forward.relayName, event: "disconnect", cause: "channel_closed")
+                        role: .edge, entity: forward.relayName, event: .disconnect, cause: "channel_closed")
                     if !state.withLockedValue({ $0.stopped }) {
                         logger.warning("listener offline, reconnecting", metadata: ["cause": "control channel closed"])
                     }
                 case .rejected(let status, let reason, _):
                     firstOpenEnded(.failed("the relay refused the listener: \(status) \(reason.prefix(200))"))
                     settings.metrics.listenerEvent(
-                        role: .edge, entity: forward.relayName, event: "refused", cause: "status_\(status)")
+                        role: .edge, entity: forward.relayName, event: .refused, cause: "status_\(status)")
                     logger.error(
                         "listener refused by relay",
                         metadata: ["status": "\(status)", "cause": "\(reason)", "attempt": "\(attempt)"])
@@ -238,7 +243,7 @@ final class ListenerLoop: Sendable {
                 let failure = ConnectFailure(error, url: url)
                 firstOpenEnded(.failed("cannot reach the relay: \(failure.text)"))
                 settings.metrics.listenerEvent(
-                    role: .edge, entity: forward.relayName, event: "refused", cause: "unreachable")
+                    role: .edge, entity: forward.relayName, event: .refused, cause: "unreachable")
                 logger.warning(
                     "cannot reach relay",
                     metadata: [
@@ -342,8 +347,8 @@ final class ListenerLoop: Sendable {
         guard let binding = forward.binding(forPortName: portName), let eventLoop = handler.context?.eventLoop else {
             let known = forward.bindings.map(\.portName).joined(separator: ", ")
             logger.warning("unknown port name", metadata: ["port_name": "\(portName)", "known": "\(known)"])
-            metrics.dial(outcome: "unknown_port", seconds: nil)
-            handler.fail(code: 1008, label: "unknown_port", cause: "unknown port name '\(portName)'")
+            metrics.dial(outcome: .unknownPort, seconds: nil)
+            handler.fail(code: .policyViolation, label: "unknown_port", cause: "unknown port name '\(portName)'")
             span.attributes["outcome"] = "unknown_port"
             span.setStatus(SpanStatus(code: .error, message: "unknown port name '\(portName)'"))
             span.end()
@@ -356,7 +361,7 @@ final class ListenerLoop: Sendable {
         span.attributes["target"] = "\(binding.host):\(binding.port)"
         let started = ContinuousClock.now
         ClientBootstrap(group: eventLoop)
-            .connectTimeout(.seconds(10))
+            .connectTimeout(EdgeAgent.dialTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.writeBufferWaterMark, value: SocketTuning.writeWaterMark)
@@ -374,9 +379,9 @@ final class ListenerLoop: Sendable {
                 switch result {
                 case .success:
                     metrics.dial(
-                        outcome: "connected", seconds: (ContinuousClock.now - started).seconds,
+                        outcome: .connected, seconds: (ContinuousClock.now - started).seconds,
                         traceID: span.traceContext.traceID)
-                    span.attributes["outcome"] = "connected"
+                    span.attributes["outcome"] = DialOutcome.connected.rawValue
                     span.end()
                     logger.debug(
                         "target dialled",
@@ -394,7 +399,7 @@ final class ListenerLoop: Sendable {
                             "target": "\(target)", "reason": "\(failure.label)",
                             "cause": "\(failure.text)",
                         ])
-                    metrics.dial(outcome: "failed", seconds: (ContinuousClock.now - started).seconds)
+                    metrics.dial(outcome: .failed, seconds: (ContinuousClock.now - started).seconds)
                     span.attributes["outcome"] = "failed"
                     span.attributes["reason"] = failure.label
                     span.attributes["error"] = "\(error)"
@@ -402,7 +407,8 @@ final class ListenerLoop: Sendable {
                     span.end()
                     // A close reason has 123 bytes: the short summary always fits whole.
                     boundHandler.value.fail(
-                        code: 1011, label: "dial_failed", cause: "dial \(target) failed: \(failure.summary)")
+                        code: .unexpectedServerError, label: "dial_failed",
+                        cause: "dial \(target) failed: \(failure.summary)")
                 }
             }
     }
@@ -420,10 +426,9 @@ final class EdgeControlHandler: ChannelInboundHandler {
     static let maxFrameBytes = 1 << 20
 
     private let listener: ListenerLoop
-    private var tokenExpiry: Int64?
+    private var machine: EdgeChannelStateMachine
     private let logger: Logger
     private var context: ChannelHandlerContext?
-    private var unansweredPings = 0
     private var keepAliveTask: Scheduled<Void>?
     private var renewTask: Scheduled<Void>?
     private var reader = WebSocketFrameReader()
@@ -433,7 +438,7 @@ final class EdgeControlHandler: ChannelInboundHandler {
 
     init(listener: ListenerLoop, tokenExpiry: Int64?, logger: Logger) {
         self.listener = listener
-        self.tokenExpiry = tokenExpiry
+        machine = EdgeChannelStateMachine(tokenExpiry: tokenExpiry)
         self.logger = logger
     }
 
@@ -460,34 +465,33 @@ final class EdgeControlHandler: ChannelInboundHandler {
         ) {
             [weak self] in
             guard let self, let context = self.context else { return }
-            if self.unansweredPings >= 2 {
-                self.logger.warning(
-                    "control channel dead: no pong", metadata: ["unanswered_pings": "\(self.unansweredPings)"])
+            switch self.machine.keepAliveTick() {
+            case .ping:
+                self.send(.ping, ByteBuffer())
+                self.scheduleKeepAlive()
+            case .declareDead(let unanswered):
+                self.logger.warning("control channel dead: no pong", metadata: ["unanswered_pings": "\(unanswered)"])
                 self.listener.settings.metrics.listenerEvent(
-                    role: .edge, entity: self.listener.forward.relayName, event: "dead_channel", cause: "ping_timeout")
+                    role: .edge, entity: self.listener.forward.relayName, event: .deadChannel, cause: "ping_timeout")
                 context.close(promise: nil)
-                return
+            case .none:
+                break
             }
-            self.unansweredPings += 1
-            self.send(.ping, ByteBuffer())
-            self.scheduleKeepAlive()
         }
     }
 
     /// Renews at four fifths of the token's life, well before the relay's grace runs out.
     private func scheduleRenewal() {
-        guard let tokenExpiry, let context else { return }
-        let now = Int64(Date().timeIntervalSince1970)
-        let delay = max(1, (tokenExpiry - now) * 4 / 5)
+        guard let context, let delay = machine.renewalDelay(now: Int64(Date().timeIntervalSince1970)) else { return }
         renewTask = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(delay)) { [weak self] in
             guard let self else { return }
             let now = Int64(Date().timeIntervalSince1970)
             guard let (token, expiry) = self.listener.access.token(relayName: self.listener.forward.relayName, now: now)
             else { return }
-            self.tokenExpiry = expiry
+            self.machine.renewed(expiry: expiry)
             self.send(.text, ByteBuffer(string: ControlMessage.renewToken(RenewTokenCommand(token: token)).encoded()))
             self.listener.settings.metrics.listenerEvent(
-                role: .edge, entity: self.listener.forward.relayName, event: "renew")
+                role: .edge, entity: self.listener.forward.relayName, event: .renew)
             self.logger.info("token renewed", metadata: ["expiry": "\(expiry.map(String.init) ?? "none")"])
             self.scheduleRenewal()
         }
@@ -496,20 +500,20 @@ final class EdgeControlHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = remainder.joined(unwrapInboundIn(data))
         do {
-            while context.channel.isActive, let part = try reader.read(from: &buffer) {
+            while machine.state == .open, let part = try reader.read(from: &buffer) {
                 received(part, context: context)
             }
         } catch {
             logger.warning(
                 "the relay broke the WebSocket protocol: \(error.reason)", metadata: ["reason": "protocol_error"])
-            context.closeWebSocket(code: error.code, reason: error.reason, maskKey: .random())
+            if machine.closing() { context.closeWebSocket(code: error.code, reason: error.reason, maskKey: .random()) }
             return
         }
         remainder.keep(buffer)
     }
 
     private func received(_ part: WebSocketFrameReader.Part, context: ChannelHandlerContext) {
-        unansweredPings = 0
+        machine.heardFromRelay()
         if case .control(let frame) = part {
             switch frame.opcode {
             case .ping:
@@ -521,11 +525,7 @@ final class EdgeControlHandler: ChannelInboundHandler {
                 logger.warning(
                     "relay closed the control channel",
                     metadata: ["code": "\(code.map(String.init) ?? "-")", "cause": "\(reason)"])
-                context.writeAndFlush(
-                    wrapOutboundOut(
-                        WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: frame.data))
-                )
-                .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+                if machine.closing() { context.answerClose(frame, maskKey: .random()) }
             default:
                 break
             }
@@ -553,7 +553,10 @@ final class EdgeControlHandler: ChannelInboundHandler {
             logger.warning(
                 "the relay sent a control message over \(Self.maxMessageBytes) bytes",
                 metadata: ["reason": "message_too_big"])
-            context.closeWebSocket(code: 1009, reason: "Message too big", maskKey: .random())
+            if machine.closing() {
+                context.closeWebSocket(
+                    code: .messageTooLarge, reason: FrameRules.Reason.messageTooBig, maskKey: .random())
+            }
         }
     }
 

@@ -88,7 +88,8 @@ public enum RelayProbe {
         let (headers, _) = access.headers(relayName: relayName)
         do {
             let result = try await WebSocketClient.connect(
-                to: url, headers: headers, tlsContext: tlsContext, group: group, connectTimeout: .seconds(10)
+                to: url, headers: headers, tlsContext: tlsContext, group: group,
+                connectTimeout: EdgeAgent.relayConnectTimeout
             ) { _ in }.get()
             switch result {
             case .upgraded(let channel, _):

@@ -317,7 +317,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     /// The dial failed or the port name is unknown: tell the sender why, then close.
-    func fail(code: UInt16, label: String, cause: String) {
+    func fail(code: WebSocketErrorCode, label: String, cause: String) {
         fail(TunnelFailure(code: code, label: label, cause: cause))
     }
 
@@ -332,7 +332,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     func localInputEnded() { run(machine.localInputEnded()) }
 
     /// The local side is gone or failed: end the tunnel's upstream direction with `code`.
-    func sendClose(code: UInt16, reason: String) { run(machine.closeRequested(code: code, reason: reason)) }
+    func sendClose(code: WebSocketErrorCode, reason: String) { run(machine.closeRequested(code: code, reason: reason)) }
 
     private func run(_ action: TunnelStateMachine.CloseAction) {
         guard case .write(let code, let reason, let closeChannelAfter) = action, let context else { return }
@@ -452,12 +452,12 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler, Tun
 
     func channelInactive(context: ChannelHandlerContext) {
         reportBytes()
-        webSocket?.sendClose(code: 1000, reason: "Shutdown")
+        webSocket?.sendClose(code: .normalClosure, reason: FrameRules.Reason.shutdown)
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        webSocket?.sendClose(code: 1011, reason: "TCP error: \(error)")
+        webSocket?.sendClose(code: .unexpectedServerError, reason: "TCP error: \(error)")
         context.close(promise: nil)
     }
 

@@ -1,11 +1,12 @@
 import HybridConnections
 import NIOCore
+import NIOWebSocket
 import RelayIO
 
 /// Why a tunnel is being ended by this agent: the close code its peer gets, a bounded label for metrics and
 /// the cause for logs and spans.
 struct TunnelFailure: Equatable, Sendable {
-    var code: UInt16
+    var code: WebSocketErrorCode
     var label: String
     var cause: String
 }
@@ -69,7 +70,7 @@ struct TunnelStateMachine {
         case none
         /// Write this Close; then close the channel once it is out (the peer's Close came already), or give the
         /// peer a while to answer.
-        case write(code: UInt16, reason: String, closeChannelAfter: Bool)
+        case write(code: WebSocketErrorCode, reason: String, closeChannelAfter: Bool)
     }
 
     enum CloseReceivedAction: Equatable {
@@ -102,7 +103,7 @@ struct TunnelStateMachine {
     private(set) var isUpgraded = false
     private(set) var closeState = WebSocketCloseState.open
     /// A Close asked for before the upgrade completed: the HTTP codec is still in the pipeline then.
-    private var closeAwaitingUpgrade: (code: UInt16, reason: String)?
+    private var closeAwaitingUpgrade: (code: WebSocketErrorCode, reason: String)?
     /// The local side reads into the open tunnel (what it read before went first).
     private var localReading = false
     /// The local side ended its input before it was reading: its Close goes once the early bytes are out.
@@ -168,7 +169,7 @@ struct TunnelStateMachine {
     func preambleTimedOut(after seconds: Int64) -> TunnelFailure? {
         guard isUpgraded, case .awaitingRequest = phase, closeState == .open else { return nil }
         return TunnelFailure(
-            code: 1008, label: "preamble_timeout", cause: "the sender sent no preamble within \(seconds) s")
+            code: .policyViolation, label: "preamble_timeout", cause: "the sender sent no preamble within \(seconds) s")
     }
 
     mutating func dialSucceeded() -> DialAction {
@@ -183,7 +184,7 @@ struct TunnelStateMachine {
         localReading = true
         guard localInputEndedEarly else { return .none }
         localInputEndedEarly = false
-        return closeRequested(code: 1000, reason: "Shutdown")
+        return closeRequested(code: .normalClosure, reason: FrameRules.Reason.shutdown)
     }
 
     // MARK: From the relay
@@ -210,7 +211,8 @@ struct TunnelStateMachine {
             case .refused(_, let reason):
                 return .fail(
                     reply: nil,
-                    TunnelFailure(code: 1002, label: "preamble_refused", cause: "preamble refused: \(reason)"))
+                    TunnelFailure(code: .protocolError, label: "preamble_refused", cause: "preamble refused: \(reason)")
+                )
             }
         case .awaitingRequest(var parser):
             switch parser.feed(bytes) {
@@ -224,21 +226,25 @@ struct TunnelStateMachine {
                 return .fail(
                     reply: [0, 0, 255],
                     TunnelFailure(
-                        code: 1003, label: "protocol_error", cause: "datagram (UDP) tunnels are not supported"))
+                        code: .unacceptableData, label: "protocol_error",
+                        cause: "datagram (UDP) tunnels are not supported"))
             case .unsupportedVersion(let major):
                 return .fail(
                     reply: Preamble.unsupportedVersion,
-                    TunnelFailure(code: 1002, label: "protocol_error", cause: "unsupported preamble version \(major)"))
+                    TunnelFailure(
+                        code: .protocolError, label: "protocol_error", cause: "unsupported preamble version \(major)"))
             case .invalid(let why):
                 return .fail(
-                    reply: nil, TunnelFailure(code: 1002, label: "protocol_error", cause: "invalid preamble: \(why)"))
+                    reply: nil,
+                    TunnelFailure(code: .protocolError, label: "protocol_error", cause: "invalid preamble: \(why)"))
             }
         case .dialing:
             // The sender waits for the preamble answer before sending payload.
             return .fail(
                 reply: nil,
                 TunnelFailure(
-                    code: 1002, label: "protocol_error", cause: "payload arrived before the preamble was answered"))
+                    code: .protocolError, label: "protocol_error",
+                    cause: "payload arrived before the preamble was answered"))
         }
     }
 
@@ -304,7 +310,7 @@ struct TunnelStateMachine {
             localInputEndedEarly = true
             return .none
         }
-        return closeRequested(code: 1000, reason: "Shutdown")
+        return closeRequested(code: .normalClosure, reason: FrameRules.Reason.shutdown)
     }
 
     /// This agent ends the tunnel (the local side is gone, a dial failed, the peer broke the rules).
@@ -314,7 +320,7 @@ struct TunnelStateMachine {
     }
 
     /// Asks for this side's Close (once).
-    mutating func closeRequested(code: UInt16, reason: String) -> CloseAction {
+    mutating func closeRequested(code: WebSocketErrorCode, reason: String) -> CloseAction {
         guard closeState.send() else { return .none }
         guard isUpgraded else {
             closeAwaitingUpgrade = (code, reason)

@@ -6,10 +6,10 @@ import NIOWebSocket
 public enum FrameRules {
     public struct Violation: Equatable, Sendable, Error {
         /// The Close code to answer with: 1002 protocol error or 1007 invalid payload.
-        public var code: UInt16
+        public var code: WebSocketErrorCode
         public var reason: String
 
-        public init(code: UInt16, reason: String) {
+        public init(code: WebSocketErrorCode, reason: String) {
             self.code = code
             self.reason = reason
         }
@@ -19,14 +19,24 @@ public enum FrameRules {
     public static func closeViolation(_ body: ByteBuffer) -> Violation? {
         guard body.readableBytes > 0 else { return nil }
         guard let code = body.getInteger(at: body.readerIndex, as: UInt16.self) else {
-            return Violation(code: 1002, reason: "close body of one byte")
+            return Violation(code: .protocolError, reason: "close body of one byte")
         }
-        guard isSendable(code) else { return Violation(code: 1002, reason: "close code \(code) may not be sent") }
+        guard isSendable(code) else {
+            return Violation(code: .protocolError, reason: "close code \(code) may not be sent")
+        }
         let reason = body.getBytes(at: body.readerIndex + 2, length: body.readableBytes - 2) ?? []
         guard String(validating: reason, as: UTF8.self) != nil else {
-            return Violation(code: 1007, reason: "close reason is not UTF-8")
+            return Violation(code: .dataInconsistentWithMessage, reason: "close reason is not UTF-8")
         }
         return nil
+    }
+
+    /// The Close reasons every role writes, as Azure's SDKs and azbridge word them.
+    public enum Reason {
+        /// A tunnel's local peer ended its side: a half-close, not an error (azbridge's wording).
+        public static let shutdown = "Shutdown"
+        public static let normalClosure = "Normal Closure"
+        public static let messageTooBig = "Message too big"
     }
 
     /// Codes a peer may put on the wire (RFC 6455 §7.4, IANA registry); 1005, 1006 and 1015 are local only.
@@ -39,10 +49,12 @@ public enum FrameRules {
 
     /// A Close frame with `code` and `reason`. A reason longer than the 123 bytes a control frame leaves is
     /// cut at a word (or at least a character) and ends in "…", so a reader sees it was shortened.
-    public static func closeFrame(code: UInt16, reason: String, allocator: ByteBufferAllocator) -> WebSocketFrame {
+    public static func closeFrame(
+        code: WebSocketErrorCode, reason: String, allocator: ByteBufferAllocator
+    ) -> WebSocketFrame {
         let text = fitting(reason, bytes: 123)
         var data = allocator.buffer(capacity: 2 + text.utf8.count)
-        data.writeInteger(code)
+        data.writeInteger(UInt16(webSocketErrorCode: code))
         data.writeString(text)
         return WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
     }
@@ -69,10 +81,17 @@ extension ChannelHandlerContext {
 
     /// Sends a Close with `code` and `reason` and closes the channel once it is out.
     /// A client masks it: pass a `maskKey`.
-    public func closeWebSocket(code: UInt16, reason: String, maskKey: WebSocketMaskingKey? = nil) {
+    public func closeWebSocket(code: WebSocketErrorCode, reason: String, maskKey: WebSocketMaskingKey? = nil) {
         var frame = FrameRules.closeFrame(code: code, reason: reason, allocator: channel.allocator)
         frame.maskKey = maskKey
         close(after: writeAndFlush(NIOAny(frame)))
+    }
+
+    /// Answers the peer's Close with its own body (the close handshake's second half) and closes the channel
+    /// once the answer is out. A client masks it: pass a `maskKey`.
+    public func answerClose(_ peerClose: WebSocketFrame, maskKey: WebSocketMaskingKey? = nil) {
+        let answer = WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: maskKey, data: peerClose.data)
+        close(after: writeAndFlush(NIOAny(answer)))
     }
 }
 

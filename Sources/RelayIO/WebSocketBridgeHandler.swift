@@ -219,7 +219,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     /// This leg's peer broke the protocol: it gets a Close with the reason and the leg ends; the partner's
     /// peer learns with 1001 when this channel is gone. Nothing more is read from the offender.
     private func protocolViolated(_ violation: FrameRules.Violation, context: ChannelHandlerContext) {
-        statistics.closeCode = Int(violation.code)
+        statistics.closeCode = Int(UInt16(webSocketErrorCode: violation.code))
         statistics.violation = violation.reason
         if state.violation() == .closeWithReasonThenClose {
             writeClose(
@@ -245,7 +245,8 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
             return
         case .goingAwayThenClose, .goingAwayThenAwaitReply:
             writeClose(
-                FrameRules.closeFrame(code: 1001, reason: "The peer went away", allocator: context.channel.allocator),
+                FrameRules.closeFrame(
+                    code: .goingAway, reason: "The peer went away", allocator: context.channel.allocator),
                 context: context)
             context.flush()
         case .closeAfterCloseWritten, .awaitReply:

@@ -254,24 +254,28 @@ public struct WebSocketFrameReader: Sendable {
         first: UInt8, opcode: WebSocketOpcode?, fin: Bool, length: UInt64, messageOpen: Bool
     ) -> FrameRules.Violation? {
         if first & 0x70 != 0 {
-            return FrameRules.Violation(code: 1002, reason: "RSV bits set without a negotiated extension")
+            return FrameRules.Violation(code: .protocolError, reason: "RSV bits set without a negotiated extension")
         }
-        guard let opcode else { return FrameRules.Violation(code: 1002, reason: "reserved opcode") }
+        guard let opcode else { return FrameRules.Violation(code: .protocolError, reason: "reserved opcode") }
         if length >> 63 != 0 {
-            return FrameRules.Violation(code: 1002, reason: "frame length with the most significant bit set")
+            return FrameRules.Violation(code: .protocolError, reason: "frame length with the most significant bit set")
         }
         switch opcode {
         case .connectionClose, .ping, .pong:
-            if !fin { return FrameRules.Violation(code: 1002, reason: "fragmented control frame") }
-            if length > 125 { return FrameRules.Violation(code: 1002, reason: "control frame over 125 bytes") }
+            if !fin { return FrameRules.Violation(code: .protocolError, reason: "fragmented control frame") }
+            if length > 125 {
+                return FrameRules.Violation(code: .protocolError, reason: "control frame over 125 bytes")
+            }
         case .continuation:
-            if !messageOpen { return FrameRules.Violation(code: 1002, reason: "continuation frame without a message") }
+            if !messageOpen {
+                return FrameRules.Violation(code: .protocolError, reason: "continuation frame without a message")
+            }
         case .text, .binary:
             if messageOpen {
-                return FrameRules.Violation(code: 1002, reason: "new message while a fragmented one is open")
+                return FrameRules.Violation(code: .protocolError, reason: "new message while a fragmented one is open")
             }
         default:
-            return FrameRules.Violation(code: 1002, reason: "reserved opcode")
+            return FrameRules.Violation(code: .protocolError, reason: "reserved opcode")
         }
         return nil
     }

@@ -91,7 +91,7 @@ final class HTTPRendezvousHandler: ChannelDuplexHandler, RemovableChannelHandler
     func exchangeAbandoned() {
         guard let context, !sentClose else { return }
         sentClose = true
-        context.closeWebSocket(code: 1001, reason: "The HTTP exchange ended")
+        context.closeWebSocket(code: .goingAway, reason: "The HTTP exchange ended")
     }
 
     // MARK: The listener's response
@@ -132,10 +132,7 @@ final class HTTPRendezvousHandler: ChannelDuplexHandler, RemovableChannelHandler
         case .control(let frame) where frame.opcode == .connectionClose:
             // The .NET listener closes the rendezvous after every response; answer and hang up.
             sentClose = true
-            context.writeAndFlush(
-                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: frame.data))
-            )
-            .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            context.answerClose(frame)
         case .control:
             break
         case .head, .payload:
@@ -146,9 +143,10 @@ final class HTTPRendezvousHandler: ChannelDuplexHandler, RemovableChannelHandler
             case .binaryPart(var piece, let last): bodyPiece(&piece, last: last)
             case .tooLarge, .frameTooLarge:
                 refuseResponse(
-                    context: context, code: 1009,
+                    context: context, code: .messageTooLarge,
                     reason:
-                        "Message too big: text messages are limited to \(ListenerControlHandler.maxControlMessageBytes) bytes",
+                        "\(FrameRules.Reason.messageTooBig): text messages are limited to "
+                        + "\(ListenerControlHandler.maxControlMessageBytes) bytes",
                     label: "message_too_big")
             }
         }
@@ -249,7 +247,9 @@ final class HTTPRendezvousHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     /// The listener's response cannot be taken: the listener hears why (a Close), the waiting HTTP client
     /// gets 502 at once rather than a 504 when its timeout runs out, and both are logged and counted.
-    private func refuseResponse(context: ChannelHandlerContext, code: UInt16, reason: String, label: String) {
+    private func refuseResponse(
+        context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String, label: String
+    ) {
         hub.logger.warning(
             "listener response refused on a request rendezvous: \(reason)", metadata: ["reason": "\(label)"])
         response = .complete

@@ -1,3 +1,6 @@
+import NIOWebSocket
+import RelayIO
+
 /// A listener's control channel, as the relay keeps it, as a value: liveness (pings answered, the socket read),
 /// the token's lifetime and its renewal, and why the channel ended. `ListenerControlHandler` runs its actions
 /// and owns the timers; time comes in as arguments (seconds since 1970), so tests need no clock.
@@ -28,7 +31,7 @@ struct ListenerChannelStateMachine: Sendable {
 
     /// A Close to write, then the channel ends; nil when it is ending already.
     struct Close: Equatable, Sendable {
-        var code: UInt16
+        var code: WebSocketErrorCode
         var reason: String
         /// The bounded label the disconnect is counted under.
         var cause: String
@@ -88,7 +91,7 @@ struct ListenerChannelStateMachine: Sendable {
     /// the timer is set again for `expiryDeadline`.
     mutating func expiryTimerFired(now: Double) -> Close? {
         guard isOpen, let deadline = expiryDeadline, now >= deadline else { return nil }
-        return close(code: 1008, reason: "The security token expired", cause: "token_expired")
+        return close(code: .policyViolation, reason: "The security token expired", cause: "token_expired")
     }
 
     /// A `renewToken` was accepted; `expiry` is the new token's `se`.
@@ -98,29 +101,29 @@ struct ListenerChannelStateMachine: Sendable {
 
     /// A `renewToken` was refused for `reason` (the policy's label).
     mutating func renewalRefused(reason: String) -> Close? {
-        close(code: 1008, reason: "Token renewal failed: \(reason)", cause: "renew_refused")
+        close(code: .policyViolation, reason: "Token renewal failed: \(reason)", cause: "renew_refused")
     }
 
     // MARK: Endings
 
     /// The listener's Close: answered with 1000.
     mutating func closeReceived() -> Close? {
-        close(code: 1000, reason: "Normal Closure", cause: "listener_closed")
+        close(code: .normalClosure, reason: FrameRules.Reason.normalClosure, cause: "listener_closed")
     }
 
     /// The listener broke RFC 6455.
-    mutating func violation(code: UInt16, reason: String) -> Close? {
+    mutating func violation(code: WebSocketErrorCode, reason: String) -> Close? {
         close(code: code, reason: reason, cause: "protocol_error")
     }
 
     /// A message over the control channel's limit.
     mutating func messageTooLarge(reason: String) -> Close? {
-        close(code: 1009, reason: reason, cause: "message_too_big")
+        close(code: .messageTooLarge, reason: reason, cause: "message_too_big")
     }
 
     /// The relay drains, or the entity left the configuration: 1001, so the listener reconnects elsewhere.
     mutating func goAway(reason: String) -> Close? {
-        close(code: 1001, reason: reason, cause: "going_away")
+        close(code: .goingAway, reason: reason, cause: "going_away")
     }
 
     /// The channel is gone: the cause to count the disconnect under.
@@ -134,7 +137,7 @@ struct ListenerChannelStateMachine: Sendable {
         return cause
     }
 
-    private mutating func close(code: UInt16, reason: String, cause: String) -> Close? {
+    private mutating func close(code: WebSocketErrorCode, reason: String, cause: String) -> Close? {
         guard isOpen else { return nil }
         state = .closing(cause: cause)
         return Close(code: code, reason: reason, cause: cause)

@@ -105,7 +105,7 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         expiryTask?.cancel()
         if let handle { hub.unregister(handle) }
         let cause = machine.channelInactive()
-        hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: "disconnect", cause: cause)
+        hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: .disconnect, cause: cause)
         logger.info(
             "listener disconnected",
             metadata: ["listeners": "\(hub.listenerCount(entity: entity.name))", "cause": "\(cause)"])
@@ -146,9 +146,10 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         case .binaryPart: break  // this assembler joins binary messages whole
         case .tooLarge:
             logger.warning("listener sent a message over the limit", metadata: ["reason": "message_too_big"])
-            run(machine.messageTooLarge(reason: "Message too big"))
+            run(machine.messageTooLarge(reason: FrameRules.Reason.messageTooBig))
         case .frameTooLarge:
-            let reason = "Message too big: frames over \(hub.limits.maxFrameBytes) bytes are not accepted here"
+            let reason =
+                "\(FrameRules.Reason.messageTooBig): frames over \(hub.limits.maxFrameBytes) bytes are not accepted here"
             logger.warning("listener sent \(reason)", metadata: ["reason": "message_too_big"])
             run(machine.messageTooLarge(reason: reason))
         }
@@ -209,7 +210,7 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
                 entity: entity, token: token, right: .listen, requestHost: requestHost, now: Int64(hub.wallClock()))
             machine.tokenRenewed(expiry: expiry)
             scheduleExpiry()
-            hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: "renew")
+            hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: .renew)
             logger.info("listener token renewed", metadata: ["expiry": "\(expiry.map(String.init) ?? "none")"])
         } catch {
             hub.metrics.authFailure(role: .relay, reason: error.reason)

@@ -298,7 +298,7 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard hub.register(handle) else {
             throw Refusal(status: 403, text: RelayErrorText.tooManyListeners, reason: "listener_limit")
         }
-        hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: "connect")
+        hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: .connect)
         logger.info(
             "listener connected",
             metadata: [
@@ -419,7 +419,7 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             metrics.tunnelClosed(
                 role: .relay, seconds: (NIODeadline.now() - joined).seconds,
                 cause: statistics.violation != nil
-                    ? "protocol_error" : statistics.closeCode.map { "close_\($0)" } ?? "connection_lost")
+                    ? "protocol_error" : RelayCloseCause.label(closeCode: statistics.closeCode))
             Self.logViolation(statistics, leg: "sender", logger: logger)
         }
         bridge.attach(partner: partner)

@@ -17,6 +17,30 @@ public enum ByteDirection: String, Sendable, CaseIterable {
     case up, down
 }
 
+/// How an edge's dial of its target ended (`hyrelay_dials_total{outcome}`).
+public enum DialOutcome: String, Sendable, CaseIterable {
+    case connected, failed
+    case unknownPort = "unknown_port"
+}
+
+/// A listener control channel's lifecycle (`hyrelay_listener_events_total{event}`).
+public enum ListenerEvent: String, Sendable, CaseIterable {
+    case connect, reconnect, disconnect, renew, refused
+    case deadChannel = "dead_channel"
+}
+
+/// The `cause` label of a relay tunnel leg that ended with a Close: the codes RFC 6455 defines by name, and one
+/// label for the 2,000 application codes (3000–4999) a peer may choose, so a peer cannot mint series.
+public enum RelayCloseCause {
+    public static func label(closeCode: Int?) -> String {
+        guard let closeCode else { return "connection_lost" }
+        switch closeCode {
+        case 1000...1015: return "close_\(closeCode)"
+        default: return "close_application"
+        }
+    }
+}
+
 /// Every metric HybridRelay exposes, registered in one place with help texts, so the exposition always
 /// carries `# HELP` and `# TYPE` and label sets stay bounded (role, entity, outcome, reason; never a
 /// connection id). swift-prometheus is used directly: swift-metrics has no help texts, which promtool
@@ -120,17 +144,15 @@ public final class RelayMetrics: Sendable {
 
     /// Every dial outcome as a zero series from the start, so the first failure is an increase that `rate()`
     /// and the failure-ratio alert see (a series born at 3 shows no increase at all).
-    public static let dialOutcomes = ["connected", "failed", "unknown_port"]
-
     public func registerDialOutcomes() {
-        for outcome in Self.dialOutcomes { _ = dialCounter(outcome) }
+        for outcome in DialOutcome.allCases { _ = dialCounter(outcome) }
     }
 
-    private func dialCounter(_ outcome: String) -> Counter {
-        counter("dials", "Edge dials of targets by outcome.", [("outcome", outcome)])
+    private func dialCounter(_ outcome: DialOutcome) -> Counter {
+        counter("dials", "Edge dials of targets by outcome.", [("outcome", outcome.rawValue)])
     }
 
-    public func dial(outcome: String, seconds: Double?, traceID: String? = nil) {
+    public func dial(outcome: DialOutcome, seconds: Double?, traceID: String? = nil) {
         dialCounter(outcome).increment()
         if let seconds {
             observe(
@@ -163,11 +185,11 @@ public final class RelayMetrics: Sendable {
         ).record(seconds)
     }
 
-    /// Listener lifecycle: connect, disconnect, reconnect, renew, evict, refused; `cause` bounded.
-    public func listenerEvent(role: TelemetryRole, entity: String, event: String, cause: String = "none") {
+    /// Listener lifecycle events; `cause` bounded.
+    public func listenerEvent(role: TelemetryRole, entity: String, event: ListenerEvent, cause: String = "none") {
         counter(
             "listener_events", "Listener control channel lifecycle events by cause.",
-            [("role", role.rawValue), ("entity", entity), ("event", event), ("cause", cause)]
+            [("role", role.rawValue), ("entity", entity), ("event", event.rawValue), ("cause", cause)]
         ).increment()
     }
 

@@ -1,3 +1,4 @@
+import FuzzSupport
 import Testing
 
 @testable import HybridConnections
@@ -9,23 +10,11 @@ import Testing
 #endif
 
 /// Property-based robustness: every pure parser takes arbitrary input and either parses it or throws its
-/// documented error, never crashes. Inputs mix random bytes with mutations of valid samples, from a fixed
+/// documented error, never crashes, and what it accepts keeps the properties asserted per parser. Inputs mix random bytes with mutations of valid samples, from a fixed
 /// seed so a failure replays. `HYRELAY_FUZZ_ITERATIONS` raises the count for long runs (the default keeps
 /// the unit suite fast).
 @Suite struct FuzzTests {
     static let iterations = Int(ProcessInfo.processInfo.environment["HYRELAY_FUZZ_ITERATIONS"] ?? "") ?? 20_000
-
-    /// SplitMix64: small, fast and reproducible.
-    struct SeededGenerator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
 
     static let alphabet = Array("%+&=?/$:;#\"{}[],\\ \t\r\n0123456789abcdefABCDEF-_.~sbhcSharedAccessSignature".utf8)
 
@@ -72,7 +61,11 @@ import Testing
             let text = Self.input(Self.targets, using: &generator)
             if let target = try? RequestTarget(parsing: text) {
                 _ = try? HybridConnectionRequest(target: target)
-                _ = target.applicationTarget
+                // What a listener sees never carries the relay's own parameters.
+                let query = target.applicationTarget.split(separator: "?", maxSplits: 1).dropFirst().first ?? ""
+                #expect(
+                    !query.split(separator: "&").contains { $0.lowercased().hasPrefix("sb-hc-") && $0.contains("=") },
+                    "\(text)")
             }
         }
     }
@@ -98,7 +91,13 @@ import Testing
         var generator = SeededGenerator(state: 3)
         for _ in 0..<Self.iterations {
             _ = try? RelayConnectionString(parsing: Self.input(Self.connectionStrings, using: &generator))
-            _ = try? ControlMessage(decoding: Array(Self.input(Self.messages, using: &generator).utf8))
+            do {
+                let message = try ControlMessage(decoding: Array(Self.input(Self.messages, using: &generator).utf8))
+                // Whatever is accepted means what it encodes to.
+                #expect(try ControlMessage(decoding: Array(message.encoded().utf8)) == message)
+            } catch {
+                #expect(!error.description.isEmpty, "a refusal says why")
+            }
         }
     }
 
@@ -107,12 +106,21 @@ import Testing
         for _ in 0..<Self.iterations {
             var request = PreambleRequestParser()
             var response = PreambleResponseParser()
+            var fed: [UInt8] = []
             for _ in 0..<Int.random(in: 1...3, using: &generator) {
                 let chunk = (0..<Int.random(in: 0...8, using: &generator)).map { _ in
                     UInt8.random(in: 0...3, using: &generator)
                 }
-                _ = request.feed(chunk)
-                _ = response.feed(chunk)
+                fed += chunk
+                // A complete preamble is exactly header, name and leftover: nothing lost, nothing invented.
+                if case .complete(let name, let mode, let leftover) = request.feed(chunk) {
+                    // (Any minor version is taken: a newer sender stays compatible.)
+                    let header: [UInt8] = [1, fed[1], mode.rawValue, UInt8(name.utf8.count)]
+                    #expect(header + Array(name.utf8) + leftover == fed)
+                }
+                if case .accepted(let leftover) = response.feed(chunk) {
+                    #expect(fed.count == 3 + leftover.count && fed[0] == 1 && fed[2] == 0)
+                }
             }
         }
     }

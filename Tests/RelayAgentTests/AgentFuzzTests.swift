@@ -1,3 +1,4 @@
+import FuzzSupport
 import Testing
 
 @testable import RelayAgent
@@ -20,7 +21,7 @@ import Testing
     static let alphabet = Array(":;/[]{}-\n \t#&*!|>'\"0123456789abcXYZ".utf8)
 
     @Test func configurationsAndSpecsNeverCrash() {
-        var generator = SystemRandomNumberGenerator()
+        var generator = SeededGenerator(state: 5)
         for _ in 0..<Self.iterations {
             var bytes = Array(Self.samples.randomElement(using: &generator)!.utf8)
             for _ in 0..<Int.random(in: 1...5, using: &generator) {
@@ -32,9 +33,26 @@ import Testing
                 }
             }
             let text = String(decoding: bytes, as: UTF8.self)
-            _ = try? AgentConfiguration.parse(yaml: text)
-            _ = try? ForwardSpec.parseLocal(text)
-            _ = try? ForwardSpec.parseRemote(text)
+            do {
+                let configuration = try AgentConfiguration.parse(yaml: text)
+                // Every forward accepted names a relay azbridge would accept, and ports a socket can bind.
+                for forward in configuration.localForwards {
+                    #expect(ForwardSpec.isValidRelayName(forward.relayName), "\(text)")
+                    #expect(forward.bindings.allSatisfy { (0...65535).contains($0.port) }, "\(text)")
+                }
+                for forward in configuration.remoteForwards {
+                    #expect(ForwardSpec.isValidRelayName(forward.relayName), "\(text)")
+                    #expect(forward.bindings.allSatisfy { (1...65535).contains($0.port) }, "\(text)")
+                }
+            } catch {
+                #expect(!error.message.isEmpty, "a refusal says why")
+            }
+            if let local = try? ForwardSpec.parseLocal(text) {
+                #expect(ForwardSpec.isValidRelayName(local.relayName), "\(text)")
+            }
+            if let remote = try? ForwardSpec.parseRemote(text) {
+                #expect(ForwardSpec.isValidRelayName(remote.relayName), "\(text)")
+            }
         }
     }
 }

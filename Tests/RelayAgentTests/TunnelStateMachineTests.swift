@@ -1,5 +1,6 @@
 import HybridConnections
 import NIOCore
+import NIOWebSocket
 import Testing
 
 @testable import RelayAgent
@@ -61,7 +62,7 @@ import Testing
         let early = machine.localInputEnded()
         #expect(early == .none)
         let started = machine.localReadingStarted()
-        #expect(started == .write(code: 1000, reason: "Shutdown", closeChannelAfter: false))
+        #expect(started == .write(code: .normalClosure, reason: "Shutdown", closeChannelAfter: false))
         let resumed = machine.resumeReading()
         #expect(resumed)
         let again = machine.resumeReading()
@@ -85,12 +86,12 @@ import Testing
 
     @Test func aCloseDuringTheUpgradeWaitsForItAndReplacesThePreamble() {
         var machine = TunnelStateMachine(role: .sender(portName: "db"), started: Self.start)
-        let asked = machine.closeRequested(code: 1000, reason: "Shutdown")
+        let asked = machine.closeRequested(code: .normalClosure, reason: "Shutdown")
         #expect(asked == .none, "the HTTP codec is still in the pipeline")
         #expect(machine.state == .upgrading)
         let upgraded = machine.upgradeCompleted()
-        #expect(upgraded == .close(.write(code: 1000, reason: "Shutdown", closeChannelAfter: false)))
-        let twice = machine.closeRequested(code: 1011, reason: "again")
+        #expect(upgraded == .close(.write(code: .normalClosure, reason: "Shutdown", closeChannelAfter: false)))
+        let twice = machine.closeRequested(code: .unexpectedServerError, reason: "again")
         #expect(twice == .none, "one Close per connection")
         let answer = machine.payloadReceived(Self.bytes([1, 0, 0]), now: Self.start)
         #expect(answer == .none, "a tunnel ended before it opened stays closed")
@@ -105,7 +106,7 @@ import Testing
         #expect(opened == .opened(leftover: []))
         machine.localBytesSent(4)
         let close = machine.localReadingStarted()
-        #expect(close == .write(code: 1000, reason: "Shutdown", closeChannelAfter: false))
+        #expect(close == .write(code: .normalClosure, reason: "Shutdown", closeChannelAfter: false))
         #expect(machine.state == .draining(upstreamOpen: false, downstreamOpen: true))
         let reply = machine.payloadReceived(Self.bytes([5]), now: Self.start)
         #expect(reply == .deliver, "the other direction keeps flowing")
@@ -115,7 +116,7 @@ import Testing
     @Test func theLocalSideEndsFirstThenThePeer() {
         var machine = Self.pumpingSender()
         let fin = machine.localInputEnded()
-        #expect(fin == .write(code: 1000, reason: "Shutdown", closeChannelAfter: false))
+        #expect(fin == .write(code: .normalClosure, reason: "Shutdown", closeChannelAfter: false))
         let closed = machine.closeReceived(code: 1000, reason: "")
         #expect(closed == .shutDownLocalOutput(closeChannel: true))
         #expect(machine.state == .closed)
@@ -134,7 +135,7 @@ import Testing
         let repeated = machine.closeReceived(code: 1000, reason: "")
         #expect(repeated == .none)
         let fin = machine.localInputEnded()
-        #expect(fin == .write(code: 1000, reason: "Shutdown", closeChannelAfter: true))
+        #expect(fin == .write(code: .normalClosure, reason: "Shutdown", closeChannelAfter: true))
     }
 
     @Test func aCloseWithoutCodeIsACleanClose() {
@@ -165,7 +166,7 @@ import Testing
             Issue.record("expected a failure, got \(refused)")
             return
         }
-        #expect(failure.label == "preamble_refused" && failure.code == 1002)
+        #expect(failure.label == "preamble_refused" && failure.code == .protocolError)
 
         var listener = TunnelStateMachine(role: .listener, started: Self.start)
         _ = listener.upgradeCompleted()
@@ -192,15 +193,17 @@ import Testing
         #expect(
             failure
                 == TunnelFailure(
-                    code: 1008, label: "preamble_timeout", cause: "the sender sent no preamble within 10 s"))
+                    code: .policyViolation, label: "preamble_timeout", cause: "the sender sent no preamble within 10 s")
+        )
     }
 
     @Test func theFirstCauseIsKeptAndADialAfterTheEndIsClosed() {
         var machine = TunnelStateMachine(role: .listener, started: Self.start)
         _ = machine.upgradeCompleted()
         _ = machine.payloadReceived(Self.bytes([1, 0, 0, 1, 0x41]), now: Self.start)
-        let failed = machine.fail(TunnelFailure(code: 1011, label: "dial_refused", cause: "connection refused"))
-        #expect(failed == .write(code: 1011, reason: "connection refused", closeChannelAfter: false))
+        let failed = machine.fail(
+            TunnelFailure(code: .unexpectedServerError, label: "dial_refused", cause: "connection refused"))
+        #expect(failed == .write(code: .unexpectedServerError, reason: "connection refused", closeChannelAfter: false))
         // The dial that was already under way completes after the tunnel ended.
         let dialed = machine.dialSucceeded()
         #expect(dialed == .closeLocal)

@@ -114,7 +114,7 @@ import Testing
             caught = error
         }
         #expect(caught?.reason == reason, "\(name)")
-        #expect(caught?.code == 1002, "\(name)")
+        #expect(caught?.code == .protocolError, "\(name)")
         #expect(try reader.read(from: &buffer) == nil, "nothing is read after a violation")
     }
 
@@ -190,7 +190,7 @@ import Testing
     @Test func aCloseReasonThatIsNotUTF8Is1007() {
         var reader = WebSocketFrameReader()
         var buffer = ByteBuffer(bytes: Self.frame(.connectionClose, [0x03, 0xE8, 0xFF, 0xFE]))
-        #expect(throws: FrameRules.Violation(code: 1007, reason: "close reason is not UTF-8")) {
+        #expect(throws: FrameRules.Violation(code: .dataInconsistentWithMessage, reason: "close reason is not UTF-8")) {
             try reader.read(from: &buffer)
         }
     }

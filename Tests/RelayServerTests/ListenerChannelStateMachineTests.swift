@@ -1,3 +1,4 @@
+import NIOWebSocket
 import Testing
 
 @testable import RelayServer
@@ -56,7 +57,7 @@ import Testing
         #expect(machine.expiryTimerFired(now: 1_299.9) == nil, "a timer that fires early changes nothing")
         #expect(machine.isOpen)
         let close = machine.expiryTimerFired(now: 1_300)
-        #expect(close == .init(code: 1008, reason: "The security token expired", cause: "token_expired"))
+        #expect(close == .init(code: .policyViolation, reason: "The security token expired", cause: "token_expired"))
         #expect(machine.channelInactive() == "token_expired")
     }
 
@@ -74,17 +75,19 @@ import Testing
     @Test func aRefusedRenewalCloses1008() {
         var machine = Self.channel()
         let close = machine.renewalRefused(reason: "token_expired")
-        #expect(close == .init(code: 1008, reason: "Token renewal failed: token_expired", cause: "renew_refused"))
+        #expect(
+            close
+                == .init(code: .policyViolation, reason: "Token renewal failed: token_expired", cause: "renew_refused"))
         #expect(machine.state == .closing(cause: "renew_refused"))
     }
 
     @Test func theFirstEndingIsTheOneCounted() {
         var machine = Self.channel()
         let first = machine.messageTooLarge(reason: "Message too big")
-        #expect(first?.code == 1009)
+        #expect(first?.code == .messageTooLarge)
         #expect(machine.closeReceived() == nil, "one Close per channel")
         #expect(machine.goAway(reason: "draining") == nil)
-        #expect(machine.violation(code: 1002, reason: "bad") == nil)
+        #expect(machine.violation(code: .protocolError, reason: "bad") == nil)
         let tick = machine.tick(writable: true)
         #expect(tick == .none)
         #expect(machine.channelInactive() == "message_too_big")
@@ -92,13 +95,16 @@ import Testing
 
     @Test func eachEndingHasItsCodeAndCause() {
         var listenerClosed = Self.channel()
-        #expect(listenerClosed.closeReceived() == .init(code: 1000, reason: "Normal Closure", cause: "listener_closed"))
+        #expect(
+            listenerClosed.closeReceived()
+                == .init(code: .normalClosure, reason: "Normal Closure", cause: "listener_closed"))
         var goingAway = Self.channel()
-        #expect(goingAway.goAway(reason: "draining") == .init(code: 1001, reason: "draining", cause: "going_away"))
+        #expect(
+            goingAway.goAway(reason: "draining") == .init(code: .goingAway, reason: "draining", cause: "going_away"))
         var broken = Self.channel()
         #expect(
-            broken.violation(code: 1002, reason: "reserved opcode")
-                == .init(code: 1002, reason: "reserved opcode", cause: "protocol_error"))
+            broken.violation(code: .protocolError, reason: "reserved opcode")
+                == .init(code: .protocolError, reason: "reserved opcode", cause: "protocol_error"))
         var lost = Self.channel()
         #expect(lost.channelInactive() == "closed", "a channel that just went is counted as closed")
     }

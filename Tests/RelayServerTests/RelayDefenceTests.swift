@@ -86,9 +86,9 @@ import Yams
             }
         }
         #expect(violation(0x82) == nil)
-        #expect(violation(0xC2)?.code == 1002)
+        #expect(violation(0xC2)?.code == .protocolError)
         for reserved: UInt8 in [0x3, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF] {
-            #expect(violation(0x80 | reserved)?.code == 1002, "opcode \(reserved)")
+            #expect(violation(0x80 | reserved)?.code == .protocolError, "opcode \(reserved)")
         }
         for allowed: UInt8 in [0x1, 0x2, 0x8, 0x9, 0xA] {
             #expect(violation(0x80 | allowed) == nil, "opcode \(allowed)")
@@ -97,25 +97,28 @@ import Yams
 
     @Test func closeBodies() {
         #expect(FrameRules.closeViolation(ByteBuffer()) == nil)
-        #expect(FrameRules.closeViolation(ByteBuffer(bytes: [0x03]))?.code == 1002)
+        #expect(FrameRules.closeViolation(ByteBuffer(bytes: [0x03]))?.code == .protocolError)
         #expect(FrameRules.closeViolation(ByteBuffer(bytes: [0x03, 0xE8] + Array("bye ✓".utf8))) == nil)
-        #expect(FrameRules.closeViolation(ByteBuffer(bytes: [0x03, 0xE8, 0xFF, 0xFE]))?.code == 1007)
+        #expect(
+            FrameRules.closeViolation(ByteBuffer(bytes: [0x03, 0xE8, 0xFF, 0xFE]))?.code == .dataInconsistentWithMessage
+        )
         for code: UInt16 in [0, 999, 1004, 1005, 1006, 1015, 2999, 5000] {
             var body = ByteBuffer()
             body.writeInteger(code)
-            #expect(FrameRules.closeViolation(body)?.code == 1002, "code \(code)")
+            #expect(FrameRules.closeViolation(body)?.code == .protocolError, "code \(code)")
         }
     }
 
     @Test func closeReasonsAreCutOnACharacterBoundary() {
         let frame = FrameRules.closeFrame(
-            code: 1011, reason: String(repeating: "é", count: 100), allocator: ByteBufferAllocator())
+            code: .unexpectedServerError, reason: String(repeating: "é", count: 100), allocator: ByteBufferAllocator())
         var data = frame.data
         #expect(data.readInteger(as: UInt16.self) == 1011)
         let reason = data.readString(length: data.readableBytes)
         #expect(reason == String(repeating: "é", count: 60) + "…", "120 bytes of two-byte characters and the ellipsis")
         let words = String(repeating: "word ", count: 40)
-        let cut = FrameRules.closeFrame(code: 1011, reason: words, allocator: ByteBufferAllocator()).data
+        let cut = FrameRules.closeFrame(code: .unexpectedServerError, reason: words, allocator: ByteBufferAllocator())
+            .data
         let text = cut.getString(at: cut.readerIndex + 2, length: cut.readableBytes - 2)!
         #expect(text.hasSuffix("word…") && text.utf8.count <= 123, "cut between words: \(text)")
     }

@@ -149,7 +149,7 @@ enum JSONSerializationLike {
 
     @Test func exemplarsLandInTheBucketOfTheirValue() throws {
         let metrics = RelayMetrics()
-        metrics.dial(outcome: "connected", seconds: 0.003, traceID: "feed")
+        metrics.dial(outcome: .connected, seconds: 0.003, traceID: "feed")
         let rendered = metrics.openMetricsExposition()
         let line = try #require(rendered.split(separator: "\n").first { $0.contains("trace_id=\"feed\"") })
         #expect(line.hasPrefix("hyrelay_dial_duration_seconds_bucket{le=\"0.005\"} 1 # {trace_id=\"feed\"} 0.003 "))
@@ -179,5 +179,16 @@ enum JSONSerializationLike {
             line
                 == "1970-01-01T00:00:00.000Z warning hyrelay.relay: entity=x\\r\\nFORGED peer=127.0.0.1 token=[redacted] refused: unknown key 'k\\nFORGED line'\n"
         )
+    }
+}
+
+/// Peers choose close codes; the relay's tunnel metric must not take one series per code they choose.
+@Suite struct RelayCloseCauseTests {
+    @Test func namedCodesKeepTheirLabelAndApplicationCodesShareOne() {
+        #expect(RelayCloseCause.label(closeCode: 1000) == "close_1000")
+        #expect(RelayCloseCause.label(closeCode: 1005) == "close_1005")
+        #expect(RelayCloseCause.label(closeCode: nil) == "connection_lost")
+        let application = Set((3000...4999).map { RelayCloseCause.label(closeCode: $0) })
+        #expect(application == ["close_application"])
     }
 }
