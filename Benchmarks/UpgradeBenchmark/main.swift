@@ -6,7 +6,8 @@
 //
 //     LD_PRELOAD=alloc_counter.so ALLOC_COUNTER_FILE=counts .build/release/UpgradeBenchmark
 //
-// Benchmarks/allocations/upgrade.sh builds the counter and runs it; docs/performance.md has the figures.
+// Benchmarks/allocations/upgrade.sh builds the counter and runs it; docs/performance.md has the figures,
+// docs/architecture.md the decision they support.
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1

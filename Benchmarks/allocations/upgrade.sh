@@ -6,5 +6,5 @@ cd "$(dirname "$0")/../.."
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 gcc -O2 -Wall -shared -fPIC -o "$WORK/alloc_counter.so" Benchmarks/allocations/alloc_counter.c -ldl
-swift build -c release --product UpgradeBenchmark >/dev/null
+swift build -c release --product UpgradeBenchmark >/dev/null 2>&1
 LD_PRELOAD="$WORK/alloc_counter.so" ALLOC_COUNTER_FILE="$WORK/counts" .build/release/UpgradeBenchmark

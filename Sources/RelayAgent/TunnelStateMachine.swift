@@ -189,14 +189,14 @@ struct TunnelStateMachine {
 
     // MARK: From the relay
 
-    /// Payload bytes from the peer, read at `now`.
-    mutating func payloadReceived(_ bytes: ByteBufferView, now: NIODeadline) -> PayloadAction {
+    /// Payload bytes from the peer; `now` is asked only for the first payload byte, not once per read.
+    mutating func payloadReceived(_ bytes: ByteBufferView, now: @autoclosure () -> NIODeadline) -> PayloadAction {
         guard !closeState.received else { return .none }
         // This side ended the tunnel before it opened: a late preamble opens nothing.
         guard isPumping || !closeState.sent else { return .none }
         switch phase {
         case .pumping:
-            if summary.timeToFirstByte == nil { summary.timeToFirstByte = (now - started).seconds }
+            if summary.timeToFirstByte == nil { summary.timeToFirstByte = (now() - started).seconds }
             summary.bytesFromRelay &+= bytes.count
             return .deliver
         case .awaitingReply(var parser):
