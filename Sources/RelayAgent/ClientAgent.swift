@@ -261,14 +261,14 @@ extension ClientAgent {
         let tunnelLogger = logger
 
         /// Ends the tunnel's telemetry when it never opened.
-        @Sendable func failed(cause: String, outcome: String, status: Int?, message: String) {
+        @Sendable func failed(cause: TunnelCloseCause, outcome: String, status: Int?, message: String) {
             counter.closed()
             metrics.clientConnect(outcome: outcome, seconds: (ContinuousClock.now - started).seconds)
             metrics.tunnelClosed(role: .client, seconds: (ContinuousClock.now - started).seconds, cause: cause)
             if let status { connectSpan.attributes["status"] = status }
             connectSpan.setStatus(SpanStatus(code: .error, message: message))
             connectSpan.end()
-            acceptSpan.attributes["close_cause"] = cause
+            acceptSpan.attributes["close_cause"] = cause.label
             acceptSpan.setStatus(SpanStatus(code: .error, message: message))
             acceptSpan.end()
         }
@@ -283,7 +283,7 @@ extension ClientAgent {
             ) { summary in
                 counter.closed()
                 let seconds = (ContinuousClock.now - started).seconds
-                metrics.tunnelClosed(role: .client, seconds: seconds, cause: summary.causeLabel)
+                metrics.tunnelClosed(role: .client, seconds: seconds, cause: summary.cause)
                 if let ttfb = summary.timeToFirstByte {
                     metrics.timeToFirstByte(role: .client, seconds: ttfb, traceID: acceptSpan.traceContext.traceID)
                 }
@@ -313,14 +313,14 @@ extension ClientAgent {
                 logger.debug(
                     "sender connected", metadata: ["connect_ms": "\((ContinuousClock.now - started).milliseconds)"])
             case .success(.rejected(let status, let reason, _)):
-                failed(cause: "relay_refused", outcome: "refused_\(status)", status: status, message: reason)
+                failed(cause: .relayRefused, outcome: "refused_\(status)", status: status, message: reason)
                 logger.warning(
                     "sender refused by relay, closing local connection",
                     metadata: ["status": "\(status)", "cause": "\(reason)"])
                 tcp.value.close()
             case .failure(let error):
                 let failure = ConnectFailure(error, url: url)
-                failed(cause: "relay_unreachable", outcome: "unreachable", status: nil, message: failure.summary)
+                failed(cause: .relayUnreachable, outcome: "unreachable", status: nil, message: failure.summary)
                 logger.warning(
                     "cannot reach relay, closing local connection",
                     metadata: [

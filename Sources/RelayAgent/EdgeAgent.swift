@@ -296,7 +296,7 @@ final class ListenerLoop: Sendable {
             ) { summary in
                 counter.closed()
                 metrics.tunnelClosed(
-                    role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: summary.causeLabel)
+                    role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: summary.cause)
                 if let ttfb = summary.timeToFirstByte {
                     metrics.timeToFirstByte(role: .edge, seconds: ttfb, traceID: bridgeSpan.traceContext.traceID)
                 }
@@ -318,14 +318,14 @@ final class ListenerLoop: Sendable {
             case .success(.rejected(let status, let reason, _)):
                 counter.closed()
                 metrics.tunnelClosed(
-                    role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: "rendezvous_refused")
+                    role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: .rendezvousRefused)
                 tunnelLogger.warning("rendezvous refused", metadata: ["status": "\(status)", "cause": "\(reason)"])
                 bridgeSpan.setStatus(SpanStatus(code: .error, message: "rendezvous refused: \(status) \(reason)"))
                 bridgeSpan.end()
             case .failure(let error):
                 counter.closed()
                 metrics.tunnelClosed(
-                    role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: "rendezvous_failed")
+                    role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: .rendezvousFailed)
                 tunnelLogger.warning(
                     "rendezvous failed",
                     metadata: [
@@ -348,7 +348,7 @@ final class ListenerLoop: Sendable {
             let known = forward.bindings.map(\.portName).joined(separator: ", ")
             logger.warning("unknown port name", metadata: ["port_name": "\(portName)", "known": "\(known)"])
             metrics.dial(outcome: .unknownPort, seconds: nil)
-            handler.fail(code: .policyViolation, label: "unknown_port", cause: "unknown port name '\(portName)'")
+            handler.fail(code: .policyViolation, label: .unknownPort, cause: "unknown port name '\(portName)'")
             span.attributes["outcome"] = "unknown_port"
             span.setStatus(SpanStatus(code: .error, message: "unknown port name '\(portName)'"))
             span.end()
@@ -407,7 +407,7 @@ final class ListenerLoop: Sendable {
                     span.end()
                     // A close reason has 123 bytes: the short summary always fits whole.
                     boundHandler.value.fail(
-                        code: .unexpectedServerError, label: "dial_failed",
+                        code: .unexpectedServerError, label: .dialFailed,
                         cause: "dial \(target) failed: \(failure.summary)")
                 }
             }

@@ -26,19 +26,16 @@ public struct TunnelSummary: Sendable, Equatable {
     public var bytesUp: Int { atEdge ? bytesFromRelay : bytesToRelay }
     /// Bytes from the service back toward the device.
     public var bytesDown: Int { atEdge ? bytesToRelay : bytesFromRelay }
+    /// Why it ended, in words for logs and spans.
     public var closeCause = "closed"
-    /// `closeCause` as a short bounded label for metrics.
-    public var causeLabel = "closed"
+    /// Why it ended, as the bounded metric label.
+    public var cause = TunnelCloseCause.closed
+    public var causeLabel: String { cause.label }
     /// Seconds from the tunnel's start to its first payload byte from the relay, if one came.
     public var timeToFirstByte: Double?
 
     /// Whether the tunnel ended for a reason other than one side closing it.
-    public var failed: Bool { !["closed", "remote_close"].contains(causeLabel) }
-
-    mutating func set(_ label: String, _ cause: String) {
-        causeLabel = label
-        closeCause = cause
-    }
+    public var failed: Bool { cause.isFailure }
 }
 
 /// What a tunnel pumps to and from on the agent's side: the local connection (TCP now; Unix sockets, UDP flows
@@ -317,7 +314,7 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     /// The dial failed or the port name is unknown: tell the sender why, then close.
-    func fail(code: WebSocketErrorCode, label: String, cause: String) {
+    func fail(code: WebSocketErrorCode, label: TunnelCloseCause, cause: String) {
         fail(TunnelFailure(code: code, label: label, cause: cause))
     }
 

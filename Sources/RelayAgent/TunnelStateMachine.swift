@@ -2,12 +2,13 @@ import HybridConnections
 import NIOCore
 import NIOWebSocket
 import RelayIO
+import RelayTelemetry
 
 /// Why a tunnel is being ended by this agent: the close code its peer gets, a bounded label for metrics and
 /// the cause for logs and spans.
 struct TunnelFailure: Equatable, Sendable {
     var code: WebSocketErrorCode
-    var label: String
+    var label: TunnelCloseCause
     var cause: String
 }
 
@@ -149,7 +150,7 @@ struct TunnelStateMachine {
 
     /// The local connection was gone before the tunnel could start.
     mutating func localSideMissing() {
-        set(label: "local_closed_early", cause: "the local connection closed before the tunnel opened")
+        set(label: .localClosedEarly, cause: "the local connection closed before the tunnel opened")
     }
 
     mutating func upgradeCompleted() -> UpgradeAction {
@@ -169,7 +170,7 @@ struct TunnelStateMachine {
     func preambleTimedOut(after seconds: Int64) -> TunnelFailure? {
         guard isUpgraded, case .awaitingRequest = phase, closeState == .open else { return nil }
         return TunnelFailure(
-            code: .policyViolation, label: "preamble_timeout", cause: "the sender sent no preamble within \(seconds) s")
+            code: .policyViolation, label: .preambleTimeout, cause: "the sender sent no preamble within \(seconds) s")
     }
 
     mutating func dialSucceeded() -> DialAction {
@@ -211,7 +212,7 @@ struct TunnelStateMachine {
             case .refused(_, let reason):
                 return .fail(
                     reply: nil,
-                    TunnelFailure(code: .protocolError, label: "preamble_refused", cause: "preamble refused: \(reason)")
+                    TunnelFailure(code: .protocolError, label: .preambleRefused, cause: "preamble refused: \(reason)")
                 )
             }
         case .awaitingRequest(var parser):
@@ -226,24 +227,24 @@ struct TunnelStateMachine {
                 return .fail(
                     reply: [0, 0, 255],
                     TunnelFailure(
-                        code: .unacceptableData, label: "protocol_error",
+                        code: .unacceptableData, label: .protocolError,
                         cause: "datagram (UDP) tunnels are not supported"))
             case .unsupportedVersion(let major):
                 return .fail(
                     reply: Preamble.unsupportedVersion,
                     TunnelFailure(
-                        code: .protocolError, label: "protocol_error", cause: "unsupported preamble version \(major)"))
+                        code: .protocolError, label: .protocolError, cause: "unsupported preamble version \(major)"))
             case .invalid(let why):
                 return .fail(
                     reply: nil,
-                    TunnelFailure(code: .protocolError, label: "protocol_error", cause: "invalid preamble: \(why)"))
+                    TunnelFailure(code: .protocolError, label: .protocolError, cause: "invalid preamble: \(why)"))
             }
         case .dialing:
             // The sender waits for the preamble answer before sending payload.
             return .fail(
                 reply: nil,
                 TunnelFailure(
-                    code: .protocolError, label: "protocol_error",
+                    code: .protocolError, label: .protocolError,
                     cause: "payload arrived before the preamble was answered"))
         }
     }
@@ -253,12 +254,12 @@ struct TunnelStateMachine {
         guard closeState.receive() else { return .none }
         let closeChannel = closeState.sent
         if isPumping {
-            setIfUnset(label: "remote_close", cause: "remote close \(code.map(String.init) ?? "-")")
+            setIfUnset(label: .remoteClose, cause: "remote close \(code.map(String.init) ?? "-")")
             return .shutDownLocalOutput(closeChannel: closeChannel)
         }
         let detail = reason.isEmpty ? "" : ": \(reason)"
         setIfUnset(
-            label: "refused_by_peer",
+            label: .refusedByPeer,
             cause: "closed by peer before the tunnel opened (\(code.map(String.init) ?? "no code")\(detail))")
         return .closeLocal(closeChannel: closeChannel)
     }
@@ -266,7 +267,7 @@ struct TunnelStateMachine {
     /// The peer broke the WebSocket protocol.
     func violation(_ error: FrameRules.Violation) -> TunnelFailure {
         TunnelFailure(
-            code: error.code, label: "protocol_error", cause: "the relay broke the WebSocket protocol: \(error.reason)")
+            code: error.code, label: .protocolError, cause: "the relay broke the WebSocket protocol: \(error.reason)")
     }
 
     /// A pong may be written in answer to a ping (not after this side's Close).
@@ -332,25 +333,25 @@ struct TunnelStateMachine {
     // MARK: Endings
 
     mutating func errorCaught(_ error: any Error) {
-        set(label: "error", cause: "websocket error: \(error)")
+        set(label: .error, cause: "websocket error: \(error)")
     }
 
     /// The relay connection is gone: the summary to report, the first time only.
     mutating func channelInactive() -> TunnelSummary? {
         guard !finished else { return nil }
         finished = true
-        if !closeState.received { setIfUnset(label: "relay_lost", cause: "relay connection lost") }
+        if !closeState.received { setIfUnset(label: .relayLost, cause: "relay connection lost") }
         return summary
     }
 
-    private mutating func set(label: String, cause: String) {
-        summary.causeLabel = label
+    private mutating func set(label: TunnelCloseCause, cause: String) {
+        summary.cause = label
         summary.closeCause = cause
     }
 
     /// Keeps the first cause: a failure this side named is not overwritten by the Close that follows it.
-    private mutating func setIfUnset(label: String, cause: String) {
-        guard summary.causeLabel == "closed" else { return }
+    private mutating func setIfUnset(label: TunnelCloseCause, cause: String) {
+        guard summary.cause == .closed else { return }
         set(label: label, cause: cause)
     }
 }

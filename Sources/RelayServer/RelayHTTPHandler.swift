@@ -419,7 +419,7 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             metrics.tunnelClosed(
                 role: .relay, seconds: (NIODeadline.now() - joined).seconds,
                 cause: statistics.violation != nil
-                    ? "protocol_error" : RelayCloseCause.label(closeCode: statistics.closeCode))
+                    ? .protocolError : .relayLeg(closeCode: statistics.closeCode))
             Self.logViolation(statistics, leg: "sender", logger: logger)
         }
         bridge.attach(partner: partner)

@@ -29,6 +29,50 @@ public enum ListenerEvent: String, Sendable, CaseIterable {
     case deadChannel = "dead_channel"
 }
 
+/// Why a tunnel ended (`hyrelay_tunnels_closed_total{cause}`, the bridge spans' `close_cause`).
+public enum TunnelCloseCause: Sendable, Equatable {
+    /// One side closed it (the agent's local peer, or the agent itself).
+    case closed
+    /// The other end closed it with a Close.
+    case remoteClose
+    case relayRefused, relayUnreachable, refusedByPeer, relayLost
+    case dialFailed, unknownPort, protocolError, preambleRefused, preambleTimeout, localClosedEarly
+    case rendezvousRefused, rendezvousFailed
+    case error
+    /// Relay: a leg ended with a Close carrying this code, or without a Close at all (nil).
+    case relayLeg(closeCode: Int?)
+
+    public var label: String {
+        switch self {
+        case .closed: return "closed"
+        case .remoteClose: return "remote_close"
+        case .relayRefused: return "relay_refused"
+        case .relayUnreachable: return "relay_unreachable"
+        case .refusedByPeer: return "refused_by_peer"
+        case .relayLost: return "relay_lost"
+        case .dialFailed: return "dial_failed"
+        case .unknownPort: return "unknown_port"
+        case .protocolError: return "protocol_error"
+        case .preambleRefused: return "preamble_refused"
+        case .preambleTimeout: return "preamble_timeout"
+        case .localClosedEarly: return "local_closed_early"
+        case .rendezvousRefused: return "rendezvous_refused"
+        case .rendezvousFailed: return "rendezvous_failed"
+        case .error: return "error"
+        case .relayLeg(let closeCode): return RelayCloseCause.label(closeCode: closeCode)
+        }
+    }
+
+    /// Whether the tunnel ended for a reason other than one side closing it.
+    public var isFailure: Bool {
+        switch self {
+        case .closed, .remoteClose: return false
+        case .relayLeg(let closeCode): return closeCode == nil
+        default: return true
+        }
+    }
+}
+
 /// The `cause` label of a relay tunnel leg that ended with a Close: the codes RFC 6455 defines by name, and one
 /// label for the 2,000 application codes (3000–4999) a peer may choose, so a peer cannot mint series.
 public enum RelayCloseCause {
@@ -175,10 +219,11 @@ public final class RelayMetrics: Sendable {
             buckets: Self.latencyBuckets, value: seconds, traceID: traceID)
     }
 
-    /// A tunnel ended; `cause` is a short bounded label.
-    public func tunnelClosed(role: TelemetryRole, seconds: Double, cause: String) {
+    /// A tunnel ended.
+    public func tunnelClosed(role: TelemetryRole, seconds: Double, cause: TunnelCloseCause) {
         counter(
-            "tunnels_closed", "Tunnels ended, by role and close cause.", [("role", role.rawValue), ("cause", cause)]
+            "tunnels_closed", "Tunnels ended, by role and close cause.",
+            [("role", role.rawValue), ("cause", cause.label)]
         ).increment()
         histogram(
             "connection_duration", "Tunnel lifetime.", [("role", role.rawValue)], buckets: Self.durationBuckets

@@ -1,6 +1,7 @@
 import HybridConnections
 import NIOCore
 import NIOWebSocket
+import RelayTelemetry
 import Testing
 
 @testable import RelayAgent
@@ -166,7 +167,7 @@ import Testing
             Issue.record("expected a failure, got \(refused)")
             return
         }
-        #expect(failure.label == "preamble_refused" && failure.code == .protocolError)
+        #expect(failure.label == .preambleRefused && failure.code == .protocolError)
 
         var listener = TunnelStateMachine(role: .listener, started: Self.start)
         _ = listener.upgradeCompleted()
@@ -182,7 +183,7 @@ import Testing
         _ = eager.upgradeCompleted()
         _ = eager.payloadReceived(Self.bytes([1, 0, 0, 1, 0x41]), now: Self.start)
         let early = eager.payloadReceived(Self.bytes([9]), now: Self.start)
-        #expect(early.failureLabel == "protocol_error", "payload before the preamble answer")
+        #expect(early.failureLabel == .protocolError, "payload before the preamble answer")
     }
 
     @Test func thePreambleDeadlineAppliesOnlyWhileWaitingForIt() {
@@ -193,7 +194,7 @@ import Testing
         #expect(
             failure
                 == TunnelFailure(
-                    code: .policyViolation, label: "preamble_timeout", cause: "the sender sent no preamble within 10 s")
+                    code: .policyViolation, label: .preambleTimeout, cause: "the sender sent no preamble within 10 s")
         )
     }
 
@@ -202,14 +203,14 @@ import Testing
         _ = machine.upgradeCompleted()
         _ = machine.payloadReceived(Self.bytes([1, 0, 0, 1, 0x41]), now: Self.start)
         let failed = machine.fail(
-            TunnelFailure(code: .unexpectedServerError, label: "dial_refused", cause: "connection refused"))
+            TunnelFailure(code: .unexpectedServerError, label: .dialFailed, cause: "connection refused"))
         #expect(failed == .write(code: .unexpectedServerError, reason: "connection refused", closeChannelAfter: false))
         // The dial that was already under way completes after the tunnel ended.
         let dialed = machine.dialSucceeded()
         #expect(dialed == .closeLocal)
         _ = machine.closeReceived(code: 1011, reason: "")
         let summary = machine.channelInactive()
-        #expect(summary?.causeLabel == "dial_refused")
+        #expect(summary?.cause == .dialFailed)
     }
 
     @Test func theRelayLostEndsItOnceWithThatCause() {
@@ -246,7 +247,7 @@ extension TunnelStateMachine.PayloadAction {
         return reply
     }
 
-    var failureLabel: String? {
+    var failureLabel: TunnelCloseCause? {
         guard case .fail(_, let failure) = self else { return nil }
         return failure.label
     }
