@@ -128,7 +128,8 @@ let package = Package(
         .testTarget(
             name: "RelayAgentTests",
             dependencies: [
-                "HybridConnections", "RelayAgent", "RelayIO", "FuzzSupport", .product(name: "NIOEmbedded", package: "swift-nio"),
+                "HybridConnections", "RelayAgent", "RelayIO", "FuzzSupport",
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOWebSocket", package: "swift-nio"),
             ], swiftSettings: strict
         ),
