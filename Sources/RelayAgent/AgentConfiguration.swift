@@ -103,9 +103,10 @@ public struct AgentConfiguration: Equatable, Sendable {
         let fields = try Fields(node, allowed: localKeys, what: "a LocalForward entry")
         let relayName = try fields.relayName()
         func binding(_ fields: Fields) throws(AgentConfigurationError) -> LocalBinding? {
-            if fields.has("BindLocalSocket") {
-                throw AgentConfigurationError(
-                    line: fields.line("BindLocalSocket"), "BindLocalSocket (Unix sockets) is not supported yet")
+            if let path = try fields.string("BindLocalSocket") {
+                return LocalBinding(
+                    socketPath: try fields.socketPath(path, key: "BindLocalSocket"),
+                    portName: try fields.string("PortName"))
             }
             guard let port = try fields.int("BindPort") else { return nil }
             guard (1...65535).contains(port) else {
@@ -127,9 +128,13 @@ public struct AgentConfiguration: Equatable, Sendable {
         let fields = try Fields(node, allowed: remoteKeys, what: "a RemoteForward entry")
         let relayName = try fields.relayName()
         func binding(_ fields: Fields) throws(AgentConfigurationError) -> RemoteBinding? {
-            for unsupported in ["LocalSocket", "Http"] where fields.has(unsupported) {
-                throw AgentConfigurationError(
-                    line: fields.line(unsupported), "\(unsupported) forwarding is not supported yet")
+            if fields.has("Http") {
+                throw AgentConfigurationError(line: fields.line("Http"), "Http forwarding is not supported yet")
+            }
+            if let path = try fields.string("LocalSocket") {
+                return RemoteBinding(
+                    portName: try fields.string("PortName"), socketPath: try fields.socketPath(path, key: "LocalSocket")
+                )
             }
             guard let port = try fields.int("HostPort") else { return nil }
             guard (1...65535).contains(port) else {
@@ -236,14 +241,24 @@ private struct Fields {
         for entry in try sequence("Bindings") {
             let entryFields = try Fields(entry, allowed: allowed, what: "a \(kind) binding")
             guard let parsed = try parse(entryFields) else {
-                throw AgentConfigurationError(line: entryFields.line, "a \(kind) binding needs \(portKey)")
+                throw AgentConfigurationError(line: entryFields.line, "a \(kind) binding needs \(portKey) or a socket")
             }
             bindings.append(parsed)
         }
         guard !bindings.isEmpty else {
-            throw AgentConfigurationError(line: line, "\(kind) '\(relayName)' has no \(portKey) and no Bindings")
+            throw AgentConfigurationError(
+                line: line, "\(kind) '\(relayName)' has no \(portKey), no socket and no Bindings")
         }
         return bindings
+    }
+
+    /// A Unix socket path under `key`, checked as `-L`/`-T` check theirs.
+    func socketPath(_ path: String, key: String) throws(AgentConfigurationError) -> String {
+        do {
+            return try ForwardSpec.socketPath(Substring(path), in: key)
+        } catch {
+            throw AgentConfigurationError(line: line(key), error.description)
+        }
     }
 
     func relayName() throws(AgentConfigurationError) -> String {

@@ -33,6 +33,8 @@ public final class ClientAgent: Sendable {
         var metrics: RelayMetrics
         var tracer: HopTracer
         var allowedSources: AddressFilter?
+        /// Permission bits for the Unix sockets bound (default: what the umask leaves).
+        var socketMode: mode_t?
         var counter: TunnelCounter
     }
 
@@ -52,12 +54,13 @@ public final class ClientAgent: Sendable {
 
     public static func start(
         forwards: [(LocalForward, RelayAccess)], tlsContext: NIOSSLContext?, group: any EventLoopGroup, logger: Logger,
-        metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil, allowedSources: AddressFilter? = nil
+        metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil, allowedSources: AddressFilter? = nil,
+        socketMode: mode_t? = nil
     ) async throws -> ClientAgent {
         let agent = ClientAgent(
             settings: Settings(
                 tlsContext: tlsContext, group: group, logger: logger, metrics: metrics,
-                tracer: tracer ?? HopTracer(logger: logger), allowedSources: allowedSources,
+                tracer: tracer ?? HopTracer(logger: logger), allowedSources: allowedSources, socketMode: socketMode,
                 counter: TunnelCounter(gauge: metrics.activeTunnels(role: .client))))
         do {
             _ = try await agent.reload(forwards: forwards)
@@ -124,8 +127,9 @@ public final class ClientAgent: Sendable {
         }
         for (key, channel) in gone {
             try? await channel.close()
+            if let path = key.binding.socketPath { UnixSocketFile.remove(path) }
             settings.logger.info(
-                "client port closed", metadata: ["relay_name": "\(key.relayName)", "port": "\(key.binding.port)"])
+                "client port closed", metadata: ["relay_name": "\(key.relayName)", "bind": "\(key.binding.endpoint)"])
         }
         var added = 0
         for (key, forward) in wanted where !kept.contains(key) {
@@ -140,56 +144,86 @@ public final class ClientAgent: Sendable {
         let settings = self.settings
         let binding = key.binding
         let access = key.access
-        let channel = try await ServerBootstrap(group: settings.group)
+        let isSocket = binding.socketPath != nil
+        var bootstrap = ServerBootstrap(group: settings.group)
             .serverChannelOption(.backlog, value: 1024)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.writeBufferWaterMark, value: SocketTuning.writeWaterMark)
             .childChannelOption(.recvAllocator, value: SocketTuning.receiveAllocator)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    if let allowed = settings.allowedSources, !allowed.allows(channel.remoteAddress?.ipAddress ?? "") {
-                        // Refused before any relay traffic: the port is not an open door.
-                        settings.metrics.refused(role: .client, reason: "source_not_allowed", status: 0)
-                        settings.logger.warning(
-                            "connection refused: source not allowed",
-                            metadata: ["peer": "\(channel.remoteAddress?.hostAndPort ?? "?")"])
-                        channel.close(promise: nil)
-                        return
-                    }
-                    let tcp = TunnelTCPHandler()
-                    // The sender opens once the connection is registered and active: opened from here, a fast
-                    // relay could complete the upgrade first under a burst of accepts, and the tunnel would
-                    // take the not-yet-active connection for one already closed.
-                    tcp.onActive = { [tcp] in
-                        Self.openSender(
-                            for: channel, tcp: NIOLoopBound(tcp, eventLoop: channel.eventLoop), forward: forward,
-                            binding: binding, access: access, tlsContext: settings.tlsContext,
-                            counter: settings.counter, metrics: settings.metrics, tracer: settings.tracer,
-                            logger: settings.logger)
-                    }
-                    try channel.pipeline.syncOperations.addHandler(tcp)
+        if !isSocket {
+            // TCP only: a Unix socket refuses both options.
+            bootstrap = bootstrap.serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+        }
+        bootstrap = bootstrap.childChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                // A Unix socket's peers are local processes, kept out by the file's mode rather than by address.
+                if !isSocket, let allowed = settings.allowedSources,
+                    !allowed.allows(channel.remoteAddress?.ipAddress ?? "")
+                {
+                    // Refused before any relay traffic: the port is not an open door.
+                    settings.metrics.refused(role: .client, reason: "source_not_allowed", status: 0)
+                    settings.logger.warning(
+                        "connection refused: source not allowed",
+                        metadata: ["peer": "\(channel.remoteAddress?.hostAndPort ?? "?")"])
+                    channel.close(promise: nil)
+                    return
+                }
+                let tcp = TunnelTCPHandler()
+                // The sender opens once the connection is registered and active: opened from here, a fast
+                // relay could complete the upgrade first under a burst of accepts, and the tunnel would
+                // take the not-yet-active connection for one already closed.
+                tcp.onActive = { [tcp] in
+                    Self.openSender(
+                        for: channel, tcp: NIOLoopBound(tcp, eventLoop: channel.eventLoop), forward: forward,
+                        binding: binding, access: access, tlsContext: settings.tlsContext,
+                        counter: settings.counter, metrics: settings.metrics, tracer: settings.tracer,
+                        logger: settings.logger)
+                }
+                try channel.pipeline.syncOperations.addHandler(tcp)
+            }
+        }
+        let purpose = "relay '\(forward.relayName)'"
+        let channel: any Channel
+        if let path = binding.socketPath {
+            try await UnixSocketFile.prepare(path, group: settings.group)
+            channel = try await bootstrap.bindGuarded(
+                unixDomainSocketPath: path, socket: "client", purpose: purpose, metrics: settings.metrics,
+                logger: settings.logger)
+            if let mode = settings.socketMode {
+                do {
+                    try UnixSocketFile.setMode(path, mode: mode)
+                } catch {
+                    try? await channel.close()
+                    UnixSocketFile.remove(path)
+                    throw error
                 }
             }
-            .bindGuarded(
-                host: binding.bindAddress, port: binding.port, socket: "client",
-                purpose: "relay '\(forward.relayName)'", metrics: settings.metrics, logger: settings.logger)
+        } else {
+            channel = try await bootstrap.bindGuarded(
+                host: binding.bindAddress, port: binding.port, socket: "client", purpose: purpose,
+                metrics: settings.metrics, logger: settings.logger)
+        }
         settings.logger.info(
             "client port bound",
             metadata: [
-                "bind": "\(channel.localAddress.map { "\($0)" } ?? "?")", "relay_name": "\(forward.relayName)",
+                "bind": "\(binding.socketPath.map { "unix:\($0)" } ?? channel.localAddress.map { "\($0)" } ?? "?")",
+                "relay_name": "\(forward.relayName)",
                 "port_name": "\(binding.portName)", "relay": "\(access.base)",
             ])
         return channel
     }
 
+    /// Closes every bound port; a Unix socket's file goes with it.
     private func closePorts() async {
-        let channels = bound.withLockedValue { bound in
+        let ports = bound.withLockedValue { bound in
             defer { bound.removeAll() }
-            return bound.map(\.channel)
+            return bound
         }
-        for channel in channels { try? await channel.close() }
+        for (key, channel) in ports {
+            try? await channel.close()
+            if let path = key.binding.socketPath { UnixSocketFile.remove(path) }
+        }
     }
 
     /// Stops accepting, then waits up to `grace` for open tunnels to finish.
@@ -237,7 +271,7 @@ extension ClientAgent {
         let acceptSpan = tracer.startSpan("client.accept", context: .topLevel, ofKind: .server)
         acceptSpan.attributes["tunnel"] = forward.relayName
         acceptSpan.attributes["port_name"] = binding.portName
-        acceptSpan.attributes["bind"] = "\(binding.bindAddress):\(binding.port)"
+        acceptSpan.attributes["bind"] = binding.endpoint
         acceptSpan.attributes["peer"] = peer
         let connectSpan = tracer.startSpan("client.connect", context: acceptSpan.context, ofKind: .client)
         var logger = logger

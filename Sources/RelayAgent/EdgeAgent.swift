@@ -358,23 +358,27 @@ final class ListenerLoop: Sendable {
         let tcp = TunnelTCPHandler(countBytes: { downBytes.increment(by: Int64($0)) })
         let boundTCP = NIOLoopBound(tcp, eventLoop: eventLoop)
         let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
-        span.attributes["target"] = "\(binding.host):\(binding.port)"
+        span.attributes["target"] = binding.target
         let started = ContinuousClock.now
-        ClientBootstrap(group: eventLoop)
+        var bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(EdgeAgent.dialTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.writeBufferWaterMark, value: SocketTuning.writeWaterMark)
-            .channelOption(
-                .recvAllocator,
-                value: SocketTuning.receiveAllocator
-            )
+            .channelOption(.recvAllocator, value: SocketTuning.receiveAllocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(boundTCP.value)
                 }
             }
-            .connect(host: binding.host, port: binding.port)
+        let connected: EventLoopFuture<any Channel>
+        if let path = binding.socketPath {
+            connected = bootstrap.connect(unixDomainSocketPath: path)
+        } else {
+            // TCP only: a Unix socket refuses it.
+            bootstrap = bootstrap.channelOption(.socketOption(.tcp_nodelay), value: 1)
+            connected = bootstrap.connect(host: binding.host, port: binding.port)
+        }
+        connected
             .whenComplete { result in
                 switch result {
                 case .success:
@@ -386,13 +390,15 @@ final class ListenerLoop: Sendable {
                     logger.debug(
                         "target dialled",
                         metadata: [
-                            "target": "\(binding.host):\(binding.port)",
+                            "target": "\(binding.target)",
                             "dial_ms": "\((ContinuousClock.now - started).milliseconds)",
                         ])
                     boundHandler.value.dialSucceeded(local: boundTCP.value)
                 case .failure(let error):
-                    let failure = ConnectFailure(error, host: binding.host, port: binding.port)
-                    let target = "\(binding.host):\(binding.port)"
+                    let failure =
+                        binding.socketPath.map { ConnectFailure(error, socketPath: $0) }
+                        ?? ConnectFailure(error, host: binding.host, port: binding.port)
+                    let target = binding.target
                     logger.warning(
                         "target dial failed",
                         metadata: [

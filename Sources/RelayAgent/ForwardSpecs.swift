@@ -1,8 +1,10 @@
-/// A local port the client agent binds; each accepted connection becomes a sender to `relayName`.
+/// A local port or Unix socket the client agent binds; each accepted connection becomes a sender to `relayName`.
 public struct LocalBinding: Hashable, Sendable {
     public var bindAddress: String
     public var port: Int
-    /// Named in the preamble; azbridge's default is the port number as text.
+    /// A Unix socket to bind instead of a TCP port (absolute path).
+    public var socketPath: String?
+    /// Named in the preamble; azbridge's default is the port number as text (a socket's file name here).
     public var portName: String
 
     public init(bindAddress: String = "127.0.0.1", port: Int, portName: String? = nil) {
@@ -10,19 +12,44 @@ public struct LocalBinding: Hashable, Sendable {
         self.port = port
         self.portName = portName ?? String(port)
     }
+
+    public init(socketPath: String, portName: String? = nil) {
+        bindAddress = ""
+        port = 0
+        self.socketPath = socketPath
+        self.portName = portName ?? ForwardSpec.fileName(socketPath)
+    }
+
+    /// `host:port` or `unix:PATH`, for logs and spans.
+    public var endpoint: String {
+        socketPath.map { "unix:\($0)" }
+            ?? (bindAddress.contains(":") ? "[\(bindAddress)]:\(port)" : "\(bindAddress):\(port)")
+    }
 }
 
-/// What the edge agent dials for a port name.
+/// What the edge agent dials for a port name: a TCP host and port, or a Unix socket.
 public struct RemoteBinding: Hashable, Sendable {
     public var portName: String
     public var host: String
     public var port: Int
+    /// A Unix socket to connect to instead of a TCP target (absolute path).
+    public var socketPath: String?
 
     public init(portName: String? = nil, host: String = "localhost", port: Int) {
         self.portName = portName ?? String(port)
         self.host = host
         self.port = port
     }
+
+    public init(portName: String? = nil, socketPath: String) {
+        self.portName = portName ?? ForwardSpec.fileName(socketPath)
+        host = ""
+        port = 0
+        self.socketPath = socketPath
+    }
+
+    /// `host:port` or `unix:PATH`, for logs and spans.
+    public var target: String { socketPath.map { "unix:\($0)" } ?? "\(host):\(port)" }
 }
 
 /// `-L` / `LocalForward`: the public side of one hybrid connection.
@@ -110,12 +137,30 @@ public enum ForwardSpec {
         }
         guard let port = Int(text), (1...65535).contains(port) else {
             throw ForwardSpecError(
-                "'\(spec)': '\(text)' is not a port number (1-65535); Unix sockets are not supported yet")
+                "'\(spec)': '\(text)' is not a port number (1-65535), nor a Unix socket (an absolute path)")
         }
         return port
     }
 
-    /// `-L [bind_address:]port[/port_name]{;...}:relay_name`; the relay name follows the last `:`.
+    /// The last component of a socket path: a socket binding's port name when none is given.
+    static func fileName(_ path: String) -> String {
+        String(path.split(separator: "/").last ?? Substring(path))
+    }
+
+    /// Checks a Unix socket path: absolute, and short enough for `sockaddr_un` (107 bytes and a NUL).
+    static func socketPath(_ path: Substring, in spec: String) throws(ForwardSpecError) -> String {
+        guard path.hasPrefix("/"), path.count > 1 else {
+            throw ForwardSpecError("'\(spec)': a Unix socket is an absolute path, not '\(path)'")
+        }
+        guard path.utf8.count <= 107 else {
+            throw ForwardSpecError("'\(spec)': the socket path is \(path.utf8.count) bytes; Unix sockets allow 107")
+        }
+        return String(path)
+    }
+
+    /// `-L [bind_address:]port[/port_name]{;...}:relay_name` or `-L /socket/path/port_name:relay_name` (a Unix
+    /// socket: its last path component is the port name, as azbridge's `local_socket[/port_name]` needs one);
+    /// the relay name follows the last `:`.
     public static func parseLocal(_ spec: String) throws(ForwardSpecError) -> LocalForward {
         guard let colon = spec.lastIndex(of: ":") else {
             throw ForwardSpecError("'\(spec)': expected [bind_address:]port[/port_name]{;...}:relay_name")
@@ -126,6 +171,17 @@ public enum ForwardSpec {
         }
         var bindings: [LocalBinding] = []
         for part in spec[..<colon].split(separator: ";", omittingEmptySubsequences: false) {
+            if part.hasPrefix("/") {
+                let slash = part.lastIndex(of: "/")!
+                let name = part[part.index(after: slash)...]
+                guard !name.isEmpty, slash != part.startIndex else {
+                    throw ForwardSpecError(
+                        "'\(spec)': a Unix socket binding is /socket/path/port_name (the port name comes last)")
+                }
+                bindings.append(
+                    LocalBinding(socketPath: try socketPath(part[..<slash], in: spec), portName: String(name)))
+                continue
+            }
             var rest = part
             var portName: String?
             if let slash = rest.lastIndex(of: "/") {
@@ -147,7 +203,8 @@ public enum ForwardSpec {
         return LocalForward(relayName: relayName, bindings: bindings)
     }
 
-    /// `-T relay_name:[port_name/]host:port{;...}` or `relay_name:[port_name/]port`; the relay name
+    /// `-T relay_name:[port_name/]host:port{;...}`, `relay_name:[port_name/]port` or
+    /// `relay_name:[port_name/]/socket/path` (a Unix socket; without a port name, its file name); the relay name
     /// precedes the first `:`.
     public static func parseRemote(_ spec: String) throws(ForwardSpecError) -> RemoteForward {
         guard let colon = spec.firstIndex(of: ":") else {
@@ -161,10 +218,14 @@ public enum ForwardSpec {
         for part in spec[spec.index(after: colon)...].split(separator: ";", omittingEmptySubsequences: false) {
             var rest = part
             var portName: String?
-            if let slash = rest.firstIndex(of: "/") {
+            if !rest.hasPrefix("/"), let slash = rest.firstIndex(of: "/") {
                 portName = String(rest[..<slash])
                 rest = rest[rest.index(after: slash)...]
                 guard !(portName ?? "").isEmpty else { throw ForwardSpecError("'\(spec)': empty port name") }
+            }
+            if rest.hasPrefix("/") {
+                bindings.append(RemoteBinding(portName: portName, socketPath: try socketPath(rest, in: spec)))
+                continue
             }
             var host = "localhost"
             var portText = rest

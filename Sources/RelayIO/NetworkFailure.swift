@@ -30,6 +30,20 @@ public struct ConnectFailure: Sendable, Equatable {
         self.init(error, host: url.host, port: url.port)
     }
 
+    /// A Unix socket at `socketPath` could not be connected.
+    public init(_ error: any Error, socketPath: String) {
+        target = "unix:\(socketPath)"
+        (label, summary, hint) = ("other", "\(error)", nil)
+        switch (error as? IOError)?.errnoCode {
+        case ENOENT:
+            set("no_socket", "no socket at \(socketPath)", "is the service running, and is the path right?")
+        case EACCES:
+            set("permission_denied", "permission denied", "the socket's mode must let this user connect")
+        default:
+            classify(error, host: socketPath)
+        }
+    }
+
     private mutating func classify(_ error: any Error, host: String) {
         switch error {
         case let error as NIOConnectionError:

@@ -137,4 +137,19 @@ extension ServerBootstrap {
         .flatMapErrorThrowing { error in throw BindFailure(error, host: host, port: port, what: purpose) }
         .get()
     }
+
+    /// `bindGuarded` for a Unix socket at `unixDomainSocketPath`.
+    public func bindGuarded(
+        unixDomainSocketPath path: String, socket: String, purpose: String, metrics: RelayMetrics, logger: Logger
+    ) async throws -> any Channel {
+        try await serverChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(
+                    AcceptGuard(socket: socket, metrics: metrics, logger: logger))
+            }
+        }
+        .bind(unixDomainSocketPath: path)
+        .flatMapErrorThrowing { error in throw BindFailure(error, path: path, what: purpose) }
+        .get()
+    }
 }

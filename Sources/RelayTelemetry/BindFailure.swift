@@ -19,4 +19,15 @@ public struct BindFailure: Error, CustomStringConvertible {
         let address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         description = "cannot listen on \(address) for \(what): \(reason)"
     }
+
+    public init(_ error: any Error, path: String, what: String) {
+        let reason: String
+        switch (error as? IOError)?.errnoCode {
+        case EADDRINUSE: reason = "the path is in use"
+        case EACCES: reason = "permission denied (the directory must be writable by this user)"
+        case ENOENT: reason = "the directory does not exist"
+        default: reason = "\(error)"
+        }
+        description = "cannot listen on unix:\(path) for \(what): \(reason)"
+    }
 }

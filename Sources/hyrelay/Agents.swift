@@ -129,6 +129,20 @@ struct Client: AsyncParsableCommand {
     )
     var allow: [String] = []
 
+    @Option(
+        name: .customLong("socket-mode"),
+        help: "Permission bits of the Unix sockets -L binds, in octal, e.g. 660 (default: what the umask leaves).")
+    var socketMode: String?
+
+    /// `--socket-mode` as permission bits.
+    func socketPermissions() throws -> mode_t? {
+        guard let socketMode else { return nil }
+        guard let bits = mode_t(socketMode, radix: 8), bits <= 0o777 else {
+            throw ValidationError("--socket-mode '\(socketMode)' is not octal permission bits (000-777)")
+        }
+        return bits
+    }
+
     /// The forwards from `-f` and the flags; read again on SIGHUP.
     func makeForwards() throws -> [(LocalForward, RelayAccess)] {
         var configuration = try options.loadConfiguration()
@@ -168,7 +182,8 @@ struct Client: AsyncParsableCommand {
         let (agent, side) = try await session.starting {
             let agent = try await ClientAgent.start(
                 forwards: forwards, tlsContext: try options.tlsContext(), group: MultiThreadedEventLoopGroup.singleton,
-                logger: logger, metrics: metrics, tracer: session.tracer, allowedSources: allowedSources)
+                logger: logger, metrics: metrics, tracer: session.tracer, allowedSources: allowedSources,
+                socketMode: try socketPermissions())
             let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
                 agent.readiness
             }

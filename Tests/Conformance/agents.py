@@ -165,15 +165,21 @@ class TcpServer:
     tenth as many bytes (asymmetric traffic, so a hop that swaps directions shows). `tag`: send a fixed
     tag, then echo. `delay`: seconds to wait before the first byte is answered (a slow service)."""
 
-    def __init__(self, mode="echo", tag=b"", delay=0.0):
+    def __init__(self, mode="echo", tag=b"", delay=0.0, path=None):
+        """With `path`, a Unix-socket service at that path instead of a loopback port."""
         self.mode = mode
         self.tag = tag
         self.delay = delay
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        if path:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.bind(path)
+            self.port = None
+        else:
+            self.sock = socket.socket()
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind(("127.0.0.1", 0))
+            self.port = self.sock.getsockname()[1]
         self.sock.listen(512)
-        self.port = self.sock.getsockname()[1]
         self.connections = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -232,8 +238,14 @@ class TcpServer:
 
 
 def echo_roundtrip(port, payload, chunk=1 << 20):
-    """Sends `payload`, half-closes, reads the echo to EOF; returns (sent digest, received digest, count)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    """Sends `payload`, half-closes, reads the echo to EOF; returns (sent digest, received digest, count).
+    `port` may be a Unix socket's path."""
+    if isinstance(port, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(60)
+        sock.connect(port)
+    else:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
     sent = hashlib.sha256()
     received = hashlib.sha256()
     count = {"n": 0}

@@ -5,7 +5,9 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -20,7 +22,7 @@ from conftest import free_port
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory):
     directory = tmp_path_factory.mktemp("agents")
-    process = agents.start_relay(directory, ["tcp", "multi", "refused", "pyedge", "pylisten", "gig"])
+    process = agents.start_relay(directory, ["tcp", "multi", "refused", "pyedge", "pylisten", "gig", "usock"])
     process.url = "ws://127.0.0.1:%d" % process.port
     process.directory = directory
     yield process
@@ -555,3 +557,92 @@ def test_two_relays_behind_haproxy_share_one_hybrid_connection(tmp_path):
         lb.wait(timeout=10)
         log.close()
         target.close()
+
+
+def unix_path(directory, name):
+    """A socket path short enough for sockaddr_un, under the test's directory when that fits."""
+    path = os.path.join(str(directory), name)
+    return path if len(path) < 100 else os.path.join(tempfile.mkdtemp(prefix="hyr"), name)
+
+
+def test_unix_sockets_at_both_ends(relay):
+    """azbridge's socket forms: -L /path/port_name:relay and -T relay:port_name//path. 64 MiB byte-exact,
+    concurrent connections, the socket's mode as asked, and the file gone when the client stops."""
+    target_path = unix_path(relay.directory, "target.sock")
+    client_path = unix_path(relay.directory, "client.sock")
+    target = agents.TcpServer("echo", path=target_path)
+    edge = agents.start_edge(relay.directory, relay.url, ["usock:echo/%s" % target_path])
+    client = agents.start_client(relay.directory, relay.url, ["%s/echo:usock" % client_path], [client_path],
+                                 extra=["--socket-mode", "600"])
+    try:
+        assert stat.S_IMODE(os.stat(client_path).st_mode) == 0o600
+        payload = os.urandom(64 << 20)
+        sent, received, count = agents.echo_roundtrip(client_path, payload)
+        assert count == len(payload) and sent == received
+
+        async def one(index):
+            reader, writer = await asyncio.open_unix_connection(client_path)
+            data = os.urandom(10_000 + index)
+            writer.write(data)
+            await writer.drain()
+            writer.write_eof()
+            echoed = await asyncio.wait_for(reader.read(-1), 60)
+            writer.close()
+            return echoed == data
+
+        async def many():
+            return await asyncio.gather(*(one(i) for i in range(50)))
+
+        assert all(asyncio.run(many()))
+        assert "unix:%s" % target_path in edge.log()
+    finally:
+        client.stop()
+        edge.stop()
+        target.close()
+    assert not os.path.exists(client_path), "the client removes its socket file when it stops"
+
+
+def test_a_stale_socket_file_is_replaced_and_a_live_one_is_not(relay):
+    path = unix_path(relay.directory, "stale.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)
+    stale.close()  # the file stays, nobody listens: what a crashed process leaves
+    client = agents.start_client(relay.directory, relay.url, ["%s/x:usock" % path], [path])
+    client.stop()
+
+    live = agents.TcpServer("echo", path=path)
+    try:
+        process = agents.Process(["client", "-e", relay.url, "-K", agents.KEY_NAME, "-k", agents.KEY, "-L",
+                                  "%s/x:usock" % path], str(relay.directory / "client-live.log"))
+        assert process.popen.wait(timeout=20) != 0
+        assert "another process listens on it" in process.log()
+        sent, received, _ = agents.echo_roundtrip(path, b"still mine")
+        assert sent == received, "the live service keeps its socket"
+    finally:
+        live.close()
+
+    regular = unix_path(relay.directory, "not-a-socket")
+    open(regular, "w").close()
+    process = agents.Process(["client", "-e", relay.url, "-K", agents.KEY_NAME, "-k", agents.KEY, "-L",
+                              "%s/x:usock" % regular], str(relay.directory / "client-file.log"))
+    assert process.popen.wait(timeout=20) != 0
+    assert "exists and is not a socket" in process.log()
+    assert os.path.isfile(regular)
+
+
+def test_a_missing_target_socket_is_reported(relay):
+    edge = agents.start_edge(relay.directory, relay.url, ["usock:gone//nonexistent/dir/app.sock"])
+    port = free_port()
+    client = agents.start_client(relay.directory, relay.url, ["127.0.0.1:%d/gone:usock" % port], [port])
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"hello")
+        try:
+            assert sock.recv(100) == b"", "the client's connection closes"
+        except ConnectionResetError:
+            pass  # closed with "hello" unread: a reset, which is a close all the same
+        sock.close()
+        edge.wait_for_log("no socket at /nonexistent/dir/app.sock")
+    finally:
+        client.stop()
+        edge.stop()

@@ -37,14 +37,38 @@ import Testing
         #expect(single.binding(forPortName: "8080")?.port == 80, "one numeric binding takes any port name")
     }
 
+    /// azbridge's Unix-socket forms: `-L /path/port_name:relay` (the port name last) and
+    /// `-T relay:[port_name/]/path` (without a name, the socket's file name).
+    @Test func unixSocketSpecs() throws {
+        let local = try ForwardSpec.parseLocal("/run/app/app.sock/web;127.0.0.1:8080:hc")
+        #expect(
+            local.bindings == [
+                LocalBinding(socketPath: "/run/app/app.sock", portName: "web"), LocalBinding(port: 8080),
+            ])
+        #expect(local.bindings[0].endpoint == "unix:/run/app/app.sock")
+        let remote = try ForwardSpec.parseRemote("hc:web//run/app.sock;/var/run/postgresql/.s.PGSQL.5432")
+        #expect(
+            remote.bindings == [
+                RemoteBinding(portName: "web", socketPath: "/run/app.sock"),
+                RemoteBinding(portName: ".s.PGSQL.5432", socketPath: "/var/run/postgresql/.s.PGSQL.5432"),
+            ])
+        #expect(remote.binding(forPortName: "web")?.target == "unix:/run/app.sock")
+        let long = "/" + String(repeating: "d", count: 120)
+        #expect(throws: ForwardSpecError.self) { try ForwardSpec.parseRemote("hc:x/\(long)") }
+    }
+
     @Test(arguments: [
-        "hc1", "abc:hc1", "8080:", "8080:bad name", "70000:hc", "3434U:hc", "/tmp/sock:hc", "1:/x:hc", ":80:hc",
+        "hc1", "abc:hc1", "8080:", "8080:bad name", "70000:hc", "3434U:hc", "/sock:hc", "/tmp/sock/:hc", "1:/x:hc",
+        ":80:hc",
     ])
     func badLocal(spec: String) {
         #expect(throws: ForwardSpecError.self) { try ForwardSpec.parseLocal(spec) }
     }
 
-    @Test(arguments: ["hc", ":80", "hc:", "hc:host:x", "hc:a/1;a/2", "bad name:80", "hc:/80", "hc::80"])
+    @Test(arguments: [
+        "hc", ":80", "hc:", "hc:host:x", "hc:a/1;a/2", "bad name:80", "hc::80", "hc:name/relative.sock", "hc:/",
+        "hc:a//x.sock;a//y.sock",
+    ])
     func badRemote(spec: String) {
         #expect(throws: ForwardSpecError.self) { try ForwardSpec.parseRemote(spec) }
     }
@@ -148,6 +172,30 @@ import Testing
         }
     }
 
+    @Test func unixSocketsInYAML() throws {
+        let yaml = """
+            LocalForward:
+              - RelayName: app
+                BindLocalSocket: /run/hyrelay/app.sock
+                PortName: app
+            RemoteForward:
+              - RelayName: app
+                Bindings:
+                  - {LocalSocket: /run/app/app.sock, PortName: app}
+                  - {LocalSocket: /run/postgresql/.s.PGSQL.5432}
+            """
+        let configuration = try AgentConfiguration.parse(yaml: yaml)
+        #expect(
+            configuration.localForwards[0].bindings == [
+                LocalBinding(socketPath: "/run/hyrelay/app.sock", portName: "app")
+            ])
+        #expect(
+            configuration.remoteForwards[0].bindings == [
+                RemoteBinding(portName: "app", socketPath: "/run/app/app.sock"),
+                RemoteBinding(socketPath: "/run/postgresql/.s.PGSQL.5432"),
+            ])
+    }
+
     @Test(arguments: [
         (
             "LocalForward:\n  - RelayName: a\n    BindPort: 1\n    RemoteHostName: x\n", 4,
@@ -158,6 +206,10 @@ import Testing
         ("RemoteForward:\n  - RelayName: a\n    HostPort: -5\n", 3, "HostPort -5"),
         ("RemoteForward:\n  - RelayName: a\n    Http: true\n    HostPort: 80\n", 3, "Http forwarding is not supported"),
         ("KeepAliveInterval: soon\n", 1, "KeepAliveInterval must be a whole number"),
+        (
+            "LocalForward:\n  - RelayName: a\n    BindLocalSocket: relative.sock\n", 3,
+            "a Unix socket is an absolute path"
+        ),
         ("LocalForward:\n  - RelayName: a\n", 2, "has no BindPort"),
         ("LocalForward: [\n", 2, "not valid YAML"),
         ("AzureRelayConnectionString: nonsense\n", 1, "is not Key=Value"),
