@@ -20,6 +20,7 @@ final class HTTPModeForwarder {
         var command: RequestCommand
         var route: HTTPExchangeStateMachine.Route
         var hasBody: Bool
+        var pinning: ListenerPinning
     }
 
     /// Parts held before the rendezvous opens stop the client's reads at this many bytes.
@@ -75,8 +76,13 @@ final class HTTPModeForwarder {
         let pending = PendingHTTPRequest(
             forwarder: bound, entity: request.entity, command: request.command,
             sentOnControlChannel: request.route == .controlChannel)
-        guard let listener = hub.dispatch(entity: request.entity, key: request.key, pending: .http(pending)) else {
-            failed(.noHTTPListener)
+        let listener: ListenerHandle
+        do {
+            listener = try hub.dispatch(
+                entity: request.entity, key: request.key, pending: .http(pending), pinning: request.pinning)
+        } catch {
+            // HTTP mode answers "no listener" with 502, as Azure does; "none qualifies" keeps its 404.
+            failed(error.reason == "no_listener" ? .noHTTPListener : error)
             return
         }
         logger.info(

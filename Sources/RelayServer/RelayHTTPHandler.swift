@@ -49,6 +49,7 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var entity: HybridConnectionConfiguration
         /// Lowercased names of the headers that carried the credential the relay consumed.
         var consumedHeaders: Set<String>
+        var pinning: ListenerPinning
     }
 
     private let hub: RelayHub
@@ -333,13 +334,11 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             consumedHeaders = RelayPolicy.consumedHeaders(entity: entity, source: found?.source)
             key = hub.makeRendezvousKey(trackingId: trackingId)
             let pending = PendingSender(handler: NIOLoopBound(self, eventLoop: context.eventLoop), entity: entity.name)
-            guard let picked = hub.dispatch(entity: entity.name, key: key, pending: .webSocket(pending)) else {
-                throw Refusal(status: 404, text: RelayErrorText.noListeners, reason: "no_listener")
-            }
-            listener = picked
-        } catch let refusal as Refusal {
-            record.finish(outcome: refusal.reason, status: refusal.status, error: refusal.text)
-            throw refusal
+            listener = try hub.dispatch(
+                entity: entity.name, key: key, pending: .webSocket(pending), pinning: Self.pinning(head.headers))
+        } catch {
+            record.finish(outcome: error.reason, status: error.status, error: error.text)
+            throw error
         }
         span.attributes["listener_id"] = listener.trackingId
         span.attributes["rendezvous_id"] = key
@@ -369,6 +368,12 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 "trace_id": "\(span.traceContext.traceID)", "span_id": "\(span.traceContext.spanID)",
             ])
         listener.send(.accept(accept))
+    }
+
+    /// The listeners a sender allows or excludes by tracking id.
+    static func pinning(_ headers: HTTPHeaders) -> ListenerPinning {
+        ListenerPinning(
+            allowed: headers[ListenerPinning.allowedHeader], disallowed: headers[ListenerPinning.disallowedHeader])
     }
 
     /// Headers as the control messages carry them: one entry per name (as first spelled), repeated values
@@ -581,7 +586,8 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard hub.listenerCount(entity: entity.name) > 0 else { throw Refusal.noHTTPListener }
         return HTTPModeRequest(
             head: head, target: target, entity: entity,
-            consumedHeaders: RelayPolicy.consumedHeaders(entity: entity, source: found?.source))
+            consumedHeaders: RelayPolicy.consumedHeaders(entity: entity, source: found?.source),
+            pinning: Self.pinning(head.headers))
     }
 
     /// Connection-level headers the relay never forwards (RFC 7230); `Expect` the relay answers itself.
@@ -629,7 +635,7 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             hub: hub, context: context,
             request: HTTPModeForwarder.Request(
                 head: request.head, entity: entity, key: key, trackingId: trackingId, command: command, route: route,
-                hasBody: hasBody),
+                hasBody: hasBody, pinning: request.pinning),
             record: record, logger: logger,
             refuse: { [weak self] refusal in
                 guard let self, let context = self.context else { return }

@@ -434,14 +434,27 @@ public final class RelayHub: Sendable {
         withTable { $0.listenerCount(entity: entity) }
     }
 
-    /// Picks a listener and, in the same critical section, parks the rendezvous, so a listener that
-    /// answers at once finds it.
-    func dispatch(entity: String, key: String, pending: PendingRendezvous) -> ListenerHandle? {
-        withTable { table in
+    /// Picks a listener the sender's `pinning` admits and, in the same critical section, parks the rendezvous,
+    /// so a listener that answers at once finds it. Without a listener: 404, Azure's text saying whether none
+    /// is online or none qualifies.
+    func dispatch(
+        entity: String, key: String, pending: PendingRendezvous, pinning: ListenerPinning
+    ) throws(Refusal) -> ListenerHandle {
+        let picked: ListenerHandle?? = withTable { table in
             var generator = SystemRandomNumberGenerator()
-            guard let listener = table.pickListener(entity: entity, using: &generator) else { return nil }
+            guard table.listenerCount(entity: entity) > 0 else { return .none }
+            guard
+                let listener = table.pickListener(
+                    entity: entity, using: &generator, isEligible: { pinning.admits(trackingId: $0.trackingId) })
+            else { return .some(nil) }
             table.addPending(key: key, pending, dispatchedTo: listener.id)
             return listener
+        }
+        switch picked {
+        case .some(.some(let listener)): return listener
+        case .some(.none):
+            throw Refusal(status: 404, text: ListenerPinning.noneQualify, reason: "no_listener_qualifies")
+        case .none: throw Refusal(status: 404, text: RelayErrorText.noListeners, reason: "no_listener")
         }
     }
 

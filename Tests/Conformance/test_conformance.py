@@ -495,3 +495,67 @@ def test_http_mode_answers_expect_100_continue(relay):
     sock.sendall(head("/hyco/upload", {**dotnet_headers(relay, "hyco"), "Expect": "something-else"}, 10))
     assert read_head(sock).startswith("HTTP/1.1 417 ")
     sock.close()
+
+
+
+def test_senders_pin_or_exclude_listeners_by_tracking_id(relay):
+    """Microsoft-Relay-AllowedListeners / -DisallowedListeners: the `sb-hc-id` each listener listened with picks
+    or excludes it, for WebSocket senders and HTTP-mode requests; none qualifying is Azure's 404."""
+    async def run():
+        first, first_id = await open_listener(relay)
+        second, second_id = await open_listener(relay)
+        messages = asyncio.Queue()
+
+        async def pump(name, ws):
+            async for text in ws:
+                await messages.put((name, hc.parse_control(text)))
+
+        pumps = [asyncio.ensure_future(pump("first", first)), asyncio.ensure_future(pump("second", second))]
+
+        async def chosen(headers):
+            """Which listener gets the sender's accept (the sender is then rejected)."""
+            sender = asyncio.ensure_future(connect(
+                "%s/$hc/hyco" % relay.ws, additional_headers={**dotnet_headers(relay, "hyco"), **headers}))
+            name, (kind, accept) = await asyncio.wait_for(messages.get(), 10)
+            assert kind == "accept"
+            with pytest.raises(InvalidStatus):  # a delivered rejection is answered 410
+                await connect(accept["address"] + "&sb-hc-statusCode=403&sb-hc-statusDescription=pinned")
+            with pytest.raises(InvalidStatus):
+                await sender
+            return name
+
+        pinned = [await chosen({"Microsoft-Relay-AllowedListeners": second_id.upper()}) for _ in range(8)]
+        assert pinned == ["second"] * 8, "ids compare case-insensitively"
+        excluded = [await chosen({"Microsoft-Relay-DisallowedListeners": "x, %s" % second_id}) for _ in range(8)]
+        assert excluded == ["first"] * 8
+        both = {await chosen({"Microsoft-Relay-AllowedListeners": "%s,%s" % (first_id, second_id)})
+                for _ in range(16)}
+        assert both == {"first", "second"}, "several allowed ones still share the load"
+
+        with pytest.raises(InvalidStatus) as refused:
+            await connect("%s/$hc/hyco" % relay.ws, additional_headers={
+                **dotnet_headers(relay, "hyco"), "Microsoft-Relay-AllowedListeners": str(uuid.uuid4())})
+        assert refused.value.response.status_code == 404
+        assert "None of the connected listeners meet the AllowedListeners/DisallowedListeners criteria" in \
+            refused.value.response.reason_phrase
+
+        # HTTP mode: the pinned listener gets the request; none qualifying is a 404 too, not the 502 of no listener.
+        loop = asyncio.get_running_loop()
+        response = loop.run_in_executor(None, lambda: hc.http_request(
+            relay.host, relay.port, "GET", "/hyco/pinned",
+            headers={**dotnet_headers(relay, "hyco"), "Microsoft-Relay-AllowedListeners": first_id}))
+        name, (kind, request) = await asyncio.wait_for(messages.get(), 10)
+        assert (name, kind) == ("first", "request")
+        await first.send(json.dumps({"response": {"requestId": request["id"], "statusCode": 204}}))
+        assert (await response)[0] == 204
+        status, reason, _, _ = await loop.run_in_executor(None, lambda: hc.http_request(
+            relay.host, relay.port, "GET", "/hyco/pinned",
+            headers={**dotnet_headers(relay, "hyco"), "Microsoft-Relay-DisallowedListeners": "%s,%s" % (first_id, second_id)}))
+        assert status == 404 and "meet the AllowedListeners" in reason
+
+        for task in pumps:
+            task.cancel()
+        await first.close()
+        await second.close()
+
+    asyncio.run(run())
