@@ -58,15 +58,19 @@ public struct PreambleResponseParser: Sendable {
     }
 
     private var buffered: [UInt8] = []
+    /// The mode the request asked for: the only one an acceptance may name.
+    private let mode: Preamble.Mode
 
-    public init() {}
+    public init(expecting mode: Preamble.Mode = .stream) {
+        self.mode = mode
+    }
 
     public mutating func feed(_ bytes: some Sequence<UInt8>) -> Result {
         buffered.append(contentsOf: bytes)
         guard buffered.count >= 3 else { return .needMore }
         let leftover = Array(buffered[3...])
         switch (buffered[0], buffered[1], buffered[2]) {
-        case (Preamble.majorVersion, _, Preamble.Mode.stream.rawValue):
+        case (Preamble.majorVersion, _, mode.rawValue):
             return .accepted(leftover: leftover)
         case (0, 0, 0):
             return .refused(code: 0, reason: "the listener does not support preamble version \(Preamble.majorVersion)")

@@ -109,13 +109,15 @@ public struct AgentConfiguration: Equatable, Sendable {
                     portName: try fields.string("PortName"))
             }
             guard let port = try fields.int("BindPort") else { return nil }
-            guard (1...65535).contains(port) else {
-                throw AgentConfigurationError(line: fields.line("BindPort"), "BindPort \(port) is not 1-65535")
+            // As in azbridge, a negative port is UDP.
+            guard (1...65535).contains(abs(port)) else {
+                throw AgentConfigurationError(
+                    line: fields.line("BindPort"), "BindPort \(port) is not 1-65535 (negative for UDP)")
             }
             let address = try fields.string("BindAddress") ?? defaultBindAddress ?? "127.0.0.1"
             return LocalBinding(
-                bindAddress: address == "localhost" ? "127.0.0.1" : address, port: port,
-                portName: try fields.string("PortName"))
+                bindAddress: address == "localhost" ? "127.0.0.1" : address, port: abs(port),
+                portName: try fields.string("PortName"), udp: port < 0)
         }
         let bindings = try fields.bindings(
             of: "LocalForward", relayName: relayName, portKey: "BindPort", allowed: localBindingKeys, parse: binding)
@@ -137,12 +139,14 @@ public struct AgentConfiguration: Equatable, Sendable {
                 )
             }
             guard let port = try fields.int("HostPort") else { return nil }
-            guard (1...65535).contains(port) else {
+            // As in azbridge, a negative port is UDP.
+            guard (1...65535).contains(abs(port)) else {
                 throw AgentConfigurationError(
-                    line: fields.line("HostPort"), "HostPort \(port) is not 1-65535 (UDP is not supported yet)")
+                    line: fields.line("HostPort"), "HostPort \(port) is not 1-65535 (negative for UDP)")
             }
             return RemoteBinding(
-                portName: try fields.string("PortName"), host: try fields.string("Host") ?? "localhost", port: port)
+                portName: try fields.string("PortName"), host: try fields.string("Host") ?? "localhost",
+                port: abs(port), udp: port < 0)
         }
         let bindings = try fields.bindings(
             of: "RemoteForward", relayName: relayName, portKey: "HostPort", allowed: remoteBindingKeys, parse: binding)

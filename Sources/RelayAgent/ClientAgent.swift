@@ -35,6 +35,8 @@ public final class ClientAgent: Sendable {
         var allowedSources: AddressFilter?
         /// Permission bits for the Unix sockets bound (default: what the umask leaves).
         var socketMode: mode_t?
+        /// A UDP flow with no datagram either way for this long is closed.
+        var udpIdleTimeout: TimeAmount
         var counter: TunnelCounter
     }
 
@@ -55,12 +57,13 @@ public final class ClientAgent: Sendable {
     public static func start(
         forwards: [(LocalForward, RelayAccess)], tlsContext: NIOSSLContext?, group: any EventLoopGroup, logger: Logger,
         metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil, allowedSources: AddressFilter? = nil,
-        socketMode: mode_t? = nil
+        socketMode: mode_t? = nil, udpIdleTimeout: TimeAmount = defaultUDPIdleTimeout
     ) async throws -> ClientAgent {
         let agent = ClientAgent(
             settings: Settings(
                 tlsContext: tlsContext, group: group, logger: logger, metrics: metrics,
                 tracer: tracer ?? HopTracer(logger: logger), allowedSources: allowedSources, socketMode: socketMode,
+                udpIdleTimeout: udpIdleTimeout,
                 counter: TunnelCounter(gauge: metrics.activeTunnels(role: .client))))
         do {
             _ = try await agent.reload(forwards: forwards)
@@ -140,6 +143,35 @@ public final class ClientAgent: Sendable {
         return (added, gone.count)
     }
 
+    /// A UDP port: every source address is a flow with a tunnel of its own (`UDPRouter`).
+    private func bindUDP(
+        binding: LocalBinding, forward: LocalForward, access: RelayAccess, purpose: String
+    ) async throws -> any Channel {
+        let settings = self.settings
+        let counters = UDPCounters(role: .client, metrics: settings.metrics)
+        do {
+            return try await DatagramBootstrap(group: settings.group)
+                .channelOption(.recvAllocator, value: UDPCounters.receiveAllocator)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let router = UDPRouter(counters: counters, idleTimeout: settings.udpIdleTimeout) {
+                            route, eventLoop in
+                            Self.openSender(
+                                on: eventLoop, peer: "\(route.source)",
+                                local: NIOLoopBound(route, eventLoop: eventLoop),
+                                forward: forward, binding: binding, access: access, tlsContext: settings.tlsContext,
+                                counter: settings.counter, metrics: settings.metrics, tracer: settings.tracer,
+                                logger: settings.logger)
+                        }
+                        try channel.pipeline.syncOperations.addHandler(router)
+                    }
+                }
+                .bind(host: binding.bindAddress, port: binding.port).get()
+        } catch {
+            throw BindFailure(error, host: binding.bindAddress, port: binding.port, what: purpose)
+        }
+    }
+
     private func bind(key: BindingKey, forward: LocalForward) async throws -> any Channel {
         let settings = self.settings
         let binding = key.binding
@@ -173,9 +205,12 @@ public final class ClientAgent: Sendable {
                 // The sender opens once the connection is registered and active: opened from here, a fast
                 // relay could complete the upgrade first under a burst of accepts, and the tunnel would
                 // take the not-yet-active connection for one already closed.
+                let upBytes = settings.metrics.bytes(role: .client, direction: .up)
+                tcp.countBytes = { upBytes.increment(by: Int64($0)) }
                 tcp.onActive = { [tcp] in
                     Self.openSender(
-                        for: channel, tcp: NIOLoopBound(tcp, eventLoop: channel.eventLoop), forward: forward,
+                        on: channel.eventLoop, peer: channel.remoteAddress?.hostAndPort ?? "?",
+                        local: NIOLoopBound(tcp, eventLoop: channel.eventLoop), forward: forward,
                         binding: binding, access: access, tlsContext: settings.tlsContext,
                         counter: settings.counter, metrics: settings.metrics, tracer: settings.tracer,
                         logger: settings.logger)
@@ -185,7 +220,9 @@ public final class ClientAgent: Sendable {
         }
         let purpose = "relay '\(forward.relayName)'"
         let channel: any Channel
-        if let path = binding.socketPath {
+        if binding.udp {
+            channel = try await bindUDP(binding: binding, forward: forward, access: access, purpose: purpose)
+        } else if let path = binding.socketPath {
             try await UnixSocketFile.prepare(path, group: settings.group)
             channel = try await bootstrap.bindGuarded(
                 unixDomainSocketPath: path, socket: "client", purpose: purpose, metrics: settings.metrics,
@@ -260,14 +297,13 @@ final class TunnelCounter: Sendable {
 }
 
 extension ClientAgent {
-    /// Opens the sender WebSocket for one accepted TCP connection, on that connection's event loop, so
-    /// the two sides of the tunnel call each other directly.
+    /// Opens the sender WebSocket for one accepted connection (or one UDP flow), on that connection's event
+    /// loop, so the two sides of the tunnel call each other directly.
     static func openSender(
-        for channel: any Channel, tcp: NIOLoopBound<TunnelTCPHandler>, forward: LocalForward, binding: LocalBinding,
-        access: RelayAccess, tlsContext: NIOSSLContext?, counter: TunnelCounter, metrics: RelayMetrics,
-        tracer: HopTracer, logger: Logger
+        on eventLoop: any EventLoop, peer: String, local: NIOLoopBound<any TunnelLocalSide>, forward: LocalForward,
+        binding: LocalBinding, access: RelayAccess, tlsContext: NIOSSLContext?, counter: TunnelCounter,
+        metrics: RelayMetrics, tracer: HopTracer, logger: Logger
     ) {
-        let peer = channel.remoteAddress?.hostAndPort ?? "?"
         let acceptSpan = tracer.startSpan("client.accept", context: .topLevel, ofKind: .server)
         acceptSpan.attributes["tunnel"] = forward.relayName
         acceptSpan.attributes["port_name"] = binding.portName
@@ -289,9 +325,7 @@ extension ClientAgent {
         connectSpan.attributes["relay"] = "\(access.base)"
         let started = ContinuousClock.now
         let startedDeadline = NIODeadline.now()
-        let upBytes = metrics.bytes(role: .client, direction: .up)
         let downBytes = metrics.bytes(role: .client, direction: .down)
-        tcp.value.countBytes = { upBytes.increment(by: Int64($0)) }
         let tunnelLogger = logger
 
         /// Ends the tunnel's telemetry when it never opened.
@@ -308,11 +342,12 @@ extension ClientAgent {
         }
 
         WebSocketClient.connect(
-            to: url, headers: headers, tlsContext: tlsContext, group: channel.eventLoop
+            to: url, headers: headers, tlsContext: tlsContext, group: eventLoop
         ) { webSocket in
             let bridgeSpan = tracer.startSpan("client.bridge", context: acceptSpan.context, ofKind: .internal)
             let handler = TunnelWebSocketHandler(
-                role: .sender(portName: binding.portName), local: tcp.value, started: startedDeadline,
+                role: .sender(portName: binding.portName, mode: binding.udp ? .datagram : .stream), local: local.value,
+                started: startedDeadline,
                 countBytes: { downBytes.increment(by: Int64($0)) }
             ) { summary in
                 counter.closed()
@@ -351,7 +386,7 @@ extension ClientAgent {
                 logger.warning(
                     "sender refused by relay, closing local connection",
                     metadata: ["status": "\(status)", "cause": "\(reason)"])
-                tcp.value.close()
+                local.value.close()
             case .failure(let error):
                 let failure = ConnectFailure(error, url: url)
                 failed(cause: .relayUnreachable, outcome: "unreachable", status: nil, message: failure.summary)
@@ -360,7 +395,7 @@ extension ClientAgent {
                     metadata: [
                         "cause": "\(failure.text)", "reason": "\(failure.label)",
                     ])
-                tcp.value.close()
+                local.value.close()
             }
         }
     }

@@ -32,6 +32,8 @@ public final class EdgeAgent: Sendable {
         var metrics: RelayMetrics
         var tracer: HopTracer
         var counter: TunnelCounter
+        /// A UDP flow with no datagram either way for this long is closed.
+        var udpIdleTimeout = defaultUDPIdleTimeout
     }
 
     /// How long opening a control channel to the relay (TCP, TLS and the upgrade) may take.
@@ -48,7 +50,8 @@ public final class EdgeAgent: Sendable {
 
     public static func start(
         forwards: [(RemoteForward, RelayAccess)], keepAliveInterval: Double, tlsContext: NIOSSLContext?,
-        group: any EventLoopGroup, logger: Logger, metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil
+        group: any EventLoopGroup, logger: Logger, metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil,
+        udpIdleTimeout: TimeAmount = defaultUDPIdleTimeout
     ) -> EdgeAgent {
         metrics.registerDialOutcomes()
         // Offline until registered: an edge that never reaches the relay is a 0, which the listener-down
@@ -58,7 +61,7 @@ public final class EdgeAgent: Sendable {
             settings: Settings(
                 keepAliveInterval: keepAliveInterval, tlsContext: tlsContext, group: group, logger: logger,
                 metrics: metrics, tracer: tracer ?? HopTracer(logger: logger),
-                counter: TunnelCounter(gauge: metrics.activeTunnels(role: .edge))))
+                counter: TunnelCounter(gauge: metrics.activeTunnels(role: .edge)), udpIdleTimeout: udpIdleTimeout))
         agent.startListeners(for: forwards.map { ListenerKey(forward: $0.0, access: $0.1) })
         return agent
     }
@@ -282,16 +285,18 @@ final class ListenerLoop: Sendable {
         let counter = settings.counter
         let metrics = settings.metrics
         let tracer = settings.tracer
+        let udpIdleTimeout = settings.udpIdleTimeout
         let upBytes = metrics.bytes(role: .edge, direction: .up)
         let tunnelLogger = logger
         WebSocketClient.connect(
             to: url, subprotocols: subprotocols, tlsContext: settings.tlsContext, group: settings.group
         ) { channel in
             let handler = TunnelWebSocketHandler(
-                role: .listener(dial: { portName, handler in
+                role: .listener(dial: { portName, mode, handler in
                     Self.dial(
-                        portName: portName, forward: forward, handler: handler, metrics: metrics,
-                        span: tracer.startSpan("edge.dial", context: parent, ofKind: .client), logger: tunnelLogger)
+                        portName: portName, mode: mode, forward: forward, handler: handler, metrics: metrics,
+                        span: tracer.startSpan("edge.dial", context: parent, ofKind: .client), logger: tunnelLogger,
+                        udpIdleTimeout: udpIdleTimeout)
                 }), local: nil, started: startedDeadline, countBytes: { upBytes.increment(by: Int64($0)) }
             ) { summary in
                 counter.closed()
@@ -337,10 +342,11 @@ final class ListenerLoop: Sendable {
         }
     }
 
-    /// Dials the target configured for `portName`, and nothing else.
+    /// Dials the target configured for `portName`, and nothing else, if its mode is the one the sender asked
+    /// for.
     static func dial(
-        portName: String, forward: RemoteForward, handler: TunnelWebSocketHandler, metrics: RelayMetrics,
-        span: HopSpan, logger: Logger
+        portName: String, mode: Preamble.Mode, forward: RemoteForward, handler: TunnelWebSocketHandler,
+        metrics: RelayMetrics, span: HopSpan, logger: Logger, udpIdleTimeout: TimeAmount
     ) {
         span.attributes["port_name"] = portName
         span.attributes["tunnel"] = forward.relayName
@@ -352,6 +358,27 @@ final class ListenerLoop: Sendable {
             span.attributes["outcome"] = "unknown_port"
             span.setStatus(SpanStatus(code: .error, message: "unknown port name '\(portName)'"))
             span.end()
+            return
+        }
+        if binding.udp != (mode == .datagram) {
+            // azbridge answers a mode mismatch with these bytes and closes; it logs nothing (its issue #10).
+            let asked = mode == .datagram ? "datagrams (UDP)" : "a stream (TCP)"
+            let has = binding.udp ? "UDP" : "TCP"
+            let cause = "port '\(portName)' is \(has) (\(binding.target)) but the sender asked for \(asked)"
+            logger.warning("mode mismatch", metadata: ["port_name": "\(portName)", "cause": "\(cause)"])
+            metrics.dial(outcome: .modeMismatch, seconds: nil)
+            handler.refusePreamble(
+                reply: binding.udp ? [0, 0, 1] : [0, 0, 255],
+                TunnelFailure(code: .unacceptableData, label: .modeMismatch, cause: cause))
+            span.attributes["outcome"] = DialOutcome.modeMismatch.rawValue
+            span.setStatus(SpanStatus(code: .error, message: cause))
+            span.end()
+            return
+        }
+        if binding.udp {
+            dialUDP(
+                binding: binding, eventLoop: eventLoop, handler: handler, metrics: metrics, span: span, logger: logger,
+                idleTimeout: udpIdleTimeout)
             return
         }
         let downBytes = metrics.bytes(role: .edge, direction: .down)
@@ -586,3 +613,54 @@ final class EdgeControlHandler: ChannelInboundHandler {
 
 @available(*, unavailable)
 extension EdgeControlHandler: Sendable {}
+
+extension ListenerLoop {
+    /// A UDP flow: a datagram socket of the edge's own toward the target, its answers framed back.
+    static func dialUDP(
+        binding: RemoteBinding, eventLoop: any EventLoop, handler: TunnelWebSocketHandler, metrics: RelayMetrics,
+        span: HopSpan, logger: Logger, idleTimeout: TimeAmount
+    ) {
+        let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
+        let target: SocketAddress
+        do {
+            // Resolved here, on the loop: UDP targets are addresses or local names in practice.
+            target = try SocketAddress.makeAddressResolvingHost(binding.host, port: binding.port)
+        } catch {
+            let failure = ConnectFailure(error, host: binding.host, port: binding.port)
+            metrics.dial(outcome: .failed, seconds: nil)
+            span.setStatus(SpanStatus(code: .error, message: failure.summary))
+            span.end()
+            handler.fail(
+                code: .unexpectedServerError, label: .dialFailed,
+                cause: "dial \(binding.target) failed: \(failure.summary)")
+            return
+        }
+        let udp = UDPTargetHandler(
+            target: target, counters: UDPCounters(role: .edge, metrics: metrics), idleTimeout: idleTimeout)
+        let boundUDP = NIOLoopBound(udp, eventLoop: eventLoop)
+        DatagramBootstrap(group: eventLoop)
+            .channelOption(.recvAllocator, value: UDPCounters.receiveAllocator)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(boundUDP.value) }
+            }
+            .bind(host: target.protocol == .inet6 ? "::" : "0.0.0.0", port: 0)
+            .whenComplete { result in
+                switch result {
+                case .success:
+                    metrics.dial(outcome: .connected, seconds: 0, traceID: span.traceContext.traceID)
+                    span.attributes["outcome"] = DialOutcome.connected.rawValue
+                    span.end()
+                    boundHandler.value.dialSucceeded(local: boundUDP.value)
+                case .failure(let error):
+                    metrics.dial(outcome: .failed, seconds: nil)
+                    span.setStatus(SpanStatus(code: .error, message: "\(error)"))
+                    span.end()
+                    logger.warning(
+                        "udp socket failed", metadata: ["target": "\(binding.target)", "cause": "\(error)"])
+                    boundHandler.value.fail(
+                        code: .unexpectedServerError, label: .dialFailed,
+                        cause: "dial \(binding.target) failed: \(error)")
+                }
+            }
+    }
+}

@@ -4,13 +4,17 @@ public struct LocalBinding: Hashable, Sendable {
     public var port: Int
     /// A Unix socket to bind instead of a TCP port (absolute path).
     public var socketPath: String?
-    /// Named in the preamble; azbridge's default is the port number as text (a socket's file name here).
+    /// A UDP port (azbridge's `U` suffix): datagrams, one tunnel per source address.
+    public var udp = false
+    /// Named in the preamble; azbridge's default is the port number as text, with `U` for UDP (a socket's file
+    /// name here).
     public var portName: String
 
-    public init(bindAddress: String = "127.0.0.1", port: Int, portName: String? = nil) {
+    public init(bindAddress: String = "127.0.0.1", port: Int, portName: String? = nil, udp: Bool = false) {
         self.bindAddress = bindAddress
         self.port = port
-        self.portName = portName ?? String(port)
+        self.udp = udp
+        self.portName = portName ?? (udp ? "\(port)U" : String(port))
     }
 
     public init(socketPath: String, portName: String? = nil) {
@@ -22,8 +26,9 @@ public struct LocalBinding: Hashable, Sendable {
 
     /// `host:port` or `unix:PATH`, for logs and spans.
     public var endpoint: String {
-        socketPath.map { "unix:\($0)" }
-            ?? (bindAddress.contains(":") ? "[\(bindAddress)]:\(port)" : "\(bindAddress):\(port)")
+        if let socketPath { return "unix:\(socketPath)" }
+        let address = bindAddress.contains(":") ? "[\(bindAddress)]:\(port)" : "\(bindAddress):\(port)"
+        return udp ? "udp:\(address)" : address
     }
 }
 
@@ -34,11 +39,14 @@ public struct RemoteBinding: Hashable, Sendable {
     public var port: Int
     /// A Unix socket to connect to instead of a TCP target (absolute path).
     public var socketPath: String?
+    /// A UDP target: the tunnel's datagrams go to it, its answers come back.
+    public var udp = false
 
-    public init(portName: String? = nil, host: String = "localhost", port: Int) {
-        self.portName = portName ?? String(port)
+    public init(portName: String? = nil, host: String = "localhost", port: Int, udp: Bool = false) {
+        self.portName = portName ?? (udp ? "\(port)U" : String(port))
         self.host = host
         self.port = port
+        self.udp = udp
     }
 
     public init(portName: String? = nil, socketPath: String) {
@@ -49,7 +57,9 @@ public struct RemoteBinding: Hashable, Sendable {
     }
 
     /// `host:port` or `unix:PATH`, for logs and spans.
-    public var target: String { socketPath.map { "unix:\($0)" } ?? "\(host):\(port)" }
+    public var target: String {
+        socketPath.map { "unix:\($0)" } ?? (udp ? "udp:\(host):\(port)" : "\(host):\(port)")
+    }
 }
 
 /// `-L` / `LocalForward`: the public side of one hybrid connection.
@@ -110,12 +120,13 @@ public struct RemoteForward: Hashable, Sendable {
         return result
     }
 
-    /// The binding for a preamble port name. As in azbridge, a single binding with a numeric name
-    /// takes any port name.
+    /// The binding for a preamble port name. As in azbridge, a single binding with a default (numeric) name
+    /// takes any port name: the client's port number need not be the target's (`53U` for UDP).
     public func binding(forPortName name: String) -> RemoteBinding? {
         if let exact = bindings.first(where: { $0.portName == name }) { return exact }
-        if bindings.count == 1, Int(bindings[0].portName) != nil { return bindings[0] }
-        return nil
+        guard bindings.count == 1 else { return nil }
+        let only = bindings[0].portName
+        return Int(only.hasSuffix("U") ? String(only.dropLast()) : only) != nil ? bindings[0] : nil
     }
 }
 
@@ -131,15 +142,14 @@ public enum ForwardSpec {
         !name.isEmpty && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "/_-.".contains($0)) }
     }
 
-    static func port(_ text: Substring, in spec: String) throws(ForwardSpecError) -> Int {
-        if text.hasSuffix("U") || text.hasSuffix("u") {
-            throw ForwardSpecError("'\(spec)': UDP ports (\(text)) are not supported yet")
-        }
-        guard let port = Int(text), (1...65535).contains(port) else {
+    /// A port number, with azbridge's `U` suffix for UDP.
+    static func port(_ text: Substring, in spec: String) throws(ForwardSpecError) -> (port: Int, udp: Bool) {
+        let udp = text.hasSuffix("U") || text.hasSuffix("u")
+        guard let port = Int(udp ? text.dropLast() : text), (1...65535).contains(port) else {
             throw ForwardSpecError(
-                "'\(spec)': '\(text)' is not a port number (1-65535), nor a Unix socket (an absolute path)")
+                "'\(spec)': '\(text)' is not a port number (1-65535, U for UDP), nor a Unix socket (an absolute path)")
         }
-        return port
+        return (port, udp)
     }
 
     /// The last component of a socket path: a socket binding's port name when none is given.
@@ -198,7 +208,8 @@ public enum ForwardSpec {
                 if address == "localhost" { address = "127.0.0.1" }
                 guard !address.isEmpty else { throw ForwardSpecError("'\(spec)': empty bind address") }
             }
-            bindings.append(LocalBinding(bindAddress: address, port: try port(portText, in: spec), portName: portName))
+            let (number, udp) = try port(portText, in: spec)
+            bindings.append(LocalBinding(bindAddress: address, port: number, portName: portName, udp: udp))
         }
         return LocalForward(relayName: relayName, bindings: bindings)
     }
@@ -235,7 +246,8 @@ public enum ForwardSpec {
                 if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
                 guard !host.isEmpty else { throw ForwardSpecError("'\(spec)': empty host") }
             }
-            bindings.append(RemoteBinding(portName: portName, host: host, port: try port(portText, in: spec)))
+            let (number, udp) = try port(portText, in: spec)
+            bindings.append(RemoteBinding(portName: portName, host: host, port: number, udp: udp))
         }
         let names = bindings.map(\.portName)
         guard Set(names).count == names.count else { throw ForwardSpecError("'\(spec)': a port name appears twice") }

@@ -75,13 +75,13 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     typealias OutboundOut = WebSocketFrame
 
     enum Role {
-        /// Sends the preamble for `portName` and waits for the answer (client agent).
-        case sender(portName: String)
+        /// Sends the preamble for `portName` in `mode` and waits for the answer (client agent).
+        case sender(portName: String, mode: Preamble.Mode = .stream)
         /// Reads the preamble and asks `dial` to connect the named port (edge agent).
-        case listener(dial: (_ portName: String, _ handler: TunnelWebSocketHandler) -> Void)
+        case listener(dial: (_ portName: String, _ mode: Preamble.Mode, _ handler: TunnelWebSocketHandler) -> Void)
     }
 
-    private let dial: ((_ portName: String, _ handler: TunnelWebSocketHandler) -> Void)?
+    private let dial: ((_ portName: String, _ mode: Preamble.Mode, _ handler: TunnelWebSocketHandler) -> Void)?
     private var machine: TunnelStateMachine
     private var reader = WebSocketFrameReader()
     private var remainder = HeadRemainder()
@@ -112,8 +112,8 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
         onFinished: @escaping (TunnelSummary) -> Void
     ) {
         switch role {
-        case .sender(let portName):
-            machine = TunnelStateMachine(role: .sender(portName: portName), started: started)
+        case .sender(let portName, let mode):
+            machine = TunnelStateMachine(role: .sender(portName: portName, mode: mode), started: started)
             dial = nil
         case .listener(let dial):
             machine = TunnelStateMachine(role: .listener, started: started)
@@ -140,8 +140,8 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
         if case WebSocketUpgradeEvent.completed = event {
             let action = machine.upgradeCompleted()
             switch action {
-            case .sendPreamble(let portName):
-                let (header, name) = Preamble.request(portName: portName)
+            case .sendPreamble(let portName, let mode):
+                let (header, name) = Preamble.request(portName: portName, mode: mode)
                 sendFrame(.binary, ByteBuffer(bytes: header))
                 sendFrame(.binary, ByteBuffer(bytes: name))
             case .armPreambleTimer:
@@ -222,8 +222,8 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
                 local?.write(ByteBuffer(bytes: leftover))
             }
             startLocalReading()
-        case .dial(let portName):
-            dial?(portName, self)
+        case .dial(let portName, let mode):
+            dial?(portName, mode, self)
         case .fail(let reply, let failure):
             if let reply { sendFrame(.binary, ByteBuffer(bytes: reply)) }
             fail(failure)
@@ -284,13 +284,13 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     /// The dial for this tunnel succeeded: answer the preamble and start pumping.
     func dialSucceeded(local: any TunnelLocalSide) {
-        guard context != nil, case .open(let leftover) = machine.dialSucceeded() else {
+        guard context != nil, case .open(let reply, let leftover) = machine.dialSucceeded() else {
             local.close()
             return
         }
         self.local = local
         local.attach(self)
-        sendFrame(.binary, ByteBuffer(bytes: Preamble.accepted()))
+        sendFrame(.binary, ByteBuffer(bytes: reply))
         context?.flush()
         if !leftover.isEmpty {
             local.write(ByteBuffer(bytes: leftover))
@@ -305,6 +305,13 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     private func startLocalReading() {
         local?.startReading()
         run(machine.localReadingStarted())
+    }
+
+    /// Refuses the sender's preamble with azbridge's answer bytes (a mode the port does not have), then ends the
+    /// tunnel for `failure`.
+    func refusePreamble(reply: [UInt8], _ failure: TunnelFailure) {
+        sendFrame(.binary, ByteBuffer(bytes: reply))
+        fail(failure)
     }
 
     /// Ends the tunnel for `failure`: the sender or the relay is told why with a Close.

@@ -25,8 +25,8 @@ struct TunnelFailure: Equatable, Sendable {
 /// downstream direction and the local side's end stops the upstream one, each on its own (half-close).
 struct TunnelStateMachine {
     enum Role: Equatable, Sendable {
-        /// The client agent: sends the preamble for `portName` and waits for the answer.
-        case sender(portName: String)
+        /// The client agent: sends the preamble for `portName` in `mode` and waits for the answer.
+        case sender(portName: String, mode: Preamble.Mode = .stream)
         /// The edge agent: reads the preamble and dials the named port.
         case listener
     }
@@ -45,8 +45,8 @@ struct TunnelStateMachine {
     }
 
     enum UpgradeAction: Equatable {
-        /// Send the preamble naming this port (sender).
-        case sendPreamble(portName: String)
+        /// Send the preamble naming this port, in this mode (sender).
+        case sendPreamble(portName: String, mode: Preamble.Mode)
         /// Start the deadline for the sender's preamble (listener).
         case armPreambleTimer
         /// The local side ended during the upgrade: write its Close now, and no preamble.
@@ -60,8 +60,8 @@ struct TunnelStateMachine {
         case none
         /// The listener accepted the preamble: write `leftover` to the local side, then start reading it.
         case opened(leftover: [UInt8])
-        /// The sender named a port: dial it (`dialSucceeded` or `fail` follows).
-        case dial(portName: String)
+        /// The sender named a port and a mode: dial it (`dialSucceeded` or `fail` follows).
+        case dial(portName: String, mode: Preamble.Mode)
         /// Write `reply` (a preamble answer) if any, then end the tunnel.
         case fail(reply: [UInt8]?, TunnelFailure)
     }
@@ -84,8 +84,8 @@ struct TunnelStateMachine {
     }
 
     enum DialAction: Equatable {
-        /// Answer the preamble, write `leftover` to the local side, start reading it.
-        case open(leftover: [UInt8])
+        /// Answer the preamble with `reply`, write `leftover` to the local side, start reading it.
+        case open(reply: [UInt8], leftover: [UInt8])
         /// The tunnel ended while dialing: close the connection just made.
         case closeLocal
     }
@@ -93,7 +93,7 @@ struct TunnelStateMachine {
     private enum Phase {
         case awaitingReply(PreambleResponseParser)
         case awaitingRequest(PreambleRequestParser)
-        case dialing(leftover: [UInt8])
+        case dialing(mode: Preamble.Mode, leftover: [UInt8])
         case pumping
     }
 
@@ -119,7 +119,7 @@ struct TunnelStateMachine {
         self.started = started
         summary.atEdge = role == .listener
         switch role {
-        case .sender: phase = .awaitingReply(PreambleResponseParser())
+        case .sender(_, let mode): phase = .awaitingReply(PreambleResponseParser(expecting: mode))
         case .listener: phase = .awaitingRequest(PreambleRequestParser())
         }
     }
@@ -160,7 +160,7 @@ struct TunnelStateMachine {
             return .close(.write(code: code, reason: reason, closeChannelAfter: closeState.received))
         }
         switch role {
-        case .sender(let portName): return .sendPreamble(portName: portName)
+        case .sender(let portName, let mode): return .sendPreamble(portName: portName, mode: mode)
         case .listener: return .armPreambleTimer
         }
     }
@@ -174,10 +174,10 @@ struct TunnelStateMachine {
     }
 
     mutating func dialSucceeded() -> DialAction {
-        guard case .dialing(let leftover) = phase, !closeState.sent else { return .closeLocal }
+        guard case .dialing(let mode, let leftover) = phase, !closeState.sent else { return .closeLocal }
         phase = .pumping
         summary.bytesFromRelay &+= leftover.count
-        return .open(leftover: leftover)
+        return .open(reply: Preamble.accepted(mode: mode), leftover: leftover)
     }
 
     /// The local side reads from now on: the Close it asked for before the tunnel opened, if it did.
@@ -220,15 +220,9 @@ struct TunnelStateMachine {
             case .needMore:
                 phase = .awaitingRequest(parser)
                 return .none
-            case .complete(let portName, .stream, let leftover):
-                phase = .dialing(leftover: leftover)
-                return .dial(portName: portName)
-            case .complete(_, .datagram, _):
-                return .fail(
-                    reply: [0, 0, 255],
-                    TunnelFailure(
-                        code: .unacceptableData, label: .protocolError,
-                        cause: "datagram (UDP) tunnels are not supported"))
+            case .complete(let portName, let mode, let leftover):
+                phase = .dialing(mode: mode, leftover: leftover)
+                return .dial(portName: portName, mode: mode)
             case .unsupportedVersion(let major):
                 return .fail(
                     reply: Preamble.unsupportedVersion,

@@ -21,6 +21,8 @@ public enum ByteDirection: String, Sendable, CaseIterable {
 public enum DialOutcome: String, Sendable, CaseIterable {
     case connected, failed
     case unknownPort = "unknown_port"
+    /// The sender asked for datagrams and the port is TCP, or the other way round.
+    case modeMismatch = "mode_mismatch"
 }
 
 /// A listener control channel's lifecycle (`hyrelay_listener_events_total{event}`).
@@ -36,7 +38,9 @@ public enum TunnelCloseCause: Sendable, Equatable {
     /// The other end closed it with a Close.
     case remoteClose
     case relayRefused, relayUnreachable, refusedByPeer, relayLost
-    case dialFailed, unknownPort, protocolError, preambleRefused, preambleTimeout, localClosedEarly
+    case dialFailed, unknownPort, modeMismatch, protocolError, preambleRefused, preambleTimeout, localClosedEarly
+    /// A UDP flow saw no datagram either way for the idle time.
+    case idle
     case rendezvousRefused, rendezvousFailed
     case error
     /// Relay: a leg ended with a Close carrying this code, or without a Close at all (nil).
@@ -52,6 +56,8 @@ public enum TunnelCloseCause: Sendable, Equatable {
         case .relayLost: return "relay_lost"
         case .dialFailed: return "dial_failed"
         case .unknownPort: return "unknown_port"
+        case .modeMismatch: return "mode_mismatch"
+        case .idle: return "idle"
         case .protocolError: return "protocol_error"
         case .preambleRefused: return "preamble_refused"
         case .preambleTimeout: return "preamble_timeout"
@@ -66,7 +72,7 @@ public enum TunnelCloseCause: Sendable, Equatable {
     /// Whether the tunnel ended for a reason other than one side closing it.
     public var isFailure: Bool {
         switch self {
-        case .closed, .remoteClose: return false
+        case .closed, .remoteClose, .idle: return false
         case .relayLeg(let closeCode): return closeCode == nil
         default: return true
         }
@@ -252,6 +258,22 @@ public final class RelayMetrics: Sendable {
         counter(
             "accept_errors", "Failed accepts on listening sockets (descriptor tables full), by socket and error.",
             [("socket", socket), ("error", error)]
+        ).increment()
+    }
+
+    /// Datagrams through UDP tunnels (`up`: from the device toward the service), counted per read burst.
+    public func udpDatagrams(role: TelemetryRole, direction: ByteDirection) -> Counter {
+        counter(
+            "udp_datagrams", "Datagrams through UDP tunnels, by direction.",
+            [("role", role.rawValue), ("direction", direction.rawValue)])
+    }
+
+    /// A datagram a UDP tunnel could not carry: `too_large` (over 65,535 bytes), `queue_full` (the tunnel was
+    /// still opening and 64 datagrams waited already), `foreign_source` (an answer from another address than
+    /// the target).
+    public func udpDropped(role: TelemetryRole, reason: String) {
+        counter(
+            "udp_drops", "Datagrams UDP tunnels dropped, by reason.", [("role", role.rawValue), ("reason", reason)]
         ).increment()
     }
 

@@ -58,6 +58,20 @@ struct AgentOptions: ParsableArguments {
     @Option(name: .customLong("grace"), help: "Seconds to let open tunnels finish on SIGTERM (default 10).")
     var grace: Double = 10
 
+    @Option(
+        name: .customLong("udp-idle"),
+        help: "Seconds a UDP flow may see no datagram either way before its tunnel closes (default 240).")
+    var udpIdle: Double = 240
+
+    /// `--udp-idle` as a timer's amount.
+    var udpIdleTimeout: TimeAmount { .nanoseconds(Int64(udpIdle * 1e9)) }
+
+    func validate() throws {
+        guard udpIdle > 0, udpIdle <= 86_400 else {
+            throw ValidationError("--udp-idle must be above 0 and at most 86400")
+        }
+    }
+
     @OptionGroup var telemetry: TelemetryOptions
 
     func loadConfiguration() throws -> AgentConfiguration {
@@ -183,7 +197,7 @@ struct Client: AsyncParsableCommand {
             let agent = try await ClientAgent.start(
                 forwards: forwards, tlsContext: try options.tlsContext(), group: MultiThreadedEventLoopGroup.singleton,
                 logger: logger, metrics: metrics, tracer: session.tracer, allowedSources: allowedSources,
-                socketMode: try socketPermissions())
+                socketMode: try socketPermissions(), udpIdleTimeout: options.udpIdleTimeout)
             let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
                 agent.readiness
             }
@@ -257,7 +271,8 @@ struct Edge: AsyncParsableCommand {
         let (agent, side) = try await session.starting {
             let agent = EdgeAgent.start(
                 forwards: forwards, keepAliveInterval: keepAliveInterval, tlsContext: try options.tlsContext(),
-                group: MultiThreadedEventLoopGroup.singleton, logger: logger, metrics: metrics, tracer: session.tracer)
+                group: MultiThreadedEventLoopGroup.singleton, logger: logger, metrics: metrics, tracer: session.tracer,
+                udpIdleTimeout: options.udpIdleTimeout)
             let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
                 agent.allOnline ? (true, "all listeners online") : (false, "not every listener is online")
             }

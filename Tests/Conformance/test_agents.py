@@ -8,6 +8,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -22,7 +23,8 @@ from conftest import free_port
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory):
     directory = tmp_path_factory.mktemp("agents")
-    process = agents.start_relay(directory, ["tcp", "multi", "refused", "pyedge", "pylisten", "gig", "usock"])
+    process = agents.start_relay(
+        directory, ["tcp", "multi", "refused", "pyedge", "pylisten", "gig", "usock", "udp", "mixed"])
     process.url = "ws://127.0.0.1:%d" % process.port
     process.directory = directory
     yield process
@@ -646,3 +648,125 @@ def test_a_missing_target_socket_is_reported(relay):
     finally:
         client.stop()
         edge.stop()
+
+
+class UdpEcho:
+    """A UDP service answering every datagram with b"echo:" and the datagram, to its sender."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                data, source = self.sock.recvfrom(65535)
+            except OSError:
+                return
+            self.received += 1
+            self.sock.sendto(b"echo:" + data, source)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_udp_datagrams_from_several_sources_come_back_to_each(relay):
+    """azbridge's UDP tunnels (-L portU, -T host:portU): one tunnel per source address, every datagram framed
+    in the stream, each answer back at its own source; sizes from 0 bytes to 60 KB."""
+    service = UdpEcho()
+    edge = agents.start_edge(relay.directory, relay.url, ["udp:127.0.0.1:%dU" % service.port])
+    port = free_port()
+    client = agents.start_client(relay.directory, relay.url, ["127.0.0.1:%dU:udp" % port], [port],
+                                 extra=["--metrics", "127.0.0.1:%d" % (metrics := free_port())])
+    failures = []
+
+    def source(index):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(5)
+        try:
+            for n in range(500):
+                size = [0, 1, 100, 1400, 60_000][n % 5]
+                payload = os.urandom(size)
+                for attempt in range(3):  # loopback may drop under load; UDP's contract allows a retry
+                    sock.sendto(payload, ("127.0.0.1", port))
+                    try:
+                        answer, _ = sock.recvfrom(65535)
+                        break
+                    except socket.timeout:
+                        continue
+                else:
+                    failures.append("source %d: datagram %d unanswered" % (index, n))
+                    return
+                if answer != b"echo:" + payload:
+                    failures.append("source %d: datagram %d came back wrong" % (index, n))
+                    return
+        finally:
+            sock.close()
+
+    try:
+        threads = [threading.Thread(target=source, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not failures, failures
+        assert service.received >= 2000
+        assert metric_value(metrics, "hyrelay_udp_datagrams_total", direction="up") >= 2000
+        assert metric_value(metrics, "hyrelay_udp_datagrams_total", direction="down") >= 2000
+        # One tunnel per source address: four sources, four tunnels.
+        assert client.log().count("sender connected") == 4 or metric_value(
+            metrics, "hyrelay_client_connects_total", outcome="connected") == 4
+    finally:
+        client.stop()
+        edge.stop()
+        service.close()
+
+
+def test_a_tcp_sender_to_a_udp_port_is_told_and_counted(relay):
+    """azbridge answers a mode mismatch with [0,0,1] or [0,0,255] and says nothing (its issue #10); here both
+    sides log it with the names involved, and the edge counts it."""
+    service = UdpEcho()
+    metrics = free_port()
+    edge = agents.start_edge(relay.directory, relay.url, ["mixed:dns/127.0.0.1:%dU" % service.port],
+                             extra=["--metrics", "127.0.0.1:%d" % metrics])
+    port = free_port()
+    client = agents.start_client(relay.directory, relay.url, ["127.0.0.1:%d/dns:mixed" % port], [port])
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            assert sock.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        sock.close()
+        edge.wait_for_log("but the sender asked for a stream (TCP)")
+        client.wait_for_log("the listener's port is a datagram (UDP) port")
+        assert metric_value(metrics, "hyrelay_dials_total", outcome="mode_mismatch") == 1
+    finally:
+        client.stop()
+        edge.stop()
+        service.close()
+
+
+def test_an_idle_udp_flow_closes_after_its_time(relay):
+    service = UdpEcho()
+    edge = agents.start_edge(relay.directory, relay.url, ["udp:127.0.0.1:%dU" % service.port], extra=["--udp-idle", "1"])
+    port = free_port()
+    client = agents.start_client(relay.directory, relay.url, ["127.0.0.1:%dU:udp" % port], [port],
+                                 extra=["--udp-idle", "1"])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(5)
+    try:
+        sock.sendto(b"ping", ("127.0.0.1", port))
+        assert sock.recvfrom(100)[0] == b"echo:ping"
+        client.wait_for_log("cause_label=idle", timeout=10)
+        # A new datagram from the same source opens a new flow.
+        sock.sendto(b"again", ("127.0.0.1", port))
+        assert sock.recvfrom(100)[0] == b"echo:again"
+    finally:
+        sock.close()
+        client.stop()
+        edge.stop()
+        service.close()

@@ -37,6 +37,28 @@ import Testing
         #expect(single.binding(forPortName: "8080")?.port == 80, "one numeric binding takes any port name")
     }
 
+    /// azbridge's UDP forms: a `U` suffix on `-L`/`-T` ports, negative ports in YAML; the port name then ends in U.
+    @Test func udpSpecs() throws {
+        let local = try ForwardSpec.parseLocal("127.0.0.1:5353U;8080:dns")
+        #expect(local.bindings == [LocalBinding(port: 5353, udp: true), LocalBinding(port: 8080)])
+        #expect(local.bindings[0].portName == "5353U" && local.bindings[0].endpoint == "udp:127.0.0.1:5353")
+        let remote = try ForwardSpec.parseRemote("dns:10.0.0.53:53U")
+        #expect(remote.bindings == [RemoteBinding(host: "10.0.0.53", port: 53, udp: true)])
+        #expect(remote.bindings[0].portName == "53U")
+        let yaml = """
+            LocalForward:
+              - {RelayName: dns, BindPort: -5353}
+            RemoteForward:
+              - {RelayName: dns, Host: 10.0.0.53, HostPort: -53, PortName: dns}
+            """
+        let configuration = try AgentConfiguration.parse(yaml: yaml)
+        #expect(configuration.localForwards[0].bindings == [LocalBinding(port: 5353, udp: true)])
+        #expect(
+            configuration.remoteForwards[0].bindings == [
+                RemoteBinding(portName: "dns", host: "10.0.0.53", port: 53, udp: true)
+            ])
+    }
+
     /// azbridge's Unix-socket forms: `-L /path/port_name:relay` (the port name last) and
     /// `-T relay:[port_name/]/path` (without a name, the socket's file name).
     @Test func unixSocketSpecs() throws {
@@ -58,7 +80,8 @@ import Testing
     }
 
     @Test(arguments: [
-        "hc1", "abc:hc1", "8080:", "8080:bad name", "70000:hc", "3434U:hc", "/sock:hc", "/tmp/sock/:hc", "1:/x:hc",
+        "hc1", "abc:hc1", "8080:", "8080:bad name", "70000:hc", "3434X:hc", "0U:hc", "/sock:hc", "/tmp/sock/:hc",
+        "1:/x:hc",
         ":80:hc",
     ])
     func badLocal(spec: String) {
@@ -203,7 +226,7 @@ import Testing
         ),
         ("Bogus: 1\n", 1, "unknown key 'Bogus'"),
         ("LocalForward:\n  - BindPort: 1\n", 2, "RelayName is required"),
-        ("RemoteForward:\n  - RelayName: a\n    HostPort: -5\n", 3, "HostPort -5"),
+        ("RemoteForward:\n  - RelayName: a\n    HostPort: -70000\n", 3, "HostPort -70000"),
         ("RemoteForward:\n  - RelayName: a\n    Http: true\n    HostPort: 80\n", 3, "Http forwarding is not supported"),
         ("KeepAliveInterval: soon\n", 1, "KeepAliveInterval must be a whole number"),
         (

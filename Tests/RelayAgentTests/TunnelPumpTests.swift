@@ -75,7 +75,7 @@ import Testing
         let webSocket = EmbeddedChannel()
         var summary: TunnelSummary?
         let handler = TunnelWebSocketHandler(
-            role: .listener(dial: { _, _ in Issue.record("nothing to dial") }), local: nil,
+            role: .listener(dial: { _, _, _ in Issue.record("nothing to dial") }), local: nil,
             preambleTimeout: .seconds(10)
         ) { summary = $0 }
         try webSocket.pipeline.syncOperations.addHandler(MaskingFrameEncoder())
@@ -101,7 +101,7 @@ import Testing
         let webSocket = EmbeddedChannel()
         var dialed: String?
         let handler = TunnelWebSocketHandler(
-            role: .listener(dial: { name, _ in dialed = name }), local: nil, preambleTimeout: .seconds(10)
+            role: .listener(dial: { name, _, _ in dialed = name }), local: nil, preambleTimeout: .seconds(10)
         ) { _ in }
         try webSocket.pipeline.syncOperations.addHandler(MaskingFrameEncoder())
         try webSocket.pipeline.syncOperations.addHandler(handler)

@@ -1,0 +1,335 @@
+import HybridConnections
+import NIOCore
+import NIOWebSocket
+import Prometheus
+import RelayTelemetry
+
+/// How long a UDP flow may see no datagram either way before its tunnel closes (azbridge: 4 minutes).
+public let defaultUDPIdleTimeout = TimeAmount.minutes(4)
+
+/// Datagram and drop counters of one role's UDP tunnels, taken once.
+struct UDPCounters: Sendable {
+    let role: TelemetryRole
+    let metrics: RelayMetrics
+    let up: Counter
+    let down: Counter
+
+    init(role: TelemetryRole, metrics: RelayMetrics) {
+        self.role = role
+        self.metrics = metrics
+        up = metrics.udpDatagrams(role: role, direction: .up)
+        down = metrics.udpDatagrams(role: role, direction: .down)
+    }
+
+    func dropped(_ reason: String) { metrics.udpDropped(role: role, reason: reason) }
+
+    /// Reads as large as a datagram can be: NIO's default for datagram channels (2 KiB) would cut larger ones.
+    static let receiveAllocator = FixedSizeRecvByteBufferAllocator(capacity: DatagramFraming.maxDatagram)
+}
+
+/// Ends a UDP flow after `timeout` without a datagram: one timer, pushed along by `touch()` (a field write per
+/// datagram, not a timer), that checks again when it fires early.
+final class FlowIdleTimer {
+    private var lastActivity = NIODeadline.now()
+    private let timeout: TimeAmount
+    private let eventLoop: any EventLoop
+    private var scheduled: Scheduled<Void>?
+    private let expired: () -> Void
+
+    init(timeout: TimeAmount, eventLoop: any EventLoop, expired: @escaping () -> Void) {
+        self.timeout = timeout
+        self.eventLoop = eventLoop
+        self.expired = expired
+        schedule()
+    }
+
+    func touch() { lastActivity = .now() }
+
+    func cancel() { scheduled?.cancel() }
+
+    private func schedule() {
+        scheduled = eventLoop.assumeIsolated().scheduleTask(deadline: lastActivity + timeout) { [weak self] in
+            guard let self else { return }
+            if NIODeadline.now() >= self.lastActivity + self.timeout {
+                self.expired()
+            } else {
+                self.schedule()
+            }
+        }
+    }
+}
+
+/// The failure a flow ends with when its timer runs out.
+private let idleFailure = TunnelFailure(
+    code: .normalClosure, label: .idle, cause: "no datagram for the idle time")
+
+/// The edge's side of one UDP flow: a datagram socket of its own toward the target. Datagrams from the tunnel
+/// are cut out of its byte stream and sent to the target; the target's answers are framed into the tunnel.
+/// Answers from any other address are dropped. The flow closes after `idleTimeout` without a datagram.
+final class UDPTargetHandler: ChannelDuplexHandler, TunnelLocalSide {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+
+    private let target: SocketAddress
+    private let counters: UDPCounters
+    private let idleTimeout: TimeAmount
+    private var context: ChannelHandlerContext?
+    private weak var webSocket: TunnelWebSocketHandler?
+    private var deframer = DatagramDeframer()
+    private var started = false
+    private var readPending = false
+    private var early: [ByteBuffer] = []
+    private var idle: FlowIdleTimer?
+
+    init(target: SocketAddress, counters: UDPCounters, idleTimeout: TimeAmount) {
+        self.target = target
+        self.counters = counters
+        self.idleTimeout = idleTimeout
+    }
+
+    var isActive: Bool { context?.channel.isActive ?? false }
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    func attach(_ webSocket: TunnelWebSocketHandler) { self.webSocket = webSocket }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        idle = FlowIdleTimer(timeout: idleTimeout, eventLoop: context.eventLoop) { [weak self] in
+            self?.webSocket?.fail(idleFailure)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        idle?.cancel()
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        guard envelope.remoteAddress == target else {
+            counters.dropped("foreign_source")
+            return
+        }
+        idle?.touch()
+        var framed = context.channel.allocator.buffer(capacity: envelope.data.readableBytes + 2)
+        _ = DatagramFraming.frame(envelope.data, into: &framed)
+        counters.down.increment()
+        if started, let webSocket {
+            webSocket.send(framed)
+        } else {
+            early.append(framed)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        webSocket?.flush()
+        context.fireChannelReadComplete()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if started && (webSocket?.isWritable ?? false) {
+            context.read()
+        } else {
+            readPending = true
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        webSocket?.sendClose(code: .normalClosure, reason: "the target's socket closed")
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // ICMP port unreachable surfaces here as ECONNREFUSED on a later read: the target is not listening.
+        counters.dropped("target_unreachable")
+    }
+
+    // MARK: TunnelLocalSide
+
+    func startReading() {
+        started = true
+        for framed in early { webSocket?.send(framed) }
+        early.removeAll()
+        webSocket?.flush()
+        resumeReading()
+    }
+
+    func resumeReading() {
+        guard readPending, started, let context else { return }
+        readPending = false
+        context.read()
+    }
+
+    func write(_ data: ByteBuffer) {
+        guard let context else { return }
+        idle?.touch()
+        for datagram in deframer.feed(data) {
+            counters.up.increment()
+            context.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: target, data: datagram)), promise: nil)
+        }
+    }
+
+    func flush() { context?.flush() }
+
+    /// The sender's side ended its flow: there is no half of a UDP flow to keep.
+    func shutdownOutput() { close() }
+
+    func close() { context?.close(promise: nil) }
+}
+
+@available(*, unavailable)
+extension UDPTargetHandler: Sendable {}
+
+/// The client's bound UDP port: every source address is a flow with a tunnel of its own (azbridge's routes),
+/// opened on its first datagram and closed after `idleTimeout` without one.
+final class UDPRouter: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+
+    private var context: ChannelHandlerContext?
+    private var routes: [SocketAddress: UDPRoute] = [:]
+    private let counters: UDPCounters
+    private let idleTimeout: TimeAmount
+    /// Opens the tunnel for a new flow.
+    private let open: (_ route: UDPRoute, _ eventLoop: any EventLoop) -> Void
+
+    init(counters: UDPCounters, idleTimeout: TimeAmount, open: @escaping (UDPRoute, any EventLoop) -> Void) {
+        self.counters = counters
+        self.idleTimeout = idleTimeout
+        self.open = open
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        for route in routes.values { route.close() }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        counters.up.increment()
+        if let route = routes[envelope.remoteAddress] {
+            route.datagramFromSource(envelope.data)
+            return
+        }
+        let route = UDPRoute(
+            source: envelope.remoteAddress, router: self, counters: counters, idleTimeout: idleTimeout,
+            eventLoop: context.eventLoop)
+        routes[envelope.remoteAddress] = route
+        route.datagramFromSource(envelope.data)
+        open(route, context.eventLoop)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        for route in routes.values { route.flush() }
+        context.fireChannelReadComplete()
+    }
+
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    func send(_ datagram: ByteBuffer, to source: SocketAddress) {
+        counters.down.increment()
+        context?.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: source, data: datagram)), promise: nil)
+    }
+
+    func flushToSources() { context?.flush() }
+
+    func routeEnded(_ route: UDPRoute) {
+        if routes[route.source] === route { routes[route.source] = nil }
+    }
+}
+
+@available(*, unavailable)
+extension UDPRouter: Sendable {}
+
+/// One source's flow on the client's UDP port: the local side of its tunnel. Its datagrams wait (64 at most)
+/// while the tunnel opens, then go framed into it; the tunnel's datagrams go back to the source.
+final class UDPRoute: TunnelLocalSide {
+    /// Datagrams held while the tunnel opens; more are dropped and counted.
+    static let maxWaiting = 64
+
+    let source: SocketAddress
+    private weak var router: UDPRouter?
+    private weak var webSocket: TunnelWebSocketHandler?
+    private let counters: UDPCounters
+    private var deframer = DatagramDeframer()
+    private var waiting: [ByteBuffer] = []
+    private var started = false
+    private var closed = false
+    private var idle: FlowIdleTimer?
+
+    init(
+        source: SocketAddress, router: UDPRouter, counters: UDPCounters, idleTimeout: TimeAmount,
+        eventLoop: any EventLoop
+    ) {
+        self.source = source
+        self.router = router
+        self.counters = counters
+        idle = FlowIdleTimer(timeout: idleTimeout, eventLoop: eventLoop) { [weak self] in
+            guard let self, !self.closed else { return }
+            self.webSocket?.fail(idleFailure)
+            self.close()
+        }
+    }
+
+    func datagramFromSource(_ payload: ByteBuffer) {
+        idle?.touch()
+        var framed = ByteBuffer()
+        guard DatagramFraming.frame(payload, into: &framed) else {
+            counters.dropped("too_large")
+            return
+        }
+        if started, let webSocket {
+            webSocket.send(framed)
+        } else if waiting.count < Self.maxWaiting {
+            waiting.append(framed)
+        } else {
+            counters.dropped("queue_full")
+        }
+    }
+
+    // MARK: TunnelLocalSide
+
+    var isActive: Bool { !closed }
+    var isWritable: Bool { router?.isWritable ?? false }
+
+    func attach(_ webSocket: TunnelWebSocketHandler) { self.webSocket = webSocket }
+
+    func startReading() {
+        started = true
+        for framed in waiting { webSocket?.send(framed) }
+        waiting.removeAll()
+        webSocket?.flush()
+    }
+
+    /// Datagrams are read as they come for every flow; a full tunnel is paced by the source, not by reads.
+    func resumeReading() {}
+
+    func write(_ data: ByteBuffer) {
+        idle?.touch()
+        for datagram in deframer.feed(data) { router?.send(datagram, to: source) }
+    }
+
+    func flush() {
+        webSocket?.flush()
+        router?.flushToSources()
+    }
+
+    func shutdownOutput() { close() }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        idle?.cancel()
+        router?.routeEnded(self)
+        webSocket?.sendClose(code: .normalClosure, reason: "the UDP flow ended")
+    }
+}
+
+@available(*, unavailable)
+extension UDPRoute: Sendable {}
+
+@available(*, unavailable)
+extension FlowIdleTimer: Sendable {}
