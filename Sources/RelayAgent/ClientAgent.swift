@@ -342,7 +342,7 @@ extension ClientAgent {
         }
 
         WebSocketClient.connect(
-            to: url, headers: headers, tlsContext: tlsContext, group: eventLoop
+            to: url, headers: headers, tlsContext: tlsContext, group: eventLoop, proxy: access.proxy
         ) { webSocket in
             let bridgeSpan = tracer.startSpan("client.bridge", context: acceptSpan.context, ofKind: .internal)
             let handler = TunnelWebSocketHandler(

@@ -200,7 +200,7 @@ final class ListenerLoop: Sendable {
             do {
                 let result = try await WebSocketClient.connect(
                     to: url, headers: headers, tlsContext: settings.tlsContext, group: settings.group,
-                    connectTimeout: EdgeAgent.relayConnectTimeout
+                    connectTimeout: EdgeAgent.relayConnectTimeout, proxy: access.proxy
                 ) { [self] channel in
                     try channel.pipeline.syncOperations.addHandler(
                         EdgeControlHandler(listener: self, tokenExpiry: expiry, logger: logger))
@@ -289,7 +289,8 @@ final class ListenerLoop: Sendable {
         let upBytes = metrics.bytes(role: .edge, direction: .up)
         let tunnelLogger = logger
         WebSocketClient.connect(
-            to: url, subprotocols: subprotocols, tlsContext: settings.tlsContext, group: settings.group
+            to: url, subprotocols: subprotocols, tlsContext: settings.tlsContext, group: settings.group,
+            proxy: access.proxy
         ) { channel in
             let handler = TunnelWebSocketHandler(
                 role: .listener(dial: { portName, mode, handler in

@@ -19,6 +19,8 @@ public struct RelayAccess: Sendable, Hashable {
     public var noAuthentication = false
     /// How long the tokens this agent makes are valid, in seconds.
     public var tokenLifetime: Int64 = Self.defaultTokenLifetime
+    /// The HTTP proxy this relay is reached through, if any.
+    public var proxy: OutboundProxy?
 
     /// The .NET SDK's token lifetime.
     public static let defaultTokenLifetime: Int64 = 3600

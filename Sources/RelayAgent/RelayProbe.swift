@@ -72,7 +72,9 @@ public enum RelayProbe {
             headers.add(name: "Authorization", value: token.token)
         }
         do {
-            let response = try await HTTPProbe.get(url, headers: headers, tlsContext: tlsContext, group: group).get()
+            let response = try await HTTPProbe.get(
+                url, headers: headers, tlsContext: tlsContext, group: group, proxy: access.proxy
+            ).get()
             return .from(response, relayName: relayName)
         } catch {
             return .unreachable(ConnectFailure(error, url: url).text)
@@ -89,7 +91,7 @@ public enum RelayProbe {
         do {
             let result = try await WebSocketClient.connect(
                 to: url, headers: headers, tlsContext: tlsContext, group: group,
-                connectTimeout: EdgeAgent.relayConnectTimeout
+                connectTimeout: EdgeAgent.relayConnectTimeout, proxy: access.proxy
             ) { _ in }.get()
             switch result {
             case .upgraded(let channel, _):

@@ -24,7 +24,7 @@ public enum HTTPProbe {
 
     public static func get(
         _ url: WebSocketURL, headers: HTTPHeaders, tlsContext: NIOSSLContext?, group: any EventLoopGroup,
-        timeout: TimeAmount = .seconds(10)
+        timeout: TimeAmount = .seconds(10), proxy: OutboundProxy? = nil
     ) -> EventLoopFuture<HTTPProbeResponse> {
         let eventLoop = group.next()
         let promise = eventLoop.makePromise(of: HTTPProbeResponse.self)
@@ -33,8 +33,9 @@ public enum HTTPProbe {
         head.headers.add(name: "Connection", value: "close")
         head.headers.add(contentsOf: headers)
         let request = head
-        HTTPConnection.connect(url: url, tlsContext: tlsContext, eventLoop: eventLoop, connectTimeout: timeout) {
-            channel, _, _ in
+        HTTPConnection.connect(
+            url: url, tlsContext: tlsContext, eventLoop: eventLoop, connectTimeout: timeout, proxy: proxy
+        ) { channel, _, _ in
             try channel.pipeline.syncOperations.addHandler(ProbeHandler(request: request, promise: promise))
         }
         .whenComplete { result in

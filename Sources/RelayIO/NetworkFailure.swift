@@ -46,6 +46,8 @@ public struct ConnectFailure: Sendable, Equatable {
 
     private mutating func classify(_ error: any Error, host: String) {
         switch error {
+        case let error as OutboundProxyError:
+            set("proxy_refused", error.description, "check the proxy's address and the credentials in its URL")
         case let error as NIOConnectionError:
             // Every address failed: the first one's cause stands for all; with no address, DNS failed.
             if let first = error.connectionErrors.first {

@@ -99,6 +99,7 @@ public enum WebSocketClient {
         tlsContext: NIOSSLContext?,
         group: any EventLoopGroup,
         connectTimeout: TimeAmount = .seconds(30),
+        proxy: OutboundProxy? = nil,
         configure: @escaping @Sendable (any Channel) throws -> Void
     ) -> EventLoopFuture<WebSocketConnectResult> {
         let eventLoop = group.next()
@@ -116,7 +117,7 @@ public enum WebSocketClient {
         head.headers.add(contentsOf: extraHeaders)
         let requestHead = head
         HTTPConnection.connect(
-            url: url, tlsContext: tlsContext, eventLoop: eventLoop, connectTimeout: connectTimeout
+            url: url, tlsContext: tlsContext, eventLoop: eventLoop, connectTimeout: connectTimeout, proxy: proxy
         ) { channel, encoder, decoder in
             try channel.pipeline.syncOperations.addHandler(
                 ClientHandshakeHandler(
@@ -132,9 +133,10 @@ public enum WebSocketClient {
 
 /// A client connection to a relay: TCP, TLS for `wss`/`https` (with SNI for names), and the HTTP/1.1 codec.
 enum HTTPConnection {
-    /// Connects, failing at once when a secure URL comes without a TLS context.
+    /// Connects, failing at once when a secure URL comes without a TLS context; through `proxy` with `CONNECT`.
     static func connect(
         url: WebSocketURL, tlsContext: NIOSSLContext?, eventLoop: any EventLoop, connectTimeout: TimeAmount,
+        proxy: OutboundProxy? = nil,
         addHandler:
             @escaping @Sendable (any Channel, HTTPRequestEncoder, ByteToMessageHandler<HTTPResponseDecoder>)
             throws -> Void
@@ -151,6 +153,10 @@ enum HTTPConnection {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
+                    if let proxy {
+                        let target = url.host.contains(":") ? "[\(url.host)]:\(url.port)" : "\(url.host):\(url.port)"
+                        try sync.addHandler(ProxyConnectHandler(proxy: proxy, target: target))
+                    }
                     if url.secure, let tlsContext {
                         let serverName = url.host.first?.isNumber == true || url.host.contains(":") ? nil : url.host
                         try sync.addHandler(NIOSSLClientHandler(context: tlsContext, serverHostname: serverName))
@@ -162,7 +168,7 @@ enum HTTPConnection {
                     try addHandler(channel, encoder, decoder)
                 }
             }
-            .connect(host: url.host, port: url.port)
+            .connect(host: proxy?.host ?? url.host, port: proxy?.port ?? url.port)
     }
 }
 

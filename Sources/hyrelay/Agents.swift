@@ -59,6 +59,13 @@ struct AgentOptions: ParsableArguments {
     var grace: Double = 10
 
     @Option(
+        name: .customLong("proxy"),
+        help:
+            "Reach the relay through this HTTP proxy with CONNECT: http://[user:password@]host:port (default: HTTPS_PROXY or HTTP_PROXY, unless NO_PROXY names the relay)."
+    )
+    var proxy: String?
+
+    @Option(
         name: .customLong("udp-idle"),
         help: "Seconds a UDP flow may see no datagram either way before its tunnel closes (default 240).")
     var udpIdle: Double = 240
@@ -107,9 +114,13 @@ struct AgentOptions: ParsableArguments {
             var access = try RelayAccess.resolve(
                 configuration: configuration, entryConnectionString: entry, relayName: relayName)
             access.tokenLifetime = tokenTTL
+            access.proxy = try OutboundProxy.forRelay(
+                access.base, flag: proxy, environment: ProcessInfo.processInfo.environment)
             return access
+        } catch let error as OutboundProxyError {
+            throw ValidationError("--proxy or HTTPS_PROXY/HTTP_PROXY: \(error.description)")
         } catch {
-            throw ValidationError(error.description)
+            throw ValidationError("\(error)")
         }
     }
 

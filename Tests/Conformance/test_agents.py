@@ -770,3 +770,74 @@ def test_an_idle_udp_flow_closes_after_its_time(relay):
         client.stop()
         edge.stop()
         service.close()
+
+
+class Tinyproxy:
+    """A real HTTP proxy (tinyproxy) on a free loopback port, with Basic credentials, logging each CONNECT."""
+
+    def __init__(self, directory, user="relayuser", password="s3cret"):
+        self.port = free_port()
+        self.log_path = str(directory / ("tinyproxy-%d.log" % self.port))
+        config = directory / ("tinyproxy-%d.conf" % self.port)
+        config.write_text("\n".join([
+            "Port %d" % self.port, "Listen 127.0.0.1", "Timeout 60", "LogLevel Connect",
+            "LogFile \"%s\"" % self.log_path, "MaxClients 100", "Allow 127.0.0.1",
+            "BasicAuth %s %s" % (user, password), ""]))
+        self.popen = subprocess.Popen(["tinyproxy", "-d", "-c", str(config)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+        agents.wait_port(self.port)
+
+    def log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self):
+        self.popen.terminate()
+        self.popen.wait(10)
+
+
+@pytest.mark.skipif(shutil.which("tinyproxy") is None, reason="tinyproxy is installed by scripts/setup.sh")
+def test_agents_reach_the_relay_through_an_http_proxy(relay):
+    """--proxy (and HTTP_PROXY from the environment) carry every relay connection through CONNECT with Basic
+    credentials; a wrong password is reported as the proxy's refusal, with its status line."""
+    proxy = Tinyproxy(relay.directory)
+    target = agents.TcpServer("echo")
+    try:
+        proxied_tunnel_and_wrong_password(relay, proxy, target)
+    finally:
+        proxy.stop()
+        target.close()
+
+
+def proxied_tunnel_and_wrong_password(relay, proxy, target):
+    url = "http://relayuser:s3cret@127.0.0.1:%d" % proxy.port
+    os.environ["HTTP_PROXY"] = url
+    try:
+        edge = agents.start_edge(relay.directory, relay.url, ["tcp:proxied/127.0.0.1:%d" % target.port])
+    finally:
+        del os.environ["HTTP_PROXY"]
+    port = free_port()
+    client = agents.start_client(relay.directory, relay.url, ["127.0.0.1:%d/proxied:tcp" % port], [port],
+                                 extra=["--proxy", url])
+    try:
+        payload = os.urandom(1 << 20)
+        sent, received, count = agents.echo_roundtrip(port, payload)
+        assert count == len(payload) and sent == received
+        relay_address = "127.0.0.1:%d" % relay.port
+        # The edge's listen and rendezvous and the client's probe and sender: every one a CONNECT.
+        assert proxy.log().count("CONNECT") >= 3, proxy.log()[-2000:]
+        assert relay_address in proxy.log()
+    finally:
+        client.stop()
+        edge.stop()
+
+    wrong = agents.Process(
+        ["edge", "-e", relay.url, "-K", agents.KEY_NAME, "-k", agents.KEY, "-a", "1", "--proxy",
+         "http://relayuser:wrong@127.0.0.1:%d" % proxy.port, "-T", "tcp:127.0.0.1:%d" % target.port],
+        str(relay.directory / "edge-wrong-proxy.log"))
+    try:
+        wrong.wait_for_log("refused CONNECT")
+        # tinyproxy answers a wrong password 401 (squid 407): the proxy's own status line is in the log.
+        assert "401 Unauthorized" in wrong.log() and "proxy_refused" in wrong.log()
+    finally:
+        wrong.stop()
