@@ -25,7 +25,6 @@ public struct AgentConfiguration: Equatable, Sendable {
     public var bindAddress: String?
     public var keepAliveInterval: Double = 30
     public var exitOnForwardFailure = false
-    public var logLevel: String?
     public var localForwards: [LocalForward] = []
     public var remoteForwards: [RemoteForward] = []
 
@@ -68,7 +67,9 @@ public struct AgentConfiguration: Equatable, Sendable {
         configuration.sharedAccessKey = try top.string("AzureRelaySharedAccessKey")
         configuration.sharedAccessSignature = try top.string("AzureRelaySharedAccessSignature")
         configuration.bindAddress = try top.string("BindAddress")
-        configuration.logLevel = try top.string("LogLevel")
+        // azbridge's log levels (NONE … DEBUG3) have no counterpart here: checked as text, then left to
+        // --log-level, as docs/agents.md says.
+        _ = try top.string("LogLevel")
         if let interval = try top.int("KeepAliveInterval") {
             guard interval > 0 else {
                 throw AgentConfigurationError(line: top.line("KeepAliveInterval"), "KeepAliveInterval must be positive")
