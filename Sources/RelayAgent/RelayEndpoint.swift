@@ -1,4 +1,5 @@
 import HybridConnections
+import NIOConcurrencyHelpers
 import NIOHTTP1
 import RelayIO
 
@@ -82,15 +83,24 @@ public struct RelayAccess: Sendable, Hashable {
         return copy
     }
 
-    /// The token for `relayName`, or nil when none is configured. Audience as the .NET SDK forms it.
+    /// The token for `relayName`, or nil when none is configured. Audience as the .NET SDK forms it. A token
+    /// made earlier is reused while more than half its life is left: signing (HMAC and the encodings around
+    /// it) once per sender was a cost every new tunnel paid.
     public func token(relayName: String, now: Int64) -> (token: String, expiry: Int64?)? {
         if noAuthentication { return nil }
         if let signature { return (signature, nil) }
         guard let keyName, let key else { return nil }
-        let expiry = now + tokenLifetime
         let resource = "http://\(base.host)/\(relayName)/"
-        return (SharedAccessSignature.make(resource: resource, keyName: keyName, key: key, expiry: expiry), expiry)
+        let cacheKey = TokenCache.Key(resource: resource, keyName: keyName, key: key, lifetime: tokenLifetime)
+        if let cached = Self.tokens.reusable(cacheKey, now: now) { return (cached.token, cached.expiry) }
+        let expiry = now + tokenLifetime
+        let token = SharedAccessSignature.make(resource: resource, keyName: keyName, key: key, expiry: expiry)
+        Self.tokens.store(cacheKey, token: token, expiry: expiry)
+        return (token, expiry)
     }
+
+    /// Tokens made by this process, shared by every relay connection of every agent in it.
+    static let tokens = TokenCache()
 
     func url(relayName: String, query: String) -> WebSocketURL {
         var url = base
@@ -103,5 +113,28 @@ public struct RelayAccess: Sendable, Hashable {
         let token = token(relayName: relayName, now: Int64(Date().timeIntervalSince1970))
         if let token { headers.add(name: "ServiceBusAuthorization", value: token.token) }
         return (headers, token?.expiry)
+    }
+}
+
+/// SAS tokens already made, by audience and key: reused while more than half their life is left.
+final class TokenCache: Sendable {
+    struct Key: Hashable {
+        var resource: String
+        var keyName: String
+        var key: String
+        var lifetime: Int64
+    }
+
+    private let entries = NIOLockedValueBox<[Key: (token: String, expiry: Int64)]>([:])
+
+    func reusable(_ key: Key, now: Int64) -> (token: String, expiry: Int64)? {
+        entries.withLockedValue { entries in
+            guard let entry = entries[key], entry.expiry - now > key.lifetime / 2 else { return nil }
+            return entry
+        }
+    }
+
+    func store(_ key: Key, token: String, expiry: Int64) {
+        entries.withLockedValue { $0[key] = (token, expiry) }
     }
 }

@@ -283,6 +283,19 @@ import Testing
         }
     }
 
+    /// Senders reuse a token while more than half its life is left, instead of signing one per tunnel.
+    @Test func tokensAreReusedWhileMoreThanHalfTheirLifeIsLeft() throws {
+        var access = RelayAccess(base: WebSocketURL("ws://token-cache.test:1")!, keyName: "k", key: "c2VjcmV0")
+        access.tokenLifetime = 1000
+        let first = try #require(access.token(relayName: "hc", now: 10_000))
+        let again = try #require(access.token(relayName: "hc", now: 10_499))
+        #expect(again.token == first.token && again.expiry == 11_000)
+        let renewed = try #require(access.token(relayName: "hc", now: 10_500))
+        #expect(renewed.token != first.token && renewed.expiry == 11_500, "half its life gone: a new one")
+        let other = try #require(access.token(relayName: "other", now: 10_500))
+        #expect(other.token != renewed.token, "one token per audience")
+    }
+
     @Test func accessResolution() throws {
         var configuration = AgentConfiguration()
         configuration.endpoint = "ws://127.0.0.1:9350"
