@@ -7,24 +7,47 @@ import RelayTelemetry
 /// How long a UDP flow may see no datagram either way before its tunnel closes (azbridge: 4 minutes).
 public let defaultUDPIdleTimeout = TimeAmount.minutes(4)
 
-/// Datagram and drop counters of one role's UDP tunnels, taken once.
+/// Datagram, byte and drop counters of one role's UDP tunnels, taken once. `bytesIntoTunnel` is the direction
+/// this role frames datagrams into the tunnel (the client's up, the edge's down): the other direction's bytes
+/// are counted by the tunnel's WebSocket side, as for TCP.
 struct UDPCounters: Sendable {
     let role: TelemetryRole
     let metrics: RelayMetrics
     let up: Counter
     let down: Counter
+    let bytesIntoTunnel: Counter
 
     init(role: TelemetryRole, metrics: RelayMetrics) {
         self.role = role
         self.metrics = metrics
         up = metrics.udpDatagrams(role: role, direction: .up)
         down = metrics.udpDatagrams(role: role, direction: .down)
+        bytesIntoTunnel = metrics.bytes(role: role, direction: role == .client ? .up : .down)
     }
 
     func dropped(_ reason: String) { metrics.udpDropped(role: role, reason: reason) }
 
     /// Reads as large as a datagram can be: NIO's default for datagram channels (2 KiB) would cut larger ones.
     static let receiveAllocator = FixedSizeRecvByteBufferAllocator(capacity: DatagramFraming.maxDatagram)
+}
+
+/// Datagrams and bytes counted in plain integers and added to the metrics once per read burst.
+struct UDPTally {
+    var datagrams = 0
+    var bytes = 0
+
+    mutating func add(bytes count: Int) {
+        datagrams += 1
+        bytes += count
+    }
+
+    /// Adds what was counted to `datagramCounter` (and the bytes to `byteCounter`), then starts again.
+    mutating func flush(datagrams datagramCounter: Counter, bytes byteCounter: Counter? = nil) {
+        guard datagrams > 0 else { return }
+        datagramCounter.increment(by: Int64(datagrams))
+        byteCounter?.increment(by: Int64(bytes))
+        self = UDPTally()
+    }
 }
 
 /// Ends a UDP flow after `timeout` without a datagram: one timer, pushed along by `touch()` (a field write per
@@ -81,6 +104,9 @@ final class UDPTargetHandler: ChannelDuplexHandler, TunnelLocalSide {
     private var readPending = false
     private var early: [ByteBuffer] = []
     private var idle: FlowIdleTimer?
+    /// From the target into the tunnel, and from the tunnel to the target.
+    private var fromTarget = UDPTally()
+    private var toTarget = UDPTally()
 
     init(target: SocketAddress, counters: UDPCounters, idleTimeout: TimeAmount) {
         self.target = target
@@ -114,7 +140,7 @@ final class UDPTargetHandler: ChannelDuplexHandler, TunnelLocalSide {
         idle?.touch()
         var framed = context.channel.allocator.buffer(capacity: envelope.data.readableBytes + 2)
         _ = DatagramFraming.frame(envelope.data, into: &framed)
-        counters.down.increment()
+        fromTarget.add(bytes: framed.readableBytes)
         if started, let webSocket {
             webSocket.send(framed)
         } else {
@@ -123,6 +149,7 @@ final class UDPTargetHandler: ChannelDuplexHandler, TunnelLocalSide {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        fromTarget.flush(datagrams: counters.down, bytes: counters.bytesIntoTunnel)
         webSocket?.flush()
         context.fireChannelReadComplete()
     }
@@ -165,12 +192,15 @@ final class UDPTargetHandler: ChannelDuplexHandler, TunnelLocalSide {
         guard let context else { return }
         idle?.touch()
         for datagram in deframer.feed(data) {
-            counters.up.increment()
+            toTarget.add(bytes: datagram.readableBytes)
             context.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: target, data: datagram)), promise: nil)
         }
     }
 
-    func flush() { context?.flush() }
+    func flush() {
+        toTarget.flush(datagrams: counters.up)
+        context?.flush()
+    }
 
     /// The sender's side ended its flow: there is no half of a UDP flow to keep.
     func shutdownOutput() { close() }
@@ -191,6 +221,9 @@ final class UDPRouter: ChannelInboundHandler {
     private var routes: [SocketAddress: UDPRoute] = [:]
     private let counters: UDPCounters
     private let idleTimeout: TimeAmount
+    /// From the sources into the tunnels (framed), and from the tunnels back to the sources.
+    private var fromSources = UDPTally()
+    private var toSources = UDPTally()
     /// Opens the tunnel for a new flow.
     private let open: (_ route: UDPRoute, _ eventLoop: any EventLoop) -> Void
 
@@ -209,7 +242,7 @@ final class UDPRouter: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = unwrapInboundIn(data)
-        counters.up.increment()
+        fromSources.add(bytes: envelope.data.readableBytes + 2)
         if let route = routes[envelope.remoteAddress] {
             route.datagramFromSource(envelope.data)
             return
@@ -223,6 +256,7 @@ final class UDPRouter: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        fromSources.flush(datagrams: counters.up, bytes: counters.bytesIntoTunnel)
         for route in routes.values { route.flush() }
         context.fireChannelReadComplete()
     }
@@ -230,11 +264,14 @@ final class UDPRouter: ChannelInboundHandler {
     var isWritable: Bool { context?.channel.isWritable ?? false }
 
     func send(_ datagram: ByteBuffer, to source: SocketAddress) {
-        counters.down.increment()
+        toSources.add(bytes: datagram.readableBytes)
         context?.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: source, data: datagram)), promise: nil)
     }
 
-    func flushToSources() { context?.flush() }
+    func flushToSources() {
+        toSources.flush(datagrams: counters.down)
+        context?.flush()
+    }
 
     func routeEnded(_ route: UDPRoute) {
         if routes[route.source] === route { routes[route.source] = nil }

@@ -716,6 +716,9 @@ def test_udp_datagrams_from_several_sources_come_back_to_each(relay):
         assert service.received >= 2000
         assert metric_value(metrics, "hyrelay_udp_datagrams_total", direction="up") >= 2000
         assert metric_value(metrics, "hyrelay_udp_datagrams_total", direction="down") >= 2000
+        # Bytes as for TCP: what the client put into its tunnels, framed (4 sources x 500 datagrams, 61,501 bytes
+        # of payload per 5, plus two bytes of length each).
+        assert metric_value(metrics, "hyrelay_transferred_bytes_total", direction="up") >= 4 * 100 * 61_501 + 4000
         # One tunnel per source address: four sources, four tunnels.
         assert client.log().count("sender connected") == 4 or metric_value(
             metrics, "hyrelay_client_connects_total", outcome="connected") == 4
