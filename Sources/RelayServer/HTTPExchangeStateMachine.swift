@@ -115,7 +115,6 @@ struct HTTPExchangeStateMachine: Sendable {
         status: 504, text: RelayErrorText.responseTimeout, reason: "response_timeout")
 
     private(set) var state: State
-    private let route: Route
     private let clientKeepAlive: Bool
     private let clientSpeaksHTTP11: Bool
     private let holdLimit: Int
@@ -127,7 +126,6 @@ struct HTTPExchangeStateMachine: Sendable {
         route: Route, hasBody: Bool, clientKeepAlive: Bool, clientSpeaksHTTP11: Bool, holdLimit: Int,
         bodyTimeout: TimeAmount, responseTimeout: TimeAmount, now: NIODeadline
     ) {
-        self.route = route
         self.clientKeepAlive = clientKeepAlive
         self.clientSpeaksHTTP11 = clientSpeaksHTTP11
         self.holdLimit = holdLimit
@@ -263,11 +261,12 @@ struct HTTPExchangeStateMachine: Sendable {
         return lastProgress + (request != .sent && response == .awaitingHead ? bodyTimeout : responseTimeout)
     }
 
-    /// The client's connection is gone: true when a rendezvous may still be open for it.
+    /// The client's connection is gone: true when the exchange was still under way (its pending entry, record
+    /// and any rendezvous are to be ended).
     mutating func clientGone() -> Bool {
         guard case .executing = state else { return false }
         state = .finished
-        return route == .rendezvous
+        return true
     }
 
     private func isStreaming(_ response: ResponseState) -> Bool {

@@ -162,7 +162,7 @@ import Testing
         #expect(cut == .fail(.abort("the response body stalled")))
     }
 
-    @Test func theClientLeavingEndsItAndClosesARendezvous() {
+    @Test func theClientLeavingEndsItOnce() {
         var rendezvous = Self.exchange(.rendezvous)
         let result15 = rendezvous.clientGone()
         #expect(result15)
@@ -174,6 +174,12 @@ import Testing
 
         var control = Self.exchange(.controlChannel)
         let result17 = control.clientGone()
-        #expect(!result17)
+        #expect(result17, "a request on the control channel is ended too")
+        var answered = Self.exchange(.controlChannel)
+        _ = answered.requestEnded(now: Self.start)
+        _ = answered.responseHead(wholeBody: true, now: Self.start)
+        _ = answered.responseEnded()
+        let afterAnswer = answered.clientGone()
+        #expect(!afterAnswer, "nothing left to end")
     }
 }

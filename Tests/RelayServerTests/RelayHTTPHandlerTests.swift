@@ -137,6 +137,19 @@ import Testing
         #expect(reply.hasPrefix("HTTP/1.1 504 ") && reply.contains("did not respond"))
     }
 
+    /// A client that leaves before its answer takes its request out of the relay's table: nothing waits for a
+    /// response nobody will read, and a drain does not wait for it.
+    @Test func aClientThatLeavesTakesItsRequestAlong() throws {
+        let (client, hub) = try connection()
+        let control = try listener(hub)
+        try client.writeInbound(
+            ByteBuffer(string: "GET /hc/api HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: \(token)\r\n\r\n"))
+        control.embeddedEventLoop.run()
+        #expect(hub.workInFlight == 1, "the request waits for its response")
+        _ = try client.finish()
+        #expect(hub.workInFlight == 0)
+    }
+
     @Test func aHeadThatNeverEndsIs408() throws {
         let (channel, _) = try connection { $0.handshakeTimeoutSeconds = 2 }
         try channel.writeInbound(ByteBuffer(string: "GET /$hc/hc HTTP/1.1\r\nHost: 127.0"))
