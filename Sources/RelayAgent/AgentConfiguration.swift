@@ -1,4 +1,5 @@
 import HybridConnections
+import RelayIO
 import Yams
 
 /// A configuration problem, with the line of the YAML file it comes from when there is one.
@@ -25,6 +26,8 @@ public struct AgentConfiguration: Equatable, Sendable {
     public var bindAddress: String?
     public var keepAliveInterval: Double = 30
     public var exitOnForwardFailure = false
+    /// `HttpProxy` (an extension of azbridge's schema): the HTTP proxy to reach the relay through.
+    public var httpProxy: String?
     public var localForwards: [LocalForward] = []
     public var remoteForwards: [RemoteForward] = []
 
@@ -33,8 +36,9 @@ public struct AgentConfiguration: Equatable, Sendable {
     static let topLevelKeys: Set<String> = [
         "AddressFamily", "AzureRelayConnectionString", "AzureRelayEndpoint", "AzureRelaySharedAccessKeyName",
         "AzureRelaySharedAccessKey", "AzureRelaySharedAccessSignature", "BindAddress", "ClearAllForwardings",
-        "ConnectionAttempts", "ConnectTimeout", "ExitOnForwardFailure", "GatewayPorts", "KeepAliveInterval", "LogLevel",
-        "LogFileName", "LocalForward", "RemoteForward",
+        "ConnectionAttempts", "ConnectTimeout", "ExitOnForwardFailure", "GatewayPorts", "HttpProxy",
+        "KeepAliveInterval",
+        "LogLevel", "LogFileName", "LocalForward", "RemoteForward",
     ]
     static let localKeys: Set<String> = [
         "RelayName", "ConnectionString", "NoAuthentication", "BindAddress", "BindPort", "PortName", "BindLocalSocket",
@@ -77,6 +81,11 @@ public struct AgentConfiguration: Equatable, Sendable {
             configuration.keepAliveInterval = Double(interval)
         }
         configuration.exitOnForwardFailure = try top.bool("ExitOnForwardFailure") ?? false
+        configuration.httpProxy = try top.string("HttpProxy")
+        if let proxy = configuration.httpProxy, OutboundProxy(url: proxy) == nil {
+            throw AgentConfigurationError(
+                line: top.line("HttpProxy"), "HttpProxy '\(proxy)' is not http://[user:password@]host:port")
+        }
         if let connectionString = configuration.connectionString {
             do {
                 _ = try RelayConnectionString(parsing: connectionString)

@@ -115,7 +115,7 @@ struct AgentOptions: ParsableArguments {
                 configuration: configuration, entryConnectionString: entry, relayName: relayName)
             access.tokenLifetime = tokenTTL
             access.proxy = try OutboundProxy.forRelay(
-                access.base, flag: proxy, environment: ProcessInfo.processInfo.environment)
+                access.base, flag: proxy ?? configuration.httpProxy, environment: ProcessInfo.processInfo.environment)
             return access
         } catch let error as OutboundProxyError {
             throw ValidationError("--proxy or HTTPS_PROXY/HTTP_PROXY: \(error.description)")

@@ -212,6 +212,8 @@ import Testing
             configuration.localForwards[0].bindings == [
                 LocalBinding(socketPath: "/run/hyrelay/app.sock", portName: "app")
             ])
+        let proxied = try AgentConfiguration.parse(yaml: "HttpProxy: http://u:p@proxy.corp:3128\n")
+        #expect(proxied.httpProxy == "http://u:p@proxy.corp:3128")
         #expect(
             configuration.remoteForwards[0].bindings == [
                 RemoteBinding(portName: "app", socketPath: "/run/app/app.sock"),
@@ -233,6 +235,7 @@ import Testing
             "LocalForward:\n  - RelayName: a\n    BindLocalSocket: relative.sock\n", 3,
             "a Unix socket is an absolute path"
         ),
+        ("HttpProxy: socks5://p:1\n", 1, "HttpProxy 'socks5://p:1' is not"),
         ("LocalForward:\n  - RelayName: a\n", 2, "has no BindPort"),
         ("LocalForward: [\n", 2, "not valid YAML"),
         ("AzureRelayConnectionString: nonsense\n", 1, "is not Key=Value"),
