@@ -29,6 +29,9 @@ public struct BridgeLegStateMachine: Sendable {
     }
 
     public private(set) var closeState = WebSocketCloseState.open
+    /// The close code this leg ended with: the peer's (1005, "no status received", for a Close without one), or
+    /// the one this leg sent for a broken rule; nil while no Close came and none was sent for a violation.
+    public private(set) var closeCode: Int?
     private var joined = false
     private var partnerWritable = true
     private var readWithheld = false
@@ -78,9 +81,11 @@ public struct BridgeLegStateMachine: Sendable {
         return pongs.pingReceived(payload, writable: writable && !insideFrame)
     }
 
-    /// The peer's Close: true to pass it on to the partner (only the first).
-    public mutating func closeReceived() -> Bool {
-        closeState.receive()
+    /// The peer's Close, with its code if it had one: true to pass it on to the partner (only the first).
+    public mutating func closeReceived(code: UInt16?) -> Bool {
+        guard closeState.receive() else { return false }
+        closeCode = code.map(Int.init) ?? 1005
+        return true
     }
 
     /// A read burst ended: true to close the channel once this leg's Close is written (both Closes done).
@@ -113,8 +118,9 @@ public struct BridgeLegStateMachine: Sendable {
 
     // MARK: Endings
 
-    /// The peer broke the protocol: nothing more is read from it.
-    public mutating func violation() -> ViolationAction {
+    /// The peer broke the protocol (this leg answers with `code`): nothing more is read from it.
+    public mutating func violation(code: UInt16) -> ViolationAction {
+        closeCode = Int(code)
         let canWrite = !closeState.sent && !insideFrame
         closeState = .closed
         return canWrite ? .closeWithReasonThenClose : .close

@@ -108,9 +108,8 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
         case .control(let frame) where frame.opcode == .ping:
             sendPong(state.pingReceived(frame.data, writable: context.channel.isWritable), context: context)
         case .control(let frame) where frame.opcode == .connectionClose:
-            guard state.closeReceived() else { return }
-            statistics.closeCode =
-                frame.data.getInteger(at: frame.data.readerIndex, as: UInt16.self).map(Int.init) ?? 1005
+            guard state.closeReceived(code: frame.data.getInteger(at: frame.data.readerIndex, as: UInt16.self))
+            else { return }
             pending.append(part)
         case .control:
             break
@@ -207,7 +206,10 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
         queueOutput()
         reportBytes()
         forwardPending()
-        if state.channelInactive() { onFinished(statistics) }
+        if state.channelInactive() {
+            statistics.closeCode = state.closeCode
+            onFinished(statistics)
+        }
         if let partner {
             partner.eventLoop.execute {
                 partner.value.partnerDidClose()
@@ -219,9 +221,8 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
     /// This leg's peer broke the protocol: it gets a Close with the reason and the leg ends; the partner's
     /// peer learns with 1001 when this channel is gone. Nothing more is read from the offender.
     private func protocolViolated(_ violation: FrameRules.Violation, context: ChannelHandlerContext) {
-        statistics.closeCode = Int(UInt16(webSocketErrorCode: violation.code))
         statistics.violation = violation.reason
-        if state.violation() == .closeWithReasonThenClose {
+        if state.violation(code: UInt16(webSocketErrorCode: violation.code)) == .closeWithReasonThenClose {
             writeClose(
                 FrameRules.closeFrame(
                     code: violation.code, reason: violation.reason, allocator: context.channel.allocator),
