@@ -39,6 +39,8 @@ final class HTTPModeForwarder {
     private var readWithheld = false
     private var deadline: Scheduled<Void>?
     private var responseBytes = 0
+    /// A pipelined request came: the connection ends with this response.
+    private var closesAfterResponse = false
     private var status = 0
     private let logger: Logger
     /// Renders a refusal the one way every refusal goes (logged, counted, answered, connection closed).
@@ -136,6 +138,11 @@ final class HTTPModeForwarder {
         scheduleCheck()
     }
 
+    /// The client sent another request before this one's response: the connection closes after the response.
+    func closeAfterResponse() {
+        closesAfterResponse = true
+    }
+
     /// NIO asks to read the client: false while the machine withholds it (resumed here later).
     func readRequested() -> Bool {
         guard machine.readAllowed() else {
@@ -211,7 +218,9 @@ final class HTTPModeForwarder {
         case .chunked: headers.add(name: "Transfer-Encoding", value: "chunked")
         case .closeDelimited: break
         }
-        if framing == .closeDelimited || !request.head.isKeepAlive { headers.add(name: "Connection", value: "close") }
+        if framing == .closeDelimited || !request.head.isKeepAlive || closesAfterResponse {
+            headers.add(name: "Connection", value: "close")
+        }
         let status = RelayHTTPHandler.status(head.statusCode, reason: head.statusDescription ?? "")
         // An HTTP/1.0 status line keeps NIO's encoder from choosing chunked coding the client cannot read.
         let version: HTTPVersion = framing == .closeDelimited ? .http1_0 : .http1_1
@@ -237,7 +246,7 @@ final class HTTPModeForwarder {
         record.finish(
             status: status, responseBytes: responseBytes,
             error: status >= 500 ? "the listener answered \(status)" : nil)
-        finished(written, keepAlive)
+        finished(written, keepAlive && !closesAfterResponse)
     }
 
     /// The listener cannot answer: gone, its response refused, or its rendezvous closed too early.

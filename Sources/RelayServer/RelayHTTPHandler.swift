@@ -140,8 +140,12 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             webSocketRequestReceived(context: context, head: head, request: request)
         case (.end, .forwarding(let forwarder)):
             forwarder.requestEnded()
+        case (.head, .forwarding(let forwarder)):
+            // A pipelined request: answered by no one here, so the connection closes after the current response
+            // and the client sends it again on a new one (RFC 9112 §9.3.2).
+            forwarder.closeAfterResponse()
         default:
-            // Bytes of a request already refused, or a pipelined request while one is in flight.
+            // Bytes of a request already refused, or of a pipelined one (see above).
             break
         }
     }

@@ -150,6 +150,30 @@ import Testing
         #expect(hub.workInFlight == 0)
     }
 
+    /// A second request pipelined behind the first is not lost in silence: the first response says the connection
+    /// closes, and it does, so the client sends the second again.
+    @Test func aPipelinedRequestClosesTheConnectionAfterTheFirstResponse() throws {
+        let (client, hub) = try connection()
+        let control = try listener(hub)
+        func request(_ path: String) -> String {
+            "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: \(token)\r\n\r\n"
+        }
+        try client.writeInbound(ByteBuffer(string: request("/hc/a") + request("/hc/b")))
+        control.embeddedEventLoop.run()
+        let messages = try writtenMessages(control)
+        #expect(messages.count == 1, "only the first is forwarded")
+        guard case .request(let command) = try ControlMessage(decoding: messages[0].data.readableBytesView) else {
+            Issue.record("expected a request")
+            return
+        }
+        let response = ControlMessage.response(ResponseCommand(requestId: command.id, statusCode: 204))
+        try control.writeInbound(maskedFrame(.text, ByteBuffer(string: response.encoded())))
+        client.embeddedEventLoop.run()
+        let reply = try answer(client)
+        #expect(reply.hasPrefix("HTTP/1.1 204 ") && reply.contains("Connection: close"))
+        #expect(!client.isActive)
+    }
+
     @Test func aHeadThatNeverEndsIs408() throws {
         let (channel, _) = try connection { $0.handshakeTimeoutSeconds = 2 }
         try channel.writeInbound(ByteBuffer(string: "GET /$hc/hc HTTP/1.1\r\nHost: 127.0"))
