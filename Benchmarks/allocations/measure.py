@@ -22,6 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "Tests", "Conformance"))
 import agents  # noqa: E402
+import hc  # noqa: E402
 from conftest import free_port  # noqa: E402
 
 MOVED = 64 << 20
@@ -85,12 +86,7 @@ def move(port, count):
             sock.sendall(chunk)
             sent += len(chunk)
         sock.shutdown(socket.SHUT_WR)
-        answer = b""
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            answer += data
+        answer = hc.read_to_end(sock, 65536)
         assert answer.split()[0] == str(count).encode(), answer
 
 

@@ -173,6 +173,24 @@ public final class ClientAgent: Sendable {
     }
 
     private func bind(key: BindingKey, forward: LocalForward) async throws -> any Channel {
+        let binding = key.binding
+        let purpose = "relay '\(forward.relayName)'"
+        let channel =
+            binding.udp
+            ? try await bindUDP(binding: binding, forward: forward, access: key.access, purpose: purpose)
+            : try await bindStream(key: key, forward: forward, purpose: purpose)
+        settings.logger.info(
+            "client port bound",
+            metadata: [
+                "bind": "\(binding.socketPath.map { "unix:\($0)" } ?? channel.localAddress.map { "\($0)" } ?? "?")",
+                "relay_name": "\(forward.relayName)",
+                "port_name": "\(binding.portName)", "relay": "\(key.access.base)",
+            ])
+        return channel
+    }
+
+    /// A TCP port or a Unix socket: every accepted connection is a tunnel.
+    private func bindStream(key: BindingKey, forward: LocalForward, purpose: String) async throws -> any Channel {
         let settings = self.settings
         let binding = key.binding
         let access = key.access
@@ -218,11 +236,8 @@ public final class ClientAgent: Sendable {
                 try channel.pipeline.syncOperations.addHandler(tcp)
             }
         }
-        let purpose = "relay '\(forward.relayName)'"
         let channel: any Channel
-        if binding.udp {
-            channel = try await bindUDP(binding: binding, forward: forward, access: access, purpose: purpose)
-        } else if let path = binding.socketPath {
+        if let path = binding.socketPath {
             try await UnixSocketFile.prepare(path, group: settings.group)
             channel = try await bootstrap.bindGuarded(
                 unixDomainSocketPath: path, socket: "client", purpose: purpose, metrics: settings.metrics,
@@ -241,13 +256,6 @@ public final class ClientAgent: Sendable {
                 host: binding.bindAddress, port: binding.port, socket: "client", purpose: purpose,
                 metrics: settings.metrics, logger: settings.logger)
         }
-        settings.logger.info(
-            "client port bound",
-            metadata: [
-                "bind": "\(binding.socketPath.map { "unix:\($0)" } ?? channel.localAddress.map { "\($0)" } ?? "?")",
-                "relay_name": "\(forward.relayName)",
-                "port_name": "\(binding.portName)", "relay": "\(access.base)",
-            ])
         return channel
     }
 

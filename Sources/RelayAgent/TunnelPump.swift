@@ -374,13 +374,9 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler, Tun
 
     private var context: ChannelHandlerContext?
     private weak var webSocket: TunnelWebSocketHandler?
-    private var started = false
-    private var readPending = false
+    private var gate = LocalReadGate()
     private var outputShut = false
     private var inputClosed = false
-    /// Bytes that arrived before the tunnel opened: on a peer's FIN, NIO drains the socket whether or
-    /// not `read()` was asked for.
-    private var early: [ByteBuffer] = []
     private var uncountedBytes = 0
     /// Bytes read from the TCP peer and passed into the open tunnel, reported once per read burst: bytes of a
     /// tunnel that never opened are not counted as moved.
@@ -417,13 +413,9 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler, Tun
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let bytes = unwrapInboundIn(data)
-        if started, let webSocket {
-            uncountedBytes &+= bytes.readableBytes
-            webSocket.send(bytes)
-        } else {
-            early.append(bytes)
-        }
+        guard let bytes = gate.received(unwrapInboundIn(data)) else { return }
+        uncountedBytes &+= bytes.readableBytes
+        webSocket?.send(bytes)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -442,11 +434,7 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler, Tun
     }
 
     func read(context: ChannelHandlerContext) {
-        if started && (webSocket?.isWritable ?? false) {
-            context.read()
-        } else {
-            readPending = true
-        }
+        if gate.readRequested(webSocketWritable: webSocket?.isWritable ?? false) { context.read() }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -472,22 +460,17 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler, Tun
     }
 
     func startReading() {
-        started = true
-        if let webSocket {
-            for data in early {
-                uncountedBytes &+= data.readableBytes
-                webSocket.send(data)
-            }
-            early.removeAll()
-            reportBytes()
-            webSocket.flush()
+        for data in gate.start() {
+            uncountedBytes &+= data.readableBytes
+            webSocket?.send(data)
         }
+        reportBytes()
+        webSocket?.flush()
         resumeReading()
     }
 
     func resumeReading() {
-        guard readPending, started, let context else { return }
-        readPending = false
+        guard let context, gate.resume() else { return }
         context.read()
     }
 

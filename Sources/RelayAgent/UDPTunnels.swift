@@ -100,9 +100,7 @@ final class UDPTargetHandler: ChannelDuplexHandler, TunnelLocalSide {
     private var context: ChannelHandlerContext?
     private weak var webSocket: TunnelWebSocketHandler?
     private var deframer = DatagramDeframer()
-    private var started = false
-    private var readPending = false
-    private var early: [ByteBuffer] = []
+    private var gate = LocalReadGate()
     private var idle: FlowIdleTimer?
     /// From the target into the tunnel, and from the tunnel to the target.
     private var fromTarget = UDPTally()
@@ -141,11 +139,7 @@ final class UDPTargetHandler: ChannelDuplexHandler, TunnelLocalSide {
         var framed = context.channel.allocator.buffer(capacity: envelope.data.readableBytes + 2)
         _ = DatagramFraming.frame(envelope.data, into: &framed)
         fromTarget.add(bytes: framed.readableBytes)
-        if started, let webSocket {
-            webSocket.send(framed)
-        } else {
-            early.append(framed)
-        }
+        if let framed = gate.received(framed) { webSocket?.send(framed) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -155,11 +149,7 @@ final class UDPTargetHandler: ChannelDuplexHandler, TunnelLocalSide {
     }
 
     func read(context: ChannelHandlerContext) {
-        if started && (webSocket?.isWritable ?? false) {
-            context.read()
-        } else {
-            readPending = true
-        }
+        if gate.readRequested(webSocketWritable: webSocket?.isWritable ?? false) { context.read() }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -175,16 +165,13 @@ final class UDPTargetHandler: ChannelDuplexHandler, TunnelLocalSide {
     // MARK: TunnelLocalSide
 
     func startReading() {
-        started = true
-        for framed in early { webSocket?.send(framed) }
-        early.removeAll()
+        for framed in gate.start() { webSocket?.send(framed) }
         webSocket?.flush()
         resumeReading()
     }
 
     func resumeReading() {
-        guard readPending, started, let context else { return }
-        readPending = false
+        guard let context, gate.resume() else { return }
         context.read()
     }
 
@@ -224,6 +211,8 @@ final class UDPRouter: ChannelInboundHandler {
     /// From the sources into the tunnels (framed), and from the tunnels back to the sources.
     private var fromSources = UDPTally()
     private var toSources = UDPTally()
+    /// The flows that got datagrams in this read burst: their tunnels are flushed once at its end.
+    private var burst: [ObjectIdentifier: UDPRoute] = [:]
     /// Opens the tunnel for a new flow.
     private let open: (_ route: UDPRoute, _ eventLoop: any EventLoop) -> Void
 
@@ -245,6 +234,7 @@ final class UDPRouter: ChannelInboundHandler {
         fromSources.add(bytes: envelope.data.readableBytes + 2)
         if let route = routes[envelope.remoteAddress] {
             route.datagramFromSource(envelope.data)
+            burst[ObjectIdentifier(route)] = route
             return
         }
         let route = UDPRoute(
@@ -257,7 +247,8 @@ final class UDPRouter: ChannelInboundHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         fromSources.flush(datagrams: counters.up, bytes: counters.bytesIntoTunnel)
-        for route in routes.values { route.flush() }
+        for route in burst.values { route.flushIntoTunnel() }
+        burst.removeAll(keepingCapacity: true)
         context.fireChannelReadComplete()
     }
 
@@ -349,10 +340,11 @@ final class UDPRoute: TunnelLocalSide {
         for datagram in deframer.feed(data) { router?.send(datagram, to: source) }
     }
 
-    func flush() {
-        webSocket?.flush()
-        router?.flushToSources()
-    }
+    /// What the tunnel wrote to the source goes out.
+    func flush() { router?.flushToSources() }
+
+    /// The source's datagrams of this read burst go into the tunnel.
+    func flushIntoTunnel() { webSocket?.flush() }
 
     func shutdownOutput() { close() }
 

@@ -135,16 +135,22 @@ struct AgentOptions: ParsableArguments {
 
 struct Client: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Public side (azbridge -L): bind local TCP ports and tunnel each connection through the relay.",
+        abstract:
+            "Public side (azbridge -L): bind local TCP or UDP ports or Unix sockets and tunnel each connection (each UDP source) through the relay.",
         discussion: """
             Example: hyrelay client -e ws://127.0.0.1:9350 -K root -k KEY -L 127.0.0.1:8080:hc1
-            -L takes [bind_address:]port[/port_name]{;...}:relay_name and may be repeated.
+            -L takes [bind_address:]port[U][/port_name]{;...}:relay_name or /socket/path/port_name:relay_name
+            and may be repeated.
             """
     )
 
     @OptionGroup var options: AgentOptions
 
-    @Option(name: .customShort("L"), help: "[bind_address:]port[/port_name]{;...}:relay_name (repeatable).")
+    @Option(
+        name: .customShort("L"),
+        help:
+            "[bind_address:]port[U][/port_name]{;...}:relay_name (U: UDP), or /socket/path/port_name:relay_name (repeatable)."
+    )
     var localForwards: [String] = []
 
     @Option(
@@ -228,13 +234,17 @@ struct Edge: AsyncParsableCommand {
         abstract: "Firewalled side (azbridge -T): listen on the relay and dial the configured targets.",
         discussion: """
             Example: hyrelay edge -e ws://127.0.0.1:9350 -K root -k KEY -T hc1:127.0.0.1:5432
-            -T takes relay_name:[port_name/]host:port{;...} and may be repeated. Only these targets are ever dialled.
+            -T takes relay_name:[port_name/]host:port[U]{;...} or relay_name:[port_name/]/socket/path and may be
+            repeated. Only these targets are ever dialled.
             """
     )
 
     @OptionGroup var options: AgentOptions
 
-    @Option(name: .customShort("T"), help: "relay_name:[port_name/]host:port{;...} (repeatable).")
+    @Option(
+        name: .customShort("T"),
+        help:
+            "relay_name:[port_name/]host:port[U]{;...} (U: UDP), or relay_name:[port_name/]/socket/path (repeatable).")
     var remoteForwards: [String] = []
 
     /// One listener per relay name and endpoint (with several relays, each can complete any rendezvous),

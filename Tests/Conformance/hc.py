@@ -147,17 +147,22 @@ def http_request(host, port, method, target, headers=None, body=b"", timeout=70)
     return read_response(sock)
 
 
+def read_to_end(sock, size=1 << 20):
+    """Everything the peer sends until it closes its side."""
+    data = bytearray()
+    while True:
+        chunk = sock.recv(size)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+
+
 def read_response(sock):
     """Reads one response to the connection's end and closes the socket; returns (status, reason, headers,
     body), a chunked body decoded (its framing checked), a Content-Length checked."""
-    data = bytearray()
-    while True:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            break
-        data += chunk
+    data = read_to_end(sock)
     sock.close()
-    head, _, rest = bytes(data).partition(b"\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     parts = status_line.split(" ", 2)
     response_headers = {}

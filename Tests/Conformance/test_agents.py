@@ -102,12 +102,7 @@ def test_half_close_request_reply(relay):
         sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         sock.sendall(request)
         sock.shutdown(socket.SHUT_WR)
-        reply = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
+        reply = hc.read_to_end(sock, 65536)
         sock.close()
         assert reply == ("%d %s" % (len(request), hashlib.sha256(request).hexdigest())).encode()
     finally:

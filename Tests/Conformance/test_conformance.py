@@ -456,12 +456,7 @@ def test_http_mode_answers_expect_100_continue(relay):
             sock.sendall(head("/hyco/upload", {**dotnet_headers(relay, "hyco"), "Expect": "100-continue"}, len(body)))
             interim = read_head(sock)
             sock.sendall(body)
-            final = b""
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                final += chunk
+            final = hc.read_to_end(sock, 65536)
             sock.close()
             return interim, final.decode("latin-1")
 
