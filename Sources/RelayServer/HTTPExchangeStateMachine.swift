@@ -13,7 +13,7 @@ import NIOCore
 /// ```
 /// request:  collecting ────────────────────────────end──▶ sent
 ///           awaitingRendezvous ──opened──▶ streaming ──end──▶ sent
-/// response: awaitingHead ──head──▶ streamingBody ──end──▶ complete
+/// response: awaitingHead ──head──▶ streamingBody ──end──▶ (finished)
 /// ```
 /// Deadlines: the body may pause at most `bodyTimeout` (408 while no response started); once the request is
 /// sent the response head must come within `responseTimeout` (504), and a response body may pause at most
@@ -39,7 +39,6 @@ struct HTTPExchangeStateMachine: Sendable {
     enum ResponseState: Equatable, Sendable {
         case awaitingHead
         case streamingBody(Framing)
-        case complete
     }
 
     enum State: Equatable, Sendable {
@@ -145,8 +144,7 @@ struct HTTPExchangeStateMachine: Sendable {
     // MARK: Request
 
     mutating func requestBodyPart(bytes: Int, now: NIODeadline) -> BodyPartAction {
-        guard case .executing(let request, let response) = state, response == .awaitingHead || isStreaming(response)
-        else { return .discard }
+        guard case .executing(let request, let response) = state else { return .discard }
         lastProgress = now
         switch request {
         case .collecting:
@@ -249,10 +247,7 @@ struct HTTPExchangeStateMachine: Sendable {
         if response == .awaitingHead {
             return .fail(failed(waitingForRequest ? Self.bodyTimeoutRefusal : Self.responseTimeoutRefusal))
         }
-        if case .streamingBody = response {
-            return .fail(failed(Refusal(status: 504, text: "the response body stalled", reason: "response_stalled")))
-        }
-        return .none
+        return .fail(failed(Refusal(status: 504, text: "the response body stalled", reason: "response_stalled")))
     }
 
     /// When the next deadline check is due.
