@@ -110,10 +110,12 @@ let package = Package(
             ],
             path: "Benchmarks/UpgradeBenchmark", swiftSettings: strict
         ),
-        // Shared by the fuzz suites: a seeded generator, so failures replay.
-        .target(name: "FuzzSupport", path: "Tests/FuzzSupport", swiftSettings: strict),
+        // Shared by the test suites: a seeded generator (fuzz failures replay), a read() counter.
+        .target(
+            name: "TestSupport", dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(
-            name: "HybridConnectionsTests", dependencies: ["HybridConnections", "FuzzSupport"], swiftSettings: strict),
+            name: "HybridConnectionsTests", dependencies: ["HybridConnections", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "RelayIOTests",
             dependencies: [
@@ -128,7 +130,7 @@ let package = Package(
         .testTarget(
             name: "RelayAgentTests",
             dependencies: [
-                "HybridConnections", "RelayAgent", "RelayIO", "FuzzSupport",
+                "HybridConnections", "RelayAgent", "RelayIO", "TestSupport",
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOWebSocket", package: "swift-nio"),
             ], swiftSettings: strict
@@ -136,7 +138,7 @@ let package = Package(
         .testTarget(
             name: "RelayServerTests",
             dependencies: [
-                "HybridConnections", "RelayIO", "RelayServer", log, locks, crypto, yams,
+                "HybridConnections", "RelayIO", "RelayServer", "TestSupport", log, locks, crypto, yams,
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ] + nio,
             swiftSettings: strict

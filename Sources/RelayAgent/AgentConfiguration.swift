@@ -48,9 +48,12 @@ public struct AgentConfiguration: Equatable, Sendable {
         "BindAddress", "BindPort", "PortName", "BindLocalSocket", "HostName", "NoAuthentication",
     ]
     static let remoteKeys: Set<String> = [
-        "RelayName", "ConnectionString", "Host", "HostPort", "PortName", "LocalSocket", "Http", "Bindings",
+        "RelayName", "ConnectionString", "Host", "HostPort", "PortName", "LocalSocket", "Http", "Insecure", "Path",
+        "Bindings",
     ]
-    static let remoteBindingKeys: Set<String> = ["Host", "HostPort", "PortName", "LocalSocket", "Http", "Insecure"]
+    static let remoteBindingKeys: Set<String> = [
+        "Host", "HostPort", "PortName", "LocalSocket", "Http", "Insecure", "Path",
+    ]
 
     /// Parses an azbridge YAML file. Keys are strict, as in azbridge: an unknown key is an error.
     public static func parse(yaml: String) throws(AgentConfigurationError) -> AgentConfiguration {
@@ -140,8 +143,9 @@ public struct AgentConfiguration: Equatable, Sendable {
         let fields = try Fields(node, allowed: remoteKeys, what: "a RemoteForward entry")
         let relayName = try fields.relayName()
         func binding(_ fields: Fields) throws(AgentConfigurationError) -> RemoteBinding? {
-            if fields.has("Http") {
-                throw AgentConfigurationError(line: fields.line("Http"), "Http forwarding is not supported yet")
+            if try fields.bool("Http") == true { return try httpBinding(fields) }
+            for key in ["Insecure", "Path"] where fields.has(key) {
+                throw AgentConfigurationError(line: fields.line(key), "\(key) applies only to an Http binding")
             }
             if let path = try fields.string("LocalSocket") {
                 return RemoteBinding(
@@ -164,8 +168,43 @@ public struct AgentConfiguration: Equatable, Sendable {
         guard Set(names).count == names.count else {
             throw AgentConfigurationError(line: fields.line, "RemoteForward '\(relayName)' names a port twice")
         }
+        guard bindings.filter({ $0.http != nil }).count <= 1 else {
+            throw AgentConfigurationError(
+                line: fields.line,
+                "RemoteForward '\(relayName)' has two HTTP targets; one listener forwards HTTP to one")
+        }
         return RemoteForward(
             relayName: relayName, bindings: bindings, connectionString: try fields.string("ConnectionString"))
+    }
+
+    /// `Http: true`: `PortName` is the scheme (`http` or `https`), `Host` and `HostPort` the origin (the port
+    /// defaulting to the scheme's), `Path` (an extension of azbridge's schema, which sets it only from `-H`) a
+    /// path prefix, and `Insecure` skips checking the target's certificate.
+    private static func httpBinding(_ fields: Fields) throws(AgentConfigurationError) -> RemoteBinding {
+        let scheme = try fields.string("PortName")?.lowercased() ?? "http"
+        guard scheme == "http" || scheme == "https" else {
+            throw AgentConfigurationError(
+                line: fields.line("PortName"), "an Http binding's PortName is http or https, not '\(scheme)'")
+        }
+        if fields.has("LocalSocket") {
+            throw AgentConfigurationError(
+                line: fields.line("LocalSocket"), "an Http binding forwards to Host, not a socket")
+        }
+        let port = try fields.int("HostPort")
+        if let port, !(1...65535).contains(port) {
+            throw AgentConfigurationError(line: fields.line("HostPort"), "HostPort \(port) is not 1-65535")
+        }
+        let path = try fields.string("Path") ?? ""
+        let prefix: String
+        do {
+            prefix = try ForwardSpec.pathPrefix(Substring(path), in: "Path")
+        } catch {
+            throw AgentConfigurationError(line: fields.line("Path"), error.description)
+        }
+        let target = HTTPTarget(
+            secure: scheme == "https", host: try fields.string("Host") ?? "localhost", port: port, pathPrefix: prefix,
+            insecure: try fields.bool("Insecure") ?? false)
+        return RemoteBinding(http: target)
     }
 
     private static func line(of error: YamlError) -> Int? {

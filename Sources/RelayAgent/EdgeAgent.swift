@@ -32,8 +32,12 @@ public final class EdgeAgent: Sendable {
         var metrics: RelayMetrics
         var tracer: HopTracer
         var counter: TunnelCounter
+        /// HTTP requests being forwarded (`-H`): a drain waits for them as for tunnels.
+        var httpExchanges: TunnelCounter
         /// A UDP flow with no datagram either way for this long is closed.
         var udpIdleTimeout = defaultUDPIdleTimeout
+        /// How long an HTTP target may take to start its response once it has the request.
+        var httpResponseTimeout = defaultHTTPResponseTimeout
     }
 
     /// How long opening a control channel to the relay (TCP, TLS and the upgrade) may take.
@@ -51,7 +55,8 @@ public final class EdgeAgent: Sendable {
     public static func start(
         forwards: [(RemoteForward, RelayAccess)], keepAliveInterval: Double, tlsContext: NIOSSLContext?,
         group: any EventLoopGroup, logger: Logger, metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil,
-        udpIdleTimeout: TimeAmount = defaultUDPIdleTimeout
+        udpIdleTimeout: TimeAmount = defaultUDPIdleTimeout,
+        httpResponseTimeout: TimeAmount = defaultHTTPResponseTimeout
     ) -> EdgeAgent {
         metrics.registerDialOutcomes()
         // Offline until registered: an edge that never reaches the relay is a 0, which the listener-down
@@ -61,7 +66,9 @@ public final class EdgeAgent: Sendable {
             settings: Settings(
                 keepAliveInterval: keepAliveInterval, tlsContext: tlsContext, group: group, logger: logger,
                 metrics: metrics, tracer: tracer ?? HopTracer(logger: logger),
-                counter: TunnelCounter(gauge: metrics.activeTunnels(role: .edge)), udpIdleTimeout: udpIdleTimeout))
+                counter: TunnelCounter(gauge: metrics.activeTunnels(role: .edge)),
+                httpExchanges: TunnelCounter(gauge: metrics.activeHTTPForwards()), udpIdleTimeout: udpIdleTimeout,
+                httpResponseTimeout: httpResponseTimeout))
         agent.startListeners(for: forwards.map { ListenerKey(forward: $0.0, access: $0.1) })
         return agent
     }
@@ -125,8 +132,15 @@ public final class EdgeAgent: Sendable {
             return listeners.map(\.loop)
         }
         for loop in loops { await loop.stop() }
+        let deadline = ContinuousClock.now + grace
         await settings.counter.waitUntilClosed(timeout: grace)
-        settings.logger.info("edge stopped", metadata: ["open_tunnels": "\(settings.counter.current)"])
+        await settings.httpExchanges.waitUntilClosed(timeout: deadline - ContinuousClock.now)
+        settings.logger.info(
+            "edge stopped",
+            metadata: [
+                "open_tunnels": "\(settings.counter.current)",
+                "open_http_requests": "\(settings.httpExchanges.current)",
+            ])
     }
 }
 
@@ -151,6 +165,8 @@ final class ListenerLoop: Sendable {
     let access: RelayAccess
     let settings: EdgeAgent.Settings
     let logger: Logger
+    /// Set when the relay has an HTTP binding: the listener then answers HTTP-mode requests.
+    let httpForwarding: HTTPForwarding?
     private let state = NIOLockedValueBox(State())
 
     init(forward: RemoteForward, access: RelayAccess, settings: EdgeAgent.Settings) {
@@ -160,6 +176,12 @@ final class ListenerLoop: Sendable {
         var logger = settings.logger
         logger[metadataKey: "relay_name"] = "\(forward.relayName)"
         self.logger = logger
+        httpForwarding = forward.httpBinding?.http.map { target in
+            HTTPForwarding(
+                relayName: forward.relayName, target: target, access: access, relayTLS: settings.tlsContext,
+                targetTLS: HTTPForwarding.targetTLS(for: target), responseTimeout: settings.httpResponseTimeout,
+                metrics: settings.metrics, tracer: settings.tracer, inFlight: settings.httpExchanges, logger: logger)
+        }
     }
 
     var isOnline: Bool { state.withLockedValue { $0.online } }
@@ -181,6 +203,18 @@ final class ListenerLoop: Sendable {
         let (channel, task) = state.withLockedValue { state in
             state.stopped = true
             return (state.channel, state.task)
+        }
+        if let channel {
+            // HTTP requests the relay gave this channel move to their rendezvous first, or the relay would
+            // answer them 502 the moment the channel closes.
+            try? await channel.eventLoop.flatSubmit {
+                do {
+                    return try channel.pipeline.syncOperations.handler(type: EdgeControlHandler.self)
+                        .leaveControlChannel()
+                } catch {
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                }
+            }.get()
         }
         try? await channel?.close()
         task?.cancel()
@@ -469,6 +503,11 @@ final class EdgeControlHandler: ChannelInboundHandler {
     private var remainder = HeadRemainder()
     private var messages = MessageAssembler(
         limit: EdgeControlHandler.maxMessageBytes, frameLimit: EdgeControlHandler.maxFrameBytes)
+    /// A `request` whose body is the next message on this channel.
+    private var requestAwaitingBody: RequestCommand?
+    /// HTTP requests under way that came on this channel, and whether the channel is being left.
+    private var exchanges: [ObjectIdentifier: HTTPForwardExchange] = [:]
+    private var leaving = false
 
     init(listener: ListenerLoop, tokenExpiry: Int64?, logger: Logger) {
         self.listener = listener
@@ -574,13 +613,16 @@ final class EdgeControlHandler: ChannelInboundHandler {
                 case .accept(let accept):
                     listener.accept(accept)
                 case .request(let request):
-                    answerHTTPNotConfigured(request)
+                    requestArrived(request, context: context)
                 case .response, .renewToken:
                     logger.warning("ignored control message the relay should not send")
                 }
             } catch {
                 logger.warning("ignored control message: \(error)")
             }
+        case .message(.binary, let body) where requestAwaitingBody != nil:
+            if let request = requestAwaitingBody { forward(request, body: body, context: context) }
+            requestAwaitingBody = nil
         case .message, .binaryPart:
             logger.warning("ignored binary message on the control channel")
         case .tooLarge, .frameTooLarge:
@@ -594,7 +636,44 @@ final class EdgeControlHandler: ChannelInboundHandler {
         }
     }
 
-    /// This edge forwards TCP; HTTP-mode requests get 501 as from an SDK listener without a handler.
+    /// A request on the control channel: forwarded at once, or when its body (the next message) has come.
+    private func requestArrived(_ request: RequestCommand, context: ChannelHandlerContext) {
+        if request.method != nil && request.body == true {
+            requestAwaitingBody = request
+            return
+        }
+        forward(request, body: nil, context: context)
+    }
+
+    private func forward(_ request: RequestCommand, body: ByteBuffer?, context: ChannelHandlerContext) {
+        guard let forwarding = listener.httpForwarding else {
+            answerHTTPNotConfigured(request)
+            return
+        }
+        let exchange = HTTPForwardExchange(
+            command: request, controlBody: body, forwarding: forwarding, eventLoop: context.eventLoop
+        ) { [weak self] message, body in
+            self?.send(.text, ByteBuffer(string: message.encoded()))
+            if let body { self?.send(.binary, body) }
+        }
+        let key = ObjectIdentifier(exchange)
+        exchanges[key] = exchange
+        exchange.onFinish = { [weak self] in self?.exchanges[key] = nil }
+        exchange.start()
+        if leaving { _ = exchange.leaveControlChannel() }
+    }
+
+    /// The edge is stopping: every HTTP exchange still to answer here moves to its rendezvous; the future
+    /// completes when they have.
+    func leaveControlChannel() -> EventLoopFuture<Void> {
+        leaving = true
+        guard let context else { return listener.settings.group.next().makeSucceededVoidFuture() }
+        let moves = exchanges.values.map { $0.leaveControlChannel() }
+        return EventLoopFuture.andAllComplete(moves, on: context.eventLoop)
+    }
+
+    /// This edge has no HTTP forwarder for the relay; HTTP-mode requests get 501 as from an SDK listener
+    /// without a handler.
     private func answerHTTPNotConfigured(_ request: RequestCommand) {
         let response = ResponseCommand(
             requestId: request.id, statusCode: 501,

@@ -32,7 +32,8 @@ public struct LocalBinding: Hashable, Sendable {
     }
 }
 
-/// What the edge agent dials for a port name: a TCP host and port, or a Unix socket.
+/// What the edge agent dials for a port name (a TCP host and port, a UDP target or a Unix socket), or where it
+/// forwards the relay's HTTP-mode requests.
 public struct RemoteBinding: Hashable, Sendable {
     public var portName: String
     public var host: String
@@ -41,6 +42,8 @@ public struct RemoteBinding: Hashable, Sendable {
     public var socketPath: String?
     /// A UDP target: the tunnel's datagrams go to it, its answers come back.
     public var udp = false
+    /// An HTTP forwarder: it answers HTTP-mode requests, not tunnels.
+    public var http: HTTPTarget?
 
     public init(portName: String? = nil, host: String = "localhost", port: Int, udp: Bool = false) {
         self.portName = portName ?? (udp ? "\(port)U" : String(port))
@@ -56,9 +59,18 @@ public struct RemoteBinding: Hashable, Sendable {
         self.socketPath = socketPath
     }
 
-    /// `host:port` or `unix:PATH`, for logs and spans.
+    /// Forwards HTTP-mode requests to `http`; its port name is the scheme unless given.
+    public init(portName: String? = nil, http: HTTPTarget) {
+        self.portName = portName ?? http.scheme
+        host = http.host
+        port = http.port
+        self.http = http
+    }
+
+    /// `host:port`, `udp:host:port`, `unix:PATH` or the HTTP origin, for logs and spans.
     public var target: String {
-        socketPath.map { "unix:\($0)" } ?? (udp ? "udp:\(host):\(port)" : "\(host):\(port)")
+        if let http { return http.origin }
+        return socketPath.map { "unix:\($0)" } ?? (udp ? "udp:\(host):\(port)" : "\(host):\(port)")
     }
 }
 
@@ -109,6 +121,10 @@ public struct RemoteForward: Hashable, Sendable {
                     "relay '\(forward.relayName)' is forwarded twice with different connection strings")
             }
             for binding in forward.bindings {
+                guard binding.http == nil || result[index].httpBinding == nil else {
+                    throw ForwardSpecError(
+                        "relay '\(forward.relayName)' has two HTTP targets; one edge listener forwards HTTP to one")
+                }
                 guard !result[index].bindings.contains(where: { $0.portName == binding.portName }) else {
                     throw ForwardSpecError(
                         "relay '\(forward.relayName)' names port '\(binding.portName)' twice; give each target its own port name"
@@ -122,12 +138,17 @@ public struct RemoteForward: Hashable, Sendable {
 
     /// The binding for a preamble port name. As in azbridge, a single binding with a default (numeric) name
     /// takes any port name: the client's port number need not be the target's (`53U` for UDP).
+    /// An HTTP forwarder answers requests, never a tunnel's preamble.
     public func binding(forPortName name: String) -> RemoteBinding? {
-        if let exact = bindings.first(where: { $0.portName == name }) { return exact }
-        guard bindings.count == 1 else { return nil }
-        let only = bindings[0].portName
-        return Int(only.hasSuffix("U") ? String(only.dropLast()) : only) != nil ? bindings[0] : nil
+        let tunnels = bindings.filter { $0.http == nil }
+        if let exact = tunnels.first(where: { $0.portName == name }) { return exact }
+        guard tunnels.count == 1 else { return nil }
+        let only = tunnels[0].portName
+        return Int(only.hasSuffix("U") ? String(only.dropLast()) : only) != nil ? tunnels[0] : nil
     }
+
+    /// The binding that answers this relay's HTTP-mode requests, if it has one.
+    public var httpBinding: RemoteBinding? { bindings.first { $0.http != nil } }
 }
 
 public struct ForwardSpecError: Error, Equatable, Sendable, CustomStringConvertible {

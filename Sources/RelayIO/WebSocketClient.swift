@@ -131,10 +131,10 @@ public enum WebSocketClient {
     }
 }
 
-/// A client connection to a relay: TCP, TLS for `wss`/`https` (with SNI for names), and the HTTP/1.1 codec.
-enum HTTPConnection {
+/// A client HTTP/1.1 connection (to a relay, or an edge's HTTP target): TCP, TLS for `wss`/`https` (with SNI for names), and the HTTP/1.1 codec.
+public enum HTTPConnection {
     /// Connects, failing at once when a secure URL comes without a TLS context; through `proxy` with `CONNECT`.
-    static func connect(
+    public static func connect(
         url: WebSocketURL, tlsContext: NIOSSLContext?, eventLoop: any EventLoop, connectTimeout: TimeAmount,
         proxy: OutboundProxy? = nil,
         addHandler:
@@ -256,8 +256,11 @@ final class ClientHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandle
             ) {
                 try configure(context.channel)
             }
-            promise.succeed(
-                .upgraded(context.channel, subprotocol: response.headers.first(name: "sec-websocket-protocol")))
+            // Succeeded on the next loop turn: this runs inside the HTTP decoder's read, which sees a frame
+            // written now (by a caller's callback) as an HTTP request part and traps.
+            let result = WebSocketConnectResult.upgraded(
+                context.channel, subprotocol: response.headers.first(name: "sec-websocket-protocol"))
+            context.eventLoop.assumeIsolated().execute { [promise] in promise.succeed(result) }
         } catch {
             fail(context: context, error)
         }

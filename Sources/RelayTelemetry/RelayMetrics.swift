@@ -296,10 +296,45 @@ public final class RelayMetrics: Sendable {
             [("entity", entity)], buckets: Self.latencyBuckets, value: seconds, traceID: traceID)
     }
 
+    /// One request an edge's HTTP forwarder answered (or cut): by status class, its duration, the body bytes
+    /// each way (up: toward the target) and, when it failed, why (`reason`).
+    public func httpForwarded(
+        entity: String, status: Int, seconds: Double, bytesUp: Int, bytesDown: Int, failure: String?,
+        traceID: String? = nil
+    ) {
+        counter(
+            "http_forwarded_requests", "Requests the edge's HTTP forwarder answered, by entity and status class.",
+            [("entity", entity), ("code", "\(min(max(status / 100, 1), 5))xx")]
+        ).increment()
+        observe(
+            "http_forwarded_duration", "Edge HTTP forwarder: request received until its response was handed back.",
+            [("entity", entity)], buckets: Self.latencyBuckets, value: seconds, traceID: traceID)
+        httpForwardedBytes(entity: entity, direction: .up).increment(by: Int64(bytesUp))
+        httpForwardedBytes(entity: entity, direction: .down).increment(by: Int64(bytesDown))
+        if let failure { httpForwardFailures(entity: entity, reason: failure).increment() }
+    }
+
+    private func httpForwardedBytes(entity: String, direction: ByteDirection) -> Counter {
+        counter(
+            "http_forwarded_bytes", "Body bytes through the edge's HTTP forwarder (up: toward the target).",
+            [("entity", entity), ("direction", direction.rawValue)])
+    }
+
+    private func httpForwardFailures(entity: String, reason: String) -> Counter {
+        counter(
+            "http_forward_failures", "Edge HTTP forwarder requests that failed, by reason.",
+            [("entity", entity), ("reason", reason)])
+    }
+
     // MARK: Gauges
 
     public func activeTunnels(role: TelemetryRole) -> Gauge {
         gauge("active_tunnels", "Tunnels open now.", [("role", role.rawValue)])
+    }
+
+    /// Requests an edge's HTTP forwarder is answering now.
+    public func activeHTTPForwards() -> Gauge {
+        gauge("http_forwards_active", "Requests the edge's HTTP forwarder is answering now.", [])
     }
 
     /// Listener control channels: registered at the relay, or online at the edge.

@@ -231,11 +231,15 @@ struct Client: AsyncParsableCommand {
 
 struct Edge: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Firewalled side (azbridge -T): listen on the relay and dial the configured targets.",
+        abstract:
+            "Firewalled side (azbridge -T, -H): listen on the relay; dial the configured targets, proxy HTTP requests.",
         discussion: """
             Example: hyrelay edge -e ws://127.0.0.1:9350 -K root -k KEY -T hc1:127.0.0.1:5432
             -T takes relay_name:[port_name/]host:port[U]{;...} or relay_name:[port_name/]/socket/path and may be
-            repeated. Only these targets are ever dialled.
+            repeated.
+            -H relay_name:{http|https}/host[/path][:port] answers the relay's HTTP requests
+            for that hybrid connection by proxying them to the target.
+            Only these targets are ever dialled.
             """
     )
 
@@ -246,6 +250,22 @@ struct Edge: AsyncParsableCommand {
         help:
             "relay_name:[port_name/]host:port[U]{;...} (U: UDP), or relay_name:[port_name/]/socket/path (repeatable).")
     var remoteForwards: [String] = []
+
+    @Option(
+        name: .customShort("H"),
+        help: "relay_name:{http|https}/host[/path][:port]: an HTTP reverse proxy for the relay's HTTP requests.")
+    var httpForwards: [String] = []
+
+    @Option(
+        name: .customLong("http-timeout"),
+        help: "Seconds an HTTP target may take to start answering once it has the whole request; then 504.")
+    var httpTimeout: Double = 50
+
+    func validate() throws {
+        guard httpTimeout > 0, httpTimeout <= 3600 else {
+            throw ValidationError("--http-timeout must be above 0 and at most 3600")
+        }
+    }
 
     /// One listener per relay name and endpoint (with several relays, each can complete any rendezvous),
     /// from `-f` and the flags; read again on SIGHUP.
@@ -260,8 +280,15 @@ struct Edge: AsyncParsableCommand {
                 throw ValidationError("-T \(error.description)")
             }
         }
+        for spec in httpForwards {
+            do {
+                configuration.remoteForwards.append(try ForwardSpec.parseHTTP(spec))
+            } catch {
+                throw ValidationError("-H \(error.description)")
+            }
+        }
         guard !configuration.remoteForwards.isEmpty else {
-            throw ValidationError("You must specify at least one -T forwarder (or RemoteForward in -f).")
+            throw ValidationError("You must specify at least one -T or -H forwarder (or RemoteForward in -f).")
         }
         do {
             configuration.remoteForwards = try RemoteForward.merged(configuration.remoteForwards)
@@ -293,7 +320,7 @@ struct Edge: AsyncParsableCommand {
             let agent = EdgeAgent.start(
                 forwards: forwards, keepAliveInterval: keepAliveInterval, tlsContext: try options.tlsContext(),
                 group: MultiThreadedEventLoopGroup.singleton, logger: logger, metrics: metrics, tracer: session.tracer,
-                udpIdleTimeout: options.udpIdleTimeout)
+                udpIdleTimeout: options.udpIdleTimeout, httpResponseTimeout: .nanoseconds(Int64(httpTimeout * 1e9)))
             let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
                 agent.allOnline ? (true, "all listeners online") : (false, "not every listener is online")
             }

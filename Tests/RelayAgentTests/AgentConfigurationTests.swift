@@ -229,7 +229,14 @@ import Testing
         ("Bogus: 1\n", 1, "unknown key 'Bogus'"),
         ("LocalForward:\n  - BindPort: 1\n", 2, "RelayName is required"),
         ("RemoteForward:\n  - RelayName: a\n    HostPort: -70000\n", 3, "HostPort -70000"),
-        ("RemoteForward:\n  - RelayName: a\n    Http: true\n    HostPort: 80\n", 3, "Http forwarding is not supported"),
+        ("RemoteForward:\n  - RelayName: a\n    Http: true\n    PortName: ftp\n", 4, "PortName is http or https"),
+        ("RemoteForward:\n  - RelayName: a\n    HostPort: 80\n    Insecure: true\n", 4, "only to an Http binding"),
+        ("RemoteForward:\n  - RelayName: a\n    Http: true\n    Path: api\n", 4, "the path 'api'"),
+        ("RemoteForward:\n  - RelayName: a\n    Http: true\n    HostPort: 0\n", 4, "HostPort 0 is not"),
+        (
+            "RemoteForward:\n  - RelayName: a\n    Bindings:\n      - {Http: true}\n      - {Http: true, PortName: https}\n",
+            2, "two HTTP targets"
+        ),
         ("KeepAliveInterval: soon\n", 1, "KeepAliveInterval must be a whole number"),
         (
             "LocalForward:\n  - RelayName: a\n    BindLocalSocket: relative.sock\n", 3,

@@ -76,7 +76,8 @@ import Testing
         let settings = EdgeAgent.Settings(
             keepAliveInterval: keepAlive, tlsContext: nil, group: MultiThreadedEventLoopGroup.singleton,
             logger: logger, metrics: metrics, tracer: HopTracer(logger: logger),
-            counter: TunnelCounter(gauge: metrics.activeTunnels(role: .edge)))
+            counter: TunnelCounter(gauge: metrics.activeTunnels(role: .edge)),
+            httpExchanges: TunnelCounter(gauge: metrics.activeHTTPForwards()))
         let listener = ListenerLoop(
             forward: RemoteForward(relayName: "hc", bindings: [RemoteBinding(port: 1)]),
             access: RelayAccess(base: WebSocketURL("ws://127.0.0.1:1")!, keyName: "k", key: "secret"),

@@ -3,6 +3,7 @@ import NIOCore
 import NIOEmbedded
 import NIOWebSocket
 import RelayIO
+import TestSupport
 import Testing
 
 @Suite struct WebSocketMaskingTests {
@@ -240,17 +241,6 @@ import Testing
         while var chunk = try pair.a.readOutbound(as: ByteBuffer.self) { out.writeBuffer(&chunk) }
         #expect(out.readableBytes == 10 + 36, "the head and the payload that arrived, no Close")
         #expect(!pair.a.isActive)
-    }
-}
-
-/// Counts `read()` calls that reach the head of the pipeline.
-final class ReadCounter: ChannelOutboundHandler {
-    typealias OutboundIn = NIOAny
-    var reads = 0
-
-    func read(context: ChannelHandlerContext) {
-        reads += 1
-        context.read()
     }
 }
 
