@@ -57,10 +57,22 @@ let package = Package(
             swiftSettings: strict
         ),
         // Ships telemetry to Azure Monitor or to local files: batching, gzip, retry, spool.
+        // Entra ID: credentials (client secret, certificate, workload and managed identity) for the agents and
+        // the exporter, and the relay's check of Entra access tokens.
+        .target(
+            name: "AzureIdentity",
+            dependencies: [
+                "HybridConnections", "RelayTelemetry", locks, crypto,
+                .product(name: "CryptoExtras", package: "swift-crypto"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
         .target(
             name: "RelayExport",
             dependencies: [
-                "HybridConnections", "RelayTelemetry", log, locks, prometheus, crypto,
+                "HybridConnections", "AzureIdentity", "RelayTelemetry", log, locks, prometheus, crypto,
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "CompressNIO", package: "compress-nio"),
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
@@ -70,21 +82,25 @@ let package = Package(
         ),
         .target(
             name: "RelayServer",
-            dependencies: ["HybridConnections", "RelayIO", "RelayTelemetry", log, locks, yams, prometheus, tracing]
-                + nio,
+            dependencies: [
+                "HybridConnections", "AzureIdentity", "RelayIO", "RelayTelemetry", log, locks, yams, prometheus,
+                tracing,
+            ] + nio,
             swiftSettings: strict
         ),
         .target(
             name: "RelayAgent",
-            dependencies: ["HybridConnections", "RelayIO", "RelayTelemetry", log, locks, yams, prometheus, tracing]
-                + nio,
+            dependencies: [
+                "HybridConnections", "AzureIdentity", "RelayIO", "RelayTelemetry", log, locks, yams, prometheus,
+                tracing,
+            ] + nio,
             swiftSettings: strict
         ),
         .executableTarget(
             name: "hyrelay",
             dependencies: [
-                "HybridConnections", "RelayServer", "RelayAgent", "RelayIO", "RelayTelemetry", "RelayExport", log,
-                crypto,
+                "HybridConnections", "AzureIdentity", "RelayServer", "RelayAgent", "RelayIO", "RelayTelemetry",
+                "RelayExport", log, crypto,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -126,7 +142,12 @@ let package = Package(
         .testTarget(
             name: "RelayTelemetryTests", dependencies: ["RelayTelemetry", log, tracing], swiftSettings: strict),
         .testTarget(
-            name: "RelayExportTests", dependencies: ["RelayExport", "RelayTelemetry", log], swiftSettings: strict),
+            name: "RelayExportTests", dependencies: ["RelayExport", "AzureIdentity", "RelayTelemetry", log],
+            swiftSettings: strict),
+        .testTarget(
+            name: "AzureIdentityTests",
+            dependencies: ["AzureIdentity", crypto, .product(name: "CryptoExtras", package: "swift-crypto")],
+            swiftSettings: strict),
         .testTarget(
             name: "RelayAgentTests",
             dependencies: [
@@ -138,7 +159,7 @@ let package = Package(
         .testTarget(
             name: "RelayServerTests",
             dependencies: [
-                "HybridConnections", "RelayIO", "RelayServer", "TestSupport", log, locks, crypto, yams,
+                "HybridConnections", "AzureIdentity", "RelayIO", "RelayServer", "TestSupport", log, locks, crypto, yams,
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ] + nio,
             swiftSettings: strict

@@ -1,3 +1,4 @@
+import AzureIdentity
 import HybridConnections
 import NIOConcurrencyHelpers
 import NIOHTTP1
@@ -22,6 +23,8 @@ public struct RelayAccess: Sendable, Hashable {
     public var tokenLifetime: Int64 = Self.defaultTokenLifetime
     /// The HTTP proxy this relay is reached through, if any.
     public var proxy: OutboundProxy?
+    /// Entra ID sign-in, used when no SAS credential is configured (as azbridge does).
+    public var entra: RefreshingToken?
 
     /// The .NET SDK's token lifetime.
     public static let defaultTokenLifetime: Int64 = 3600
@@ -83,12 +86,19 @@ public struct RelayAccess: Sendable, Hashable {
         return copy
     }
 
+    /// Whether no SAS credential is configured: the agent then signs in with Entra ID when it can.
+    public var lacksSharedAccessCredential: Bool { keyName == nil && key == nil && signature == nil }
+
     /// The token for `relayName`, or nil when none is configured. Audience as the .NET SDK forms it. A token
     /// made earlier is reused while more than half its life is left: signing (HMAC and the encodings around
     /// it) once per sender was a cost every new tunnel paid.
     public func token(relayName: String, now: Int64) -> (token: String, expiry: Int64?)? {
         if noAuthentication { return nil }
         if let signature { return (signature, nil) }
+        if let entra {
+            // The raw JWT, no `Bearer `, as the .NET SDK sends it.
+            return entra.token.map { ($0.token, Int64($0.expiresOn)) }
+        }
         guard let keyName, let key else { return nil }
         let resource = "http://\(base.host)/\(relayName)/"
         let cacheKey = TokenCache.Key(resource: resource, keyName: keyName, key: key, lifetime: tokenLifetime)

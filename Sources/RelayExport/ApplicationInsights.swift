@@ -1,3 +1,4 @@
+import AzureIdentity
 import HybridConnections
 
 /// An Application Insights connection string, parsed more leniently than the SDKs (empty segments skipped,

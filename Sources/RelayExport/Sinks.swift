@@ -1,3 +1,4 @@
+import AzureIdentity
 import Logging
 import NIOConcurrencyHelpers
 import NIOHTTP1
@@ -37,7 +38,7 @@ extension ExportSink {
 
 /// Turns an HTTP answer into an outcome. A first 401 drops the cached token and retries with a fresh one;
 /// a 401 to that fresh token is final (see `TokenCredential.refused`).
-func classify(_ response: ExportResponse, success: Set<Int>, credential: TokenCredential?) -> DeliveryOutcome {
+func classify(_ response: AzureResponse, success: Set<Int>, credential: TokenCredential?) -> DeliveryOutcome {
     let retryAfter = RetryAfter.seconds(headers: response.headers, now: Date().timeIntervalSince1970)
     if response.status == 401, let credential, credential.refused() {
         return .retry(status: "401", retryAfter: nil)
@@ -54,7 +55,7 @@ func classify(_ response: ExportResponse, success: Set<Int>, credential: TokenCr
 }
 
 /// `x-ms-error-code`, else `error.code` from the body, else the status.
-func errorCode(_ response: ExportResponse) -> String {
+func errorCode(_ response: AzureResponse) -> String {
     if let code = response.header("x-ms-error-code"), !code.isEmpty { return code }
     if let body = try? JSONDecoder().decode([String: JSONValue].self, from: Data(response.body)),
         let code = body["error"]?.objectValue?["code"]?.stringValue
@@ -72,13 +73,13 @@ public struct LogsIngestionSink: ExportSink {
     public let ruleID: String
     public let streams: [ExportTable: String]
     let credential: TokenCredential
-    let http: ExportHTTP
+    let http: AzureHTTP
 
     public init(
         endpoint: String, ruleID: String, streams: [ExportTable: String] = [:], credential: TokenCredential,
-        http: ExportHTTP
+        http: AzureHTTP
     ) throws(ExportError) {
-        try ExportHTTP.checkURL(endpoint)
+        try AzureHTTP.checkExportURL(endpoint)
         var endpoint = endpoint
         while endpoint.hasSuffix("/") { endpoint.removeLast() }
         guard ruleID.hasPrefix("dcr-"), ruleID.count == 36, ruleID.dropFirst(4).allSatisfy(\.isHexDigit) else {
@@ -133,12 +134,12 @@ public struct ApplicationInsightsSink: ExportSink {
     public let maxBatchBytes = 1_000_000
     public let connection: ApplicationInsightsConnectionString
     let credential: TokenCredential?
-    let http: ExportHTTP
+    let http: AzureHTTP
 
     public init(
-        connection: ApplicationInsightsConnectionString, credential: TokenCredential?, http: ExportHTTP
+        connection: ApplicationInsightsConnectionString, credential: TokenCredential?, http: AzureHTTP
     ) throws(ExportError) {
-        try ExportHTTP.checkURL(connection.ingestionEndpoint)
+        try AzureHTTP.checkExportURL(connection.ingestionEndpoint)
         self.connection = connection
         self.credential = credential
         self.http = http
@@ -162,7 +163,7 @@ public struct ApplicationInsightsSink: ExportSink {
                 return .retry(status: "credential", retryAfter: nil)
             }
         }
-        let response: ExportResponse
+        let response: AzureResponse
         do {
             response = try await http.send(
                 method: .POST, url: "\(connection.ingestionEndpoint)/v2.1/track", headers: headers,
@@ -181,7 +182,7 @@ public struct ApplicationInsightsSink: ExportSink {
     }
 
     /// Reads `errors[]` of a track answer: retryable item statuses are sent again, the rest dropped.
-    static func partial(_ response: ExportResponse, count: Int) -> DeliveryOutcome {
+    static func partial(_ response: AzureResponse, count: Int) -> DeliveryOutcome {
         guard let body = try? JSONDecoder().decode([String: JSONValue].self, from: Data(response.body)),
             case .array(let errors)? = body["errors"], !errors.isEmpty
         else { return response.status == 200 ? .delivered : .retry(status: "206", retryAfter: nil) }

@@ -1,3 +1,4 @@
+import AzureIdentity
 import NIOConcurrencyHelpers
 
 #if canImport(FoundationEssentials)

@@ -189,11 +189,13 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
     public var namespaceRules: [AuthorizationRule]
     public var hybridConnections: [HybridConnectionConfiguration]
     public var limits: RelayLimits
+    /// Entra ID access tokens accepted besides SAS, and the principals' rights.
+    public var entra: EntraConfiguration?
 
     public init(
         listen: String = "127.0.0.1:9350", publicURL: String? = nil, tls: TLSFiles? = nil,
         namespaceRules: [AuthorizationRule] = [], hybridConnections: [HybridConnectionConfiguration] = [],
-        limits: RelayLimits = RelayLimits()
+        limits: RelayLimits = RelayLimits(), entra: EntraConfiguration? = nil
     ) {
         self.listen = listen
         self.publicURL = publicURL
@@ -201,10 +203,11 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
         self.namespaceRules = namespaceRules
         self.hybridConnections = hybridConnections
         self.limits = limits
+        self.entra = entra
     }
 
     private enum CodingKeys: String, CodingKey {
-        case listen, publicURL, tls, namespaceRules, hybridConnections, limits
+        case listen, publicURL, tls, namespaceRules, hybridConnections, limits, entra
     }
 
     public init(from decoder: any Decoder) throws {
@@ -216,6 +219,7 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
         hybridConnections =
             try container.decodeIfPresent([HybridConnectionConfiguration].self, forKey: .hybridConnections) ?? []
         limits = try container.decodeIfPresent(RelayLimits.self, forKey: .limits) ?? RelayLimits()
+        entra = try container.decodeIfPresent(EntraConfiguration.self, forKey: .entra)
     }
 
     /// Parses a YAML or JSON document (JSON is YAML). Keys are strict: an unknown one (a typo such as
@@ -282,6 +286,7 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
             if rule.rights.isEmpty { problems.append("rule '\(rule.keyName)' grants no rights") }
         }
         problems += limits.problems()
+        problems += entra?.problems() ?? []
         if !problems.isEmpty { throw ConfigurationError(description: problems.joined(separator: "; ")) }
     }
 
@@ -314,6 +319,10 @@ indirect enum ConfigurationSchema: Sendable {
             .mapping(["name": .value, "requiresClientAuthorization": .value, "rules": .list(rule)])),
         "limits": .mapping(
             Dictionary(uniqueKeysWithValues: RelayLimits.CodingKeys.allCases.map { ($0.rawValue, .value) })),
+        "entra": .mapping([
+            "authority": .value, "tenant": .value, "keysRefreshSeconds": .value,
+            "principals": .list(.mapping(["id": .value, "rights": .list(.value), "entity": .value])),
+        ]),
     ])
 
     /// Keys earlier versions read, with what to do about them: refused by name rather than as unknown.

@@ -1,3 +1,4 @@
+import AzureIdentity
 import HybridConnections
 import Logging
 import NIOConcurrencyHelpers
@@ -187,9 +188,9 @@ public final class RelayHub: Sendable {
         var policy: RelayPolicy
         var connectionLimit: Int
 
-        init(_ configuration: RelayConfiguration) {
+        init(_ configuration: RelayConfiguration, entraAuthority: EntraAuthority?) {
             self.configuration = configuration
-            policy = RelayPolicy(configuration: configuration)
+            policy = RelayPolicy(configuration: configuration, entraAuthority: entraAuthority)
             connectionLimit = configuration.limits.connectionLimit(openFiles: OpenFiles.softLimit)
         }
     }
@@ -214,12 +215,17 @@ public final class RelayHub: Sendable {
     /// pass a clock they move with it.
     let wallClock: @Sendable () -> Double
 
+    /// The Entra tenant whose tokens are accepted; kept across reloads (its keys are fetched, not configured).
+    public let entraAuthority: EntraAuthority?
+
     public init(
         configuration: RelayConfiguration, logger: Logger, metrics: RelayMetrics, tracer: HopTracer,
+        entraAuthority: EntraAuthority? = nil,
         wallClock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }
     ) {
         self.wallClock = wallClock
-        settings = NIOLockedValueBox(Settings(configuration))
+        self.entraAuthority = entraAuthority
+        settings = NIOLockedValueBox(Settings(configuration, entraAuthority: entraAuthority))
         self.logger = logger
         self.metrics = metrics
         self.tracer = tracer
@@ -229,7 +235,8 @@ public final class RelayHub: Sendable {
             FailureRateLimiter(
                 burst: configuration.limits.authFailureBurst, perSecond: configuration.limits.authFailuresPerSecond))
         metrics.registerRelaySeries(
-            entities: configuration.hybridConnections.map(\.name), authFailureReasons: TokenError.allReasons)
+            entities: configuration.hybridConnections.map(\.name),
+            authFailureReasons: TokenError.allReasons + (entraAuthority == nil ? [] : RelayPolicy.entraRefusalReasons))
     }
 
     public var configuration: RelayConfiguration { settings.withLockedValue { $0.configuration } }
@@ -243,7 +250,7 @@ public final class RelayHub: Sendable {
     /// - Returns: the entity names added and removed.
     func apply(_ configuration: RelayConfiguration) -> (added: [String], removed: [String]) {
         let old = settings.withLockedValue { settings in
-            defer { settings = Settings(configuration) }
+            defer { settings = Settings(configuration, entraAuthority: entraAuthority) }
             return settings.configuration
         }
         if let publicURL = configuration.publicURL { publicURLBox.withLockedValue { $0 = publicURL } }

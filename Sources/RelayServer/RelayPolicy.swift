@@ -1,3 +1,4 @@
+import AzureIdentity
 import HybridConnections
 
 /// A refusal the relay answers with an HTTP status and an Azure-shaped reason phrase.
@@ -54,10 +55,12 @@ public struct RelayPolicy: Sendable {
     private let entities: [String: HybridConnectionConfiguration]
     private let namespaceRules: [AuthorizationRule]
     private let validator: TokenValidator
+    /// Entra ID: the tenant's keys (nil when the relay takes SAS only) and the principals' rights.
+    private let entra: (authority: EntraAuthority, configuration: EntraConfiguration)?
     /// Host names a token audience may name besides the request's own `Host`.
     public let publicHost: String
 
-    public init(configuration: RelayConfiguration) {
+    public init(configuration: RelayConfiguration, entraAuthority: EntraAuthority? = nil) {
         resolver = EntityResolver(entityNames: configuration.hybridConnections.map(\.name))
         var entities: [String: HybridConnectionConfiguration] = [:]
         for entity in configuration.hybridConnections { entities[entity.name.lowercased()] = entity }
@@ -65,6 +68,7 @@ public struct RelayPolicy: Sendable {
         namespaceRules = configuration.namespaceRules
         validator = TokenValidator(clockSkew: Int64(configuration.limits.clockSkewSeconds))
         publicHost = WebSocketURLHost.host(of: configuration.effectivePublicURL)
+        entra = zip(entraAuthority, configuration.entra).map { ($0, $1) }
     }
 
     /// The entity a path (after `/$hc/` or `/`) addresses, or 404 "Endpoint does not exist".
@@ -110,6 +114,9 @@ public struct RelayPolicy: Sendable {
         entity: HybridConnectionConfiguration, token: String?, right: AccessRight, requestHost: String?, now: Int64
     ) throws(Refusal) -> Int64? {
         if right == .send && !entity.requiresClientAuthorization { return nil }
+        if let token, EntraTokenCheck.isJSONWebToken(token) {
+            return try authorizeEntra(token, entity: entity.name, right: right, now: now)
+        }
         var hosts = [publicHost]
         if let requestHost { hosts.append(requestHost) }
         do {
@@ -121,6 +128,43 @@ public struct RelayPolicy: Sendable {
             throw Refusal.from(error)
         }
     }
+}
+
+extension RelayPolicy {
+    /// Every reason an Entra token is refused for, as the metrics label it.
+    public static let entraRefusalReasons =
+        EntraTokenError.allReasons.map { "entra_\($0)" } + ["entra_insufficient_rights", "entra_not_configured"]
+
+    /// An Entra access token: valid for the configured tenant, then the principal's rights on the entity.
+    func authorizeEntra(_ token: String, entity: String, right: AccessRight, now: Int64) throws(Refusal) -> Int64 {
+        guard let (authority, configuration) = entra else {
+            throw Refusal(
+                status: 401, text: "Unauthorized: This relay does not accept Entra ID tokens; use a SAS token",
+                reason: "entra_not_configured")
+        }
+        let principal: EntraPrincipal
+        do {
+            principal = try authority.validate(token, now: now)
+        } catch {
+            throw Refusal(
+                status: error == .keysUnavailable ? 503 : 401, text: error.description, reason: "entra_\(error.reason)")
+        }
+        let rights = configuration.rights(of: principal, entity: entity)
+        guard rights.contains(right) || rights.contains(.manage) else {
+            throw Refusal(
+                status: 403,
+                text:
+                    "Unauthorized: The principal \(principal.label) does not hold the \(right.rawValue) right on '\(entity)'",
+                reason: "entra_insufficient_rights")
+        }
+        return principal.expiry
+    }
+}
+
+/// `zip` for two optionals: both or nothing.
+private func zip<A, B>(_ a: A?, _ b: B?) -> (A, B)? {
+    guard let a, let b else { return nil }
+    return (a, b)
 }
 
 enum WebSocketURLHost {

@@ -1,3 +1,4 @@
+import AzureIdentity
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -13,14 +14,20 @@ public final class RelayServer: Sendable {
     private let channel: any Channel
     /// Read for every new connection, so a reload can renew the certificate without touching open ones.
     private let tlsContext: NIOLockedValueBox<NIOSSLContext?>
+    /// Keeps the Entra signing keys fresh, when the relay accepts Entra tokens.
+    private let entraKeys: (task: Task<Void, Never>, http: AzureHTTP)?
 
     /// The bound address (useful with port 0).
     public var localAddress: SocketAddress? { channel.localAddress }
 
-    private init(hub: RelayHub, channel: any Channel, tlsContext: NIOLockedValueBox<NIOSSLContext?>) {
+    private init(
+        hub: RelayHub, channel: any Channel, tlsContext: NIOLockedValueBox<NIOSSLContext?>,
+        entraKeys: (task: Task<Void, Never>, http: AzureHTTP)?
+    ) {
         self.hub = hub
         self.channel = channel
         self.tlsContext = tlsContext
+        self.entraKeys = entraKeys
     }
 
     /// Validates the configuration, loads TLS material and binds.
@@ -46,8 +53,35 @@ public final class RelayServer: Sendable {
             throw ConfigurationError(description: "listen '\(configuration.listen)' is not HOST:PORT")
         }
         let tlsContext = NIOLockedValueBox(try Self.loadTLS(configuration))
+        var entraKeys: (task: Task<Void, Never>, http: AzureHTTP)?
+        var authority: EntraAuthority?
+        if let entra = configuration.entra {
+            let http = AzureHTTP(requestTimeoutSeconds: 10, group: group)
+            let keys = try EntraAuthority(
+                authority: entra.authority, tenant: entra.tenant,
+                skewSeconds: Int64(configuration.limits.clockSkewSeconds),
+                refreshInterval: .seconds(entra.keysRefreshSeconds ?? 3600), http: http)
+            // Keys in hand before the first listener comes, when the authority answers; if not, the relay
+            // starts anyway (SAS works) and answers Entra tokens 503 until the keys arrive.
+            do {
+                try await keys.fetch()
+                logger.info(
+                    "entra tokens accepted",
+                    metadata: [
+                        "authority": "\(entra.authority)", "tenant": "\(entra.tenant)",
+                        "principals": "\(entra.principals.count)",
+                    ])
+            } catch {
+                logger.warning(
+                    "entra signing keys not fetched yet; retrying",
+                    metadata: ["discovery": "\(keys.discoveryURL)", "cause": "\(error.description)"])
+            }
+            entraKeys = (Task { await keys.run() }, http)
+            authority = keys
+        }
         let hub = RelayHub(
-            configuration: configuration, logger: logger, metrics: metrics, tracer: tracer ?? HopTracer(logger: logger))
+            configuration: configuration, logger: logger, metrics: metrics, tracer: tracer ?? HopTracer(logger: logger),
+            entraAuthority: authority)
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -84,7 +118,7 @@ public final class RelayServer: Sendable {
                 "publicURL is wss:// but this relay serves plain ws: terminate TLS in front of it, or configure tls",
                 metadata: ["public_url": "\(hub.publicURL)"])
         }
-        return RelayServer(hub: hub, channel: channel, tlsContext: tlsContext)
+        return RelayServer(hub: hub, channel: channel, tlsContext: tlsContext, entraKeys: entraKeys)
     }
 
     private static func loadTLS(_ configuration: RelayConfiguration) throws -> NIOSSLContext? {
@@ -104,6 +138,12 @@ public final class RelayServer: Sendable {
         }
         guard (configuration.tls == nil) == (running.tls == nil) else {
             throw ConfigurationError(description: "tls cannot be switched on or off on reload; restart")
+        }
+        guard configuration.entra?.authority == running.entra?.authority,
+            configuration.entra?.tenant == running.entra?.tenant
+        else {
+            throw ConfigurationError(
+                description: "entra authority and tenant cannot change on reload (principals can); restart")
         }
         let context = try Self.loadTLS(configuration)
         tlsContext.withLockedValue { $0 = context }
@@ -126,5 +166,10 @@ public final class RelayServer: Sendable {
     /// Stops accepting; established connections are left to finish.
     public func stop() async {
         try? await channel.close()
+        if let entraKeys {
+            entraKeys.task.cancel()
+            await entraKeys.task.value
+            await entraKeys.http.shutdown()
+        }
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import AzureIdentity
 import HybridConnections
 import Logging
 import NIOCore
@@ -65,6 +66,13 @@ struct AgentOptions: ParsableArguments {
     )
     var proxy: String?
 
+    @Flag(
+        name: .customLong("entra"),
+        help:
+            "Sign in with Entra ID when no SAS credential is given (client secret or certificate from AZURE_*, workload or managed identity); implied by AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH, AZURE_FEDERATED_TOKEN_FILE or IDENTITY_ENDPOINT."
+    )
+    var entra = false
+
     @Option(
         name: .customLong("udp-idle"),
         help: "Seconds a UDP flow may see no datagram either way before its tunnel closes (default 240).")
@@ -114,8 +122,12 @@ struct AgentOptions: ParsableArguments {
             var access = try RelayAccess.resolve(
                 configuration: configuration, entryConnectionString: entry, relayName: relayName)
             access.tokenLifetime = tokenTTL
+            let environment = ProcessInfo.processInfo.environment
             access.proxy = try OutboundProxy.forRelay(
-                access.base, flag: proxy ?? configuration.httpProxy, environment: ProcessInfo.processInfo.environment)
+                access.base, flag: proxy ?? configuration.httpProxy, environment: environment)
+            if access.lacksSharedAccessCredential, EntraSignIn.wanted(flag: entra, environment: environment) {
+                access.entra = try EntraSignIn.token(environment: environment)
+            }
             return access
         } catch let error as OutboundProxyError {
             throw ValidationError("--proxy or HTTPS_PROXY/HTTP_PROXY: \(error.description)")
@@ -207,6 +219,7 @@ struct Client: AsyncParsableCommand {
         } catch {
             throw ValidationError("--allow \(error.description)")
         }
+        try await EntraSignIn.start()
         let session = try TelemetrySession(telemetry: options.telemetry, role: "client", tracerLabel: "hyrelay.client")
         let logger = Logger(label: "hyrelay.client")
         let metrics = session.metrics
@@ -313,6 +326,7 @@ struct Edge: AsyncParsableCommand {
 
     func run() async throws {
         let (forwards, keepAliveInterval, exitOnForwardFailure) = try makeForwards()
+        try await EntraSignIn.start()
         let session = try TelemetrySession(telemetry: options.telemetry, role: "edge", tracerLabel: "hyrelay.edge")
         let logger = Logger(label: "hyrelay.edge")
         let metrics = session.metrics
@@ -364,6 +378,9 @@ struct Check: AsyncParsableCommand {
     @Option(name: .customLong("ca-file"), help: "PEM file of CAs to trust for wss relays (default: system roots).")
     var caFile: String?
 
+    @Flag(name: .long, help: "As the agents' --entra: sign in with Entra ID where no SAS credential is given.")
+    var entra = false
+
     func run() async throws {
         let text: String
         do {
@@ -386,19 +403,15 @@ struct Check: AsyncParsableCommand {
         }
         do {
             let configuration = try AgentConfiguration.parse(yaml: text)
-            for forward in configuration.localForwards {
-                _ = try RelayAccess.resolve(
-                    configuration: configuration, entryConnectionString: forward.connectionString,
-                    relayName: forward.relayName)
-            }
-            for forward in configuration.remoteForwards {
-                _ = try RelayAccess.resolve(
-                    configuration: configuration, entryConnectionString: forward.connectionString,
-                    relayName: forward.relayName)
+            var credentials: [String] = []
+            for entry in Self.entries(configuration) {
+                let access = try access(configuration, entry)
+                credentials.append("\(entry.kind) \(entry.relayName) signs in with \(Self.credential(access))")
             }
             print(
                 "\(file): OK (\(configuration.localForwards.count) LocalForward, \(configuration.remoteForwards.count) RemoteForward)"
             )
+            for line in credentials { print(line) }
             if online { try await checkOnline(configuration) }
         } catch let error as AgentConfigurationError {
             print("\(file): \(error.description)")
@@ -411,22 +424,65 @@ struct Check: AsyncParsableCommand {
     private func checkOnline(_ configuration: AgentConfiguration) async throws {
         let tls = try TLSSetup.clientContext(caFile: caFile)
         let group = MultiThreadedEventLoopGroup.singleton
-        let entries =
-            configuration.localForwards.map { ("LocalForward", $0.relayName, $0.connectionString, false) }
-            + configuration.remoteForwards.map { ("RemoteForward", $0.relayName, $0.connectionString, true) }
+        let entries = Self.entries(configuration)
+        let accesses = try entries.map { try access(configuration, $0) }
+        try await EntraSignIn.start()
         var failed = false
-        for (kind, relayName, connectionString, listens) in entries {
-            let access = try RelayAccess.resolve(
-                configuration: configuration, entryConnectionString: connectionString, relayName: relayName)
+        for (entry, access) in zip(entries, accesses) {
+            let listens = entry.kind == "RemoteForward"
             let outcome =
                 listens
-                ? await RelayProbe.probeListen(access: access, relayName: relayName, tlsContext: tls, group: group)
-                : await RelayProbe.probe(access: access, relayName: relayName, tlsContext: tls, group: group)
+                ? await RelayProbe.probeListen(
+                    access: access, relayName: entry.relayName, tlsContext: tls, group: group)
+                : await RelayProbe.probe(access: access, relayName: entry.relayName, tlsContext: tls, group: group)
             let said = listens && outcome == .ready(listeners: 1) ? "listening works" : outcome.description
-            print("\(kind) \(relayName) at \(access.base): \(said)")
+            print("\(entry.kind) \(entry.relayName) at \(access.base): \(said)")
             failed = failed || !outcome.isReady
         }
         if failed { throw ExitCode(2) }
+    }
+
+    private struct Entry {
+        var kind: String
+        var relayName: String
+        var connectionString: String?
+        var noAuthentication: Bool
+    }
+
+    private static func entries(_ configuration: AgentConfiguration) -> [Entry] {
+        configuration.localForwards.map {
+            Entry(
+                kind: "LocalForward", relayName: $0.relayName, connectionString: $0.connectionString,
+                noAuthentication: $0.noAuthentication)
+        }
+            + configuration.remoteForwards.map {
+                Entry(
+                    kind: "RemoteForward", relayName: $0.relayName, connectionString: $0.connectionString,
+                    noAuthentication: false)
+            }
+    }
+
+    /// The entry's access as the agent would build it, Entra sign-in included (not yet signed in).
+    private func access(_ configuration: AgentConfiguration, _ entry: Entry) throws -> RelayAccess {
+        var access = try RelayAccess.resolve(
+            configuration: configuration, entryConnectionString: entry.connectionString, relayName: entry.relayName)
+        access.noAuthentication = entry.noAuthentication
+        let environment = ProcessInfo.processInfo.environment
+        if access.lacksSharedAccessCredential, !access.noAuthentication,
+            EntraSignIn.wanted(flag: entra, environment: environment)
+        {
+            access.entra = try EntraSignIn.token(environment: environment)
+        }
+        return access
+    }
+
+    /// Which credential an entry uses, in words; never the secret.
+    private static func credential(_ access: RelayAccess) -> String {
+        if access.noAuthentication { return "no token (NoAuthentication)" }
+        if access.signature != nil { return "a pre-made SAS token (never renewed)" }
+        if let keyName = access.keyName { return "SAS key '\(keyName)'" }
+        if let entra = access.entra { return "Entra ID: \(entra.credential.source.summary)" }
+        return "no token: no SAS credential and no Entra sign-in (give -K/-k, -x, or AZURE_* variables or --entra)"
     }
 }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import AzureIdentity
 import Logging
 import NIOCore
 import RelayExport
@@ -117,7 +118,7 @@ struct ExportOptions: ParsableArguments {
     var hasAzureSink: Bool { logsIngestionEndpoint != nil || connectionString != nil }
 
     /// The Azure sinks configured by flags and environment.
-    func azureSinks(http: ExportHTTP) throws -> [any ExportSink] {
+    func azureSinks(http: AzureHTTP) throws -> [any ExportSink] {
         var sinks: [any ExportSink] = []
         let environment = ProcessInfo.processInfo.environment
         do {
@@ -136,7 +137,7 @@ struct ExportOptions: ParsableArguments {
             }
             if let text = connectionString {
                 let connection = try ApplicationInsightsConnectionString(text)
-                let credential = try connection.aadAudience.map { audience throws(ExportError) in
+                let credential = try connection.aadAudience.map { audience throws(IdentityError) in
                     TokenCredential(
                         source: try CredentialSource.fromEnvironment(environment),
                         scope: MonitorCloud.scope(audience: audience), http: http)
@@ -146,6 +147,8 @@ struct ExportOptions: ParsableArguments {
         } catch let error as ApplicationInsightsConnectionString.ParseError {
             throw ValidationError("Application Insights connection string: \(error.description)")
         } catch let error as ExportError {
+            throw ValidationError(error.description)
+        } catch let error as IdentityError {
             throw ValidationError(error.description)
         }
         return sinks
@@ -176,7 +179,7 @@ struct TelemetrySession {
     let shutdownSeconds: Double
     /// Where telemetry goes, for people: the file directory or the Azure sinks.
     let destination: String?
-    private let http: ExportHTTP?
+    private let http: AzureHTTP?
 
     init(telemetry: TelemetryOptions, role: String, tracerLabel: String) throws {
         // Before anything uses NIO's shared event-loop group (the exporter's HTTP client is first).
@@ -192,7 +195,7 @@ struct TelemetrySession {
             destination = nil
             return
         }
-        let http = ExportHTTP()
+        let http = AzureHTTP()
         do {
             (exporter, tracer, destination) = try Self.startExport(
                 export: export, telemetry: telemetry, role: role, tracerLabel: tracerLabel, http: http,
@@ -205,7 +208,7 @@ struct TelemetrySession {
     }
 
     private static func startExport(
-        export: ExportOptions, telemetry: TelemetryOptions, role: String, tracerLabel: String, http: ExportHTTP,
+        export: ExportOptions, telemetry: TelemetryOptions, role: String, tracerLabel: String, http: AzureHTTP,
         metrics: RelayMetrics
     ) throws -> (TelemetryExporter, HopTracer, String) {
         var sinks = try export.azureSinks(http: http)

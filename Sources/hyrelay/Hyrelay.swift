@@ -1,4 +1,5 @@
 import ArgumentParser
+import AzureIdentity
 import HybridConnections
 import Logging
 import NIOCore
@@ -94,10 +95,42 @@ struct Relay: AsyncParsableCommand {
         help: "Seconds to let open tunnels finish on SIGTERM, while new ones are refused.")
     var grace: Double = 30
 
+    @Option(
+        name: .customLong("entra-authority"),
+        help: "Accept Entra ID access tokens from this authority (default https://login.microsoftonline.com/).")
+    var entraAuthority: String?
+
+    @Option(name: .customLong("entra-tenant"), help: "The Entra tenant (id) whose tokens are accepted.")
+    var entraTenant: String?
+
+    @Option(
+        name: .customLong("entra-principal"),
+        help: "OBJECT_ID=RIGHTS[@ENTITY]: rights (Listen,Send,Manage) of an Entra principal, group or app role.")
+    var entraPrincipals: [String] = []
+
     @OptionGroup var telemetry: TelemetryOptions
 
     func validate() throws {
         guard grace >= 0 && grace <= 86_400 else { throw ValidationError("--grace must be 0 to 86400 seconds") }
+    }
+
+    /// `--entra-*` over the file's `entra:` section.
+    func applyEntra(to configuration: inout RelayConfiguration) throws {
+        guard entraAuthority != nil || entraTenant != nil || !entraPrincipals.isEmpty else { return }
+        guard let tenant = entraTenant ?? configuration.entra?.tenant else {
+            throw ValidationError("--entra-authority and --entra-principal need --entra-tenant")
+        }
+        var entra = configuration.entra ?? EntraConfiguration(tenant: tenant)
+        entra.tenant = tenant
+        if let entraAuthority { entra.authority = entraAuthority }
+        for text in entraPrincipals {
+            do {
+                entra.principals.append(try EntraPrincipalRule(parsing: text))
+            } catch {
+                throw ValidationError(error.description)
+            }
+        }
+        configuration.entra = entra
     }
 
     func makeConfiguration() throws -> RelayConfiguration {
@@ -147,6 +180,7 @@ struct Relay: AsyncParsableCommand {
         if let pingInterval { configuration.limits.pingIntervalSeconds = pingInterval }
         if let maxConnections { configuration.limits.maxConnections = maxConnections }
         if let maxConnectionsPerSource { configuration.limits.maxConnectionsPerSource = maxConnectionsPerSource }
+        try applyEntra(to: &configuration)
         if configuration.hybridConnections.isEmpty {
             throw ValidationError(
                 "no hybrid connection configured: give --hybrid-connection NAME or a --config with hybridConnections")
@@ -186,26 +220,41 @@ struct Relay: AsyncParsableCommand {
     }
 }
 
-struct Token: ParsableCommand {
+struct Token: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print a SAS token for a resource URI.",
-        discussion:
-            "Example: hyrelay token --resource http://127.0.0.1:9350/hc1 --key-name root --key SECRET --ttl 3600"
+        abstract: "Print a SAS token for a resource URI, or (--entra) the Entra ID token an agent would send.",
+        discussion: """
+            Example: hyrelay token --resource http://127.0.0.1:9350/hc1 --key-name root --key SECRET --ttl 3600
+            With --entra it signs in as the agents do (AZURE_* variables, workload or managed identity) and prints the
+            access token for https://relay.azure.net, for debugging sign-in.
+            """
     )
 
     @Option(name: .long, help: "Resource (audience) URI, e.g. http://HOST/ENTITY or sb://NAMESPACE/ENTITY.")
-    var resource: String
+    var resource: String?
 
     @Option(name: .customLong("key-name"), help: "Shared access key name.")
-    var keyName: String
+    var keyName: String?
 
     @Option(name: .long, help: "Shared access key.")
-    var key: String
+    var key: String?
 
     @Option(name: .long, help: "Lifetime in seconds (default 3600).")
     var ttl: Int = 3600
 
-    func run() throws {
+    @Flag(name: .long, help: "Sign in with Entra ID as the agents do and print that token instead.")
+    var entra = false
+
+    func run() async throws {
+        if entra {
+            let token = try EntraSignIn.token(environment: ProcessInfo.processInfo.environment)
+            try await EntraSignIn.start()
+            print(token.token?.token ?? "")
+            return
+        }
+        guard let resource, let keyName, let key else {
+            throw ValidationError("give --resource, --key-name and --key (or --entra)")
+        }
         guard ttl > 0, ttl <= 10 * 365 * 86_400 else { throw ValidationError("--ttl must be 1 to 315360000 seconds") }
         let expiry = Int64(Date().timeIntervalSince1970) + Int64(ttl)
         print(SharedAccessSignature.make(resource: resource, keyName: keyName, key: key, expiry: expiry))

@@ -21,11 +21,11 @@ def binary():
 
 
 class Process:
-    def __init__(self, args, log_path):
+    def __init__(self, args, log_path, env=None):
         self.args = args
         self.log_path = log_path
         self.log_file = open(log_path, "w")
-        self.popen = subprocess.Popen([binary()] + args, stdout=self.log_file, stderr=subprocess.STDOUT)
+        self.popen = subprocess.Popen([binary()] + args, stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
 
     def log(self):
         with open(self.log_path) as f:

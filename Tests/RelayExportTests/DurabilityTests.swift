@@ -1,3 +1,4 @@
+import AzureIdentity
 import Logging
 import RelayTelemetry
 import Testing

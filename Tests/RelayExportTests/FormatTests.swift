@@ -1,3 +1,4 @@
+import AzureIdentity
 import Logging
 import RelayTelemetry
 import Testing
@@ -186,7 +187,7 @@ import Testing
             try scope("https://ingest.internal.example", "https://login.chinacloudapi.cn")
                 == "https://monitor.azure.cn/.default")
         #expect(try scope("http://127.0.0.1:8080", "http://127.0.0.1:9/") == "https://monitor.azure.com/.default")
-        #expect(throws: ExportError.self) {
+        #expect(throws: IdentityError.self) {
             try scope("https://dce-x.usgovvirginia-1.ingest.monitor.azure.us", "https://login.microsoftonline.com/")
         }
         #expect(MonitorCloud.scope(audience: "https://monitor.azure.com/") == "https://monitor.azure.com/.default")
@@ -194,13 +195,13 @@ import Testing
 
     /// A 401 is retried once with a fresh token; a 401 to the fresh token is final, not retried forever.
     @Test func aPersistent401IsFinal() async throws {
-        let http = ExportHTTP()
+        let http = AzureHTTP()
         let credential = TokenCredential(
             source: .managedIdentity(endpoint: "http://169.254.169.254", clientID: nil),
             scope: "https://monitor.azure.com/.default", http: http)
-        let refused = ExportResponse(
+        let refused = AzureResponse(
             status: 401, headers: [("x-ms-error-code", "InvalidToken")], body: [])
-        let accepted = ExportResponse(status: 204, headers: [], body: [])
+        let accepted = AzureResponse(status: 204, headers: [], body: [])
         #expect(classify(refused, success: [204], credential: credential) == .retry(status: "401", retryAfter: nil))
         #expect(
             classify(refused, success: [204], credential: credential) == .rejected(status: "401", code: "InvalidToken"))
@@ -235,14 +236,14 @@ import Testing
     }
 
     @Test func urlsCarryTokensOnlyOverTLSOrLoopback() throws {
-        try ExportHTTP.checkURL("https://dce.eastus-1.ingest.monitor.azure.com")
-        try ExportHTTP.checkURL("http://127.0.0.1:8080")
-        try ExportHTTP.checkURL("http://[::1]:8080/x")
-        try ExportHTTP.checkURL("http://169.254.169.254", linkLocalHTTP: true)
-        #expect(throws: ExportError.self) { try ExportHTTP.checkURL("http://dce.example.com") }
-        #expect(throws: ExportError.self) { try ExportHTTP.checkURL("http://169.254.169.254") }
-        #expect(throws: ExportError.self) { try ExportHTTP.checkURL("ftp://x") }
-        #expect(throws: ExportError.self) { try ExportHTTP.checkURL("https://") }
+        try AzureHTTP.checkURL("https://dce.eastus-1.ingest.monitor.azure.com")
+        try AzureHTTP.checkURL("http://127.0.0.1:8080")
+        try AzureHTTP.checkURL("http://[::1]:8080/x")
+        try AzureHTTP.checkURL("http://169.254.169.254", linkLocalHTTP: true)
+        #expect(throws: IdentityError.self) { try AzureHTTP.checkURL("http://dce.example.com") }
+        #expect(throws: IdentityError.self) { try AzureHTTP.checkURL("http://169.254.169.254") }
+        #expect(throws: IdentityError.self) { try AzureHTTP.checkURL("ftp://x") }
+        #expect(throws: IdentityError.self) { try AzureHTTP.checkURL("https://") }
     }
 
     @Test func credentialsFromTheEnvironment() throws {
@@ -261,8 +262,8 @@ import Testing
         #expect(
             try CredentialSource.fromEnvironment(["AZURE_CLIENT_ID": "u"])
                 == .managedIdentity(endpoint: "http://169.254.169.254", clientID: "u"))
-        #expect(throws: ExportError.self) { try CredentialSource.fromEnvironment(["AZURE_CLIENT_SECRET": "s"]) }
-        #expect(throws: ExportError.self) {
+        #expect(throws: IdentityError.self) { try CredentialSource.fromEnvironment(["AZURE_CLIENT_SECRET": "s"]) }
+        #expect(throws: IdentityError.self) {
             try CredentialSource.fromEnvironment(["AZURE_POD_IDENTITY_AUTHORITY_HOST": "http://imds.example.com"])
         }
     }
@@ -274,6 +275,6 @@ import Testing
         #expect(token.needsRefresh(now: 4300))
         let imds = try TokenCredential.parseToken(Array(#"{"access_token":"b","expires_on":"2000"}"#.utf8), now: 1990)
         #expect(imds.expiresOn == 2000 && imds.needsRefresh(now: 1995))
-        #expect(throws: ExportError.self) { try TokenCredential.parseToken(Array("{}".utf8), now: 0) }
+        #expect(throws: IdentityError.self) { try TokenCredential.parseToken(Array("{}".utf8), now: 0) }
     }
 }

@@ -30,13 +30,19 @@ public struct AccessToken: Sendable, Equatable {
 /// Where tokens come from, chosen from the standard Azure environment variables.
 public enum CredentialSource: Sendable, Equatable {
     case clientSecret(tenant: String, clientID: String, secret: String, authority: String)
+    /// A PEM file with the application's certificate and its private key: a signed client assertion.
+    case clientCertificate(tenant: String, clientID: String, path: String, authority: String)
     case workloadIdentity(tenant: String, clientID: String, tokenFile: String, authority: String)
     /// `clientID` selects a user-assigned identity.
     case managedIdentity(endpoint: String, clientID: String?)
+    /// App Service and Functions: `IDENTITY_ENDPOINT` with the `IDENTITY_HEADER` secret.
+    case appServiceIdentity(endpoint: String, header: String, clientID: String?)
 
-    /// `AZURE_FEDERATED_TOKEN_FILE` → workload identity; `AZURE_CLIENT_SECRET` → client secret; otherwise
-    /// the instance metadata service (base URL from `AZURE_POD_IDENTITY_AUTHORITY_HOST`, as azure-identity does).
-    public static func fromEnvironment(_ environment: [String: String]) throws(ExportError) -> CredentialSource {
+    /// `AZURE_FEDERATED_TOKEN_FILE` → workload identity; `AZURE_CLIENT_SECRET` → client secret;
+    /// `AZURE_CLIENT_CERTIFICATE_PATH` → client certificate; `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` → App
+    /// Service managed identity; otherwise the instance metadata service (base URL from
+    /// `AZURE_POD_IDENTITY_AUTHORITY_HOST`, as azure-identity does).
+    public static func fromEnvironment(_ environment: [String: String]) throws(IdentityError) -> CredentialSource {
         func value(_ name: String) -> String? { environment[name].flatMap { $0.isEmpty ? nil : $0 } }
         var authority = value("AZURE_AUTHORITY_HOST") ?? "https://login.microsoftonline.com/"
         if !authority.hasSuffix("/") { authority += "/" }
@@ -44,27 +50,56 @@ public enum CredentialSource: Sendable, Equatable {
             guard let tenant = value("AZURE_TENANT_ID"), let client = value("AZURE_CLIENT_ID") else {
                 throw .credential("AZURE_FEDERATED_TOKEN_FILE needs AZURE_TENANT_ID and AZURE_CLIENT_ID")
             }
-            try ExportHTTP.checkURL(authority)
+            try AzureHTTP.checkURL(authority)
             return .workloadIdentity(tenant: tenant, clientID: client, tokenFile: file, authority: authority)
         }
         if let secret = value("AZURE_CLIENT_SECRET") {
             guard let tenant = value("AZURE_TENANT_ID"), let client = value("AZURE_CLIENT_ID") else {
                 throw .credential("AZURE_CLIENT_SECRET needs AZURE_TENANT_ID and AZURE_CLIENT_ID")
             }
-            try ExportHTTP.checkURL(authority)
+            try AzureHTTP.checkURL(authority)
             return .clientSecret(tenant: tenant, clientID: client, secret: secret, authority: authority)
+        }
+        if let path = value("AZURE_CLIENT_CERTIFICATE_PATH") {
+            guard let tenant = value("AZURE_TENANT_ID"), let client = value("AZURE_CLIENT_ID") else {
+                throw .credential("AZURE_CLIENT_CERTIFICATE_PATH needs AZURE_TENANT_ID and AZURE_CLIENT_ID")
+            }
+            try AzureHTTP.checkURL(authority)
+            return .clientCertificate(tenant: tenant, clientID: client, path: path, authority: authority)
+        }
+        if let endpoint = value("IDENTITY_ENDPOINT"), let header = value("IDENTITY_HEADER") {
+            try AzureHTTP.checkURL(endpoint)
+            return .appServiceIdentity(endpoint: endpoint, header: header, clientID: value("AZURE_CLIENT_ID"))
         }
         var endpoint = value("AZURE_POD_IDENTITY_AUTHORITY_HOST") ?? "http://169.254.169.254"
         while endpoint.hasSuffix("/") { endpoint.removeLast() }
-        try ExportHTTP.checkURL(endpoint, linkLocalHTTP: true)
+        try AzureHTTP.checkURL(endpoint, linkLocalHTTP: true)
         return .managedIdentity(endpoint: endpoint, clientID: value("AZURE_CLIENT_ID"))
     }
 
     public var kind: String {
         switch self {
         case .clientSecret: return "client_secret"
+        case .clientCertificate: return "client_certificate"
         case .workloadIdentity: return "workload_identity"
         case .managedIdentity: return "managed_identity"
+        case .appServiceIdentity: return "app_service_identity"
+        }
+    }
+
+    /// What `hyrelay check` says about the credential: its kind and the ids it signs in with, never a secret.
+    public var summary: String {
+        switch self {
+        case .clientSecret(let tenant, let clientID, _, let authority):
+            return "client secret for application \(clientID) in tenant \(tenant) at \(authority)"
+        case .clientCertificate(let tenant, let clientID, let path, let authority):
+            return "client certificate \(path) for application \(clientID) in tenant \(tenant) at \(authority)"
+        case .workloadIdentity(let tenant, let clientID, let tokenFile, let authority):
+            return "workload identity (\(tokenFile)) for application \(clientID) in tenant \(tenant) at \(authority)"
+        case .managedIdentity(let endpoint, let clientID):
+            return "managed identity\(clientID.map { " \($0)" } ?? " (system-assigned)") via \(endpoint)"
+        case .appServiceIdentity(let endpoint, _, let clientID):
+            return "App Service managed identity\(clientID.map { " \($0)" } ?? "") via \(endpoint)"
         }
     }
 }
@@ -97,9 +132,9 @@ public enum MonitorCloud: String, Sendable, CaseIterable {
 
     /// The Logs Ingestion token scope for `endpoint`: from its host name, else from `AZURE_AUTHORITY_HOST`,
     /// else the public cloud. An endpoint and an authority in different clouds can never work together.
-    public static func logsIngestionScope(endpoint: String, authorityHost: String?) throws(ExportError) -> String {
-        let endpointCloud = ExportHTTP.host(of: endpoint).flatMap(Self.of(host:))
-        let authorityCloud = authorityHost.flatMap(ExportHTTP.host(of:)).flatMap(Self.of(host:))
+    public static func logsIngestionScope(endpoint: String, authorityHost: String?) throws(IdentityError) -> String {
+        let endpointCloud = AzureHTTP.host(of: endpoint).flatMap(Self.of(host:))
+        let authorityCloud = authorityHost.flatMap(AzureHTTP.host(of:)).flatMap(Self.of(host:))
         if let endpointCloud, let authorityCloud, endpointCloud != authorityCloud {
             throw .configuration(
                 "the ingestion endpoint is in \(endpointCloud.rawValue) but AZURE_AUTHORITY_HOST signs in to "
@@ -119,28 +154,33 @@ public final class TokenCredential: Sendable {
     public let source: CredentialSource
     /// e.g. `https://monitor.azure.com/.default`.
     public let scope: String
-    private let http: ExportHTTP
+    private let http: AzureHTTP
     private let cached = NIOLockedValueBox<AccessToken?>(nil)
     private let refusalsInARow = NIOLockedValueBox(0)
 
-    public init(source: CredentialSource, scope: String, http: ExportHTTP) {
+    public init(source: CredentialSource, scope: String, http: AzureHTTP) {
         self.source = source
         self.scope = scope
         self.http = http
     }
 
-    public func token() async throws(ExportError) -> String {
+    public func token() async throws(IdentityError) -> String {
+        try await accessToken().token
+    }
+
+    /// The cached token while it is fresh, else a new one.
+    public func accessToken() async throws(IdentityError) -> AccessToken {
         let now = Date().timeIntervalSince1970
-        if let current = cached.withLockedValue({ $0 }), !current.needsRefresh(now: now) { return current.token }
+        if let current = cached.withLockedValue({ $0 }), !current.needsRefresh(now: now) { return current }
         let fresh = try await fetch(now: now)
         cached.withLockedValue { $0 = fresh }
-        return fresh.token
+        return fresh
     }
 
     /// An endpoint answered 401. The cached token is dropped either way; the answer is whether a retry with
     /// a fresh one is worth it: once, yes (the token may have been revoked or rotated), but a 401 right after
     /// a fresh token means the audience, tenant or identity is wrong, and retrying cannot fix that.
-    func refused() -> Bool {
+    public func refused() -> Bool {
         cached.withLockedValue { $0 = nil }
         return refusalsInARow.withLockedValue { count in
             count += 1
@@ -149,12 +189,12 @@ public final class TokenCredential: Sendable {
     }
 
     /// An endpoint answered anything but 401 to this credential's token.
-    func accepted() {
+    public func accepted() {
         refusalsInARow.withLockedValue { $0 = 0 }
     }
 
-    private func fetch(now: Double) async throws(ExportError) -> AccessToken {
-        let response: ExportResponse
+    private func fetch(now: Double) async throws(IdentityError) -> AccessToken {
+        let response: AzureResponse
         switch source {
         case .clientSecret(let tenant, let clientID, let secret, let authority):
             response = try await postForm(
@@ -162,6 +202,17 @@ public final class TokenCredential: Sendable {
                 fields: [
                     ("client_id", clientID), ("client_secret", secret), ("grant_type", "client_credentials"),
                     ("scope", scope),
+                ])
+        case .clientCertificate(let tenant, let clientID, let path, let authority):
+            let url = "\(authority)\(PercentEncoding.encode(tenant))/oauth2/v2.0/token"
+            let assertion = try ClientAssertion.make(
+                pemFile: path, clientID: clientID, audience: url, now: now, id: UUID().uuidString.lowercased())
+            response = try await postForm(
+                url: url,
+                fields: [
+                    ("client_assertion", assertion),
+                    ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                    ("client_id", clientID), ("grant_type", "client_credentials"), ("scope", scope),
                 ])
         case .workloadIdentity(let tenant, let clientID, let tokenFile, let authority):
             let assertion: String
@@ -178,12 +229,15 @@ public final class TokenCredential: Sendable {
                     ("client_id", clientID), ("grant_type", "client_credentials"), ("scope", scope),
                 ])
         case .managedIdentity(let endpoint, let clientID):
-            var resource = scope
-            if resource.hasSuffix("/.default") { resource.removeLast("/.default".count) }
             var url =
-                "\(endpoint)/metadata/identity/oauth2/token?api-version=2018-02-01&resource=\(PercentEncoding.encode(resource))"
+                "\(endpoint)/metadata/identity/oauth2/token?api-version=2018-02-01&resource=\(PercentEncoding.encode(resource(of: scope)))"
             if let clientID { url += "&client_id=\(PercentEncoding.encode(clientID))" }
             response = try await http.send(method: .GET, url: url, headers: [("Metadata", "true")], body: nil)
+        case .appServiceIdentity(let endpoint, let header, let clientID):
+            var url = "\(endpoint)?api-version=2019-08-01&resource=\(PercentEncoding.encode(resource(of: scope)))"
+            if let clientID { url += "&client_id=\(PercentEncoding.encode(clientID))" }
+            response = try await http.send(
+                method: .GET, url: url, headers: [("X-IDENTITY-HEADER", header)], body: nil)
         }
         guard response.status == 200 else {
             throw .credential(
@@ -192,7 +246,12 @@ public final class TokenCredential: Sendable {
         return try Self.parseToken(response.body, now: now)
     }
 
-    private func postForm(url: String, fields: [(String, String)]) async throws(ExportError) -> ExportResponse {
+    /// Managed identity endpoints take a resource, not a scope: the scope without `/.default`.
+    private func resource(of scope: String) -> String {
+        scope.hasSuffix("/.default") ? String(scope.dropLast("/.default".count)) : scope
+    }
+
+    private func postForm(url: String, fields: [(String, String)]) async throws(IdentityError) -> AzureResponse {
         let form = fields.map { "\($0.0)=\(PercentEncoding.encode($0.1))" }.joined(separator: "&")
         return try await http.send(
             method: .POST, url: url,
@@ -201,7 +260,7 @@ public final class TokenCredential: Sendable {
     }
 
     /// Reads `access_token` and `expires_in` (number or string) or `expires_on` (Unix seconds as a string).
-    static func parseToken(_ body: [UInt8], now: Double) throws(ExportError) -> AccessToken {
+    public static func parseToken(_ body: [UInt8], now: Double) throws(IdentityError) -> AccessToken {
         guard let fields = try? JSONDecoder().decode([String: JSONValue].self, from: Data(body)),
             let token = fields["access_token"]?.stringValue, !token.isEmpty
         else { throw .credential("token response has no access_token") }

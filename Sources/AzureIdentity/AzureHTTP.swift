@@ -5,11 +5,17 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// A response as the exporter needs it: status, headers, and a bounded body.
-public struct ExportResponse: Sendable {
+/// A response as the exporter and the credentials need it: status, headers, and a bounded body.
+public struct AzureResponse: Sendable {
     public var status: Int
     public var headers: [(String, String)]
     public var body: [UInt8]
+
+    public init(status: Int, headers: [(String, String)], body: [UInt8]) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
 
     public var bodyText: String { String(decoding: body, as: UTF8.self) }
 
@@ -18,13 +24,12 @@ public struct ExportResponse: Sendable {
     }
 }
 
-public enum ExportError: Error, Equatable, CustomStringConvertible {
+/// Why a token, a key set or an HTTP exchange with an Azure endpoint failed.
+public enum IdentityError: Error, Equatable, CustomStringConvertible {
     case invalidURL(String, reason: String)
     case transport(String)
     case credential(String)
     case configuration(String)
-    /// Another process holds the spool directory.
-    case spoolInUse(String)
 
     public var description: String {
         switch self {
@@ -32,14 +37,13 @@ public enum ExportError: Error, Equatable, CustomStringConvertible {
         case .transport(let cause): return "transport: \(cause)"
         case .credential(let cause): return "credential: \(cause)"
         case .configuration(let cause): return cause
-        case .spoolInUse(let directory): return "spool directory '\(directory)' is in use by another process"
         }
     }
 }
 
-/// The HTTP client of the exporter and its credentials: no redirects (a bearer token must not follow one to
+/// The HTTP client for Azure endpoints (token services, key sets, ingestion): no redirects (a bearer token must not follow one to
 /// another host), bounded time per request, and plain `http` only where it cannot leave the machine.
-public final class ExportHTTP: Sendable {
+public final class AzureHTTP: Sendable {
     let client: HTTPClient
     let requestTimeout: TimeAmount
 
@@ -63,7 +67,7 @@ public final class ExportHTTP: Sendable {
 
     public func send(
         method: HTTPMethod, url: String, headers: [(String, String)], body: [UInt8]?, maxResponseBytes: Int = 1 << 20
-    ) async throws(ExportError) -> ExportResponse {
+    ) async throws(IdentityError) -> AzureResponse {
         var request = HTTPClientRequest(url: url)
         request.method = method
         for (name, value) in headers { request.headers.add(name: name, value: value) }
@@ -71,7 +75,7 @@ public final class ExportHTTP: Sendable {
         do {
             let response = try await client.execute(request, timeout: requestTimeout)
             var buffer = try await response.body.collect(upTo: maxResponseBytes)
-            return ExportResponse(
+            return AzureResponse(
                 status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) },
                 body: buffer.readBytes(length: buffer.readableBytes) ?? [])
         } catch {
@@ -81,7 +85,7 @@ public final class ExportHTTP: Sendable {
 
     /// Refuses URLs that would send a token or telemetry in clear text off the machine.
     /// `linkLocalHTTP` admits Azure's instance metadata service (169.254.169.254), which is plain http.
-    public static func checkURL(_ url: String, linkLocalHTTP: Bool = false) throws(ExportError) {
+    public static func checkURL(_ url: String, linkLocalHTTP: Bool = false) throws(IdentityError) {
         let lower = url.lowercased()
         let rest: Substring
         if lower.hasPrefix("https://") {
@@ -100,7 +104,7 @@ public final class ExportHTTP: Sendable {
     }
 
     /// The host of an `http(s)://` URL, lower-cased; nil for anything else.
-    static func host(of url: String) -> String? {
+    public static func host(of url: String) -> String? {
         let lower = url.lowercased()
         guard let scheme = ["https://", "http://"].first(where: lower.hasPrefix) else { return nil }
         let host = hostPart(lower.dropFirst(scheme.count))
