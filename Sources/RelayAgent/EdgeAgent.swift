@@ -34,6 +34,8 @@ public final class EdgeAgent: Sendable {
         var counter: TunnelCounter
         /// HTTP requests being forwarded (`-H`): a drain waits for them as for tunnels.
         var httpExchanges: TunnelCounter
+        /// Control channels online per relay name, across relays: the `listeners` gauge.
+        var onlineListeners: OnlineListeners
         /// A UDP flow with no datagram either way for this long is closed.
         var udpIdleTimeout = defaultUDPIdleTimeout
         /// How long an HTTP target may take to start its response once it has the request.
@@ -67,7 +69,8 @@ public final class EdgeAgent: Sendable {
                 keepAliveInterval: keepAliveInterval, tlsContext: tlsContext, group: group, logger: logger,
                 metrics: metrics, tracer: tracer ?? HopTracer(logger: logger),
                 counter: TunnelCounter(gauge: metrics.activeTunnels(role: .edge)),
-                httpExchanges: TunnelCounter(gauge: metrics.activeHTTPForwards()), udpIdleTimeout: udpIdleTimeout,
+                httpExchanges: TunnelCounter(gauge: metrics.activeHTTPForwards()),
+                onlineListeners: OnlineListeners(metrics: metrics), udpIdleTimeout: udpIdleTimeout,
                 httpResponseTimeout: httpResponseTimeout))
         agent.startListeners(for: forwards.map { ListenerKey(forward: $0.0, access: $0.1) })
         return agent
@@ -141,6 +144,23 @@ public final class EdgeAgent: Sendable {
                 "open_tunnels": "\(settings.counter.current)",
                 "open_http_requests": "\(settings.httpExchanges.current)",
             ])
+    }
+}
+
+/// How many of an entity's control channels are online (one per relay the edge listens on), as the
+/// `hyrelay_listeners{role="edge"}` gauge shows it.
+final class OnlineListeners: Sendable {
+    private let metrics: RelayMetrics
+    private let counts = NIOLockedValueBox<[String: Int]>([:])
+
+    init(metrics: RelayMetrics) { self.metrics = metrics }
+
+    func changed(entity: String, by delta: Int) {
+        let count = counts.withLockedValue { counts in
+            counts[entity, default: 0] = max(0, counts[entity, default: 0] + delta)
+            return counts[entity, default: 0]
+        }
+        metrics.listeners(role: .edge, entity: entity).set(to: Double(count))
     }
 }
 
@@ -234,7 +254,7 @@ final class ListenerLoop: Sendable {
             do {
                 let result = try await WebSocketClient.connect(
                     to: url, headers: headers, tlsContext: settings.tlsContext, group: settings.group,
-                    connectTimeout: EdgeAgent.relayConnectTimeout, proxy: access.proxy
+                    connectTimeout: EdgeAgent.relayConnectTimeout, proxy: access.proxy, address: access.address
                 ) { [self] channel in
                     try channel.pipeline.syncOperations.addHandler(
                         EdgeControlHandler(listener: self, tokenExpiry: expiry, logger: logger))
@@ -251,10 +271,13 @@ final class ListenerLoop: Sendable {
                     backoff.reset()
                     settings.metrics.listenerEvent(
                         role: .edge, entity: forward.relayName, event: wasOnline ? .reconnect : .connect)
-                    settings.metrics.listeners(role: .edge, entity: forward.relayName).set(to: 1)
+                    settings.onlineListeners.changed(entity: forward.relayName, by: 1)
                     logger.info(
                         wasOnline ? "listener reconnected" : "listener online",
-                        metadata: ["listener_id": "\(listenerId)", "relay": "\(access.base)", "attempt": "\(attempt)"])
+                        metadata: [
+                            "listener_id": "\(listenerId)", "relay": "\(access.base)",
+                            "address": "\(access.address ?? access.base.host)", "attempt": "\(attempt)",
+                        ])
                     attempt = 0
                     wasOnline = true
                     try? await channel.closeFuture.get()
@@ -262,7 +285,7 @@ final class ListenerLoop: Sendable {
                         state.online = false
                         state.channel = nil
                     }
-                    settings.metrics.listeners(role: .edge, entity: forward.relayName).set(to: 0)
+                    settings.onlineListeners.changed(entity: forward.relayName, by: -1)
                     settings.metrics.listenerEvent(
                         role: .edge, entity: forward.relayName, event: .disconnect, cause: "channel_closed")
                     if !state.withLockedValue({ $0.stopped }) {

@@ -25,6 +25,9 @@ public struct RelayAccess: Sendable, Hashable {
     public var proxy: OutboundProxy?
     /// Entra ID sign-in, used when no SAS credential is configured (as azbridge does).
     public var entra: RefreshingToken?
+    /// One of the addresses `base.host` resolves to, dialled instead of the name (relay discovery): an edge keeps a
+    /// listener on each.
+    public var address: String?
 
     /// The .NET SDK's token lifetime.
     public static let defaultTokenLifetime: Int64 = 3600

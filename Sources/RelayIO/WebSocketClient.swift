@@ -100,6 +100,7 @@ public enum WebSocketClient {
         group: any EventLoopGroup,
         connectTimeout: TimeAmount = .seconds(30),
         proxy: OutboundProxy? = nil,
+        address: String? = nil,
         configure: @escaping @Sendable (any Channel) throws -> Void
     ) -> EventLoopFuture<WebSocketConnectResult> {
         let eventLoop = group.next()
@@ -117,7 +118,8 @@ public enum WebSocketClient {
         head.headers.add(contentsOf: extraHeaders)
         let requestHead = head
         HTTPConnection.connect(
-            url: url, tlsContext: tlsContext, eventLoop: eventLoop, connectTimeout: connectTimeout, proxy: proxy
+            url: url, tlsContext: tlsContext, eventLoop: eventLoop, connectTimeout: connectTimeout, proxy: proxy,
+            address: address
         ) { channel, encoder, decoder in
             try channel.pipeline.syncOperations.addHandler(
                 ClientHandshakeHandler(
@@ -134,9 +136,11 @@ public enum WebSocketClient {
 /// A client HTTP/1.1 connection (to a relay, or an edge's HTTP target): TCP, TLS for `wss`/`https` (with SNI for names), and the HTTP/1.1 codec.
 public enum HTTPConnection {
     /// Connects, failing at once when a secure URL comes without a TLS context; through `proxy` with `CONNECT`.
+    /// `address` is dialled instead of the URL's host (one of several a name resolves to), which stays in SNI and
+    /// the `Host` header.
     public static func connect(
         url: WebSocketURL, tlsContext: NIOSSLContext?, eventLoop: any EventLoop, connectTimeout: TimeAmount,
-        proxy: OutboundProxy? = nil,
+        proxy: OutboundProxy? = nil, address: String? = nil,
         addHandler:
             @escaping @Sendable (any Channel, HTTPRequestEncoder, ByteToMessageHandler<HTTPResponseDecoder>)
             throws -> Void
@@ -168,7 +172,7 @@ public enum HTTPConnection {
                     try addHandler(channel, encoder, decoder)
                 }
             }
-            .connect(host: proxy?.host ?? url.host, port: proxy?.port ?? url.port)
+            .connect(host: proxy?.host ?? address ?? url.host, port: proxy?.port ?? url.port)
     }
 }
 

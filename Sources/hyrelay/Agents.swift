@@ -2,6 +2,7 @@ import ArgumentParser
 import AzureIdentity
 import HybridConnections
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -274,9 +275,19 @@ struct Edge: AsyncParsableCommand {
         help: "Seconds an HTTP target may take to start answering once it has the whole request; then 504.")
     var httpTimeout: Double = 50
 
+    @Option(
+        name: .customLong("discovery-interval"),
+        help:
+            "Seconds between resolutions of the relay names: a name with several addresses gets a listener on each (0: off)."
+    )
+    var discoveryInterval: Double = 30
+
     func validate() throws {
         guard httpTimeout > 0, httpTimeout <= 3600 else {
             throw ValidationError("--http-timeout must be above 0 and at most 3600")
+        }
+        guard discoveryInterval == 0 || (discoveryInterval >= 0.5 && discoveryInterval <= 86_400) else {
+            throw ValidationError("--discovery-interval must be 0 (off) or 0.5 to 86400 seconds")
         }
     }
 
@@ -324,15 +335,23 @@ struct Edge: AsyncParsableCommand {
         return (forwards, configuration.keepAliveInterval, configuration.exitOnForwardFailure)
     }
 
+    /// The listeners for the configured forwards: with discovery on, one per address of each relay name.
+    func listeners(_ forwards: [(RemoteForward, RelayAccess)]) async -> [(RemoteForward, RelayAccess)] {
+        guard discoveryInterval > 0 else { return forwards }
+        return await RelayDiscovery.expand(forwards, resolve: RelayDiscovery.systemResolver)
+    }
+
     func run() async throws {
         let (forwards, keepAliveInterval, exitOnForwardFailure) = try makeForwards()
         try await EntraSignIn.start()
         let session = try TelemetrySession(telemetry: options.telemetry, role: "edge", tracerLabel: "hyrelay.edge")
         let logger = Logger(label: "hyrelay.edge")
         let metrics = session.metrics
+        let configured = NIOLockedValueBox(forwards)
+        let initial = await listeners(forwards)
         let (agent, side) = try await session.starting {
             let agent = EdgeAgent.start(
-                forwards: forwards, keepAliveInterval: keepAliveInterval, tlsContext: try options.tlsContext(),
+                forwards: initial, keepAliveInterval: keepAliveInterval, tlsContext: try options.tlsContext(),
                 group: MultiThreadedEventLoopGroup.singleton, logger: logger, metrics: metrics, tracer: session.tracer,
                 udpIdleTimeout: options.udpIdleTimeout, httpResponseTimeout: .nanoseconds(Int64(httpTimeout * 1e9)))
             let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
@@ -348,8 +367,24 @@ struct Edge: AsyncParsableCommand {
             await stop(agent, grace: 0, session: session, side: side)
             throw ExitCode(1)
         }
+        // Relay discovery: the relay names are resolved again on an interval and the listeners follow.
+        let discovery = Task {
+            guard discoveryInterval > 0 else { return }
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(Int64(discoveryInterval * 1000)))
+                let (added, removed) = await agent.reload(forwards: await listeners(configured.withLockedValue { $0 }))
+                if added + removed > 0 {
+                    logger.info(
+                        "relay addresses changed",
+                        metadata: ["listeners_added": "\(added)", "listeners_removed": "\(removed)"])
+                }
+            }
+        }
+        defer { discovery.cancel() }
         try await serveUntilTerminated(agent, grace: options.grace, session: session, side: side, logger: logger) {
-            let (added, removed) = await agent.reload(forwards: try makeForwards().forwards)
+            let forwards = try makeForwards().forwards
+            configured.withLockedValue { $0 = forwards }
+            let (added, removed) = await agent.reload(forwards: await listeners(forwards))
             return ["listeners_added": "\(added)", "listeners_removed": "\(removed)"]
         }
     }

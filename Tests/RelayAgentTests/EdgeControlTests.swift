@@ -77,7 +77,8 @@ import Testing
             keepAliveInterval: keepAlive, tlsContext: nil, group: MultiThreadedEventLoopGroup.singleton,
             logger: logger, metrics: metrics, tracer: HopTracer(logger: logger),
             counter: TunnelCounter(gauge: metrics.activeTunnels(role: .edge)),
-            httpExchanges: TunnelCounter(gauge: metrics.activeHTTPForwards()))
+            httpExchanges: TunnelCounter(gauge: metrics.activeHTTPForwards()),
+            onlineListeners: OnlineListeners(metrics: metrics))
         let listener = ListenerLoop(
             forward: RemoteForward(relayName: "hc", bindings: [RemoteBinding(port: 1)]),
             access: RelayAccess(base: WebSocketURL("ws://127.0.0.1:1")!, keyName: "k", key: "secret"),
