@@ -7,7 +7,7 @@ import RelayIO
 ///
 /// ```
 /// open ──┬─ Close from the listener, renewal refused, token expired, protocol broken,
-///        │  message too big, relay going away ───────────────────────▶ closing(cause) ─▶ closed
+///        │  message too big, relay going away, recycled ─────────────▶ closing(cause) ─▶ closed
 ///        └─ pings unanswered, socket not read ───────────────────────▶ evicted(cause) ─▶ closed
 /// ```
 struct ListenerChannelStateMachine: Sendable {
@@ -119,6 +119,14 @@ struct ListenerChannelStateMachine: Sendable {
     /// A message over the control channel's limit.
     mutating func messageTooLarge(reason: String) -> Close? {
         close(code: .messageTooLarge, reason: reason, cause: "message_too_big")
+    }
+
+    /// The channel has lived `limits.listenerRecycleSeconds`: 1011, as Azure Relay recycles its control channels;
+    /// the listener reconnects, and tunnels already joined go on (they are connections of their own).
+    mutating func recycleTimerFired() -> Close? {
+        close(
+            code: .unexpectedServerError, reason: "The control channel is being recycled; connect again",
+            cause: "recycled")
     }
 
     /// The relay drains, or the entity left the configuration: 1001, so the listener reconnects elsewhere.

@@ -32,6 +32,7 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     private var context: ChannelHandlerContext?
     private var pingTask: Scheduled<Void>?
     private var expiryTask: Scheduled<Void>?
+    private var recycleTask: Scheduled<Void>?
     private var pongs = PongReplies()
     private var reader = WebSocketFrameReader()
     private var remainder = HeadRemainder()
@@ -64,6 +65,15 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         self.context = context
         scheduleTick()
         scheduleExpiry()
+        let recycle = hub.limits.listenerRecycleSeconds
+        if recycle > 0 {
+            recycleTask = context.eventLoop.assumeIsolated().scheduleTask(in: .fractionalSeconds(recycle)) {
+                [weak self] in
+                guard let self, let close = self.machine.recycleTimerFired() else { return }
+                self.logger.info("listener control channel recycled", metadata: ["after_seconds": "\(recycle)"])
+                self.run(close)
+            }
+        }
     }
 
     /// Sets the token timer for the machine's deadline (after a renewal, the new token's).
@@ -97,12 +107,14 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
     func handlerRemoved(context: ChannelHandlerContext) {
         pingTask?.cancel()
         expiryTask?.cancel()
+        recycleTask?.cancel()
         self.context = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         pingTask?.cancel()
         expiryTask?.cancel()
+        recycleTask?.cancel()
         if let handle { hub.unregister(handle) }
         let cause = machine.channelInactive()
         hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: .disconnect, cause: cause)

@@ -54,6 +54,9 @@ public struct RelayLimits: Codable, Equatable, Sendable {
     public var tokenGraceSeconds: Double = 300
     /// Tolerated clock difference when checking a token's expiry at handshake time.
     public var clockSkewSeconds: Double = 300
+    /// Closes each listener control channel with 1011 after this long, as Azure Relay recycles them (about
+    /// daily), so listeners' reconnects are exercised before production does it; 0: never.
+    public var listenerRecycleSeconds: Double = 0
     public var maxListenersPerEntity: Int = 25
     /// Total bytes of the request target plus header names and values; above it, 431.
     public var maxHeaderBytes: Int = 32 * 1024
@@ -82,7 +85,7 @@ public struct RelayLimits: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case acceptTimeoutSeconds, httpResponseTimeoutSeconds, handshakeTimeoutSeconds, httpBodyTimeoutSeconds,
             idleTimeoutSeconds, pingIntervalSeconds, missedPongLimit, tokenGraceSeconds, clockSkewSeconds,
-            maxListenersPerEntity, maxHeaderBytes, maxRequestTargetBytes, maxFrameBytes,
+            listenerRecycleSeconds, maxListenersPerEntity, maxHeaderBytes, maxRequestTargetBytes, maxFrameBytes,
             maxBufferedHTTPBytes, controlChannelRequestBytes, maxConnectionsPerSource, maxConnections, authFailureBurst,
             authFailuresPerSecond
     }
@@ -123,6 +126,9 @@ public struct RelayLimits: Codable, Equatable, Sendable {
         if !(clockSkewSeconds >= 0 && clockSkewSeconds <= 86_400) {
             problems.append("limits.clockSkewSeconds must be between 0 and 86400")
         }
+        if !(listenerRecycleSeconds == 0 || (listenerRecycleSeconds >= 1 && listenerRecycleSeconds <= 2_592_000)) {
+            problems.append("limits.listenerRecycleSeconds must be 0 (never) or 1 to 2592000")
+        }
         if !(authFailureBurst >= 1 && authFailureBurst <= 1_000_000) {
             problems.append("limits.authFailureBurst must be between 1 and 1000000")
         }
@@ -153,6 +159,7 @@ public struct RelayLimits: Codable, Equatable, Sendable {
         try read(.missedPongLimit, \.missedPongLimit)
         try read(.tokenGraceSeconds, \.tokenGraceSeconds)
         try read(.clockSkewSeconds, \.clockSkewSeconds)
+        try read(.listenerRecycleSeconds, \.listenerRecycleSeconds)
         try read(.maxListenersPerEntity, \.maxListenersPerEntity)
         try read(.maxHeaderBytes, \.maxHeaderBytes)
         try read(.maxRequestTargetBytes, \.maxRequestTargetBytes)

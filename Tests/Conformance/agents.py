@@ -21,11 +21,13 @@ def binary():
 
 
 class Process:
-    def __init__(self, args, log_path, env=None):
+    def __init__(self, args, log_path, env=None, prefix=()):
+        """`prefix` runs the binary through another command (`ip netns exec NS`), which execs it in place."""
         self.args = args
         self.log_path = log_path
         self.log_file = open(log_path, "w")
-        self.popen = subprocess.Popen([binary()] + args, stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
+        self.popen = subprocess.Popen(list(prefix) + [binary()] + args, stdout=self.log_file,
+                                      stderr=subprocess.STDOUT, env=env)
 
     def log(self):
         with open(self.log_path) as f:

@@ -750,7 +750,10 @@ def test_a_tcp_sender_to_a_udp_port_is_told_and_counted(relay):
 
 def test_an_idle_udp_flow_closes_after_its_time(relay):
     service = UdpEcho()
-    edge = agents.start_edge(relay.directory, relay.url, ["udp:127.0.0.1:%dU" % service.port], extra=["--udp-idle", "1"])
+    # The edge waits longer than the client, so the client's timer is the one that ends the flow (with both at 1 s
+    # either side may end it first, and the client then logs the edge's close instead).
+    edge = agents.start_edge(relay.directory, relay.url, ["udp:127.0.0.1:%dU" % service.port],
+                             extra=["--udp-idle", "30"])
     port = free_port()
     client = agents.start_client(relay.directory, relay.url, ["127.0.0.1:%dU:udp" % port], [port],
                                  extra=["--udp-idle", "1"])
@@ -839,3 +842,44 @@ def proxied_tunnel_and_wrong_password(relay, proxy, target):
         assert "401 Unauthorized" in wrong.log() and "proxy_refused" in wrong.log()
     finally:
         wrong.stop()
+
+
+def test_recycled_control_channels_lose_no_tunnel(tmp_path):
+    """Azure Relay recycles listener control channels (about daily, Close 1011); limits.listenerRecycleSeconds does
+    it here every 2 s: the edge reconnects at once each time, a tunnel held open across several recycles goes on
+    echoing, and new tunnels work between them."""
+    port = free_port()
+    config = tmp_path / "relay-recycle.yaml"
+    config.write_text("listen: \"127.0.0.1:%d\"\nhybridConnections: [{name: hc}]\nnamespaceRules:\n"
+                      "  - {keyName: %s, primaryKey: \"%s\", rights: [Listen, Send]}\n"
+                      "limits:\n  listenerRecycleSeconds: 2\n" % (port, agents.KEY_NAME, agents.KEY))
+    relay = agents.Process(["relay", "--config", str(config)], str(tmp_path / "relay-recycle.log"))
+    relay.wait_for_log("relay listening")
+    target = agents.TcpServer("echo")
+    edge = client = None
+    try:
+        edge = agents.start_edge(tmp_path, "ws://127.0.0.1:%d" % port, ["hc:127.0.0.1:%d" % target.port])
+        local = free_port()
+        client = agents.start_client(tmp_path, "ws://127.0.0.1:%d" % port, ["127.0.0.1:%d:hc" % local], [local])
+        held = socket.create_connection(("127.0.0.1", local), timeout=10)
+        deadline = time.time() + 30
+        rounds = 0
+        while relay.log().count("listener control channel recycled") < 3:
+            assert time.time() < deadline, relay.log()[-2000:]
+            message = b"round %d" % rounds
+            held.sendall(message)
+            assert held.recv(100) == message
+            rounds += 1
+            time.sleep(0.3)
+        held.sendall(b"after")
+        assert held.recv(100) == b"after"
+        held.close()
+        edge.wait_for_log("listener reconnected")
+        assert "code=1011" in edge.log()
+        sent, received, count = agents.echo_roundtrip(local, os.urandom(100_000))
+        assert count == 100_000 and sent == received
+    finally:
+        for process in (client, edge, relay):
+            if process:
+                process.stop()
+        target.close()

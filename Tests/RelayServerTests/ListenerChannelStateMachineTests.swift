@@ -19,6 +19,18 @@ import Testing
         #expect(machine.isOpen)
     }
 
+    @Test func aRecycledChannelClosesWith1011Once() {
+        var machine = Self.channel()
+        let close = machine.recycleTimerFired()
+        #expect(close?.code == .unexpectedServerError && close?.cause == "recycled")
+        #expect(machine.recycleTimerFired() == nil, "a channel already closing is not closed twice")
+        #expect(machine.channelInactive() == "recycled")
+        var evicted = Self.channel(missedPongLimit: 1)
+        _ = evicted.tick(writable: true)
+        _ = evicted.tick(writable: true)
+        #expect(evicted.recycleTimerFired() == nil, "an evicted channel gets no Close")
+    }
+
     @Test func unansweredPingsEvictAfterTheLimit() {
         var machine = Self.channel(missedPongLimit: 2)
         let first = machine.tick(writable: true)
