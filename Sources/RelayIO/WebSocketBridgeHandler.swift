@@ -84,6 +84,8 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
 
     public func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        // The legs hold each other: without this, every tunnel's two handlers (and all they hold) outlived it.
+        partner = nil
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -289,12 +289,15 @@ public final class RelayMetrics: Sendable {
     public func httpRequest(entity: String, status: Int, seconds: Double, traceID: String? = nil) {
         counter(
             "http_requests", "HTTP-mode requests answered, by entity and status class (2xx … 5xx).",
-            [("entity", entity), ("code", "\(min(max(status / 100, 1), 5))xx")]
+            [("entity", entity), ("code", Self.statusClass(status))]
         ).increment()
         observe(
             "http_request_duration", "HTTP-mode request received until its response was written.",
             [("entity", entity)], buckets: Self.latencyBuckets, value: seconds, traceID: traceID)
     }
+
+    /// `2xx` … `5xx` (anything out of range clamped), the `code` label of HTTP counters.
+    static func statusClass(_ status: Int) -> String { "\(min(max(status / 100, 1), 5))xx" }
 
     /// One request an edge's HTTP forwarder answered (or cut): by status class, its duration, the body bytes
     /// each way (up: toward the target) and, when it failed, why (`reason`).
@@ -304,7 +307,7 @@ public final class RelayMetrics: Sendable {
     ) {
         counter(
             "http_forwarded_requests", "Requests the edge's HTTP forwarder answered, by entity and status class.",
-            [("entity", entity), ("code", "\(min(max(status / 100, 1), 5))xx")]
+            [("entity", entity), ("code", Self.statusClass(status))]
         ).increment()
         observe(
             "http_forwarded_duration", "Edge HTTP forwarder: request received until its response was handed back.",

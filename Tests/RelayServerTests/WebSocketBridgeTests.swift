@@ -55,6 +55,24 @@ import Testing
         return Pair(a: a, b: b)
     }
 
+    /// The legs hold each other; once both channels are gone neither may outlive them (each tunnel leaked its two
+    /// handlers, ~1.9 KB, until this was fixed: a churn soak grew the relay by 80 MiB in 50,000 tunnels).
+    @Test func bothLegsAreFreedOnceTheirChannelsClose() throws {
+        weak var legA: WebSocketBridgeHandler?
+        weak var legB: WebSocketBridgeHandler?
+        do {
+            let pair = try makePair()
+            legA = try pair.a.pipeline.syncOperations.handler(type: WebSocketBridgeHandler.self)
+            legB = try pair.b.pipeline.syncOperations.handler(type: WebSocketBridgeHandler.self)
+            try deliver(masked(.binary, [1, 2, 3]), into: pair.a, partner: pair.b)
+            _ = try pair.a.finish(acceptAlreadyClosed: true)
+            pair.b.embeddedEventLoop.run()
+            _ = try pair.b.finish(acceptAlreadyClosed: true)
+            pair.a.embeddedEventLoop.run()
+        }
+        #expect(legA == nil && legB == nil, "a bridge leg outlived its tunnel")
+    }
+
     /// A frame as a client puts it on the wire.
     func masked(_ opcode: WebSocketOpcode, _ bytes: [UInt8], fin: Bool = true) -> ByteBuffer {
         var wire = ByteBuffer()
