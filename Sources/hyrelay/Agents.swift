@@ -54,10 +54,10 @@ struct AgentOptions: ParsableArguments {
 
     @Option(
         name: .customLong("token-ttl"),
-        help: "Lifetime in seconds of the SAS tokens the agent makes; renewed at 4/5 of it (default 3600).")
+        help: "Lifetime in seconds of the SAS tokens the agent makes; renewed at 4/5 of it.")
     var tokenTTL: Int64 = RelayAccess.defaultTokenLifetime
 
-    @Option(name: .customLong("grace"), help: "Seconds to let open tunnels finish on SIGTERM (default 10).")
+    @Option(name: .customLong("grace"), help: "Seconds to let open tunnels finish on SIGTERM.")
     var grace: Double = 10
 
     @Option(
@@ -76,7 +76,7 @@ struct AgentOptions: ParsableArguments {
 
     @Option(
         name: .customLong("udp-idle"),
-        help: "Seconds a UDP flow may see no datagram either way before its tunnel closes (default 240).")
+        help: "Seconds a UDP flow may see no datagram either way before its tunnel closes.")
     var udpIdle: Double = 240
 
     /// `--udp-idle` as a timer's amount.

@@ -38,13 +38,13 @@ struct ExportOptions: ParsableArguments {
     @Option(name: .customLong("dcr-immutable-id"), help: "The data collection rule's immutableId (dcr-…).")
     var ruleID: String?
 
-    @Option(name: .customLong("spans-stream"), help: "Stream for spans (default Custom-HyRelaySpans).")
+    @Option(name: .customLong("spans-stream"), help: "Stream for spans.")
     var spansStream = ExportTable.spans.defaultStream
 
-    @Option(name: .customLong("logs-stream"), help: "Stream for log events (default Custom-HyRelayLogs).")
+    @Option(name: .customLong("logs-stream"), help: "Stream for log events.")
     var logsStream = ExportTable.logs.defaultStream
 
-    @Option(name: .customLong("metrics-stream"), help: "Stream for metric snapshots (default Custom-HyRelayMetrics).")
+    @Option(name: .customLong("metrics-stream"), help: "Stream for metric snapshots.")
     var metricsStream = ExportTable.metrics.defaultStream
 
     @Option(
@@ -60,11 +60,11 @@ struct ExportOptions: ParsableArguments {
     @Flag(name: .customLong("no-export"), help: "Export nothing (not even to files).")
     var noExport = false
 
-    @Option(name: .customLong("export-interval"), help: "Seconds before a partial batch is sent (default 5).")
+    @Option(name: .customLong("export-interval"), help: "Seconds before a partial batch is sent.")
     var flushInterval: Double = 5
 
     @Option(
-        name: .customLong("export-metrics-interval"), help: "Seconds between metric snapshots; 0 for none (default 60)."
+        name: .customLong("export-metrics-interval"), help: "Seconds between metric snapshots; 0 for none."
     )
     var metricsInterval: Double = 60
 
@@ -76,13 +76,13 @@ struct ExportOptions: ParsableArguments {
         help: "Disk spool for batches an endpoint cannot take now (default STATE/spool/ROLE).")
     var spoolDirectory: String?
 
-    @Option(name: .customLong("spool-max-mb"), help: "Spool size bound in MiB (default 256).")
+    @Option(name: .customLong("spool-max-mb"), help: "Spool size bound in MiB.")
     var spoolMaxMebibytes = 256
 
-    @Option(name: .customLong("spool-max-age-hours"), help: "Spooled batches older than this are dropped (default 48).")
+    @Option(name: .customLong("spool-max-age-hours"), help: "Spooled batches older than this are dropped.")
     var spoolMaxAgeHours: Double = 48
 
-    @Option(name: .customLong("export-shutdown-seconds"), help: "Time to flush on shutdown (default 10).")
+    @Option(name: .customLong("export-shutdown-seconds"), help: "Time to flush on shutdown.")
     var shutdownSeconds: Double = 10
 
     @Option(name: .long, help: "Instance name in exported telemetry (default: the host name).")

@@ -239,7 +239,7 @@ struct Token: AsyncParsableCommand {
     @Option(name: .long, help: "Shared access key.")
     var key: String?
 
-    @Option(name: .long, help: "Lifetime in seconds (default 3600).")
+    @Option(name: .long, help: "Lifetime in seconds.")
     var ttl: Int = 3600
 
     @Flag(name: .long, help: "Sign in with Entra ID as the agents do and print that token instead.")
