@@ -68,7 +68,7 @@ public struct RelayPolicy: Sendable {
         namespaceRules = configuration.namespaceRules
         validator = TokenValidator(clockSkew: Int64(configuration.limits.clockSkewSeconds))
         publicHost = WebSocketURLHost.host(of: configuration.effectivePublicURL)
-        entra = zip(entraAuthority, configuration.entra).map { ($0, $1) }
+        entra = entraAuthority.flatMap { authority in configuration.entra.map { (authority, $0) } }
     }
 
     /// The entity a path (after `/$hc/` or `/`) addresses, or 404 "Endpoint does not exist".
@@ -159,12 +159,6 @@ extension RelayPolicy {
         }
         return principal.expiry
     }
-}
-
-/// `zip` for two optionals: both or nothing.
-private func zip<A, B>(_ a: A?, _ b: B?) -> (A, B)? {
-    guard let a, let b else { return nil }
-    return (a, b)
 }
 
 enum WebSocketURLHost {

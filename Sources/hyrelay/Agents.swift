@@ -126,9 +126,7 @@ struct AgentOptions: ParsableArguments {
             let environment = ProcessInfo.processInfo.environment
             access.proxy = try OutboundProxy.forRelay(
                 access.base, flag: proxy ?? configuration.httpProxy, environment: environment)
-            if access.lacksSharedAccessCredential, EntraSignIn.wanted(flag: entra, environment: environment) {
-                access.entra = try EntraSignIn.token(environment: environment)
-            }
+            try EntraSignIn.attach(to: &access, flag: entra, environment: environment)
             return access
         } catch let error as OutboundProxyError {
             throw ValidationError("--proxy or HTTPS_PROXY/HTTP_PROXY: \(error.description)")
@@ -502,12 +500,7 @@ struct Check: AsyncParsableCommand {
         var access = try RelayAccess.resolve(
             configuration: configuration, entryConnectionString: entry.connectionString, relayName: entry.relayName)
         access.noAuthentication = entry.noAuthentication
-        let environment = ProcessInfo.processInfo.environment
-        if access.lacksSharedAccessCredential, !access.noAuthentication,
-            EntraSignIn.wanted(flag: entra, environment: environment)
-        {
-            access.entra = try EntraSignIn.token(environment: environment)
-        }
+        try EntraSignIn.attach(to: &access, flag: entra, environment: ProcessInfo.processInfo.environment)
         return access
     }
 

@@ -19,9 +19,12 @@ enum EntraSignIn {
 
     private static let shared = NIOLockedValueBox<(token: RefreshingToken, http: AzureHTTP)?>(nil)
 
-    /// Whether an agent without SAS credentials signs in with Entra: asked for, or the environment says so.
-    static func wanted(flag: Bool, environment: [String: String]) -> Bool {
-        flag || environmentMarkers.contains { !(environment[$0] ?? "").isEmpty }
+    /// Gives `access` the process's Entra sign-in when it has no SAS credential, sends a token at all, and Entra is
+    /// asked for (`flag`) or the environment names a credential.
+    static func attach(to access: inout RelayAccess, flag: Bool, environment: [String: String]) throws {
+        let wanted = flag || environmentMarkers.contains { !(environment[$0] ?? "").isEmpty }
+        guard wanted, access.lacksSharedAccessCredential, !access.noAuthentication else { return }
+        access.entra = try token(environment: environment)
     }
 
     /// The process's token, created (not yet fetched) on first use.
