@@ -19,7 +19,6 @@ let log: Target.Dependency = .product(name: "Logging", package: "swift-log")
 // NIO's locks are pthread mutexes, which ThreadSanitizer understands (Synchronization.Mutex's futex is not).
 let locks: Target.Dependency = .product(name: "NIOConcurrencyHelpers", package: "swift-nio")
 let crypto: Target.Dependency = .product(name: "Crypto", package: "swift-crypto")
-let prometheus: Target.Dependency = .product(name: "Prometheus", package: "swift-prometheus")
 let tracing: Target.Dependency = .product(name: "Tracing", package: "swift-distributed-tracing")
 let yams: Target.Dependency = .product(name: "Yams", package: "Yams")
 
@@ -37,7 +36,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
-        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/adam-fowler/compress-nio.git", from: "1.5.0"),
@@ -51,7 +49,7 @@ let package = Package(
         .target(
             name: "RelayTelemetry",
             dependencies: [
-                "HybridConnections", log, locks, prometheus, tracing, .product(name: "NIOCore", package: "swift-nio"),
+                "HybridConnections", log, locks, tracing, .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: strict
@@ -72,9 +70,10 @@ let package = Package(
         .target(
             name: "RelayExport",
             dependencies: [
-                "HybridConnections", "AzureIdentity", "RelayTelemetry", log, locks, prometheus, crypto,
+                "HybridConnections", "AzureIdentity", "RelayTelemetry", log, locks, crypto,
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "CompressNIO", package: "compress-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
@@ -83,7 +82,7 @@ let package = Package(
         .target(
             name: "RelayServer",
             dependencies: [
-                "HybridConnections", "AzureIdentity", "RelayIO", "RelayTelemetry", log, locks, yams, prometheus,
+                "HybridConnections", "AzureIdentity", "RelayIO", "RelayTelemetry", log, locks, yams,
                 tracing,
             ] + nio,
             swiftSettings: strict
@@ -91,7 +90,7 @@ let package = Package(
         .target(
             name: "RelayAgent",
             dependencies: [
-                "HybridConnections", "AzureIdentity", "RelayIO", "RelayTelemetry", log, locks, yams, prometheus,
+                "HybridConnections", "AzureIdentity", "RelayIO", "RelayTelemetry", log, locks, yams,
                 tracing,
             ] + nio,
             swiftSettings: strict
@@ -142,7 +141,7 @@ let package = Package(
         .testTarget(
             name: "RelayTelemetryTests", dependencies: ["RelayTelemetry", log, tracing], swiftSettings: strict),
         .testTarget(
-            name: "RelayExportTests", dependencies: ["RelayExport", "AzureIdentity", "RelayTelemetry", log],
+            name: "RelayExportTests", dependencies: ["RelayExport", "AzureIdentity", "RelayTelemetry", log, locks],
             swiftSettings: strict),
         .testTarget(
             name: "AzureIdentityTests",

@@ -5,7 +5,6 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
-import Prometheus
 import RelayIO
 import RelayTelemetry
 import Tracing
@@ -74,19 +73,20 @@ public final class ClientAgent: Sendable {
         return agent
     }
 
-    /// Asks the relay about every hybrid connection this client forwards to, and again until each is ready:
+    /// Asks the relay about every hybrid connection this client forwards to, for as long as the client runs:
     /// a client whose hybrid connection does not exist, or whose key is refused, says so at start and in
-    /// `/readyz` instead of failing every connection later. An unreachable relay is asked again every
-    /// `interval`; a refusal or a missing entity, which take an operator to fix, every `slowInterval` (each
-    /// refused ask is an authentication failure at the relay).
+    /// `/readyz` instead of failing every connection later, and a relay that stops answering takes `/readyz`
+    /// down with it. A ready or unreachable relay is asked again every `interval`; a refusal or a missing
+    /// entity, which take an operator to fix, every `slowInterval` (each refused ask is an authentication
+    /// failure at the relay).
     public func watchRelays(interval: Duration = .seconds(10), slowInterval: Duration = .seconds(120)) async {
-        var waiting = Dictionary(
+        let watched = Dictionary(
             bound.withLockedValue { $0.map { ($0.key.relayName, $0.key.access) } },
             uniquingKeysWith: { first, _ in first })
         var due: [String: ContinuousClock.Instant] = [:]
-        while !waiting.isEmpty && !Task.isCancelled {
+        while !watched.isEmpty && !Task.isCancelled {
             let now = ContinuousClock.now
-            for (relayName, access) in waiting.sorted(by: { $0.key < $1.key }) where (due[relayName] ?? now) <= now {
+            for (relayName, access) in watched.sorted(by: { $0.key < $1.key }) where (due[relayName] ?? now) <= now {
                 let outcome = await RelayProbe.probe(
                     access: access, relayName: relayName, tlsContext: settings.tlsContext, group: settings.group)
                 let previous = probes.withLockedValue { probes in
@@ -98,18 +98,23 @@ public final class ClientAgent: Sendable {
                         level: outcome.isReady ? .info : .warning, "relay probed",
                         metadata: ["relay_name": "\(relayName)", "relay": "\(access.base)", "result": "\(outcome)"])
                 }
-                if outcome.isReady { waiting[relayName] = nil }
-                let retryIn = if case .unreachable = outcome { interval } else { slowInterval }
+                let retryIn =
+                    if case .ready = outcome { interval } else { outcome.isUnreachable ? interval : slowInterval }
                 due[relayName] = .now + retryIn
             }
             try? await Task.sleep(for: interval)
         }
     }
 
-    /// Ready when every port is bound and no probe found a problem (not yet probed counts as ready).
+    /// Ready while every port is bound and the relay answered the latest ask for each hybrid connection
+    /// (not yet asked is not ready).
     public var readiness: (ready: Bool, detail: String) {
+        let relayNames = Set(bound.withLockedValue { $0.map(\.key.relayName) })
         let problems = probes.withLockedValue { probes in
-            probes.sorted { $0.key < $1.key }.filter { !$0.value.isReady }.map { "\($0.key): \($0.value)" }
+            relayNames.sorted().compactMap { name -> String? in
+                guard let outcome = probes[name] else { return "\(name): relay not asked yet" }
+                return outcome.isReady ? nil : "\(name): \(outcome)"
+            }
         }
         guard problems.isEmpty else { return (false, problems.joined(separator: "; ")) }
         return (true, "\(localAddresses.count) client port(s) bound")
@@ -328,8 +333,12 @@ extension ClientAgent {
         var (headers, _) = access.headers(relayName: forward.relayName)
         // The relay continues this trace; against Azure Relay the header reaches the listener as it is.
         headers.add(name: "traceparent", value: connectSpan.traceContext.traceparent)
-        let url = access.url(
-            relayName: forward.relayName, query: "sb-hc-action=connect&sb-hc-id=\(UUID().uuidString.lowercased())")
+        let trackingID = UUID().uuidString.lowercased()
+        let url = access.url(relayName: forward.relayName, query: "sb-hc-action=connect&sb-hc-id=\(trackingID)")
+        let live = LiveTunnel(
+            id: trackingID, entity: forward.relayName, traceID: acceptSpan.traceContext.traceID, peer: peer,
+            portName: binding.portName, state: "connecting")
+        metrics.liveTunnels.add(live)
         connectSpan.attributes["relay"] = "\(access.base)"
         let started = ContinuousClock.now
         let startedDeadline = NIODeadline.now()
@@ -339,6 +348,7 @@ extension ClientAgent {
         /// Ends the tunnel's telemetry when it never opened.
         @Sendable func failed(cause: TunnelCloseCause, outcome: String, status: Int?, message: String) {
             counter.closed()
+            metrics.liveTunnels.remove(live)
             metrics.clientConnect(outcome: outcome, seconds: (ContinuousClock.now - started).seconds)
             metrics.tunnelClosed(role: .client, seconds: (ContinuousClock.now - started).seconds, cause: cause)
             if let status { connectSpan.attributes["status"] = status }
@@ -359,6 +369,7 @@ extension ClientAgent {
                 countBytes: { downBytes.increment(by: Int64($0)) }
             ) { summary in
                 counter.closed()
+                metrics.liveTunnels.remove(live)
                 let seconds = (ContinuousClock.now - started).seconds
                 metrics.tunnelClosed(role: .client, seconds: seconds, cause: summary.cause)
                 if let ttfb = summary.timeToFirstByte {
@@ -378,10 +389,12 @@ extension ClientAgent {
                         "cause": "\(summary.closeCause)", "cause_label": "\(summary.causeLabel)",
                     ])
             }
+            handler.live = live
             try webSocket.pipeline.syncOperations.addHandler(handler)
         }.assumeIsolated().whenComplete { result in
             switch result {
             case .success(.upgraded):
+                live.update(state: "open")
                 metrics.clientConnect(
                     outcome: "connected", seconds: (ContinuousClock.now - started).seconds,
                     traceID: connectSpan.traceContext.traceID)

@@ -5,7 +5,6 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import NIOWebSocket
-import Prometheus
 import RelayIO
 import RelayTelemetry
 import Tracing
@@ -103,6 +102,21 @@ public final class EdgeAgent: Sendable {
 
     /// True once every listener control channel is online.
     public var allOnline: Bool { listeners.withLockedValue { $0.allSatisfy(\.loop.isOnline) } }
+
+    /// Ready while a control channel is registered for every hybrid connection on every relay (and relay
+    /// address) it was given; the detail names those that are not.
+    public var readiness: (ready: Bool, detail: String) {
+        let (total, offline) = listeners.withLockedValue { listeners in
+            (
+                listeners.count,
+                listeners.filter { !$0.loop.isOnline }.map { key, _ in
+                    "\(key.forward.relayName) on \(key.access.address ?? key.access.base.description)"
+                }.sorted()
+            )
+        }
+        guard offline.isEmpty else { return (false, "not registered: " + offline.joined(separator: ", ")) }
+        return (true, "\(total) listener(s) registered")
+    }
 
     public var tunnelCount: Int { settings.counter.current }
 
@@ -345,19 +359,25 @@ final class ListenerLoop: Sendable {
         let udpIdleTimeout = settings.udpIdleTimeout
         let upBytes = metrics.bytes(role: .edge, direction: .up)
         let tunnelLogger = logger
+        let live = LiveTunnel(
+            id: command.id, entity: forward.relayName, traceID: bridgeSpan.traceContext.traceID,
+            peer: command.remoteEndpoint.map { "\($0.address):\($0.port)" } ?? "", state: "rendezvous")
+        metrics.liveTunnels.add(live)
         WebSocketClient.connect(
             to: url, subprotocols: subprotocols, tlsContext: settings.tlsContext, group: settings.group,
             proxy: access.proxy
         ) { channel in
             let handler = TunnelWebSocketHandler(
                 role: .listener(dial: { portName, mode, handler in
-                    Self.dial(
+                    live.update(state: "open", portName: portName)
+                    return Self.dial(
                         portName: portName, mode: mode, forward: forward, handler: handler, metrics: metrics,
                         span: tracer.startSpan("edge.dial", context: parent, ofKind: .client), logger: tunnelLogger,
                         udpIdleTimeout: udpIdleTimeout)
                 }), local: nil, started: startedDeadline, countBytes: { upBytes.increment(by: Int64($0)) }
             ) { summary in
                 counter.closed()
+                metrics.liveTunnels.remove(live)
                 metrics.tunnelClosed(
                     role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: summary.cause)
                 if let ttfb = summary.timeToFirstByte {
@@ -374,12 +394,14 @@ final class ListenerLoop: Sendable {
                         "cause": "\(summary.closeCause)",
                     ])
             }
+            handler.live = live
             try channel.pipeline.syncOperations.addHandler(handler)
         }.whenComplete { result in
             switch result {
             case .success(.upgraded): break
             case .success(.rejected(let status, let reason, _)):
                 counter.closed()
+                metrics.liveTunnels.remove(live)
                 metrics.tunnelClosed(
                     role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: .rendezvousRefused)
                 tunnelLogger.warning("rendezvous refused", metadata: ["status": "\(status)", "cause": "\(reason)"])
@@ -387,6 +409,7 @@ final class ListenerLoop: Sendable {
                 bridgeSpan.end()
             case .failure(let error):
                 counter.closed()
+                metrics.liveTunnels.remove(live)
                 metrics.tunnelClosed(
                     role: .edge, seconds: (ContinuousClock.now - started).seconds, cause: .rendezvousFailed)
                 tunnelLogger.warning(

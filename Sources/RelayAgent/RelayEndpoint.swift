@@ -28,6 +28,8 @@ public struct RelayAccess: Sendable, Hashable {
     /// One of the addresses `base.host` resolves to, dialled instead of the name (relay discovery): an edge keeps a
     /// listener on each.
     public var address: String?
+    /// What this agent tells the relay about itself (`X-HyRelay-Agent`).
+    public var identity: AgentIdentity?
 
     /// The .NET SDK's token lifetime.
     public static let defaultTokenLifetime: Int64 = 3600
@@ -125,6 +127,7 @@ public struct RelayAccess: Sendable, Hashable {
         var headers = HTTPHeaders()
         let token = token(relayName: relayName, now: Int64(Date().timeIntervalSince1970))
         if let token { headers.add(name: "ServiceBusAuthorization", value: token.token) }
+        if let identity { headers.add(name: AgentIdentity.headerName, value: identity.headerValue) }
         return (headers, token?.expiry)
     }
 }

@@ -28,6 +28,12 @@ public enum ProbeOutcome: Equatable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// Whether the relay did not answer at all (asked again soon, unlike a refusal).
+    public var isUnreachable: Bool {
+        if case .unreachable = self { return true }
+        return false
+    }
+
     public var description: String {
         switch self {
         case .ready(let listeners): return "the hybrid connection exists, \(listeners) listener(s) online"

@@ -92,6 +92,10 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var heldFrames: [WebSocketFrame] = []
     private var closeWritten: EventLoopFuture<Void>?
     private var uncountedBytes = 0
+    /// Bytes sent toward the relay since the live view last heard of them.
+    private var unreportedSentBytes = 0
+    /// The tunnel in the inspection API (`/v1/tunnels`), fed with both directions once per read burst.
+    var live: LiveTunnel?
     private let preambleTimeout: TimeAmount
     private let countBytes: (Int) -> Void
     private let onFinished: (TunnelSummary) -> Void
@@ -277,7 +281,17 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
     private func reportBytes() {
         guard uncountedBytes > 0 else { return }
         countBytes(uncountedBytes)
+        reportLive(fromRelay: uncountedBytes, toRelay: 0)
         uncountedBytes = 0
+    }
+
+    private func reportLive(fromRelay: Int, toRelay: Int) {
+        guard let live else { return }
+        if case .listener = machine.role {
+            live.count(up: fromRelay, down: toRelay)
+        } else {
+            live.count(up: toRelay, down: fromRelay)
+        }
     }
 
     // MARK: From the local side
@@ -327,10 +341,18 @@ final class TunnelWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func send(_ data: ByteBuffer) {
         machine.localBytesSent(data.readableBytes)
+        unreportedSentBytes += data.readableBytes
         sendFrame(.binary, data)
     }
 
-    func flush() { context?.flush() }
+    /// The local side's read burst is over: its bytes go out, and into the live view.
+    func flush() {
+        if unreportedSentBytes > 0 {
+            reportLive(fromRelay: 0, toRelay: unreportedSentBytes)
+            unreportedSentBytes = 0
+        }
+        context?.flush()
+    }
 
     /// The local peer ended its input (TCP FIN).
     func localInputEnded() { run(machine.localInputEnded()) }

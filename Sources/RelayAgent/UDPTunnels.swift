@@ -1,7 +1,6 @@
 import HybridConnections
 import NIOCore
 import NIOWebSocket
-import Prometheus
 import RelayTelemetry
 
 /// How long a UDP flow may see no datagram either way before its tunnel closes (azbridge: 4 minutes).

@@ -1,29 +1,31 @@
-/// A batch body ready to send: a JSON array whose items sit one per line (`[a,\nb,\nc]`), so any item can be
-/// found again — for a 206 partial success, or for a file sink writing NDJSON — without a JSON parser.
+/// Rows cut together for one stream. JSON sinks send `body`, a JSON array whose items sit one per line
+/// (`[a,\nb,\nc]`), so any item can be found again — for a 206 partial success, or for a file sink writing
+/// NDJSON — without a JSON parser; other sinks (OTLP) assemble `items` their own way.
 public struct Batch: Sendable, Equatable {
     public var stream: String
-    public var body: [UInt8]
+    /// Empty for a batch read back from the spool, which keeps only the bytes a sink sends.
+    public var items: [[UInt8]]
     public var count: Int
 
     public init(stream: String, items: [[UInt8]]) {
-        count = items.count
-        var body: [UInt8] = [UInt8(ascii: "[")]
-        body.reserveCapacity(BatchBuilder.size(ofItems: items.map(\.count)))
-        for (index, item) in items.enumerated() {
-            if index > 0 { body += [UInt8(ascii: ","), UInt8(ascii: "\n")] }
-            body += item
-        }
-        body.append(UInt8(ascii: "]"))
         self.stream = stream
-        self.body = body
+        self.items = items
+        count = items.count
     }
 
-    /// Rebuilds a batch from a body written by `init(stream:items:)`.
+    /// A spooled batch: its stream and size, not its items.
+    init(stream: String, count: Int) {
+        self.stream = stream
+        items = []
+        self.count = count
+    }
+
+    /// Rebuilds a batch from a body written by `body`.
     public init(stream: String, body: [UInt8]) {
         self.init(stream: stream, items: Batch.items(of: body))
     }
 
-    /// The items of a body written by `init(stream:items:)`.
+    /// The items of a body written by `body`.
     public static func items(of body: [UInt8]) -> [[UInt8]] {
         guard body.count > 2 else { return [] }
         return body[1..<(body.count - 1)].split(separator: UInt8(ascii: "\n")).map { line in
@@ -31,7 +33,20 @@ public struct Batch: Sendable, Equatable {
         }
     }
 
-    public var items: [[UInt8]] { Batch.items(of: body) }
+    /// The items as one JSON array, one per line.
+    public var body: [UInt8] {
+        var body: [UInt8] = [UInt8(ascii: "[")]
+        body.reserveCapacity(BatchBuilder.size(ofItems: items.map(\.count)))
+        for (index, item) in items.enumerated() {
+            if index > 0 { body += [UInt8(ascii: ","), UInt8(ascii: "\n")] }
+            body += item
+        }
+        body.append(UInt8(ascii: "]"))
+        return body
+    }
+
+    /// Bytes before compression, as the exporter's metrics count them.
+    public var uncompressedBytes: Int { BatchBuilder.size(ofItems: items.map(\.count)) }
 }
 
 /// Cuts serialized rows into batches whose JSON array — brackets and separators counted — stays within

@@ -12,12 +12,10 @@ public struct ExportLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
     public var metadataProvider: Logger.MetadataProvider?
     private let label: String
-    private let source: ExportSource
     private let intake: ExportIntake
 
-    public init(label: String, source: ExportSource, intake: ExportIntake, level: Logger.Level) {
+    public init(label: String, intake: ExportIntake, level: Logger.Level) {
         self.label = label
-        self.source = source
         self.intake = intake
         logLevel = level
     }
@@ -34,6 +32,6 @@ public struct ExportLogHandler: LogHandler {
         if let provided = metadataProvider?.get() { merged.merge(provided) { $1 } }
         if let extra = event.metadata { merged.merge(extra) { $1 } }
         intake.submit(
-            .log(time: Date(), level: event.level, label: label, message: message, metadata: merged, source: source))
+            .log(LogEntry(time: Date(), level: event.level, label: label, message: message, metadata: merged)))
     }
 }

@@ -1,4 +1,3 @@
-import Prometheus
 import RelayTelemetry
 
 /// Why the exporter gave records up. Each is a bound or a final answer; nothing else loses data.
@@ -92,7 +91,8 @@ extension RelayMetrics {
         ).set(to: Double(limitBytes))
     }
 
-    func exportQueue(records: Int) {
-        gauge("export_queue_records", "Records waiting in memory to be batched.", []).set(to: Double(records))
+    func exportQueue(sink: String, items: Int) {
+        gauge("export_queue_records", "Items waiting in memory to be batched, by sink.", [("sink", sink)])
+            .set(to: Double(items))
     }
 }

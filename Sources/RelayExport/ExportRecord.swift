@@ -51,14 +51,41 @@ public enum ExportTable: String, Sendable, CaseIterable, Codable {
     }
 }
 
-/// Who produced the telemetry: the role and an instance name (host name by default).
+/// Who produced the telemetry. Azure rows carry the role and instance; OTLP sends all of it as the resource.
 public struct ExportSource: Sendable, Equatable {
     public var role: String
+    /// The instance name in Azure rows (host name unless `--instance` says otherwise).
     public var instance: String
+    /// OTLP `service.name`: `hyrelay-ROLE` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` set it.
+    public var serviceName: String
+    /// OTLP `service.instance.id`: unique per process start.
+    public var instanceID: String
+    public var version: String
+    public var hostName: String
+    /// Further resource attributes (`OTEL_RESOURCE_ATTRIBUTES`), in the order given.
+    public var attributes: [(String, String)]
+    /// Nanoseconds since the Unix epoch when the process started: the start of every cumulative metric.
+    public var startTime: UInt64
 
-    public init(role: String, instance: String) {
+    public init(
+        role: String, instance: String, serviceName: String? = nil, instanceID: String = UUID().uuidString.lowercased(),
+        version: String = "", hostName: String? = nil, attributes: [(String, String)] = [],
+        startTime: UInt64 = UInt64(Date().timeIntervalSince1970 * 1e9)
+    ) {
         self.role = role
         self.instance = instance
+        self.serviceName = serviceName ?? "hyrelay-\(role)"
+        self.instanceID = instanceID
+        self.version = version
+        self.hostName = hostName ?? instance
+        self.attributes = attributes
+        self.startTime = startTime
+    }
+
+    public static func == (lhs: ExportSource, rhs: ExportSource) -> Bool {
+        lhs.role == rhs.role && lhs.instance == rhs.instance && lhs.serviceName == rhs.serviceName
+            && lhs.instanceID == rhs.instanceID && lhs.version == rhs.version && lhs.hostName == rhs.hostName
+            && lhs.attributes.elementsEqual(rhs.attributes) { $0 == $1 } && lhs.startTime == rhs.startTime
     }
 }
 
@@ -100,30 +127,61 @@ public struct ExportRecord: Sendable, Equatable {
         return ExportRecord(table: .spans, columns: columns)
     }
 
-    /// A log event; secrets are redacted as in the JSON log lines.
-    public static func log(
-        time: Date, level: Logger.Level, label: String, message: String, metadata: Logger.Metadata,
-        source: ExportSource
-    ) -> ExportRecord {
-        var columns = common(source: source, time: JSONText.timestamp(time))
-        columns["Level"] = .string(level.rawValue)
-        columns["Logger"] = .string(label)
-        columns["Message"] = .string(message)
-        var attributes: [String: JSONValue] = [:]
-        for (key, value) in metadata { attributes[key] = .string(JSONLogHandler.redacting(key, "\(value)")) }
-        columns["TraceId"] = attributes.removeValue(forKey: "trace_id") ?? .string("")
-        columns["SpanId"] = attributes.removeValue(forKey: "span_id") ?? .string("")
-        columns["Attributes"] = .object(attributes)
+    /// A log event (secrets were redacted when the entry was made).
+    public static func log(_ entry: LogEntry, source: ExportSource) -> ExportRecord {
+        var columns = common(
+            source: source, time: JSONText.timestamp(millisecondsSinceEpoch: Int64(entry.time / 1_000_000)))
+        columns["Level"] = .string(entry.level.rawValue)
+        columns["Logger"] = .string(entry.label)
+        columns["Message"] = .string(entry.message)
+        columns["TraceId"] = .string(entry.traceID ?? "")
+        columns["SpanId"] = .string(entry.spanID ?? "")
+        columns["Attributes"] = .object(entry.attributes.mapValues { .string($0) })
         return ExportRecord(table: .logs, columns: columns)
     }
 
-    /// One sample of the `/metrics` exposition.
-    public static func metric(_ sample: MetricSample, time: Date, source: ExportSource) -> ExportRecord {
-        var columns = common(source: source, time: JSONText.timestamp(time))
-        columns["Name"] = .string(sample.name)
-        columns["Labels"] = .object(sample.labels.mapValues { .string($0) })
-        columns["Value"] = .double(sample.value)
-        return ExportRecord(table: .metrics, columns: columns)
+    /// One row per sample of the snapshot, as the Prometheus text names them (histograms as `_bucket` rows
+    /// with `le`, cumulative, then `_sum` and `_count`), so queries written against `/metrics` read the same.
+    public static func metrics(_ snapshot: MetricSnapshot, source: ExportSource) -> [ExportRecord] {
+        let time = JSONText.timestamp(millisecondsSinceEpoch: Int64(snapshot.time / 1_000_000))
+        var records: [ExportRecord] = []
+        func add(_ name: String, _ labels: [(String, String)], _ value: Double) {
+            var columns = common(source: source, time: time)
+            columns["Name"] = .string(name)
+            var labelObject: [String: JSONValue] = [:]
+            for (key, labelValue) in labels { labelObject[key] = .string(labelValue) }
+            columns["Labels"] = .object(labelObject)
+            columns["Value"] = .double(value)
+            records.append(ExportRecord(table: .metrics, columns: columns))
+        }
+        for family in snapshot.families {
+            for point in family.points {
+                switch point.value {
+                case .counter(let integer, let fraction): add(family.name, point.labels, Double(integer) + fraction)
+                case .gauge(let value): add(family.name, point.labels, value)
+                case .histogram(let histogram):
+                    var cumulative: UInt64 = 0
+                    for (index, count) in histogram.counts.enumerated() {
+                        cumulative += count
+                        let bound = index < histogram.bounds.count ? "\(histogram.bounds[index])" : "+Inf"
+                        add(family.name + "_bucket", point.labels + [("le", bound)], Double(cumulative))
+                    }
+                    add(family.name + "_sum", point.labels, histogram.sum)
+                    add(family.name + "_count", point.labels, Double(cumulative))
+                }
+            }
+        }
+        return records
+    }
+
+    /// The rows an item becomes in the Azure tables.
+    public static func records(for item: TelemetryItem, source: ExportSource) -> [ExportRecord] {
+        switch item {
+        case .span(let span): return [.span(span, source: source)]
+        case .log(let entry): return [.log(entry, source: source)]
+        case .metrics(let snapshot): return metrics(snapshot, source: source)
+        case .row(let record): return [record]
+        }
     }
 
     private static func common(source: ExportSource, time: String) -> [String: JSONValue] {

@@ -2,6 +2,7 @@ import AzureIdentity
 import Logging
 import NIOConcurrencyHelpers
 import NIOHTTP1
+import NIOPosix
 import RelayTelemetry
 
 #if canImport(FoundationEssentials)
@@ -16,24 +17,51 @@ import RelayTelemetry
     import Darwin
 #endif
 
-/// Where batches go. A sink says which stream a table feeds, how a record is written, and delivers one
-/// prepared batch per call; the exporter owns batching, retries and the spool.
+/// One item as a sink writes it, and the stream (Logs Ingestion stream, OTLP signal, file table) it goes to.
+public struct EncodedRow: Sendable, Equatable {
+    public var stream: String
+    public var bytes: [UInt8]
+
+    public init(stream: String, bytes: [UInt8]) {
+        self.stream = stream
+        self.bytes = bytes
+    }
+}
+
+/// Where batches go. A sink encodes each telemetry item its own way (none, one or several rows, each for a
+/// stream) and delivers one prepared batch per call; the exporter owns batching, retries and the spool.
 public protocol ExportSink: Sendable {
     /// The `sink` label of the exporter's metrics.
     var name: String { get }
     var maxBatchBytes: Int { get }
-    func stream(for table: ExportTable) -> String?
-    func encode(_ record: ExportRecord) -> [UInt8]
+    func encode(_ item: TelemetryItem, source: ExportSource) -> [EncodedRow]
     /// The bytes a batch is delivered (and spooled) as; gzip of the JSON array unless the sink says otherwise.
     func compress(_ batch: Batch) throws -> [UInt8]
     /// Whether batches wait in the disk spool while this sink cannot take them.
     var usesSpool: Bool { get }
+    /// How long one delivery may take before the exporter gives up on it and retries later.
+    var deliveryTimeoutSeconds: Double { get }
     func deliver(_ batch: PreparedBatch) async -> DeliveryOutcome
 }
 
 extension ExportSink {
     public func compress(_ batch: Batch) throws -> [UInt8] { try Gzip.compress(batch.body) }
     public var usesSpool: Bool { true }
+    public var deliveryTimeoutSeconds: Double { 45 }
+}
+
+/// A sink that writes the rows of the three Azure tables (Logs Ingestion, Application Insights, files).
+public protocol AzureRowSink: ExportSink {
+    func stream(for table: ExportTable) -> String?
+    func encode(_ record: ExportRecord) -> [UInt8]
+}
+
+extension AzureRowSink {
+    public func encode(_ item: TelemetryItem, source: ExportSource) -> [EncodedRow] {
+        ExportRecord.records(for: item, source: source).compactMap { record in
+            stream(for: record.table).map { EncodedRow(stream: $0, bytes: encode(record)) }
+        }
+    }
 }
 
 /// Turns an HTTP answer into an outcome. A first 401 drops the cached token and retries with a fresh one;
@@ -66,7 +94,7 @@ func errorCode(_ response: AzureResponse) -> String {
 }
 
 /// Azure Monitor Logs Ingestion API: one stream per table, gzip, bearer token, 204 is success.
-public struct LogsIngestionSink: ExportSink {
+public struct LogsIngestionSink: AzureRowSink {
     public let name = "logs_ingestion"
     public let maxBatchBytes = 1_000_000
     public let endpoint: String
@@ -129,7 +157,7 @@ public struct LogsIngestionSink: ExportSink {
 }
 
 /// Application Insights `v2.1/track`: envelopes, gzip; 200 and 206 are read item by item.
-public struct ApplicationInsightsSink: ExportSink {
+public struct ApplicationInsightsSink: AzureRowSink {
     public let name = "application_insights"
     public let maxBatchBytes = 1_000_000
     public let connection: ApplicationInsightsConnectionString
@@ -204,7 +232,7 @@ public struct ApplicationInsightsSink: ExportSink {
 
 /// The default sink: gzip NDJSON files under a directory, one gzip member per batch, rotated by size,
 /// bounded in total. Each line is `{"table":…,"row":{…}}`; `hyrelay export replay` ships them later.
-public final class FileSink: ExportSink {
+public final class FileSink: AzureRowSink {
     public let name = "file"
     public let maxBatchBytes = 4_000_000
     public let directory: String
@@ -248,9 +276,18 @@ public final class FileSink: ExportSink {
         return try Gzip.compress(lines)
     }
 
+    /// Blocking file calls run on NIO's thread pool, never on the cooperative pool the other sinks share.
     public func deliver(_ batch: PreparedBatch) async -> DeliveryOutcome {
         let member = batch.gzipped
-        return current.withLockedValue { current -> DeliveryOutcome in
+        do {
+            return try await NIOThreadPool.singleton.runIfActive { self.append(member) }
+        } catch {
+            return .retry(status: "file", retryAfter: nil)
+        }
+    }
+
+    private func append(_ member: [UInt8]) -> DeliveryOutcome {
+        current.withLockedValue { current -> DeliveryOutcome in
             if current == nil || current!.size >= maxFileBytes {
                 let stamp = JSONText.timestamp(Date()).filter { $0.isNumber }
                 let sequence = (current?.sequence ?? 0) + 1

@@ -154,9 +154,8 @@ public final class Spool: Sendable {
 
     public func load(_ entry: Entry) throws -> PreparedBatch {
         let gzipped = [UInt8](try Data(contentsOf: URL(fileURLWithPath: entry.file)))
-        let body = try Gzip.decompress(gzipped)
         return PreparedBatch(
-            batch: Batch(stream: entry.stream, body: body), gzipped: gzipped, requestID: entry.requestID,
+            batch: Batch(stream: entry.stream, count: entry.count), gzipped: gzipped, requestID: entry.requestID,
             created: entry.created)
     }
 

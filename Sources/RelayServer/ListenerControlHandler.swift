@@ -2,7 +2,6 @@ import HybridConnections
 import Logging
 import NIOCore
 import NIOWebSocket
-import Prometheus
 import RelayIO
 import RelayTelemetry
 

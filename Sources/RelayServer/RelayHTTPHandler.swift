@@ -3,7 +3,6 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOWebSocket
-import Prometheus
 import RelayIO
 import RelayTelemetry
 import Tracing
@@ -40,6 +39,8 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var head: HTTPRequestHead
         var timeout: Scheduled<Void>
         var record: RendezvousRecord
+        /// The listener it was dispatched to: its `/v1/listeners` entry counts the tunnel.
+        var listener: ListenerHandle
     }
 
     /// An HTTP-mode request the relay admitted from its head.
@@ -296,20 +297,25 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let control = ListenerControlHandler(
             hub: hub, entity: entity, trackingId: trackingId, tokenExpiry: expiry, requestHost: hostHeader(head)
         )
+        let agent = head.headers.first(name: AgentIdentity.headerName).flatMap(AgentIdentity.init(headerValue:))
         let handle = ListenerHandle(
-            id: hub.makeID(), trackingId: trackingId, entity: entity.name,
+            id: hub.makeID(), trackingId: trackingId, entity: entity.name, agent: agent,
             control: NIOLoopBound(control, eventLoop: context.eventLoop))
         control.handle = handle
         guard hub.register(handle) else {
             throw Refusal(status: 403, text: RelayErrorText.tooManyListeners, reason: "listener_limit")
         }
         hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: .connect)
-        logger.info(
-            "listener connected",
-            metadata: [
-                "entity": "\(entity.name)", "listener_id": "\(trackingId)",
-                "listeners": "\(hub.listenerCount(entity: entity.name))",
-            ])
+        var connected: Logger.Metadata = [
+            "entity": "\(entity.name)", "listener_id": "\(trackingId)",
+            "listeners": "\(hub.listenerCount(entity: entity.name))",
+        ]
+        if let agent {
+            connected["agent"] = "\(agent.name)"
+            connected["agent_host"] = "\(agent.host)"
+            connected["agent_version"] = "\(agent.version)"
+        }
+        logger.info("listener connected", metadata: connected)
         upgrade(
             context: context, head: head, subprotocol: WebSocketHandshake.firstSubprotocol(head.headers),
             handler: control)
@@ -346,6 +352,10 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         span.attributes["listener_id"] = listener.trackingId
         span.attributes["rendezvous_id"] = key
+        if let agent = listener.agent { span.attributes["listener_agent"] = agent.name }
+        if let sender = head.headers.first(name: AgentIdentity.headerName).flatMap(AgentIdentity.init(headerValue:)) {
+            span.attributes["sender_agent"] = sender.name
+        }
         let timeout = context.eventLoop.assumeIsolated().scheduleTask(
             in: .fractionalSeconds(limits.acceptTimeoutSeconds)
         ) { [weak self] in
@@ -355,7 +365,7 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         disarm()
         state = .awaitingRendezvous
         waitingSender = WaitingSender(
-            key: key, trackingId: trackingId, head: head, timeout: timeout, record: record)
+            key: key, trackingId: trackingId, head: head, timeout: timeout, record: record, listener: listener)
         // The listener continues the trace from this hop, so the relay's span is its parent.
         var connectHeaders = Self.joinedHeaders(head.headers) { consumedHeaders.contains($0) }
         for name in connectHeaders.keys where name.lowercased() == "traceparent" { connectHeaders[name] = nil }
@@ -402,7 +412,8 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// The listener opened the rendezvous: upgrade the held sender and join the two legs.
     func joinRendezvous(
-        partner: NIOLoopBound<WebSocketBridgeHandler>, subprotocol: String?, collector: BridgeSpanCollector
+        partner: NIOLoopBound<WebSocketBridgeHandler>, subprotocol: String?, collector: BridgeSpanCollector,
+        live: LiveTunnel
     ) {
         guard let context, let waiting = waitingSender, senderHold.accepted() == .join else {
             partner.eventLoop.execute { partner.value.partnerDidClose() }
@@ -421,8 +432,19 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let upBytes = metrics.bytes(role: .relay, direction: .up)
         let joined = NIODeadline.now()
         let logger = self.logger
-        let bridge = WebSocketBridgeHandler(countBytes: { upBytes.increment(by: Int64($0)) }) { statistics in
+        let listener = waiting.listener
+        listener.tunnelOpened()
+        live.update(
+            state: "open", traceID: waiting.record.span.traceContext.traceID,
+            peer: context.channel.remoteAddress?.hostAndPort ?? "")
+        metrics.liveTunnels.add(live)
+        let bridge = WebSocketBridgeHandler(countBytes: {
+            upBytes.increment(by: Int64($0))
+            live.count(up: $0)
+        }) { statistics in
             collector.senderLegFinished(statistics)
+            listener.tunnelClosed()
+            metrics.liveTunnels.remove(live)
             active.decrement()
             hub.tunnelClosed()
             metrics.tunnelClosed(
@@ -510,14 +532,19 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let downBytes = hub.metrics.bytes(role: .relay, direction: .down)
         let collector = BridgeSpanCollector()
         let logger = self.logger
-        let bridge = WebSocketBridgeHandler(countBytes: { downBytes.increment(by: Int64($0)) }) { statistics in
+        let live = LiveTunnel(id: key, entity: entity.name, traceID: "", peer: "", state: "joining")
+        let bridge = WebSocketBridgeHandler(countBytes: {
+            downBytes.increment(by: Int64($0))
+            live.count(down: $0)
+        }) { statistics in
             collector.listenerLegFinished(statistics)
             Self.logViolation(statistics, leg: "listener", logger: logger)
         }
         upgrade(context: context, head: head, subprotocol: subprotocol, handler: bridge, writesBytes: true)
         let bound = NIOLoopBound(bridge, eventLoop: context.eventLoop)
         senderHandler.eventLoop.execute {
-            senderHandler.value.joinRendezvous(partner: bound, subprotocol: subprotocol, collector: collector)
+            senderHandler.value.joinRendezvous(
+                partner: bound, subprotocol: subprotocol, collector: collector, live: live)
         }
     }
 

@@ -3,7 +3,6 @@ import HybridConnections
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
-import Prometheus
 import RelayIO
 import RelayTelemetry
 import Synchronization
@@ -21,13 +20,33 @@ final class ListenerHandle: Sendable {
     /// The listener's `sb-hc-id`, or one the relay made up.
     let trackingId: String
     let entity: String
+    /// What the agent said about itself (`X-HyRelay-Agent`); nil for other clients (Microsoft's SDKs).
+    let agent: AgentIdentity?
+    /// Unix seconds.
+    let connectedAt = Date().timeIntervalSince1970
+    /// Tunnels this listener accepted that are open now.
+    private let openTunnels = Atomic<Int>(0)
     private let control: NIOLoopBound<ListenerControlHandler>
 
-    init(id: UInt64, trackingId: String, entity: String, control: NIOLoopBound<ListenerControlHandler>) {
+    init(
+        id: UInt64, trackingId: String, entity: String, agent: AgentIdentity? = nil,
+        control: NIOLoopBound<ListenerControlHandler>
+    ) {
         self.id = id
         self.trackingId = trackingId
         self.entity = entity
+        self.agent = agent
         self.control = control
+    }
+
+    func tunnelOpened() { openTunnels.wrappingAdd(1, ordering: .relaxed) }
+    func tunnelClosed() { openTunnels.wrappingAdd(-1, ordering: .relaxed) }
+
+    var info: LiveListenerInfo {
+        LiveListenerInfo(
+            entity: entity, id: trackingId, agent: agent?.name ?? "", host: agent?.host ?? "",
+            version: agent?.version ?? "", connectedAt: JSONText.timestamp(Date(timeIntervalSince1970: connectedAt)),
+            tunnels: openTunnels.load(ordering: .relaxed))
     }
 
     /// Sends a control message, and the binary message that belongs to it, with nothing in between.
@@ -210,6 +229,8 @@ public final class RelayHub: Sendable {
     let work = InFlightWork()
     private let draining = Atomic<Bool>(false)
     private let floodLogs = NIOLockedValueBox(LogThrottle(interval: 1))
+    /// The `agent` label values listener metrics may use.
+    let agentLabels = BoundedLabels(limit: 100)
 
     /// Seconds since 1970 now: token expiry, failure budgets, log throttling. Handler tests on virtual time
     /// pass a clock they move with it.
@@ -395,7 +416,15 @@ public final class RelayHub: Sendable {
             return (result, table.listenerCount(entity: listener.entity))
         }
         metrics.listeners(role: .relay, entity: listener.entity).set(to: Double(count))
-        return result == .added
+        guard result == .added else { return false }
+        metrics.listenerAgents(entity: listener.entity, agent: agentLabels.label(for: listener.agent?.name))
+            .increment()
+        return true
+    }
+
+    /// Every registered listener control channel, by entity and age: what `/v1/listeners` lists.
+    public func listenersInfo() -> [LiveListenerInfo] {
+        withTable { $0.allListeners }.sorted { ($0.entity, $0.connectedAt) < ($1.entity, $1.connectedAt) }.map(\.info)
     }
 
     /// Returns whether the listener was still registered. Senders and HTTP requests dispatched to it that it
@@ -410,6 +439,10 @@ public final class RelayHub: Sendable {
             )
         }
         metrics.listeners(role: .relay, entity: listener.entity).set(to: Double(count))
+        if result.removed {
+            metrics.listenerAgents(entity: listener.entity, agent: agentLabels.label(for: listener.agent?.name))
+                .decrement()
+        }
         if !result.orphans.isEmpty {
             let refusal =
                 count == 0

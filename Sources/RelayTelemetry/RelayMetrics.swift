@@ -1,5 +1,4 @@
 import NIOConcurrencyHelpers
-import Prometheus
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -93,12 +92,12 @@ public enum RelayCloseCause {
 
 /// Every metric HybridRelay exposes, registered in one place with help texts, so the exposition always
 /// carries `# HELP` and `# TYPE` and label sets stay bounded (role, entity, outcome, reason; never a
-/// connection id). swift-prometheus is used directly: swift-metrics has no help texts, which promtool
-/// requires.
+/// connection id). The registry is our own (`MetricRegistry`): `/metrics`, OpenMetrics and every export sink read
+/// its typed snapshot.
 public final class RelayMetrics: Sendable {
-    public let registry: PrometheusCollectorRegistry
-    /// The latest trace per latency bucket, for OpenMetrics exemplars.
-    private let exemplars = NIOLockedValueBox<[BucketKey: Exemplar]>([:])
+    public let registry: MetricRegistry
+    /// The tunnels open now, with live byte counts: what `/v1/tunnels` lists.
+    public let liveTunnels = LiveTunnels()
 
     /// Latency buckets in seconds, 0.5 ms to 30 s.
     public static let latencyBuckets: [Double] = [
@@ -107,47 +106,32 @@ public final class RelayMetrics: Sendable {
     /// Connection lifetimes in seconds, 10 ms to 1 h.
     public static let durationBuckets: [Double] = [0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600]
 
-    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+    public init(registry: MetricRegistry = MetricRegistry()) {
         self.registry = registry
     }
 
     /// A counter `hyrelay_<name>_total`; the registry returns the same one for the same name and labels.
     public func counter(_ name: String, _ help: String, _ labels: [(String, String)]) -> Counter {
-        registry.makeCounter(
-            descriptor: MetricNameDescriptor(namespace: "hyrelay", metricName: name, unitName: "total", helpText: help),
-            labels: labels)
+        registry.counter(name: "hyrelay_\(name)_total", help: help, labels: labels)
     }
 
     /// A gauge `hyrelay_<name>`.
     public func gauge(_ name: String, _ help: String, _ labels: [(String, String)]) -> Gauge {
-        registry.makeGauge(
-            descriptor: MetricNameDescriptor(namespace: "hyrelay", metricName: name, unitName: "", helpText: help),
-            labels: labels)
+        registry.gauge(name: "hyrelay_\(name)", help: help, labels: labels)
     }
 
     /// Records `value` and, with a trace id, keeps it as the exemplar of the bucket it falls in.
     private func observe(
         _ name: String, _ help: String, _ labels: [(String, String)], buckets: [Double], value: Double, traceID: String?
     ) {
-        histogram(name, help, labels, buckets: buckets).record(value)
-        guard let traceID else { return }
-        let bound = buckets.first { value <= $0 } ?? .infinity
-        var labelMap: [String: String] = [:]
-        for (key, labelValue) in labels { labelMap[key] = labelValue }
-        let key = BucketKey(name: "hyrelay_\(name)_seconds", labels: labelMap, upperBound: bound)
-        let exemplar = Exemplar(traceID: traceID, value: value, timestamp: Date().timeIntervalSince1970)
-        exemplars.withLockedValue { $0[key] = exemplar }
+        let exemplar = traceID.map { Exemplar(traceID: $0, value: value, timestamp: Date().timeIntervalSince1970) }
+        histogram(name, help, labels, buckets: buckets).record(value, exemplar: exemplar)
     }
 
     private func histogram(
         _ name: String, _ help: String, _ labels: [(String, String)], buckets: [Double]
-    )
-        -> ValueHistogram
-    {
-        registry.makeValueHistogram(
-            descriptor: MetricNameDescriptor(
-                namespace: "hyrelay", metricName: name, unitName: "seconds", helpText: help),
-            labels: labels, buckets: buckets)
+    ) -> ValueHistogram {
+        registry.histogram(name: "hyrelay_\(name)_seconds", help: help, labels: labels, bounds: buckets)
     }
 
     // MARK: Counters
@@ -346,17 +330,17 @@ public final class RelayMetrics: Sendable {
             "listeners", "Listener control channels online, per entity.", [("role", role.rawValue), ("entity", entity)])
     }
 
-    /// OpenMetrics 1.0 with trace-id exemplars on latency buckets.
-    public func openMetricsExposition() -> String {
-        let text = String(decoding: exposition(), as: UTF8.self)
-        return OpenMetricsRenderer.render(text: text, exemplars: exemplars.withLockedValue { $0 })
+    /// Listener control channels registered at the relay, by the agent's name (`X-HyRelay-Agent`); the label
+    /// comes from `BoundedLabels`, so a fleet cannot grow the series without bound.
+    public func listenerAgents(entity: String, agent: String) -> Gauge {
+        gauge(
+            "listener_agents", "Listener control channels registered now, by entity and agent name.",
+            [("entity", entity), ("agent", agent)])
     }
 
+    /// OpenMetrics 1.0 with trace-id exemplars on latency buckets.
+    public func openMetricsExposition() -> String { PrometheusExposition.openMetrics(registry.snapshot()) }
+
     /// Text exposition format 0.0.4.
-    public func exposition() -> [UInt8] {
-        var buffer: [UInt8] = []
-        buffer.reserveCapacity(16 * 1024)
-        registry.emit(into: &buffer)
-        return buffer
-    }
+    public func exposition() -> String { PrometheusExposition.text(registry.snapshot()) }
 }

@@ -4,8 +4,9 @@ import NIOHTTP1
 import NIOPosix
 
 /// The side port every role serves with `--metrics HOST:PORT`: `/metrics` (Prometheus text 0.0.4),
-/// `/healthz` (the process runs) and `/readyz` (the role can do its job: relay listening, edge listeners
-/// online, client ports bound).
+/// `/healthz` (the process runs), `/readyz` (the role can do its job: relay listening, edge registered on every
+/// relay, client's relay answering), and the inspection API: `/v1/tunnels` (every role) and `/v1/listeners`
+/// (the relay).
 public final class TelemetryServer: Sendable {
     /// Whether the role is ready, and a line saying why or why not.
     public typealias Readiness = @Sendable () -> (ready: Bool, detail: String)
@@ -17,16 +18,17 @@ public final class TelemetryServer: Sendable {
     private init(channel: any Channel) { self.channel = channel }
 
     public static func start(
-        host: String, port: Int, metrics: RelayMetrics, readiness: @escaping Readiness, group: any EventLoopGroup,
-        logger: Logger
+        host: String, port: Int, metrics: RelayMetrics, readiness: @escaping Readiness,
+        listeners: (@Sendable () -> [LiveListenerInfo])? = nil, group: any EventLoopGroup, logger: Logger
     ) async throws -> TelemetryServer {
+        let inspection = Inspection(tunnels: metrics.liveTunnels, listeners: listeners)
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(
-                        TelemetryHTTPHandler(metrics: metrics, readiness: readiness))
+                        TelemetryHTTPHandler(metrics: metrics, readiness: readiness, inspection: inspection))
                 }
             }
             .bindGuarded(
@@ -45,11 +47,13 @@ final class TelemetryHTTPHandler: ChannelInboundHandler {
 
     private let metrics: RelayMetrics
     private let readiness: TelemetryServer.Readiness
+    private let inspection: Inspection
     private var head: HTTPRequestHead?
 
-    init(metrics: RelayMetrics, readiness: @escaping TelemetryServer.Readiness) {
+    init(metrics: RelayMetrics, readiness: @escaping TelemetryServer.Readiness, inspection: Inspection) {
         self.metrics = metrics
         self.readiness = readiness
+        self.inspection = inspection
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -72,11 +76,11 @@ final class TelemetryHTTPHandler: ChannelInboundHandler {
         case (.GET, "/metrics"):
             status = .ok
             if head.headers[canonicalForm: "accept"].contains(where: { $0.contains("application/openmetrics-text") }) {
-                contentType = OpenMetricsRenderer.contentType
+                contentType = PrometheusExposition.openMetricsContentType
                 body.writeString(metrics.openMetricsExposition())
             } else {
-                contentType = "text/plain; version=0.0.4; charset=utf-8"
-                body.writeBytes(metrics.exposition())
+                contentType = PrometheusExposition.textContentType
+                body.writeString(metrics.exposition())
             }
         case (.GET, "/healthz"):
             status = .ok
@@ -87,10 +91,24 @@ final class TelemetryHTTPHandler: ChannelInboundHandler {
             status = ready ? .ok : .serviceUnavailable
             contentType = "text/plain; charset=utf-8"
             body.writeString(detail + "\n")
+        case (.GET, "/v1/tunnels"):
+            status = .ok
+            contentType = "application/json"
+            body.writeString(inspection.tunnelsJSON())
+        case (.GET, "/v1/listeners"):
+            if let listeners = inspection.listenersJSON() {
+                status = .ok
+                contentType = "application/json"
+                body.writeString(listeners)
+            } else {
+                status = .notFound
+                contentType = "application/json"
+                body.writeString(#"{"error":"only a relay has listeners; try /v1/tunnels"}"#)
+            }
         case (.GET, _):
             status = .notFound
             contentType = "text/plain; charset=utf-8"
-            body.writeString("not found: try /metrics, /healthz or /readyz\n")
+            body.writeString("not found: try /metrics, /healthz, /readyz, /v1/tunnels or /v1/listeners\n")
         default:
             status = .methodNotAllowed
             contentType = "text/plain; charset=utf-8"

@@ -75,6 +75,19 @@ struct AgentOptions: ParsableArguments {
     var entra = false
 
     @Option(
+        name: .customLong("name"),
+        help:
+            "This agent's name, sent to the relay (X-HyRelay-Agent) and shown in its /v1/listeners, logs and metrics (default: the host name)."
+    )
+    var name: String?
+
+    /// What this agent tells relays about itself.
+    var identity: AgentIdentity {
+        let host = ProcessInfo.processInfo.hostName
+        return AgentIdentity(name: name ?? host, host: host, version: HybridRelayVersion.current)
+    }
+
+    @Option(
         name: .customLong("udp-idle"),
         help: "Seconds a UDP flow may see no datagram either way before its tunnel closes.")
     var udpIdle: Double = 240
@@ -83,6 +96,13 @@ struct AgentOptions: ParsableArguments {
     var udpIdleTimeout: TimeAmount { .nanoseconds(Int64(udpIdle * 1e9)) }
 
     func validate() throws {
+        if let name,
+            name.isEmpty || name.count > AgentIdentity.maxLength
+                || AgentIdentity(name: name, host: "", version: "").name != name
+        {
+            throw ValidationError(
+                "--name '\(name)' must be 1 to \(AgentIdentity.maxLength) letters, digits or . _ : @ + -")
+        }
         guard udpIdle > 0, udpIdle <= 86_400 else {
             throw ValidationError("--udp-idle must be above 0 and at most 86400")
         }
@@ -127,6 +147,7 @@ struct AgentOptions: ParsableArguments {
             access.proxy = try OutboundProxy.forRelay(
                 access.base, flag: proxy ?? configuration.httpProxy, environment: environment)
             try EntraSignIn.attach(to: &access, flag: entra, environment: environment)
+            access.identity = identity
             return access
         } catch let error as OutboundProxyError {
             throw ValidationError("--proxy or HTTPS_PROXY/HTTP_PROXY: \(error.description)")
@@ -353,7 +374,7 @@ struct Edge: AsyncParsableCommand {
                 group: MultiThreadedEventLoopGroup.singleton, logger: logger, metrics: metrics, tracer: session.tracer,
                 udpIdleTimeout: options.udpIdleTimeout, httpResponseTimeout: .nanoseconds(Int64(httpTimeout * 1e9)))
             let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
-                agent.allOnline ? (true, "all listeners online") : (false, "not every listener is online")
+                agent.readiness
             }
             return (agent, side)
         }

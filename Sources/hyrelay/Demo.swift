@@ -139,7 +139,7 @@ struct Demo: AsyncParsableCommand {
 extension Demo {
     /// The headline series of the exposition, one per line.
     static func summary(_ metrics: RelayMetrics) -> String {
-        let text = String(decoding: metrics.exposition(), as: UTF8.self)
+        let text = metrics.exposition()
         let wanted = [
             "hyrelay_transferred_bytes_total", "hyrelay_connections_accepted_total", "hyrelay_rendezvous_total",
             "hyrelay_dials_total", "hyrelay_tunnels_closed_total", "hyrelay_listeners{",

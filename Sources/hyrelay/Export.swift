@@ -53,8 +53,22 @@ struct ExportOptions: ParsableArguments {
     var appInsightsConnectionString: String?
 
     @Option(
+        name: .customLong("otlp-endpoint"),
+        help: ArgumentHelp(
+            "OTLP/HTTP base URL, e.g. http://collector:4318 (default: $OTEL_EXPORTER_OTLP_ENDPOINT).",
+            discussion:
+                "Spans, logs and metrics go to /v1/traces, /v1/logs and /v1/metrics as protobuf. The OTEL_EXPORTER_OTLP_* variables (per-signal endpoints, headers, compression, timeout), OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_SCHEDULE_DELAY and OTEL_METRIC_EXPORT_INTERVAL apply; see docs/telemetry.md."
+        ))
+    var otlpEndpoint: String?
+
+    @Option(name: .customLong("otlp-header"), help: "A header for OTLP requests, KEY=VALUE (repeatable).")
+    var otlpHeaders: [String] = []
+
+    @Option(
         name: .customLong("export-dir"),
-        help: "Directory of the gzip NDJSON file sink, used when no Azure sink is set (default STATE/telemetry).")
+        help:
+            "Directory of the gzip NDJSON file sink: used when no other sink is set, and beside them when given (default STATE/telemetry)."
+    )
     var exportDirectory: String?
 
     @Flag(name: .customLong("no-export"), help: "Export nothing (not even to files).")
@@ -117,6 +131,16 @@ struct ExportOptions: ParsableArguments {
 
     var hasAzureSink: Bool { logsIngestionEndpoint != nil || connectionString != nil }
 
+    /// OTLP settings from the flags and `OTEL_*`; nil when no OTLP endpoint is set.
+    func otlpConfiguration() throws -> OTLPConfiguration? {
+        do {
+            return try OTLPConfiguration.from(
+                environment: ProcessInfo.processInfo.environment, endpoint: otlpEndpoint, headers: otlpHeaders)
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
     /// The Azure sinks configured by flags and environment.
     func azureSinks(http: AzureHTTP) throws -> [any ExportSink] {
         var sinks: [any ExportSink] = []
@@ -165,8 +189,17 @@ struct ExportOptions: ParsableArguments {
         return configuration
     }
 
-    func source(role: String) -> ExportSource {
-        ExportSource(role: role, instance: instance ?? ProcessInfo.processInfo.hostName)
+    func source(role: String) throws -> ExportSource {
+        let host = ProcessInfo.processInfo.hostName
+        let resource: (serviceName: String?, attributes: [(String, String)])
+        do {
+            resource = try OTLPConfiguration.resource(environment: ProcessInfo.processInfo.environment)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        return ExportSource(
+            role: role, instance: instance ?? host, serviceName: resource.serviceName,
+            version: HybridRelayVersion.current, hostName: host, attributes: resource.attributes)
     }
 }
 
@@ -212,15 +245,23 @@ struct TelemetrySession {
         metrics: RelayMetrics
     ) throws -> (TelemetryExporter, HopTracer, String) {
         var sinks = try export.azureSinks(http: http)
-        let configuration = export.configuration(role: role)
-        let source = export.source(role: role)
+        var configuration = export.configuration(role: role)
+        let source = try export.source(role: role)
+        var destinations = sinks.map(\.name)
+        if let otlp = try export.otlpConfiguration() {
+            let sink = OTLPSink(configuration: otlp, source: source, http: http)
+            sinks.append(sink)
+            configuration.intervals[sink.name] = (otlp.flushIntervalSeconds, otlp.metricsIntervalSeconds)
+            destinations.append(
+                "OTLP (\(otlp.signals.keys.map(\.rawValue).sorted().joined(separator: ", ")) to \(otlp.signals.values.map(\.endpoint).sorted().first ?? ""))"
+            )
+        }
         let intake = ExportIntake(capacity: configuration.queueCapacity)
-        telemetry.bootstrapLogging(role: role, export: (intake, source, export.exportLogLevel.level))
+        telemetry.bootstrapLogging(role: role, export: (intake, export.exportLogLevel.level))
         let logger = Logger(label: "hyrelay.export")
-        var destination = sinks.map(\.name).joined(separator: " and ")
-        if sinks.isEmpty {
+        if sinks.isEmpty || export.exportDirectory != nil {
             let directory = export.exportDirectory ?? "\(ExportOptions.stateDirectory)/telemetry"
-            destination = "gzip NDJSON files in \(directory)"
+            destinations.append("gzip NDJSON files in \(directory)")
             do {
                 sinks.append(
                     try FileSink(
@@ -238,9 +279,8 @@ struct TelemetrySession {
         } catch {
             throw ValidationError("\(error)")
         }
-        let tracer = HopTracer(logger: Logger(label: tracerLabel)) { [intake] span in
-            intake.submit(.span(span, source: source))
-        }
+        let destination = destinations.joined(separator: " and ")
+        let tracer = HopTracer(logger: Logger(label: tracerLabel)) { [intake] span in intake.submit(.span(span)) }
         logger.info(
             "exporting telemetry",
             metadata: [
@@ -256,11 +296,11 @@ struct TelemetrySession {
         sinks: [any ExportSink], configuration: ExporterConfiguration, source: ExportSource, metrics: RelayMetrics,
         logger: Logger, intake: ExportIntake
     ) throws -> TelemetryExporter {
-        let exposition: @Sendable () -> String = { String(decoding: metrics.exposition(), as: UTF8.self) }
+        let snapshot: @Sendable () -> [MetricFamily] = { metrics.registry.snapshot() }
         do {
             return try TelemetryExporter(
                 sinks: sinks, configuration: configuration, source: source, metrics: metrics, logger: logger,
-                intake: intake, exposition: exposition)
+                intake: intake, snapshot: snapshot)
         } catch {
             guard case .spoolInUse = error, let directory = configuration.spoolDirectory else { throw error }
             var own = configuration
@@ -269,15 +309,18 @@ struct TelemetrySession {
                 "spool directory in use; using a separate one", metadata: ["directory": "\(own.spoolDirectory!)"])
             return try TelemetryExporter(
                 sinks: sinks, configuration: own, source: source, metrics: metrics, logger: logger, intake: intake,
-                exposition: exposition)
+                snapshot: snapshot)
         }
     }
 
     /// Flushes the exporter (what the deadline leaves stays in the spool).
     func finish() async {
         await exporter?.shutdown(deadlineSeconds: shutdownSeconds)
-        await http?.shutdown()
+        await closeHTTP()
     }
+
+    /// Closes the exporter's HTTP client, once the exporter is done with it.
+    func closeHTTP() async { await http?.shutdown() }
 
     /// A role's start-up (binding ports, loading TLS material): when it fails, the exporter is flushed and
     /// shut down before the error is reported, so the reason reaches the exported logs too.
@@ -343,15 +386,16 @@ struct Replay: AsyncParsableCommand {
         options.export.metricsInterval = 0
         options.export.exportLogLevel = .critical
         let session = try TelemetrySession(telemetry: options, role: "replay", tracerLabel: "hyrelay.replay")
-        await session.exporter?.submit(contentsOf: records)
+        await session.exporter?.submit(contentsOf: records.map { .row($0) })
         await session.finish()
-        let samples = PrometheusText.samples(String(decoding: session.metrics.exposition(), as: UTF8.self))
+        let families = session.metrics.registry.snapshot()
         func total(_ name: String) -> Int {
-            Int(samples.filter { $0.name == name }.reduce(0) { $0 + $1.value })
+            let points = families.first { $0.name == name }?.points ?? []
+            return Int(points.reduce(0) { $0 + $1.value.number })
         }
         let delivered = total("hyrelay_export_records_total")
         let dropped = total("hyrelay_export_dropped_records_total")
-        let spooled = Int(samples.filter { $0.name == "hyrelay_export_spool_batches" }.reduce(0) { $0 + $1.value })
+        let spooled = total("hyrelay_export_spool_batches")
         print(
             "read \(records.count) records (\(unreadable) unreadable lines), delivered \(delivered), dropped \(dropped), "
                 + "\(spooled) batch(es) left in the spool")

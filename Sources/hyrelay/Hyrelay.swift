@@ -24,7 +24,7 @@ struct Hyrelay: AsyncParsableCommand {
         commandName: "hyrelay",
         abstract: "A self-hostable Azure Relay Hybrid Connections relay, with tunnel agents and telemetry.",
         version: HybridRelayVersion.current,
-        subcommands: [Relay.self, Client.self, Edge.self, Demo.self, Check.self, Token.self, Export.self]
+        subcommands: [Relay.self, Client.self, Edge.self, Demo.self, Check.self, Token.self, Status.self, Export.self]
     )
 }
 
@@ -204,7 +204,9 @@ struct Relay: AsyncParsableCommand {
             let server = try await RelayServer.start(
                 configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger,
                 metrics: metrics, tracer: session.tracer)
-            let side = try await telemetry.startServer(metrics: metrics, logger: logger) {
+            let side = try await telemetry.startServer(
+                metrics: metrics, logger: logger, listeners: { [hub = server.hub] in hub.listenersInfo() }
+            ) {
                 server.hub.isDraining
                     ? (false, "relay draining") : (true, "relay listening on \(configuration.listen)")
             }

@@ -1,4 +1,5 @@
 import Logging
+import RelayExport
 import RelayTelemetry
 import ServiceLifecycle
 import UnixSignals
@@ -34,15 +35,19 @@ struct ReloadService: Service {
     }
 }
 
-/// The exporter and the side port: stopped last, so the role's final spans and logs are delivered and
-/// `/metrics` answers while the role drains.
+/// The exporter (itself a `Service`) and the side port: stopped last, so the role's final spans and logs are
+/// delivered and `/metrics` answers while the role drains.
 struct TelemetryService: Service {
     let session: TelemetrySession
     let side: TelemetryServer?
 
     func run() async throws {
-        try? await gracefulShutdown()
-        await session.finish()
+        if let exporter = session.exporter {
+            try await exporter.run()
+        } else {
+            try? await gracefulShutdown()
+        }
+        await session.closeHTTP()
         await side?.stop()
     }
 }

@@ -18,7 +18,9 @@ enum LogFormatOption: String, ExpressibleByArgument, CaseIterable {
 
 /// Logging and metrics options every role takes.
 struct TelemetryOptions: ParsableArguments {
-    @Option(name: .customLong("metrics"), help: "Serve /metrics, /healthz and /readyz on HOST:PORT.")
+    @Option(
+        name: .customLong("metrics"),
+        help: "Serve /metrics, /healthz, /readyz and the inspection API (/v1/tunnels, /v1/listeners) on HOST:PORT.")
     var metricsAddress: String?
 
     @Option(name: .customLong("log-format"), help: "text or json (one JSON object per line, default text).")
@@ -43,7 +45,7 @@ struct TelemetryOptions: ParsableArguments {
     }
 
     /// Sets up logging for `role`, and with `export` also into the exporter; call once, before anything logs.
-    func bootstrapLogging(role: String, export: (ExportIntake, ExportSource, Logger.Level)?) {
+    func bootstrapLogging(role: String, export: (ExportIntake, Logger.Level)?) {
         let level = logLevel.level
         let format = logFormat
         LoggingSystem.bootstrap { label in
@@ -58,20 +60,19 @@ struct TelemetryOptions: ParsableArguments {
                 handler.logLevel = level
                 local = handler
             }
-            guard let (intake, source, exportLevel) = export else { return local }
-            return MultiplexLogHandler([
-                local, ExportLogHandler(label: label, source: source, intake: intake, level: exportLevel),
-            ])
+            guard let (intake, exportLevel) = export else { return local }
+            return MultiplexLogHandler([local, ExportLogHandler(label: label, intake: intake, level: exportLevel)])
         }
     }
 
     /// Starts the side port when `--metrics` was given.
     func startServer(
-        metrics: RelayMetrics, logger: Logger, readiness: @escaping TelemetryServer.Readiness
+        metrics: RelayMetrics, logger: Logger, listeners: (@Sendable () -> [LiveListenerInfo])? = nil,
+        readiness: @escaping TelemetryServer.Readiness
     ) async throws -> TelemetryServer? {
         guard let metricsAddress, let address = HostPort(metricsAddress) else { return nil }
         let server = try await TelemetryServer.start(
-            host: address.host, port: address.port, metrics: metrics, readiness: readiness,
+            host: address.host, port: address.port, metrics: metrics, readiness: readiness, listeners: listeners,
             group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         logger.info("metrics served", metadata: ["address": "\(server.localAddress.map { "\($0)" } ?? metricsAddress)"])
         return server

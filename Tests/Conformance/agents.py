@@ -92,6 +92,16 @@ def start_client(tmp_path, relay_url, specs, ports, extra=()):
     return process
 
 
+def wait_until(predicate, timeout=30, what="condition"):
+    """Polls `predicate` every 0.1 s until it is true; fails naming `what` after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("not within %ss: %s" % (timeout, what))
+
+
 def wait_port(port, process=None, timeout=20):
     deadline = time.time() + timeout
     while time.time() < deadline:

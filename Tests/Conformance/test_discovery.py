@@ -50,13 +50,7 @@ def listeners(relay):
 
 
 def wait_for(condition, what, timeout=15):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError("not within %ss: %s" % (timeout, what))
-
+    agents.wait_until(condition, timeout=timeout, what=what)
 
 def test_an_edge_follows_the_relays_a_name_resolves_to(tmp_path):
     if os.geteuid() != 0:

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from agents import binary, metric_value, start_client, start_edge, start_relay, wait_port
+from agents import binary, metric_value, start_client, start_edge, start_relay, wait_port, wait_until
 from conftest import free_port
 from fake_azure import IKEY, FakeAzure
 
@@ -216,15 +216,6 @@ def test_application_insights_items_stay_inside_the_service_limits(fake, tmp_pat
     assert kept and all(len(base["properties"][key]) == 8192 for key in kept)
     truncated = base["properties"]["hyrelay.truncated"].split(",")
     assert truncated[0] == "message" and set(truncated[1:]) | set(kept) == {"a%d" % i for i in range(10)}
-
-
-def wait_until(predicate, timeout=30, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def export_flags(url, spool, *extra):

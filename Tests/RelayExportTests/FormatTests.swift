@@ -35,8 +35,9 @@ import Testing
 
     @Test func logRecordsRedactSecretsAndLiftTraceIds() throws {
         let record = ExportRecord.log(
-            time: Date(timeIntervalSince1970: 0), level: .warning, label: "hyrelay.relay", message: "refused",
-            metadata: ["trace_id": "abc", "token": "SharedAccessSignature sig=x", "entity": "hc1"],
+            LogEntry(
+                time: Date(timeIntervalSince1970: 0), level: .warning, label: "hyrelay.relay", message: "refused",
+                metadata: ["trace_id": "abc", "token": "SharedAccessSignature sig=x", "entity": "hc1"]),
             source: .init(role: "relay", instance: "h"))
         try Self.checkTypes(record)
         #expect(record["TraceId"] == .string("abc"))
@@ -44,23 +45,27 @@ import Testing
         #expect(!record.row.contains("sig=x"))
     }
 
-    @Test func metricRecordsComeFromTheExposition() throws {
-        let text = """
-            # HELP hyrelay_dials_total Edge dials.
-            # TYPE hyrelay_dials_total counter
-            hyrelay_dials_total{outcome="failed"} 3
-            hyrelay_dial_duration_seconds_bucket{le="+Inf"} 5
-            hyrelay_listeners{role="edge",entity="a \\"b\\""} 1.0
-            garbage line
-            """
-        let samples = PrometheusText.samples(text)
-        #expect(
-            samples == [
-                MetricSample(name: "hyrelay_dials_total", labels: ["outcome": "failed"], value: 3),
-                MetricSample(name: "hyrelay_dial_duration_seconds_bucket", labels: ["le": "+Inf"], value: 5),
-                MetricSample(name: "hyrelay_listeners", labels: ["role": "edge", "entity": "a \"b\""], value: 1),
-            ])
-        try Self.checkTypes(.metric(samples[0], time: Date(), source: .init(role: "edge", instance: "h")))
+    @Test func metricRecordsAreTheSamplesOfTheExposition() throws {
+        let metrics = RelayMetrics()
+        metrics.dial(outcome: .failed, seconds: nil)
+        metrics.dial(outcome: .connected, seconds: 0.002)
+        metrics.listeners(role: .edge, entity: "a \"b\"").set(to: 1)
+        let snapshot = MetricSnapshot(time: 1_700_000_000_000_000_000, families: metrics.registry.snapshot())
+        let records = ExportRecord.metrics(snapshot, source: .init(role: "edge", instance: "h"))
+        func value(_ name: String, _ labels: [String: JSONValue]) -> JSONValue? {
+            records.first { $0["Name"] == .string(name) && $0["Labels"] == .object(labels) }?["Value"]
+        }
+        #expect(value("hyrelay_dials_total", ["outcome": .string("failed")]) == .double(1))
+        #expect(value("hyrelay_dial_duration_seconds_bucket", ["le": .string("0.001")]) == .double(0))
+        #expect(value("hyrelay_dial_duration_seconds_bucket", ["le": .string("0.0025")]) == .double(1))
+        #expect(value("hyrelay_dial_duration_seconds_bucket", ["le": .string("+Inf")]) == .double(1))
+        #expect(value("hyrelay_dial_duration_seconds_count", [:]) == .double(1))
+        #expect(value("hyrelay_listeners", ["role": .string("edge"), "entity": .string("a \"b\"")]) == .double(1))
+        // Every sample of the text exposition is a row, and nothing else is.
+        let samples = metrics.exposition().split(separator: "\n").filter { !$0.hasPrefix("#") }
+        #expect(records.count == samples.count)
+        #expect(records.allSatisfy { $0["TimeGenerated"] == .string("2023-11-14T22:13:20.000Z") })
+        for record in records { try Self.checkTypes(record) }
     }
 
     /// The row carries exactly the declared columns, each with a JSON shape its type accepts.
@@ -161,8 +166,10 @@ import Testing
         // A message of multi-byte characters within 32,768 characters is still over 64 KB: cut on a
         // character boundary.
         let message = ExportRecord.log(
-            time: Date(timeIntervalSince1970: 0), level: .error, label: "hyrelay.edge",
-            message: String(repeating: "é€", count: 16_000), metadata: [:], source: .init(role: "edge", instance: "h"))
+            LogEntry(
+                time: Date(timeIntervalSince1970: 0), level: .error, label: "hyrelay.edge",
+                message: String(repeating: "é€", count: 16_000), metadata: [:]),
+            source: .init(role: "edge", instance: "h"))
         let item = TelemetryEnvelope.envelope(message, instrumentationKey: "00000000-0000-0000-0000-000000000001")
         #expect(item.text.utf8.count <= 64 * 1024)
         let text = try #require(Self.baseData(item)["message"]?.stringValue)

@@ -113,37 +113,50 @@ enum JSONSerializationLike {
 
 @Suite struct OpenMetricsTests {
     @Test func countersLoseTotalInFamilyNamesAndBucketsGetExemplars() {
-        let text = """
-            # HELP hyrelay_dials_total Edge dials.
-            # TYPE hyrelay_dials_total counter
-            hyrelay_dials_total{outcome="connected"} 3
-            # TYPE hyrelay_dial_duration_seconds histogram
-            hyrelay_dial_duration_seconds_bucket{le="0.001"} 1
-            hyrelay_dial_duration_seconds_bucket{le="+Inf"} 3
-            hyrelay_dial_duration_seconds_count 3
-
-            """
-        let key = BucketKey(name: "hyrelay_dial_duration_seconds", labels: [:], upperBound: 0.001)
-        let rendered = OpenMetricsRenderer.render(
-            text: text, exemplars: [key: Exemplar(traceID: "abc", value: 0.0004, timestamp: 1_700_000_000.5)])
+        let registry = MetricRegistry()
+        registry.counter(name: "hyrelay_dials_total", help: "Edge dials.", labels: [("outcome", "connected")])
+            .increment(by: Int64(3))
+        let histogram = registry.histogram(
+            name: "hyrelay_dial_duration_seconds", help: "Dials.", labels: [], bounds: [0.001])
+        histogram.record(0.0004, exemplar: Exemplar(traceID: "abc", value: 0.0004, timestamp: 1_700_000_000.5))
+        histogram.record(2)
+        histogram.record(3)
+        let rendered = PrometheusExposition.openMetrics(registry.snapshot())
         #expect(rendered.contains("# HELP hyrelay_dials Edge dials.\n# TYPE hyrelay_dials counter\n"))
         #expect(rendered.contains("hyrelay_dials_total{outcome=\"connected\"} 3\n"))
         #expect(rendered.contains("_bucket{le=\"0.001\"} 1 # {trace_id=\"abc\"} 0.0004 1700000000.5\n"))
         #expect(rendered.contains("_bucket{le=\"+Inf\"} 3\n"))
+        #expect(rendered.contains("hyrelay_dial_duration_seconds_sum 5.0004\n"))
         #expect(rendered.hasSuffix("# EOF\n"))
+        let text = PrometheusExposition.text(registry.snapshot())
+        #expect(text.contains("# TYPE hyrelay_dials_total counter\n"))
+        #expect(!text.contains("trace_id"), "the 0.0.4 format has no exemplars")
+    }
+
+    @Test func labelValuesAndHelpAreEscapedAndSpecialValuesSpelledAsPrometheusReadsThem() {
+        let registry = MetricRegistry()
+        registry.gauge(name: "g", help: "a \\ b\nc", labels: [("entity", "x\"y\\z\nw")]).set(to: .infinity)
+        registry.gauge(name: "h", help: "", labels: []).set(to: -.infinity)
+        registry.counter(name: "c_total", help: "", labels: []).increment(by: 1.5)
+        registry.counter(name: "c_total", help: "", labels: []).increment(by: Int64(2))
+        let text = PrometheusExposition.text(registry.snapshot())
+        #expect(text.contains("# HELP g a \\\\ b\\nc\n"))
+        #expect(text.contains("g{entity=\"x\\\"y\\\\z\\nw\"} +Inf\n"))
+        #expect(text.contains("h -Inf\n"))
+        #expect(text.contains("c_total 3.5\n"), "integer and fractional steps add up")
     }
 
     @Test func alertingSeriesExistAtZeroBeforeTheFirstEvent() {
         let metrics = RelayMetrics()
         metrics.registerRelaySeries(entities: ["hc1"], authFailureReasons: ["expired", "invalid_signature"])
-        let text = String(decoding: metrics.exposition(), as: UTF8.self)
+        let text = metrics.exposition()
         #expect(text.contains(#"hyrelay_auth_failures_total{role="relay",reason="expired"} 0"#))
         #expect(text.contains(#"hyrelay_auth_failures_total{role="relay",reason="invalid_signature"} 0"#))
         #expect(text.contains(#"hyrelay_rendezvous_total{entity="hc1",outcome="no_listener",status="404"} 0"#))
         #expect(text.contains(#"hyrelay_listeners{role="relay",entity="hc1"} 0"#))
         // The first refusal is then an increase of one on the same series, not a new series born at 1.
         metrics.rendezvous(entity: "hc1", outcome: "no_listener", status: 404, seconds: 0.001)
-        let after = String(decoding: metrics.exposition(), as: UTF8.self)
+        let after = metrics.exposition()
         #expect(after.contains(#"hyrelay_rendezvous_total{entity="hc1",outcome="no_listener",status="404"} 1"#))
     }
 
