@@ -1,3 +1,4 @@
+import HybridConnections
 import RelayTelemetry
 
 /// A JSON value as the exporter writes and replays it. Objects keep no key order; they are written with

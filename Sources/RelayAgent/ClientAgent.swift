@@ -202,16 +202,13 @@ public final class ClientAgent: Sendable {
         let isSocket = binding.socketPath != nil
         var bootstrap = ServerBootstrap(group: settings.group)
             .serverChannelOption(.backlog, value: 1024)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.writeBufferWaterMark, value: SocketTuning.writeWaterMark)
-            .childChannelOption(.recvAllocator, value: SocketTuning.receiveAllocator)
         if !isSocket {
-            // TCP only: a Unix socket refuses both options.
+            // TCP only: a Unix socket refuses it.
             bootstrap = bootstrap.serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
         }
         bootstrap = bootstrap.childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
+                try SocketTuning.apply(to: channel, noDelay: !isSocket, remoteHalfClosure: true)
                 // A Unix socket's peers are local processes, kept out by the file's mode rather than by address.
                 if !isSocket, let allowed = settings.allowedSources,
                     !allowed.allows(channel.remoteAddress?.ipAddress ?? "")

@@ -468,13 +468,12 @@ final class ListenerLoop: Sendable {
         let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
         span.attributes["target"] = binding.target
         let started = ContinuousClock.now
-        var bootstrap = ClientBootstrap(group: eventLoop)
+        let isSocket = binding.socketPath != nil
+        let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(EdgeAgent.dialTimeout)
-            .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.writeBufferWaterMark, value: SocketTuning.writeWaterMark)
-            .channelOption(.recvAllocator, value: SocketTuning.receiveAllocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try SocketTuning.apply(to: channel, noDelay: !isSocket, remoteHalfClosure: true)
                     try channel.pipeline.syncOperations.addHandler(boundTCP.value)
                 }
             }
@@ -482,9 +481,7 @@ final class ListenerLoop: Sendable {
         if let path = binding.socketPath {
             connected = bootstrap.connect(unixDomainSocketPath: path)
         } else {
-            // TCP only: a Unix socket refuses it.
-            bootstrap = bootstrap.channelOption(.socketOption(.tcp_nodelay), value: 1)
-            connected = bootstrap.connect(host: binding.host, port: binding.port)
+            connected = SocketTuning.connect(bootstrap, host: binding.host, port: binding.port)
         }
         connected
             .whenComplete { result in

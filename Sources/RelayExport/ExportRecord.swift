@@ -1,4 +1,5 @@
 import AzureIdentity
+import HybridConnections
 import Logging
 import RelayTelemetry
 

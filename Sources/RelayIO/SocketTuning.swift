@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 
 /// Socket settings every tunnel connection uses, relay and agents alike.
 public enum SocketTuning {
@@ -11,6 +12,24 @@ public enum SocketTuning {
 
     /// A side stops reading while its partner holds more than this much unwritten.
     public static let writeWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 64 * 1024, high: 256 * 1024)
+
+    /// Sets a tunnel socket's options from its channel initializer, on its event loop. Bootstrap options do the
+    /// same through a chain of futures per option and per connection (about five allocations each, some 40 per
+    /// tunnel across the roles); `noDelay` only for TCP (a Unix socket refuses it).
+    public static func apply(to channel: any Channel, noDelay: Bool, remoteHalfClosure: Bool) throws {
+        guard let options = channel.syncOptions else { return }
+        try options.setOption(.recvAllocator, value: receiveAllocator)
+        try options.setOption(.writeBufferWaterMark, value: writeWaterMark)
+        if noDelay { try options.setOption(.socketOption(.tcp_nodelay), value: 1) }
+        if remoteHalfClosure { try options.setOption(.allowRemoteHalfClosure, value: true) }
+    }
+
+    /// Connects to an IP literal directly, and to a name through NIO's resolver (which starts a Happy Eyeballs
+    /// race, some 20 allocations, even for a literal).
+    public static func connect(_ bootstrap: ClientBootstrap, host: String, port: Int) -> EventLoopFuture<any Channel> {
+        if let address = try? SocketAddress(ipAddress: host, port: port) { return bootstrap.connect(to: address) }
+        return bootstrap.connect(host: host, port: port)
+    }
 }
 
 extension SocketAddress {

@@ -149,13 +149,11 @@ public enum HTTPConnection {
             return eventLoop.makeFailedFuture(
                 WebSocketClientError(description: "\(url) needs TLS but no TLS context was given"))
         }
-        return ClientBootstrap(group: eventLoop)
+        let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelOption(.recvAllocator, value: SocketTuning.receiveAllocator)
-            .channelOption(.writeBufferWaterMark, value: SocketTuning.writeWaterMark)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try SocketTuning.apply(to: channel, noDelay: true, remoteHalfClosure: false)
                     let sync = channel.pipeline.syncOperations
                     if let proxy {
                         let target = url.host.contains(":") ? "[\(url.host)]:\(url.port)" : "\(url.host):\(url.port)"
@@ -172,7 +170,7 @@ public enum HTTPConnection {
                     try addHandler(channel, encoder, decoder)
                 }
             }
-            .connect(host: proxy?.host ?? address ?? url.host, port: proxy?.port ?? url.port)
+        return SocketTuning.connect(bootstrap, host: proxy?.host ?? address ?? url.host, port: proxy?.port ?? url.port)
     }
 }
 

@@ -85,14 +85,9 @@ public final class RelayServer: Sendable {
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.writeBufferWaterMark, value: SocketTuning.writeWaterMark)
-            .childChannelOption(
-                .recvAllocator,
-                value: SocketTuning.receiveAllocator
-            )
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try SocketTuning.apply(to: channel, noDelay: true, remoteHalfClosure: false)
                     let sync = channel.pipeline.syncOperations
                     if let tls = tlsContext.withLockedValue({ $0 }) {
                         try sync.addHandler(NIOSSLServerHandler(context: tls))

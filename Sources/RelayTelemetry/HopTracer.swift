@@ -64,9 +64,13 @@ public final class HopTracer: Tracer, Sendable {
     }
 
     /// Logs each finished span through `logger` at info level, message `span`, and hands it to `also`
-    /// (the exporter) when given.
+    /// (the exporter) when given. The logger's level is read once: `--log-level` is fixed for a process.
     public convenience init(logger: Logger, also: (@Sendable (FinishedSpan) -> Void)? = nil) {
+        // Below info the span line is never written: its metadata is not even built.
+        let logs = logger.logLevel <= .info
         self.init { span in
+            also?(span)
+            guard logs else { return }
             var metadata: Logger.Metadata = [
                 "span_name": "\(span.name)", "trace_id": "\(span.context.traceID)", "span_id": "\(span.context.spanID)",
                 "duration_ms": "\((span.durationSeconds * 1000 * 1000).rounded() / 1000)", "span_kind": "\(span.kind)",
@@ -76,7 +80,6 @@ public final class HopTracer: Tracer, Sendable {
             if let message = span.statusMessage { metadata["status_message"] = "\(message)" }
             for (key, value) in span.attributes { metadata[key] = "\(value)" }
             logger.info("span", metadata: metadata)
-            also?(span)
         }
     }
 

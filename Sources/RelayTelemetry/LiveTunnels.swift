@@ -1,3 +1,4 @@
+import HybridConnections
 import NIOConcurrencyHelpers
 import Synchronization
 

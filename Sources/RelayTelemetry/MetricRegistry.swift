@@ -170,11 +170,27 @@ public final class MetricRegistry: Sendable {
         case histogram(ValueHistogram)
     }
 
+    /// A series' labels as a dictionary key, hashed pair by pair: looking a series up (every counter update
+    /// on a hot path does) builds no string.
+    private struct LabelKey: Hashable {
+        let labels: [(String, String)]
+
+        static func == (lhs: LabelKey, rhs: LabelKey) -> Bool { lhs.labels.elementsEqual(rhs.labels) { $0 == $1 } }
+
+        func hash(into hasher: inout Hasher) {
+            hasher.combine(labels.count)
+            for (key, value) in labels {
+                hasher.combine(key)
+                hasher.combine(value)
+            }
+        }
+    }
+
     private struct Family {
         var help: String
         var kind: MetricKind
-        var keys: [String] = []
-        var series: [String: (labels: [(String, String)], metric: Series)] = [:]
+        var keys: [LabelKey] = []
+        var series: [LabelKey: Series] = [:]
     }
 
     private struct State {
@@ -206,15 +222,15 @@ public final class MetricRegistry: Sendable {
     private func series(
         name: String, help: String, kind: MetricKind, labels: [(String, String)], make: () -> Series
     ) -> Series {
-        let key = PrometheusExposition.labelText(labels)
+        let key = LabelKey(labels: labels)
         return state.withLockedValue { state in
-            if let existing = state.families[name]?.series[key] { return existing.metric }
+            if let existing = state.families[name]?.series[key] { return existing }
             var family = state.families[name] ?? Family(help: help, kind: kind)
             precondition(family.kind == kind, "metric \(name) registered as \(family.kind) and \(kind)")
             if state.families[name] == nil { state.names.append(name) }
             let created = make()
             family.keys.append(key)
-            family.series[key] = (labels, created)
+            family.series[key] = created
             state.families[name] = family
             return created
         }
@@ -225,7 +241,7 @@ public final class MetricRegistry: Sendable {
         let families = state.withLockedValue { state in
             state.names.map { name in
                 let family = state.families[name]!
-                return (name, family.help, family.kind, family.keys.map { family.series[$0]! })
+                return (name, family.help, family.kind, family.keys.map { ($0.labels, family.series[$0]!) })
             }
         }
         return families.map { name, help, kind, series in

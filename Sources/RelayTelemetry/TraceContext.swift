@@ -15,19 +15,51 @@ public struct TraceContext: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Parses a `traceparent` header; nil for anything malformed, all-zero ids or version `ff` (the
-    /// spec's rule: ignore it and start a new trace).
+    /// spec's rule: ignore it and start a new trace). Byte by byte: it runs for every sender and accept.
     public init?(traceparent: String) {
-        let parts = traceparent.trimmingWhitespace().split(separator: "-", omittingEmptySubsequences: false)
-        guard parts.count >= 4, parts[0].count == 2, Self.isHex(parts[0]), parts[0] != "ff",
-            parts[1].count == 32, Self.isHex(parts[1]), parts[2].count == 16, Self.isHex(parts[2]),
-            parts[3].count == 2, Self.isHex(parts[3]), let flags = UInt8(parts[3], radix: 16)
+        var header = traceparent
+        guard
+            let parsed = header.withUTF8({ bytes -> (String, String, Bool)? in
+                var start = 0
+                var end = bytes.count
+                while start < end, bytes[start] == 0x20 || bytes[start] == 0x09 { start += 1 }
+                while end > start, bytes[end - 1] == 0x20 || bytes[end - 1] == 0x09 { end -= 1 }
+                let field = UnsafeBufferPointer(rebasing: bytes[start..<end])
+                // version(2) - trace-id(32) - parent-id(16) - flags(2): 55 bytes; version 00 has exactly these,
+                // later versions may append "-…".
+                let dash = UInt8(ascii: "-")
+                guard field.count >= 55, field[2] == dash, field[35] == dash, field[52] == dash,
+                    let version = Self.hexByte(field[0], field[1]), version != 0xFF,
+                    let flags = Self.hexByte(field[53], field[54]),
+                    field.count == 55 || (version != 0 && field[55] == dash),
+                    let traceID = Self.lowercaseHex(field, 3..<35), let spanID = Self.lowercaseHex(field, 36..<52)
+                else { return nil }
+                return (traceID, spanID, flags & 1 == 1)
+            })
         else { return nil }
-        // Version 00 has exactly four fields; later versions may add more.
-        if parts[0] == "00" && parts.count != 4 { return nil }
-        guard parts[1].contains(where: { $0 != "0" }), parts[2].contains(where: { $0 != "0" }) else { return nil }
-        traceID = parts[1].lowercased()
-        spanID = parts[2].lowercased()
-        sampled = flags & 1 == 1
+        (traceID, spanID, sampled) = parsed
+    }
+
+    private static func hexByte(_ high: UInt8, _ low: UInt8) -> UInt8? {
+        guard let high = PercentEncoding.hexValue(high), let low = PercentEncoding.hexValue(low) else { return nil }
+        return high << 4 | low
+    }
+
+    /// The range as lowercase hex, nil when it holds anything but hex digits or only zeros.
+    private static func lowercaseHex(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> String? {
+        var nonZero = false
+        for index in range {
+            guard PercentEncoding.hexValue(bytes[index]) != nil else { return nil }
+            if bytes[index] != UInt8(ascii: "0") { nonZero = true }
+        }
+        guard nonZero else { return nil }
+        return String(unsafeUninitializedCapacity: range.count) { out in
+            for (offset, index) in range.enumerated() {
+                let byte = bytes[index]
+                out[offset] = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "F") ? byte + 32 : byte
+            }
+            return range.count
+        }
     }
 
     public var traceparent: String { "00-\(traceID)-\(spanID)-\(sampled ? "01" : "00")" }
@@ -44,20 +76,24 @@ public struct TraceContext: Sendable, Hashable, CustomStringConvertible {
         TraceContext(traceID: traceID, spanID: Self.randomHex(bytes: 8), sampled: sampled)
     }
 
-    static func randomHex(bytes: Int) -> String {
+    /// `bytes` random bytes as lowercase hex, never all zeros; one allocation.
+    static func randomHex(bytes count: Int) -> String {
+        let digits: StaticString = "0123456789abcdef"
         var generator = SystemRandomNumberGenerator()
-        var text = ""
-        repeat {
-            text = ""
-            for _ in 0..<bytes {
-                let byte = UInt8.random(in: 0...255, using: &generator)
-                text += byte < 16 ? "0" + String(byte, radix: 16) : String(byte, radix: 16)
+        while true {
+            var nonZero = false
+            let text = String(unsafeUninitializedCapacity: count * 2) { out in
+                digits.withUTF8Buffer { digits in
+                    for index in 0..<count {
+                        let byte = UInt8.random(in: 0...255, using: &generator)
+                        if byte != 0 { nonZero = true }
+                        out[2 * index] = digits[Int(byte >> 4)]
+                        out[2 * index + 1] = digits[Int(byte & 0x0F)]
+                    }
+                }
+                return count * 2
             }
-        } while !text.contains(where: { $0 != "0" })
-        return text
-    }
-
-    static func isHex(_ text: Substring) -> Bool {
-        text.allSatisfy { $0.isHexDigit && ($0.isNumber || $0.isLowercase || $0.isUppercase) && $0.isASCII }
+            if nonZero { return text }
+        }
     }
 }

@@ -2,6 +2,12 @@ import Testing
 
 @testable import HybridConnections
 
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+
 @Suite struct ControlMessageTests {
     @Test func acceptEncodesEveryField() throws {
         let accept = AcceptCommand(
@@ -59,5 +65,43 @@ import Testing
             case .invalid: #expect(kind == "invalid")
             }
         }
+    }
+}
+
+@Suite struct AcceptEncodingTests {
+    /// What JSONEncoder writes for the same command (the encoder every other message still uses).
+    static func viaJSONEncoder(_ accept: AcceptCommand) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes, .sortedKeys]
+        return String(decoding: try encoder.encode(["accept": accept]), as: UTF8.self)
+    }
+
+    @Test func theDirectWriterMatchesJSONEncoderByteForByte() throws {
+        var generator = SystemRandomNumberGenerator()
+        let pieces = ["a", "Z", "/", "\"", "\\", "é", "€", "😀", " ", "-", "_", "0", "sb-hc", "$hc", "?", "&", "="]
+        func text(_ maxCount: Int) -> String {
+            (0..<Int.random(in: 0...maxCount, using: &generator)).map { _ in pieces.randomElement(using: &generator)! }
+                .joined()
+        }
+        for _ in 0..<2000 {
+            var headers: [String: String] = [:]
+            for _ in 0..<Int.random(in: 0...5, using: &generator) { headers[text(6)] = text(12) }
+            let accept = AcceptCommand(
+                address: "wss://" + text(20), id: text(8), connectHeaders: headers,
+                remoteEndpoint: Bool.random(using: &generator)
+                    ? RemoteEndpoint(address: text(8), port: Int.random(in: 0...65535, using: &generator)) : nil)
+            let direct = ControlMessage.accept(accept).encoded()
+            #expect(direct == (try Self.viaJSONEncoder(accept)))
+            #expect(try ControlMessage(decoding: Array(direct.utf8)) == .accept(accept))
+        }
+    }
+
+    @Test func controlCharactersAreEscapedAndReadBack() throws {
+        let accept = AcceptCommand(
+            address: "wss://a/\u{0}\u{1F}\n\t\r", id: "\u{7F}\u{2028}", connectHeaders: ["k\u{8}": "v\u{C}"],
+            remoteEndpoint: nil)
+        let direct = ControlMessage.accept(accept).encoded()
+        #expect(!direct.unicodeScalars.contains { $0.value < 0x20 })
+        #expect(try ControlMessage(decoding: Array(direct.utf8)) == .accept(accept))
     }
 }

@@ -1,5 +1,3 @@
-import HybridConnections
-
 #if canImport(FoundationEssentials)
     import FoundationEssentials
 #else
