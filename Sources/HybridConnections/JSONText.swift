@@ -9,6 +9,12 @@ public enum JSONText {
     /// Appends `value` as a quoted JSON string, escaping quotes, backslashes and control characters.
     public static func appendString(_ value: String, to out: inout String) {
         out += "\""
+        // Most values need no escape: appended whole, not scalar by scalar.
+        if !value.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            out += value
+            out += "\""
+            return
+        }
         for scalar in value.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""

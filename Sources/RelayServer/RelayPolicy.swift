@@ -1,5 +1,6 @@
 import AzureIdentity
 import HybridConnections
+import NIOConcurrencyHelpers
 
 /// A refusal the relay answers with an HTTP status and an Azure-shaped reason phrase.
 public struct Refusal: Error, Equatable, Sendable {
@@ -55,6 +56,8 @@ public struct RelayPolicy: Sendable {
     private let entities: [String: HybridConnectionConfiguration]
     private let namespaceRules: [AuthorizationRule]
     private let validator: TokenValidator
+    /// Tokens verified under this policy's keys; a reload makes a new policy, and a new, empty cache.
+    private let verified = VerifiedTokenCache(capacity: 4096)
     /// Entra ID: the tenant's keys (nil when the relay takes SAS only) and the principals' rights.
     private let entra: (authority: EntraAuthority, configuration: EntraConfiguration)?
     /// Host names a token audience may name besides the request's own `Host`.
@@ -122,7 +125,7 @@ public struct RelayPolicy: Sendable {
         do {
             return try validator.validate(
                 token: token, rules: entity.rules + namespaceRules, hosts: hosts, entityPath: entity.name, right: right,
-                now: now
+                now: now, verified: verified
             ).expiry
         } catch {
             throw Refusal.from(error)
@@ -167,5 +170,32 @@ enum WebSocketURLHost {
         let afterScheme = url.split(separator: "://", maxSplits: 1).last ?? Substring(url)
         let authority = afterScheme.prefix { $0 != "/" && $0 != "?" }
         return String(Audience("x://\(authority)").host)
+    }
+}
+
+/// Verified SAS tokens by token and entity, bounded: when full it starts again empty (a client's token is
+/// verified once more; an attacker cannot fill it, since only tokens with a valid signature go in).
+final class VerifiedTokenCache: VerifiedSignatures {
+    private struct Key: Hashable {
+        var token: String
+        var entityPath: String
+    }
+
+    private let entries = NIOLockedValueBox<[Key: SharedAccessSignature]>([:])
+    let capacity: Int
+
+    init(capacity: Int) {
+        self.capacity = capacity
+    }
+
+    func signature(token: String, entityPath: String) -> SharedAccessSignature? {
+        entries.withLockedValue { $0[Key(token: token, entityPath: entityPath)] }
+    }
+
+    func remember(_ signature: SharedAccessSignature, token: String, entityPath: String) {
+        entries.withLockedValue { entries in
+            if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
+            entries[Key(token: token, entityPath: entityPath)] = signature
+        }
     }
 }

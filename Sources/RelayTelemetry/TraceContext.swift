@@ -84,8 +84,11 @@ public struct TraceContext: Sendable, Hashable, CustomStringConvertible {
             var nonZero = false
             let text = String(unsafeUninitializedCapacity: count * 2) { out in
                 digits.withUTF8Buffer { digits in
+                    // Eight bytes per draw: each draw is a getrandom(2) call.
+                    var word: UInt64 = 0
                     for index in 0..<count {
-                        let byte = UInt8.random(in: 0...255, using: &generator)
+                        if index % 8 == 0 { word = generator.next() }
+                        let byte = UInt8(truncatingIfNeeded: word >> (8 * UInt64(index % 8)))
                         if byte != 0 { nonZero = true }
                         out[2 * index] = digits[Int(byte >> 4)]
                         out[2 * index + 1] = digits[Int(byte & 0x0F)]
