@@ -98,8 +98,7 @@ public final class ClientAgent: Sendable {
                         level: outcome.isReady ? .info : .warning, "relay probed",
                         metadata: ["relay_name": "\(relayName)", "relay": "\(access.base)", "result": "\(outcome)"])
                 }
-                let retryIn =
-                    if case .ready = outcome { interval } else { outcome.isUnreachable ? interval : slowInterval }
+                let retryIn = outcome.asksAgainSoon ? interval : slowInterval
                 due[relayName] = .now + retryIn
             }
             try? await Task.sleep(for: interval)

@@ -16,9 +16,9 @@ public enum RelayDiscovery {
     public typealias Resolver = @Sendable (_ host: String) async -> [String]?
 
     /// The listeners for `forwards`: an entry whose relay host is a name with several addresses becomes one entry
-    /// per address (dialled by address, the name kept for TLS and `Host`; IPv4 addresses only when it has some). IP literals, names with one address,
-    /// names that do not resolve right now (the listener then retries by name) and relays reached through a proxy
-    /// stay as they are.
+    /// per address (dialled by address, the name kept for TLS and `Host`; IPv4 addresses only when it has some).
+    /// IP literals, names with one address, names that do not resolve right now (the listener then retries by
+    /// name) and relays reached through a proxy stay as they are.
     public static func expand(
         _ forwards: [(RemoteForward, RelayAccess)], resolve: Resolver
     ) async -> [(RemoteForward, RelayAccess)] {

@@ -28,10 +28,14 @@ public enum ProbeOutcome: Equatable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// Whether the relay did not answer at all (asked again soon, unlike a refusal).
-    public var isUnreachable: Bool {
-        if case .unreachable = self { return true }
-        return false
+    /// Whether to ask again at the short interval: a working relay, to notice when it stops answering, and one
+    /// that did not answer. A refusal or a missing entity takes an operator, and each refused ask is an
+    /// authentication failure at the relay.
+    public var asksAgainSoon: Bool {
+        switch self {
+        case .ready, .unreachable: return true
+        case .unverified, .missingEntity, .credentialsRefused: return false
+        }
     }
 
     public var description: String {

@@ -146,30 +146,15 @@ public struct ExportRecord: Sendable, Equatable {
     public static func metrics(_ snapshot: MetricSnapshot, source: ExportSource) -> [ExportRecord] {
         let time = JSONText.timestamp(millisecondsSinceEpoch: Int64(snapshot.time / 1_000_000))
         var records: [ExportRecord] = []
-        func add(_ name: String, _ labels: [(String, String)], _ value: Double) {
-            var columns = common(source: source, time: time)
-            columns["Name"] = .string(name)
-            var labelObject: [String: JSONValue] = [:]
-            for (key, labelValue) in labels { labelObject[key] = .string(labelValue) }
-            columns["Labels"] = .object(labelObject)
-            columns["Value"] = .double(value)
-            records.append(ExportRecord(table: .metrics, columns: columns))
-        }
         for family in snapshot.families {
-            for point in family.points {
-                switch point.value {
-                case .counter(let integer, let fraction): add(family.name, point.labels, Double(integer) + fraction)
-                case .gauge(let value): add(family.name, point.labels, value)
-                case .histogram(let histogram):
-                    var cumulative: UInt64 = 0
-                    for (index, count) in histogram.counts.enumerated() {
-                        cumulative += count
-                        let bound = index < histogram.bounds.count ? "\(histogram.bounds[index])" : "+Inf"
-                        add(family.name + "_bucket", point.labels + [("le", bound)], Double(cumulative))
-                    }
-                    add(family.name + "_sum", point.labels, histogram.sum)
-                    add(family.name + "_count", point.labels, Double(cumulative))
-                }
+            for sample in family.samples {
+                var columns = common(source: source, time: time)
+                columns["Name"] = .string(sample.name)
+                var labels: [String: JSONValue] = [:]
+                for (key, value) in sample.labels { labels[key] = .string(value) }
+                columns["Labels"] = .object(labels)
+                columns["Value"] = .double(sample.value)
+                records.append(ExportRecord(table: .metrics, columns: columns))
             }
         }
         return records

@@ -32,7 +32,7 @@ public struct OTLPConfiguration: Sendable, Equatable {
         environment: [String: String], endpoint flagEndpoint: String? = nil, headers flagHeaders: [String] = []
     ) throws(ExportError) -> OTLPConfiguration? {
         func value(_ name: String) -> String? {
-            guard let text = environment[name]?.trimmingSpaces, !text.isEmpty else { return nil }
+            guard let text = environment[name]?.trimmingWhitespace(), !text.isEmpty else { return nil }
             return text
         }
         if value("OTEL_SDK_DISABLED")?.lowercased() == "true" { return nil }
@@ -117,19 +117,19 @@ public struct OTLPConfiguration: Sendable, Equatable {
     static func headers(_ text: String, variable: String) throws(ExportError) -> [Header] {
         var result: [Header] = []
         for pair in text.split(separator: ",") {
-            let trimmed = pair.trimmingSpaces
+            let trimmed = pair.trimmingWhitespace()
             guard !trimmed.isEmpty else { continue }
             guard let equals = trimmed.firstIndex(of: "="), equals != trimmed.startIndex,
                 let value = PercentEncoding.decode(trimmed[trimmed.index(after: equals)...], plusAsSpace: false)
             else { throw .configuration("\(variable): '\(trimmed)' is not key=value") }
-            let name = String(trimmed[..<equals]).trimmingSpaces
+            let name = String(trimmed[..<equals]).trimmingWhitespace()
             guard HTTPFieldSyntax.isValidName(name) else {
                 throw .configuration("\(variable): '\(name)' is not a valid name")
             }
             guard HTTPFieldSyntax.isValidValue(value) else {
                 throw .configuration("\(variable): the value of '\(name)' holds a control character")
             }
-            result.append(Header(name: name, value: value.trimmingSpaces))
+            result.append(Header(name: name, value: value.trimmingWhitespace()))
         }
         return result
     }
@@ -158,12 +158,6 @@ public struct OTLPConfiguration: Sendable, Equatable {
 extension OTLPSignal {
     /// The signal's part of the variable names: `TRACES`, `LOGS`, `METRICS`.
     var variable: String { rawValue.uppercased() }
-}
-
-extension StringProtocol {
-    fileprivate var trimmingSpaces: String {
-        String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
-    }
 }
 
 /// OTLP/HTTP with protobuf bodies: spans to `/v1/traces`, logs to `/v1/logs`, metrics to `/v1/metrics`, each

@@ -139,8 +139,16 @@ public final class Spool: Sendable {
     }
 
     /// Removes and returns the entries older than the age bound.
+    /// Whether `expire` would remove anything now (the oldest batch is past the age bound); no file touched.
+    public func hasExpired(nowMilliseconds: Int64) -> Bool {
+        guard let oldest else { return false }
+        return oldest.created < ageLimit(nowMilliseconds)
+    }
+
+    private func ageLimit(_ nowMilliseconds: Int64) -> Int64 { nowMilliseconds - Int64(maxAgeSeconds * 1000) }
+
     public func expire(nowMilliseconds: Int64) -> [Entry] {
-        let limit = nowMilliseconds - Int64(maxAgeSeconds * 1000)
+        let limit = ageLimit(nowMilliseconds)
         let expired = entries.withLockedValue { entries -> [Entry] in
             let old = entries.filter { $0.created < limit }
             entries.removeAll { $0.created < limit }

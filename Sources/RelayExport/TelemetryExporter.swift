@@ -229,7 +229,7 @@ private struct SinkLoop: Sendable {
                 await worker.cutAll()
                 nextCut = now + flushInterval
             }
-            worker.expireSpool()
+            await worker.expireSpool()
             let busy = await worker.pump(until: deadline)
             if let deadline {
                 let stuck = worker.isIdle || worker.waits(past: deadline)
@@ -332,10 +332,9 @@ struct SinkWorker: Sendable {
         }
     }
 
-    /// Spool files are written on NIO's thread pool, off the cooperative pool every sink's task runs on.
     private mutating func store(_ prepared: PreparedBatch, in spool: Spool) async {
         do {
-            let evicted = try await NIOThreadPool.singleton.runIfActive { try spool.write(prepared) }
+            let evicted = try await Self.onFilePool { try spool.write(prepared) }
             for entry in evicted {
                 drop(.spoolFull, count: entry.count, detail: ["bound_bytes": "\(spool.maxBytes)"])
             }
@@ -346,9 +345,16 @@ struct SinkWorker: Sendable {
         reportSpool()
     }
 
-    mutating func expireSpool() {
-        guard let spool else { return }
-        let expired = spool.expire(nowMilliseconds: nowMilliseconds)
+    /// Spool files are read, written and removed on NIO's thread pool, off the cooperative pool every sink's task
+    /// runs on.
+    private static func onFilePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await NIOThreadPool.singleton.runIfActive(body)
+    }
+
+    mutating func expireSpool() async {
+        let now = nowMilliseconds
+        guard let spool, spool.hasExpired(nowMilliseconds: now) else { return }
+        let expired = (try? await Self.onFilePool { spool.expire(nowMilliseconds: now) }) ?? []
         for entry in expired {
             drop(.spoolExpired, count: entry.count, detail: ["age_bound_seconds": "\(spool.maxAgeSeconds)"])
         }
@@ -372,9 +378,9 @@ struct SinkWorker: Sendable {
             let prepared: PreparedBatch
             if let spool, let entry = spool.oldest {
                 do {
-                    prepared = try await NIOThreadPool.singleton.runIfActive { try spool.load(entry) }
+                    prepared = try await Self.onFilePool { try spool.load(entry) }
                 } catch {
-                    spool.remove(entry)
+                    try? await Self.onFilePool { spool.remove(entry) }
                     drop(.rejected, count: entry.count, detail: ["cause": "unreadable spool file: \(error)"])
                     continue
                 }
@@ -449,8 +455,8 @@ struct SinkWorker: Sendable {
                 finished = true
             }
             if finished {
-                if let fromSpool {
-                    spool?.remove(fromSpool)
+                if let fromSpool, let spool {
+                    try? await Self.onFilePool { spool.remove(fromSpool) }
                     reportSpool()
                 } else {
                     memory.removeFirst()

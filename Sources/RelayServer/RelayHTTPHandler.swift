@@ -297,7 +297,7 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let control = ListenerControlHandler(
             hub: hub, entity: entity, trackingId: trackingId, tokenExpiry: expiry, requestHost: hostHeader(head)
         )
-        let agent = head.headers.first(name: AgentIdentity.headerName).flatMap(AgentIdentity.init(headerValue:))
+        let agent = Self.agentIdentity(head)
         let handle = ListenerHandle(
             id: hub.makeID(), trackingId: trackingId, entity: entity.name, agent: agent,
             control: NIOLoopBound(control, eventLoop: context.eventLoop))
@@ -353,7 +353,7 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         span.attributes["listener_id"] = listener.trackingId
         span.attributes["rendezvous_id"] = key
         if let agent = listener.agent { span.attributes["listener_agent"] = agent.name }
-        if let sender = head.headers.first(name: AgentIdentity.headerName).flatMap(AgentIdentity.init(headerValue:)) {
+        if let sender = Self.agentIdentity(head) {
             span.attributes["sender_agent"] = sender.name
         }
         let timeout = context.eventLoop.assumeIsolated().scheduleTask(
@@ -463,6 +463,11 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         upgrade(context: context, head: waiting.head, subprotocol: subprotocol, handler: bridge, writesBytes: true)
         let bound = NIOLoopBound(bridge, eventLoop: context.eventLoop)
         partner.eventLoop.execute { partner.value.attach(partner: bound) }
+    }
+
+    /// What an agent said about itself in `X-HyRelay-Agent`, bounded; nil for other clients.
+    static func agentIdentity(_ head: HTTPRequestHead) -> AgentIdentity? {
+        head.headers.first(name: AgentIdentity.headerName).flatMap(AgentIdentity.init(headerValue:))
     }
 
     /// A tunnel leg ended because its peer broke RFC 6455: say which side and how.

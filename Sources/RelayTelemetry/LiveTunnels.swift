@@ -148,12 +148,14 @@ public struct Inspection: Sendable {
         return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
     }
 
-    private struct TunnelsBody: Encodable {
-        var tunnels: [LiveTunnelInfo]
+    /// `GET /v1/tunnels`' body, as the side port writes it and `hyrelay status` reads it.
+    public struct TunnelsBody: Codable, Sendable {
+        public var tunnels: [LiveTunnelInfo]
     }
 
-    private struct ListenersBody: Encodable {
-        var listeners: [LiveListenerInfo]
+    /// `GET /v1/listeners`' body.
+    public struct ListenersBody: Codable, Sendable {
+        public var listeners: [LiveListenerInfo]
     }
 
     /// `{"tunnels": […]}`.

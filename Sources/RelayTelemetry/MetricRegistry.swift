@@ -160,6 +160,57 @@ public struct MetricFamily: Sendable, Equatable {
     public var points: [MetricPoint]
 }
 
+/// One sample line of the Prometheus exposition: a counter's or gauge's value, or a histogram's cumulative
+/// bucket (with `le`), sum or count. `/metrics` writes these, the Azure rows carry the same ones.
+public struct MetricSample: Sendable {
+    public var name: String
+    public var labels: [(String, String)]
+    public var value: Double
+    /// The value as the exposition writes it: counts without a fraction, Go's spelling of special values.
+    public var text: String
+    /// A histogram bucket's latest exemplar (OpenMetrics only).
+    public var exemplar: Exemplar?
+}
+
+extension MetricFamily {
+    /// The family's samples in exposition order.
+    public var samples: [MetricSample] {
+        var samples: [MetricSample] = []
+        for point in points {
+            switch point.value {
+            case .counter(let integer, let fraction):
+                let value = Double(integer) + fraction
+                let text = fraction == 0 ? String(integer) : PrometheusExposition.number(value)
+                samples.append(MetricSample(name: name, labels: point.labels, value: value, text: text))
+            case .gauge(let value):
+                samples.append(
+                    MetricSample(
+                        name: name, labels: point.labels, value: value, text: PrometheusExposition.number(value)))
+            case .histogram(let histogram):
+                var cumulative: UInt64 = 0
+                for (index, count) in histogram.counts.enumerated() {
+                    cumulative += count
+                    let bound =
+                        index < histogram.bounds.count ? PrometheusExposition.number(histogram.bounds[index]) : "+Inf"
+                    samples.append(
+                        MetricSample(
+                            name: name + "_bucket", labels: point.labels + [("le", bound)], value: Double(cumulative),
+                            text: String(cumulative), exemplar: histogram.exemplars[index]))
+                }
+                samples.append(
+                    MetricSample(
+                        name: name + "_sum", labels: point.labels, value: histogram.sum,
+                        text: PrometheusExposition.number(histogram.sum)))
+                samples.append(
+                    MetricSample(
+                        name: name + "_count", labels: point.labels, value: Double(cumulative), text: String(cumulative)
+                    ))
+            }
+        }
+        return samples
+    }
+}
+
 /// The process's metrics: families by name, series by label values, each created once and then updated
 /// lock-free (counters, gauges) or under a per-histogram lock. Replaces a text-only registry so every sink reads
 /// the same typed snapshot.

@@ -22,37 +22,16 @@ public enum PrometheusExposition {
                 familyName.removeLast("_total".count)
             }
             out += "# HELP \(familyName) \(escapeHelp(family.help))\n# TYPE \(familyName) \(family.kind.rawValue)\n"
-            for point in family.points {
-                let labels = labelText(point.labels)
-                switch point.value {
-                case .counter(let integer, let fraction):
-                    let value = fraction == 0 ? String(integer) : number(Double(integer) + fraction)
-                    out += sample(family.name, labels, value)
-                case .gauge(let value):
-                    out += sample(family.name, labels, number(value))
-                case .histogram(let histogram):
-                    var cumulative: UInt64 = 0
-                    for (index, count) in histogram.counts.enumerated() {
-                        cumulative += count
-                        let bound = index < histogram.bounds.count ? number(histogram.bounds[index]) : "+Inf"
-                        let le = "le=\"\(bound)\""
-                        out += "\(family.name)_bucket{\(labels.isEmpty ? le : labels + "," + le)} \(cumulative)"
-                        if openMetrics, let exemplar = histogram.exemplars[index] {
-                            out +=
-                                " # {trace_id=\"\(exemplar.traceID)\"} \(number(exemplar.value)) \(exemplar.timestamp)"
-                        }
-                        out += "\n"
-                    }
-                    out += sample(family.name + "_sum", labels, number(histogram.sum))
-                    out += sample(family.name + "_count", labels, String(cumulative))
+            for sample in family.samples {
+                let labels = labelText(sample.labels)
+                out += labels.isEmpty ? "\(sample.name) \(sample.text)" : "\(sample.name){\(labels)} \(sample.text)"
+                if openMetrics, let exemplar = sample.exemplar {
+                    out += " # {trace_id=\"\(exemplar.traceID)\"} \(number(exemplar.value)) \(exemplar.timestamp)"
                 }
+                out += "\n"
             }
         }
         return out
-    }
-
-    private static func sample(_ name: String, _ labels: String, _ value: String) -> String {
-        labels.isEmpty ? "\(name) \(value)\n" : "\(name){\(labels)} \(value)\n"
     }
 
     /// `a="x",b="y"`, values escaped as the format asks (backslash, quote, newline).

@@ -35,14 +35,6 @@ struct Status: AsyncParsableCommand {
         guard interval >= 0.1 else { throw ValidationError("--interval must be at least 0.1") }
     }
 
-    private struct TunnelsBody: Decodable {
-        var tunnels: [LiveTunnelInfo]
-    }
-
-    private struct ListenersBody: Decodable {
-        var listeners: [LiveListenerInfo]
-    }
-
     private struct Combined: Encodable {
         var tunnels: [LiveTunnelInfo]
         var listeners: [LiveListenerInfo]?
@@ -70,8 +62,9 @@ struct Status: AsyncParsableCommand {
 
     private func fetch(_ http: AzureHTTP) async throws -> String {
         let base = "http://\(endpoint)"
-        let tunnels = try await get(http, "\(base)/v1/tunnels", as: TunnelsBody.self)
-        let listeners = try await get(http, "\(base)/v1/listeners", as: ListenersBody.self, allowMissing: true)
+        let tunnels = try await get(http, "\(base)/v1/tunnels", as: Inspection.TunnelsBody.self)
+        let listeners = try await get(
+            http, "\(base)/v1/listeners", as: Inspection.ListenersBody.self, allowMissing: true)
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys, .prettyPrinted]

@@ -92,6 +92,22 @@ def start_client(tmp_path, relay_url, specs, ports, extra=()):
     return process
 
 
+def stop_all(*processes, sig=None):
+    """Stops every process given (skipping None: one a test did not get to start)."""
+    for process in processes:
+        if process:
+            process.stop(sig)
+
+
+def start_relay_from_config(tmp_path, text, name="relay"):
+    """A relay run with `--config` holding `text` (YAML), once it listens."""
+    config = tmp_path / ("%s.yaml" % name)
+    config.write_text(text)
+    process = Process(["relay", "--config", str(config)], str(tmp_path / ("%s.log" % name)))
+    process.wait_for_log("relay listening")
+    return process
+
+
 def wait_until(predicate, timeout=30, what="condition"):
     """Polls `predicate` every 0.1 s until it is true; fails naming `what` after `timeout` seconds."""
     deadline = time.time() + timeout

@@ -459,12 +459,10 @@ def test_frozen_relay_is_detected_and_the_edge_comes_back(tmp_path):
 
 def test_edge_renews_its_token_before_the_relay_would_drop_it(tmp_path):
     port = free_port()
-    config = tmp_path / "relay.yaml"
-    config.write_text("listen: 127.0.0.1:%d\nnamespaceRules:\n  - {keyName: %s, primaryKey: '%s', rights: [Listen, Send]}\n"
-                      "hybridConnections:\n  - name: renew\nlimits:\n  pingIntervalSeconds: 30\n  tokenGraceSeconds: 1\n"
-                      "  clockSkewSeconds: 0\n" % (port, agents.KEY_NAME, agents.KEY))
-    relay = agents.Process(["relay", "--config", str(config)], str(tmp_path / "renew-relay.log"))
-    relay.wait_for_log("relay listening")
+    relay = agents.start_relay_from_config(
+        tmp_path, "listen: 127.0.0.1:%d\nnamespaceRules:\n  - {keyName: %s, primaryKey: '%s', rights: [Listen, Send]}\n"
+        "hybridConnections:\n  - name: renew\nlimits:\n  pingIntervalSeconds: 30\n  tokenGraceSeconds: 1\n"
+        "  clockSkewSeconds: 0\n" % (port, agents.KEY_NAME, agents.KEY), name="renew-relay")
     url = "ws://127.0.0.1:%d" % port
     renewing = agents.start_edge(tmp_path, url, ["renew:127.0.0.1:1"], extra=["--token-ttl", "3"])
     # A pre-made token cannot be renewed: the relay drops that listener once se + grace has passed, then and
@@ -849,12 +847,10 @@ def test_recycled_control_channels_lose_no_tunnel(tmp_path):
     it here every 2 s: the edge reconnects at once each time, a tunnel held open across several recycles goes on
     echoing, and new tunnels work between them."""
     port = free_port()
-    config = tmp_path / "relay-recycle.yaml"
-    config.write_text("listen: \"127.0.0.1:%d\"\nhybridConnections: [{name: hc}]\nnamespaceRules:\n"
-                      "  - {keyName: %s, primaryKey: \"%s\", rights: [Listen, Send]}\n"
-                      "limits:\n  listenerRecycleSeconds: 2\n" % (port, agents.KEY_NAME, agents.KEY))
-    relay = agents.Process(["relay", "--config", str(config)], str(tmp_path / "relay-recycle.log"))
-    relay.wait_for_log("relay listening")
+    relay = agents.start_relay_from_config(
+        tmp_path, "listen: \"127.0.0.1:%d\"\nhybridConnections: [{name: hc}]\nnamespaceRules:\n"
+        "  - {keyName: %s, primaryKey: \"%s\", rights: [Listen, Send]}\n"
+        "limits:\n  listenerRecycleSeconds: 2\n" % (port, agents.KEY_NAME, agents.KEY), name="relay-recycle")
     target = agents.TcpServer("echo")
     edge = client = None
     try:
@@ -879,7 +875,5 @@ def test_recycled_control_channels_lose_no_tunnel(tmp_path):
         sent, received, count = agents.echo_roundtrip(local, os.urandom(100_000))
         assert count == 100_000 and sent == received
     finally:
-        for process in (client, edge, relay):
-            if process:
-                process.stop()
+        agents.stop_all(client, edge, relay)
         target.close()

@@ -101,9 +101,7 @@ def test_agents_with_only_azure_variables_tunnel_through_the_relay(tmp_path, ent
         assert entra.count("/oauth2/v2.0/token") >= 2
         assert_no_tokens(relay, edge, client)
     finally:
-        for process in (client, edge, relay):
-            if process:
-                process.stop()
+        agents.stop_all(client, edge, relay)
         target.close()
 
 
@@ -133,9 +131,7 @@ def test_workload_identity_and_a_certificate_sign_in(tmp_path, entra):
         sent, received, count = agents.echo_roundtrip(port, os.urandom(100_000))
         assert count == 100_000 and sent == received
     finally:
-        for process in (client, edge, relay):
-            if process:
-                process.stop()
+        agents.stop_all(client, edge, relay)
         target.close()
 
 
@@ -234,9 +230,7 @@ def test_tokens_are_renewed_on_a_long_lived_listener(tmp_path, entra):
         sent, received, count = agents.echo_roundtrip(port, os.urandom(10_000))
         assert count == 10_000 and sent == received
     finally:
-        for process in (client, edge, relay):
-            if process:
-                process.stop()
+        agents.stop_all(client, edge, relay)
         target.close()
 
 

@@ -7,7 +7,7 @@ import time
 import urllib.error
 import urllib.request
 
-from agents import TcpServer, binary, metric_value, start_client, start_edge, start_relay, wait_until
+from agents import TcpServer, binary, metric_value, start_client, start_edge, start_relay, stop_all, wait_until
 from conftest import free_port
 
 
@@ -106,8 +106,7 @@ def test_open_tunnels_and_listeners_are_visible_live_in_every_role(tmp_path):
         wait_until(lambda: get(ports["relay"], "/v1/listeners")[1]["listeners"][0]["tunnels"] == 0,
                    what="listener tunnel count back to 0")
     finally:
-        for process in (client, edge, relay):
-            process.stop()
+        stop_all(client, edge, relay)
         target.close()
 
 
@@ -137,6 +136,5 @@ def test_readiness_follows_the_relay(tmp_path):
         wait_until(lambda: status_code(ports["edge"], "/readyz")[0] == 200, timeout=30, what="edge ready again")
         wait_until(lambda: status_code(ports["client"], "/readyz")[0] == 200, timeout=25, what="client ready again")
     finally:
-        for process in (client, edge, relay):
-            process.stop()
+        stop_all(client, edge, relay)
         target.close()

@@ -5,7 +5,7 @@ import os
 import signal
 import time
 
-from agents import TcpServer, echo_roundtrip, metric_value, start_client, start_edge, start_relay
+from agents import TcpServer, echo_roundtrip, metric_value, start_client, start_edge, start_relay, stop_all
 from conftest import free_port
 from fake_azure import FakeAzure
 from fake_otlp import FakeOTLP, attributes
@@ -40,8 +40,7 @@ def test_one_trace_across_three_processes_in_an_otlp_backend(tmp_path, monkeypat
             assert received == sent and count == PAYLOAD
             time.sleep(0.5)
         finally:
-            for process in (client, edge, relay):
-                process.stop(signal.SIGTERM)
+            stop_all(client, edge, relay, sig=signal.SIGTERM)
         for process in (client, edge, relay):
             assert process.popen.returncode == 0, process.log()
 

@@ -286,6 +286,5 @@ def test_relay_unreachable_at_start_then_rotated_key(tmp_path):
         edge.wait_for_log("status=401", timeout=30)
         rotated.wait_for_log("InvalidSignature")
     finally:
-        for process in (client, edge) + ((relay,) if relay else ()):
-            process.stop()
+        agents.stop_all(client, edge, relay)
         target.close()

@@ -98,6 +98,5 @@ def test_churn_with_edges_killed_ends_flat_and_byte_exact(tmp_path):
             assert fds_after <= fds_before + 4, (name, fds_before, fds_after)
     finally:
         stop.set()
-        for process in (client, edge["process"], relay):
-            process.stop()
+        agents.stop_all(client, edge["process"], relay)
         target.close()
