@@ -85,6 +85,9 @@ public final class AzureHTTP: Sendable {
 
     /// Refuses URLs that would send a token or telemetry in clear text off the machine.
     /// `linkLocalHTTP` admits Azure's instance metadata service (169.254.169.254), which is plain http.
+    /// The host checked is the one the URL really names: credentials before an `@` are refused outright (in
+    /// `http://127.0.0.1:1@192.0.2.2/` the host is 192.0.2.2), and loopback means `localhost`, `[::1]` or an
+    /// IPv4 address 127.x.y.z, not a name that starts with `127.`.
     public static func checkURL(_ url: String, linkLocalHTTP: Bool = false) throws(IdentityError) {
         let lower = url.lowercased()
         let rest: Substring
@@ -92,15 +95,22 @@ public final class AzureHTTP: Sendable {
             rest = lower.dropFirst(8)
         } else if lower.hasPrefix("http://") {
             rest = lower.dropFirst(7)
-            let host = hostPart(rest)
-            let loopback = host == "localhost" || host.hasPrefix("127.") || host == "[::1]"
-            guard loopback || (linkLocalHTTP && host.hasPrefix("169.254.")) else {
-                throw .invalidURL(url, reason: "plain http is allowed only on loopback; use https")
-            }
         } else {
             throw .invalidURL(url, reason: "expected an https:// URL")
         }
-        guard !hostPart(rest).isEmpty else { throw .invalidURL(url, reason: "no host") }
+        let shown = RedactedURL.text(url)
+        let host = hostPart(rest)
+        guard !host.isEmpty else { throw .invalidURL(shown, reason: "no host") }
+        if lower.hasPrefix("http://") {
+            let loopback = host == "localhost" || host == "[::1]" || ipv4(host)?.first == 127
+            let linkLocal = ipv4(host).map { $0[0] == 169 && $0[1] == 254 } ?? false
+            guard loopback || (linkLocalHTTP && linkLocal) else {
+                throw .invalidURL(shown, reason: "plain http is allowed only on loopback (not \(host)); use https")
+            }
+        }
+        guard !authority(rest).contains("@") else {
+            throw .invalidURL(shown, reason: "credentials in the URL (before '@') are not accepted")
+        }
     }
 
     /// The host of an `http(s)://` URL, lower-cased; nil for anything else.
@@ -111,9 +121,29 @@ public final class AzureHTTP: Sendable {
         return host.isEmpty ? nil : host
     }
 
+    private static func authority(_ rest: Substring) -> Substring {
+        rest.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+    }
+
     private static func hostPart(_ rest: Substring) -> String {
-        let authority = rest.prefix { $0 != "/" && $0 != "?" }
+        var authority = authority(rest)
+        if let at = authority.lastIndex(of: "@") { authority = authority[authority.index(after: at)...] }
         if authority.hasPrefix("[") { return String(authority.prefix { $0 != "]" }) + "]" }
         return String(authority.prefix { $0 != ":" })
+    }
+
+    /// The four octets of a dotted IPv4 address, or nil.
+    private static func ipv4(_ host: String) -> [Int]? {
+        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4 else { return nil }
+        var octets: [Int] = []
+        for part in parts {
+            guard (1...3).contains(part.utf8.count), part.utf8.allSatisfy({ (48...57).contains($0) }),
+                let value = Int(part),
+                value <= 255
+            else { return nil }
+            octets.append(value)
+        }
+        return octets
     }
 }

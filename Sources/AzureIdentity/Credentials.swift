@@ -271,10 +271,19 @@ public final class TokenCredential: Sendable {
             case nil: return nil
             }
         }
+        // Numbers from the network never trap or stall a timer: a lifetime is whole seconds from 1 s to a
+        // year, an expiry time within a year of now; NaN, infinities and 1e300 are refused with the reason.
+        let longest: Double = 366 * 86_400
         if let expiresOn = seconds("expires_on") {
+            guard expiresOn.isFinite, expiresOn > now, expiresOn <= now + longest else {
+                throw .credential("token response's expires_on '\(expiresOn)' is not a time within a year from now")
+            }
             return AccessToken(token: token, expiresOn: expiresOn, obtainedAt: now)
         }
         guard let expiresIn = seconds("expires_in") else { throw .credential("token response has no expiry") }
+        guard expiresIn.isFinite, expiresIn >= 1, expiresIn <= longest else {
+            throw .credential("token response's expires_in '\(expiresIn)' is not a lifetime from 1 s to a year")
+        }
         return AccessToken(token: token, expiresOn: now + expiresIn, obtainedAt: now)
     }
 }

@@ -137,22 +137,43 @@ public struct EntraTokenCheck: Sendable {
             && token.split(separator: ".", omittingEmptySubsequences: false).count == 3
     }
 
+    /// The longest token looked at: Entra access tokens stay well under this (past ~200 groups Entra sends an
+    /// overage claim instead of the list), and anything longer is refused before it is decoded.
+    public static let maxTokenBytes = 16 * 1024
+    /// The longest header: `alg`, `kid`, `typ`, `x5t` and a few more fit many times over.
+    static let maxHeaderBytes = 2048
+    /// How deep arrays and objects may nest in a header (a flat object: 1) and in the claims (Entra's are at
+    /// most 2 deep). Checked on the bytes before any JSON decoder sees them: deep nesting is what made a
+    /// decoder spend seconds on one small token.
+    static let maxHeaderDepth = 2
+    static let maxClaimsDepth = 8
+    /// The latest `exp`/`nbf` taken: the year 9999; later or fractional-overflowing values are not times.
+    static let latestTime: Double = 253_402_300_799
+
+    /// Checks a token. The cost of a refusal is bounded before anything is decoded: the size first, then a
+    /// small flat header (`alg`, `kid`), then the signature; only a token signed by the authority's key has its
+    /// claims decoded.
     public func validate(_ token: String, keys: EntraKeySet, now: Int64) throws(EntraTokenError) -> EntraPrincipal {
+        guard token.utf8.count <= Self.maxTokenBytes else {
+            throw .malformed("it is longer than \(Self.maxTokenBytes) bytes")
+        }
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3 else { throw .malformed("it has \(parts.count) parts, not 3") }
-        guard let headerBytes = Base64URL.decode(parts[0]), let claimBytes = Base64URL.decode(parts[1]),
-            let signature = Base64URL.decode(parts[2])
-        else { throw .malformed("a part is not base64url") }
-        guard let header = try? JSONDecoder().decode([String: JSONValue].self, from: Data(headerBytes)),
-            let claims = try? JSONDecoder().decode([String: JSONValue].self, from: Data(claimBytes))
-        else { throw .malformed("its header or claims are not a JSON object") }
+        guard parts[0].utf8.count <= Self.maxHeaderBytes * 4 / 3 + 4 else {
+            throw .malformed("its header is longer than \(Self.maxHeaderBytes) bytes")
+        }
+        guard let headerBytes = Base64URL.decode(parts[0]) else { throw .malformed("a part is not base64url") }
+        let header = try Self.object(headerBytes, maxDepth: Self.maxHeaderDepth, part: "header")
         // The algorithm is fixed here, never taken from the token: `none` and HS256 (with the public key as
         // the HMAC secret) are the classic forgeries.
         let algorithm = header["alg"]?.stringValue ?? ""
-        guard algorithm == "RS256" else { throw .unsupportedAlgorithm(algorithm) }
+        guard algorithm == "RS256" else { throw .unsupportedAlgorithm(String(algorithm.prefix(32))) }
         let kid = header["kid"]?.stringValue ?? ""
         guard let key = keys.keys[kid] else {
-            throw keys.keys.isEmpty ? .keysUnavailable : .unknownKey(kid)
+            throw keys.keys.isEmpty ? .keysUnavailable : .unknownKey(String(kid.prefix(128)))
+        }
+        guard let claimBytes = Base64URL.decode(parts[1]), let signature = Base64URL.decode(parts[2]) else {
+            throw .malformed("a part is not base64url")
         }
         let signed = Array(token.utf8.prefix(parts[0].utf8.count + 1 + parts[1].utf8.count))
         guard
@@ -160,6 +181,7 @@ public struct EntraTokenCheck: Sendable {
                 _RSA.Signing.RSASignature(rawRepresentation: signature), for: SHA256.hash(data: signed),
                 padding: .insecurePKCS1v1_5)
         else { throw .invalidSignature }
+        let claims = try Self.object(claimBytes, maxDepth: Self.maxClaimsDepth, part: "claims")
         let tokenTenant = claims["tid"]?.stringValue ?? ""
         guard tokenTenant.lowercased() == tenant.lowercased() else { throw .wrongTenant(tokenTenant) }
         let tokenIssuer = claims["iss"]?.stringValue ?? ""
@@ -175,9 +197,9 @@ public struct EntraTokenCheck: Sendable {
         guard audience.contains(where: audiences.contains) else {
             throw .wrongAudience(audience.joined(separator: ", "))
         }
-        guard let exp = claims["exp"]?.number.map(Int64.init) else { throw .malformed("it has no exp") }
+        guard let exp = try Self.time(claims["exp"], name: "exp") else { throw .malformed("it has no exp") }
         guard now <= exp + skewSeconds else { throw .expired(exp) }
-        if let nbf = claims["nbf"]?.number.map(Int64.init), now + skewSeconds < nbf { throw .notYetValid(nbf) }
+        if let nbf = try Self.time(claims["nbf"], name: "nbf"), now + skewSeconds < nbf { throw .notYetValid(nbf) }
         func strings(_ name: String) -> [String] {
             if case .array(let values)? = claims[name] { return values.compactMap(\.stringValue) }
             return []
@@ -186,6 +208,62 @@ public struct EntraTokenCheck: Sendable {
             objectID: claims["oid"]?.stringValue,
             applicationID: claims["appid"]?.stringValue ?? claims["azp"]?.stringValue, groups: strings("groups"),
             roles: strings("roles"), expiry: exp)
+    }
+
+    /// A JSON object whose nesting was checked on its bytes first.
+    static func object(_ bytes: [UInt8], maxDepth: Int, part: String) throws(EntraTokenError) -> [String: JSONValue] {
+        guard JSONNesting.depth(of: bytes, limit: maxDepth) <= maxDepth else {
+            throw .malformed("nesting in its \(part) is deeper than \(maxDepth)")
+        }
+        guard let object = try? JSONDecoder().decode([String: JSONValue].self, from: Data(bytes)) else {
+            throw .malformed("its \(part) is not a JSON object")
+        }
+        return object
+    }
+
+    /// `exp` or `nbf`: absent is nil; a number of whole seconds from 0 to the year 9999 is the time; anything
+    /// else (a string, a fraction beyond range, 1e308) refuses the token rather than being ignored or trapping.
+    static func time(_ value: JSONValue?, name: String) throws(EntraTokenError) -> Int64? {
+        guard let value else { return nil }
+        guard let number = value.number, number.isFinite, number >= 0, number <= latestTime else {
+            throw .malformed("its \(name) is not a Unix time in seconds")
+        }
+        return Int64(number)
+    }
+}
+
+/// How deep arrays and objects nest in JSON text, read from its bytes (strings skipped, escapes honoured);
+/// stops counting at `limit + 1`.
+public enum JSONNesting {
+    public static func depth(of bytes: [UInt8], limit: Int) -> Int {
+        var depth = 0
+        var deepest = 0
+        var inString = false
+        var escaped = false
+        for byte in bytes {
+            if inString {
+                if escaped {
+                    escaped = false
+                } else if byte == UInt8(ascii: "\\") {
+                    escaped = true
+                } else if byte == UInt8(ascii: "\"") {
+                    inString = false
+                }
+                continue
+            }
+            switch byte {
+            case UInt8(ascii: "\""): inString = true
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                depth += 1
+                if depth > deepest {
+                    deepest = depth
+                    if deepest > limit { return deepest }
+                }
+            case UInt8(ascii: "]"), UInt8(ascii: "}"): depth -= 1
+            default: break
+            }
+        }
+        return deepest
     }
 }
 

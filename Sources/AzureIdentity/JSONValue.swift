@@ -63,6 +63,16 @@ public enum JSONValue: Sendable, Equatable {
         }
     }
 
+    /// The value as an integer a program can hold: whole, finite and within `Int`'s range; nil for anything
+    /// else (1e300, NaN, 2.5, a string), so a number from the network never traps a conversion.
+    public var integer: Int? {
+        switch self {
+        case .int(let number): return Int(exactly: number)
+        case .double(let number): return Int(exactly: number)
+        default: return nil
+        }
+    }
+
     public var number: Double? {
         switch self {
         case .int(let number): return Double(number)

@@ -86,6 +86,19 @@ public struct RequestCommand: Codable, Equatable, Sendable {
 
     /// The form that tells the listener to open the rendezvous and read the request there.
     public var rendezvousOnly: RequestCommand { RequestCommand(address: address, id: id) }
+
+    /// The bytes of this command as a `request` message, from above: its strings as JSON escapes them, plus
+    /// the envelope, names and punctuation. Without encoding it.
+    public var encodedSizeBound: Int {
+        var size = 160 + JSONText.encodedLength(address) + JSONText.encodedLength(id)
+        size += requestTarget.map(JSONText.encodedLength) ?? 0
+        size += method.map(JSONText.encodedLength) ?? 0
+        if let remoteEndpoint { size += 48 + JSONText.encodedLength(remoteEndpoint.address) }
+        for (name, value) in requestHeaders ?? [:] {
+            size += JSONText.encodedLength(name) + JSONText.encodedLength(value) + 2
+        }
+        return size
+    }
 }
 
 /// Listener → relay: the answer to a `request`. `statusCode` arrives as a number from the SDKs and as
@@ -113,6 +126,15 @@ public struct ResponseCommand: Codable, Equatable, Sendable {
 
     private enum CodingKeys: String, CodingKey {
         case requestId, statusCode, statusDescription, responseHeaders, body
+    }
+
+    /// The bytes of this command as a `response` message, from above (as `RequestCommand.encodedSizeBound`).
+    public var encodedSizeBound: Int {
+        var size = 128 + JSONText.encodedLength(requestId) + (statusDescription.map(JSONText.encodedLength) ?? 0)
+        for (name, value) in responseHeaders ?? [:] {
+            size += JSONText.encodedLength(name) + JSONText.encodedLength(value) + 2
+        }
+        return size
     }
 
     public init(from decoder: any Decoder) throws {

@@ -55,6 +55,22 @@ public enum LogText {
         return out
     }
 
+    /// A `key=value` field's value: control characters escaped, and quoted (`"` and `\\` escaped inside) when it
+    /// holds a space, `=` or `"` or is empty, so a value a peer chose (`/$hc/x peer=10.9.9.9`) stays one field.
+    public static func fieldValue(_ text: String) -> String {
+        let escaped = escapingControlCharacters(text)
+        let needsQuotes =
+            escaped.isEmpty
+            || escaped.utf8.contains { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "=") || $0 == UInt8(ascii: "\"") }
+        guard needsQuotes else { return escaped }
+        var out = "\""
+        for character in escaped {
+            if character == "\"" || character == "\\" { out.append("\\") }
+            out.append(character)
+        }
+        return out + "\""
+    }
+
     private static func isControl(_ scalar: Unicode.Scalar) -> Bool {
         scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar == "\u{2028}" || scalar == "\u{2029}"
     }

@@ -31,6 +31,23 @@ public enum JSONText {
         out += "\""
     }
 
+    /// The bytes `value` takes as a quoted JSON string, quotes included, escaped as `appendString` and
+    /// Foundation's encoder escape it (`"` and `\\` two bytes, other control characters up to six). What fits in
+    /// a message is measured in these, not in the raw bytes: a header of 32 KiB of `"` is 64 KiB of JSON.
+    public static func encodedLength(_ value: String) -> Int {
+        var length = 2
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "\n"), UInt8(ascii: "\r"), UInt8(ascii: "\t"),
+                0x08, 0x0C:
+                length += 2
+            case ..<0x20: length += 6
+            default: length += 1
+            }
+        }
+        return length
+    }
+
     /// `2026-11-29T14:02:54.123Z`: UTC with millisecond precision, as Azure Monitor's `datetime` columns take it.
     public static func timestamp(_ date: Date) -> String {
         timestamp(millisecondsSinceEpoch: Int64((date.timeIntervalSince1970 * 1000).rounded(.down)))

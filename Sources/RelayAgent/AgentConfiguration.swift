@@ -87,7 +87,8 @@ public struct AgentConfiguration: Equatable, Sendable {
         configuration.httpProxy = try top.string("HttpProxy")
         if let proxy = configuration.httpProxy, OutboundProxy(url: proxy) == nil {
             throw AgentConfigurationError(
-                line: top.line("HttpProxy"), "HttpProxy '\(proxy)' is not http://[user:password@]host:port")
+                line: top.line("HttpProxy"),
+                "HttpProxy '\(RedactedURL.text(proxy))' is not http://[user:password@]host:port")
         }
         if let connectionString = configuration.connectionString {
             do {

@@ -36,6 +36,7 @@ public final class ClientAgent: Sendable {
         var socketMode: mode_t?
         /// A UDP flow with no datagram either way for this long is closed.
         var udpIdleTimeout: TimeAmount
+        var udpFlowLimits: UDPFlowLimits
         var counter: TunnelCounter
     }
 
@@ -56,13 +57,14 @@ public final class ClientAgent: Sendable {
     public static func start(
         forwards: [(LocalForward, RelayAccess)], tlsContext: NIOSSLContext?, group: any EventLoopGroup, logger: Logger,
         metrics: RelayMetrics = RelayMetrics(), tracer: HopTracer? = nil, allowedSources: AddressFilter? = nil,
-        socketMode: mode_t? = nil, udpIdleTimeout: TimeAmount = defaultUDPIdleTimeout
+        socketMode: mode_t? = nil, udpIdleTimeout: TimeAmount = defaultUDPIdleTimeout,
+        udpFlowLimits: UDPFlowLimits = UDPFlowLimits()
     ) async throws -> ClientAgent {
         let agent = ClientAgent(
             settings: Settings(
                 tlsContext: tlsContext, group: group, logger: logger, metrics: metrics,
                 tracer: tracer ?? HopTracer(logger: logger), allowedSources: allowedSources, socketMode: socketMode,
-                udpIdleTimeout: udpIdleTimeout,
+                udpIdleTimeout: udpIdleTimeout, udpFlowLimits: udpFlowLimits,
                 counter: TunnelCounter(gauge: metrics.activeTunnels(role: .client))))
         do {
             _ = try await agent.reload(forwards: forwards)
@@ -158,8 +160,10 @@ public final class ClientAgent: Sendable {
                 .channelOption(.recvAllocator, value: UDPCounters.receiveAllocator)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        let router = UDPRouter(counters: counters, idleTimeout: settings.udpIdleTimeout) {
-                            route, eventLoop in
+                        let router = UDPRouter(
+                            counters: counters, idleTimeout: settings.udpIdleTimeout, limits: settings.udpFlowLimits,
+                            allowedSources: settings.allowedSources, logger: settings.logger
+                        ) { route, eventLoop in
                             Self.openSender(
                                 on: eventLoop, peer: "\(route.source)",
                                 local: NIOLoopBound(route, eventLoop: eventLoop),

@@ -10,8 +10,83 @@ enum HTTPForwardRewrite {
     /// Connection-level fields a proxy never passes on (RFC 9110 §7.6.1), plus those it frames itself.
     static let hopByHop: Set<String> = [
         "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-        "content-length", "host", "expect",
+        "content-length", "host", "expect", "proxy-authorization", "proxy-authenticate",
     ]
+
+    /// A request path that would leave the target's path prefix, with the reason for the 400.
+    struct PathEscape: Error, Equatable {
+        var reason: String
+    }
+
+    /// `path` (and its query, untouched) with dot-segments resolved (RFC 3986 §5.2.4) after percent-encoded
+    /// unreserved characters are decoded (`%2e` is `.`), so what the target resolves is what was checked.
+    /// Refused: encoded slashes and backslashes (a target may decode them into separators), and `..` that
+    /// climbs above the start, which with a prefix means out of it. A segment is a dot-segment also when
+    /// parameters follow it (`..;x`), as some servers read it.
+    static func confined(_ path: String) throws(PathEscape) -> String {
+        let query = path.firstIndex(of: "?").map { path[$0...] } ?? ""
+        let decoded = decodingUnreserved(path.prefix(while: { $0 != "?" }))
+        let lowered = decoded.lowercased()
+        guard !lowered.contains("%2f"), !lowered.contains("%5c"), !decoded.contains("\\") else {
+            throw PathEscape(reason: "the path holds an encoded slash or a backslash")
+        }
+        var kept: [Substring] = []
+        let segments = decoded.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        var trailingSlash = false
+        for segment in segments {
+            let bare = segment.prefix { $0 != ";" }
+            trailingSlash = false
+            if bare == "." {
+                trailingSlash = true
+            } else if bare == ".." {
+                guard !kept.isEmpty else { throw PathEscape(reason: "the path climbs above the target's path prefix") }
+                kept.removeLast()
+                trailingSlash = true
+            } else {
+                kept.append(segment)
+            }
+        }
+        var result = "/" + kept.joined(separator: "/")
+        if trailingSlash && result != "/" { result += "/" }
+        return result + query
+    }
+
+    /// Percent-encoded unreserved characters (ALPHA, DIGIT, `-`, `.`, `_`, `~`) decoded; every other escape kept.
+    static func decodingUnreserved(_ text: Substring) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity(text.utf8.count)
+        let bytes = Array(text.utf8)
+        var index = 0
+        func hex(_ byte: UInt8) -> UInt8? {
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
+            default: return nil
+            }
+        }
+        while index < bytes.count {
+            if bytes[index] == UInt8(ascii: "%"), index + 2 < bytes.count, let high = hex(bytes[index + 1]),
+                let low = hex(bytes[index + 2])
+            {
+                let value = high << 4 | low
+                let unreserved =
+                    (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(value)
+                    || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(value)
+                    || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(value)
+                    || value == UInt8(ascii: "-") || value == UInt8(ascii: ".") || value == UInt8(ascii: "_")
+                    || value == UInt8(ascii: "~")
+                if unreserved {
+                    out.append(value)
+                    index += 3
+                    continue
+                }
+            }
+            out.append(bytes[index])
+            index += 1
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
 
     /// How the request's body reaches the target.
     enum RequestBody: Equatable {
@@ -26,25 +101,26 @@ enum HTTPForwardRewrite {
     /// - Parameters:
     ///   - frontScheme: the scheme senders used at the relay (`https` for Azure Relay), for `X-Forwarded-Proto`.
     ///   - frontHost: the relay's host, for `X-Forwarded-Host` when the request does not name one.
+    /// Throws `PathEscape` when the path would leave `target.pathPrefix`.
     static func requestHead(
         _ request: RequestCommand, relayName: String, target: HTTPTarget, body: RequestBody, frontScheme: String,
         frontHost: String
-    ) -> HTTPRequestHead {
+    ) throws(PathEscape) -> HTTPRequestHead {
         let method = HTTPMethod(rawValue: (request.method ?? "GET").uppercased())
-        var head = HTTPRequestHead(
-            version: .http1_1, method: method,
-            uri: target.pathPrefix + path(of: request.requestTarget ?? "/", relayName: relayName))
+        var path = path(of: request.requestTarget ?? "/", relayName: relayName)
+        if !target.pathPrefix.isEmpty { path = try confined(path) }
+        var head = HTTPRequestHead(version: .http1_1, method: method, uri: target.pathPrefix + path)
         let fields = (request.requestHeaders ?? [:]).sorted { $0.key.lowercased() < $1.key.lowercased() }
         let dropped = hopByHop.union(connectionOptions(fields))
-        var forwardedFor: String?
         var originalHost: String?
         var via: String?
         for (name, value) in fields {
             switch name.lowercased() {
-            case "x-forwarded-for": forwardedFor = value
             case "host": originalHost = value
             case "via": via = value
-            case "x-forwarded-proto", "x-forwarded-host": break
+            // Addresses claimed by whoever sent the request are not believed: the target learns the address
+            // the relay saw (`remoteEndpoint`), and only that.
+            case "x-forwarded-proto", "x-forwarded-host", "x-forwarded-for", "forwarded": break
             case let lowered where dropped.contains(lowered): break
             default: head.headers.add(name: name, value: value)
             }
@@ -52,9 +128,7 @@ enum HTTPForwardRewrite {
         head.headers.add(name: "Host", value: target.hostHeader)
         head.headers.add(name: "Via", value: appended(via, "1.1 \(viaName)"))
         if let address = request.remoteEndpoint?.address {
-            head.headers.add(name: "X-Forwarded-For", value: appended(forwardedFor, address))
-        } else if let forwardedFor {
-            head.headers.add(name: "X-Forwarded-For", value: forwardedFor)
+            head.headers.add(name: "X-Forwarded-For", value: address)
         }
         head.headers.add(name: "X-Forwarded-Proto", value: frontScheme)
         head.headers.add(name: "X-Forwarded-Host", value: originalHost ?? frontHost)

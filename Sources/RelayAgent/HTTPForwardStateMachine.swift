@@ -160,8 +160,23 @@ struct HTTPForwardStateMachine {
 
     // MARK: The target's response
 
+    /// The largest `response` message the edge sends: what a relay reads as one message (64 KiB, on its control
+    /// channel and on a rendezvous alike), less room for the envelope. A head past it (thousands of fields, or
+    /// quotes that JSON doubles) would make the relay close the channel every exchange shares; it is answered
+    /// 502 instead, alone.
+    static let maxResponseMessageBytes = 63 * 1024
+
     mutating func responseHead(_ head: ResponseCommand) -> Action {
         guard response == .awaitingHead else { return .none }
+        let messageBytes = head.encodedSizeBound
+        guard messageBytes <= Self.maxResponseMessageBytes else {
+            return targetFailed(
+                Failure(
+                    status: 502, reason: "response_head_too_large",
+                    text:
+                        "Bad Gateway: the target's response head takes \(messageBytes) bytes as a response message; a relay takes \(Self.maxResponseMessageBytes)"
+                ))
+        }
         if rendezvous == .open {
             response = .streaming
             return .send(head, body: ByteBuffer(), end: false)

@@ -178,9 +178,15 @@ final class HTTPForwardExchange {
             body = command.body == true ? .streamed : .none
         }
         requestBodyEnded = body != .streamed
-        let head = HTTPForwardRewrite.requestHead(
-            command, relayName: forwarding.relayName, target: target, body: body,
-            frontScheme: forwarding.access.base.secure ? "https" : "http", frontHost: forwarding.access.base.host)
+        let head: HTTPRequestHead
+        do {
+            head = try HTTPForwardRewrite.requestHead(
+                command, relayName: forwarding.relayName, target: target, body: body,
+                frontScheme: forwarding.access.base.secure ? "https" : "http", frontHost: forwarding.access.base.host)
+        } catch {
+            run(machine.targetFailed(.init(status: 400, reason: "path_escape", text: "Bad Request: \(error.reason)")))
+            return
+        }
         var withTrace = head
         withTrace.headers.replaceOrAdd(name: "traceparent", value: span.traceContext.traceparent)
         span.attributes["http.request.method"] = head.method.rawValue
@@ -298,7 +304,19 @@ final class HTTPForwardExchange {
 
     func targetResponseHead(_ head: HTTPResponseHead) {
         timeout?.cancel()
-        status = Int(head.status.code)
+        let code = Int(head.status.code)
+        guard (200...599).contains(code) else {
+            // A 1xx as the final answer (101 to a request that asked for no upgrade) would switch a proxy in
+            // front of the relay to tunnelling; 600 and up are not statuses. Neither is forwarded.
+            run(
+                machine.targetFailed(
+                    .init(
+                        status: 502, reason: "target_bad_status",
+                        text: "Bad Gateway: \(forwarding.target.origin) answered status \(code), not a final response"))
+            )
+            return
+        }
+        status = code
         let hasBody = HTTPForwardRewrite.responseHasBody(status: status, method: command.method)
         run(
             machine.responseHead(

@@ -1,6 +1,8 @@
 import HybridConnections
+import Logging
 import NIOCore
 import NIOWebSocket
+import RelayIO
 import RelayTelemetry
 
 /// How long a UDP flow may see no datagram either way before its tunnel closes (azbridge: 4 minutes).
@@ -197,16 +199,47 @@ final class UDPTargetHandler: ChannelDuplexHandler, TunnelLocalSide {
 @available(*, unavailable)
 extension UDPTargetHandler: Sendable {}
 
+/// How many flows one UDP binding holds: every flow is a tunnel through the relay held for the idle time,
+/// and a datagram's source address costs an attacker nothing (it can be spoofed), so the binding's cap is the
+/// defence and the per-source cap only keeps one address from taking the whole of it.
+public struct UDPFlowLimits: Sendable, Equatable {
+    public static let defaultMaxFlows = 1000
+    public static let defaultMaxFlowsPerSource = 256
+
+    public var maxFlows: Int
+    public var maxFlowsPerSource: Int
+
+    public init(maxFlows: Int = defaultMaxFlows, maxFlowsPerSource: Int = defaultMaxFlowsPerSource) {
+        self.maxFlows = maxFlows
+        self.maxFlowsPerSource = maxFlowsPerSource
+    }
+}
+
+/// What the client's bound UDP port decides for a datagram from a source it has no flow for.
+enum UDPAdmission: Equatable {
+    case open
+    /// Dropped, no tunnel opened; the reason labels the count and the log line.
+    case refuse(reason: String)
+}
+
 /// The client's bound UDP port: every source address is a flow with a tunnel of its own (azbridge's routes),
-/// opened on its first datagram and closed after `idleTimeout` without one.
+/// opened on its first datagram and closed after `idleTimeout` without one. A new flow needs its source to
+/// pass `--allow` and room under the binding's `UDPFlowLimits`; a refused datagram costs a dictionary lookup,
+/// a counter and (at most once a second per reason) a log line, never a tunnel.
 final class UDPRouter: ChannelInboundHandler {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
     typealias OutboundOut = AddressedEnvelope<ByteBuffer>
 
     private var context: ChannelHandlerContext?
     private var routes: [SocketAddress: UDPRoute] = [:]
+    /// Open flows by source IP address (no port), for the per-source cap.
+    private var flowsPerSource: [String: Int] = [:]
     private let counters: UDPCounters
     private let idleTimeout: TimeAmount
+    private let limits: UDPFlowLimits
+    private let allowedSources: AddressFilter?
+    private let logger: Logger
+    private var throttle = LogThrottle(interval: 1)
     /// From the sources into the tunnels (framed), and from the tunnels back to the sources.
     private var fromSources = UDPTally()
     private var toSources = UDPTally()
@@ -215,10 +248,50 @@ final class UDPRouter: ChannelInboundHandler {
     /// Opens the tunnel for a new flow.
     private let open: (_ route: UDPRoute, _ eventLoop: any EventLoop) -> Void
 
-    init(counters: UDPCounters, idleTimeout: TimeAmount, open: @escaping (UDPRoute, any EventLoop) -> Void) {
+    init(
+        counters: UDPCounters, idleTimeout: TimeAmount, limits: UDPFlowLimits = UDPFlowLimits(),
+        allowedSources: AddressFilter? = nil, logger: Logger = Logger(label: "hyrelay.client"),
+        open: @escaping (UDPRoute, any EventLoop) -> Void
+    ) {
         self.counters = counters
         self.idleTimeout = idleTimeout
+        self.limits = limits
+        self.allowedSources = allowedSources
+        self.logger = logger
         self.open = open
+    }
+
+    /// Whether a datagram from `source`, which has no flow yet, may open one.
+    func admission(source: SocketAddress) -> UDPAdmission {
+        let address = source.ipAddress ?? ""
+        if let allowedSources, !allowedSources.allows(address) { return .refuse(reason: "source_not_allowed") }
+        if routes.count >= limits.maxFlows { return .refuse(reason: "flow_limit") }
+        if flowsPerSource[address, default: 0] >= limits.maxFlowsPerSource {
+            return .refuse(reason: "source_flow_limit")
+        }
+        return .open
+    }
+
+    private func refused(_ reason: String, source: SocketAddress) {
+        if reason == "source_not_allowed" {
+            counters.metrics.refused(role: .client, reason: reason, status: 0)
+        } else {
+            counters.dropped(reason)
+        }
+        guard let suppressed = throttle.shouldLog(reason, now: Double(NIODeadline.now().uptimeNanoseconds) / 1e9)
+        else { return }
+        let why: String
+        switch reason {
+        case "source_not_allowed": why = "datagram refused: source not allowed (--allow)"
+        case "flow_limit":
+            why = "datagram dropped: the UDP port holds its most flows (--udp-max-flows \(limits.maxFlows))"
+        default:
+            why =
+                "datagram dropped: this source holds its most flows (--udp-max-flows-per-source \(limits.maxFlowsPerSource))"
+        }
+        logger.warning(
+            "\(why)",
+            metadata: ["peer": "\(source.hostAndPort)", "flows": "\(routes.count)", "suppressed": "\(suppressed)"])
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -236,10 +309,15 @@ final class UDPRouter: ChannelInboundHandler {
             burst[ObjectIdentifier(route)] = route
             return
         }
+        if case .refuse(let reason) = admission(source: envelope.remoteAddress) {
+            refused(reason, source: envelope.remoteAddress)
+            return
+        }
         let route = UDPRoute(
             source: envelope.remoteAddress, router: self, counters: counters, idleTimeout: idleTimeout,
             eventLoop: context.eventLoop)
         routes[envelope.remoteAddress] = route
+        flowsPerSource[envelope.remoteAddress.ipAddress ?? "", default: 0] += 1
         route.datagramFromSource(envelope.data)
         open(route, context.eventLoop)
     }
@@ -264,7 +342,11 @@ final class UDPRouter: ChannelInboundHandler {
     }
 
     func routeEnded(_ route: UDPRoute) {
-        if routes[route.source] === route { routes[route.source] = nil }
+        guard routes[route.source] === route else { return }
+        routes[route.source] = nil
+        let address = route.source.ipAddress ?? ""
+        let left = flowsPerSource[address, default: 1] - 1
+        flowsPerSource[address] = left > 0 ? left : nil
     }
 }
 

@@ -186,7 +186,8 @@ public enum TelemetryEnvelope {
 
     /// `d.hh:mm:ss.fff`, the duration format of Request and RemoteDependency.
     public static func duration(milliseconds: Double) -> String {
-        let total = Int64(max(0, milliseconds).rounded())
+        // Rows replayed from files may hold anything: NaN is 0 and the duration is bounded (about 31,700 years).
+        let total = milliseconds.isNaN ? 0 : Int64(min(max(0, milliseconds), 1e15).rounded())
         let days = total / 86_400_000
         let hours = total / 3_600_000 % 24
         let minutes = total / 60_000 % 60

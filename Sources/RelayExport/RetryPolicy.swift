@@ -57,10 +57,13 @@ public enum RetryAfter {
             headers.first { $0.0.lowercased() == name }?.1.trimmingWhitespace()
         }
         for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
-            if let text = value(name), let milliseconds = Double(text), milliseconds >= 0 { return milliseconds / 1000 }
+            if let text = value(name), let milliseconds = Double(text), milliseconds >= 0, milliseconds.isFinite {
+                return milliseconds / 1000
+            }
         }
         guard let text = value("retry-after") else { return nil }
-        if let seconds = Double(text), seconds >= 0 { return seconds }
+        // A number from the network: finite and not negative, or not a delay at all.
+        if let seconds = Double(text), seconds >= 0, seconds.isFinite { return seconds }
         return httpDate(text).map { max(0, $0 - now) }
     }
 
@@ -71,7 +74,9 @@ public enum RetryAfter {
         let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
         guard let monthIndex = months.firstIndex(of: String(parts[2])) else { return nil }
         let clock = parts[4].split(separator: ":").compactMap { Int($0) }
-        guard clock.count == 3 else { return nil }
+        guard clock.count == 3, (1...9999).contains(year), (1...31).contains(day), (0...23).contains(clock[0]),
+            (0...59).contains(clock[1]), (0...60).contains(clock[2])
+        else { return nil }
         return Double(daysFromCivil(year: year, month: monthIndex + 1, day: day) * 86_400)
             + Double(clock[0] * 3600 + clock[1] * 60 + clock[2])
     }

@@ -219,10 +219,10 @@ public struct ApplicationInsightsSink: AzureRowSink {
         var retry: [Int] = []
         var dropped = 0
         for error in errors {
-            guard let fields = error.objectValue, let index = fields["index"]?.number.map({ Int($0) }),
+            guard let fields = error.objectValue, let index = fields["index"]?.integer,
                 index >= 0, index < count
             else { continue }
-            let status = fields["statusCode"]?.number.map { Int($0) } ?? 500
+            let status = fields["statusCode"]?.integer ?? 500
             if retryable.contains(status) { retry.append(index) } else { dropped += 1 }
         }
         return .partial(

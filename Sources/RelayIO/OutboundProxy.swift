@@ -65,7 +65,8 @@ public struct OutboundProxy: Hashable, Sendable, CustomStringConvertible {
         if flag == nil, let noProxy = variable("NO_PROXY"), bypasses(host: url.host, noProxy: noProxy) { return nil }
         guard let proxy = OutboundProxy(url: source) else {
             throw OutboundProxyError(
-                description: "'\(source)' is not an HTTP proxy URL (http://[user:password@]host:port)")
+                description: "'\(RedactedURL.text(source))' is not an HTTP proxy URL (http://[user:password@]host:port)"
+            )
         }
         return proxy
     }

@@ -1,9 +1,12 @@
 import NIOCore
 
 extension TimeAmount {
-    /// A time amount from configuration seconds, which may have a fraction.
+    /// A time amount from configuration seconds, which may have a fraction. Saturating: NaN is zero and
+    /// anything beyond ±100 years is 100 years, so no value can trap the conversion.
     public static func fractionalSeconds(_ seconds: Double) -> TimeAmount {
-        .nanoseconds(Int64((seconds * 1_000_000_000).rounded()))
+        guard !seconds.isNaN else { return .zero }
+        let bounded = min(max(seconds, -3_155_760_000), 3_155_760_000)
+        return .nanoseconds(Int64((bounded * 1_000_000_000).rounded()))
     }
 
     /// Seconds, for metrics and spans.

@@ -200,6 +200,16 @@ final class HTTPModeForwarder {
                     reason: "bad_listener_response"))
             return
         }
+        guard (200...599).contains(head.statusCode) else {
+            // A 1xx sent as the final answer would leave the client, or a proxy in front, reading what follows
+            // as another protocol (101) or waiting for a response that never comes; HTTP mode carries no upgrade.
+            failed(
+                Refusal(
+                    status: 502,
+                    text: "BadGateway: The listener answered \(head.statusCode); a final response is 200 to 599",
+                    reason: "bad_listener_response"))
+            return
+        }
         guard let framing = machine.responseHead(wholeBody: ended, now: context.eventLoop.now) else { return }
         status = head.statusCode
         var headers = HTTPHeaders()

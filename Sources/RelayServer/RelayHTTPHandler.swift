@@ -256,9 +256,15 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func authorize(
         entity: HybridConnectionConfiguration, token: String?, right: AccessRight, head: HTTPRequestHead
     ) throws(Refusal) -> Int64? {
+        try authorize(entity: entity, token: token, anyOf: [right], head: head)
+    }
+
+    private func authorize(
+        entity: HybridConnectionConfiguration, token: String?, anyOf rights: [AccessRight], head: HTTPRequestHead
+    ) throws(Refusal) -> Int64? {
         do {
             return try hub.policy.authorize(
-                entity: entity, token: token, right: right, requestHost: hostHeader(head), now: now())
+                entity: entity, token: token, anyOf: rights, requestHost: hostHeader(head), now: now())
         } catch {
             throw hub.authFailed(source: context?.channel.remoteAddress?.ipAddress) ?? error
         }
@@ -583,18 +589,12 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         let found = token(head, queryToken: try target.value(of: "sb-hc-token"))?.token
-        // Any right on the entity may read it: Listen, else Send (Manage implies both). Only the second check
-        // counts as a failure, so a Send-only probe does not spend the source's budget.
-        let listenAllowed =
-            (try? hub.policy.authorize(
-                entity: entity, token: found, right: .listen, requestHost: hostHeader(head), now: now())) != nil
-        if !listenAllowed {
-            do {
-                _ = try authorize(entity: entity, token: found, right: .send, head: head)
-            } catch {
-                refuse(context: context, error, entity: entity.name)
-                return
-            }
+        // Any right on the entity may read it: Listen or Send (Manage implies both), the token decoded once.
+        do {
+            _ = try authorize(entity: entity, token: found, anyOf: [.listen, .send], head: head)
+        } catch {
+            refuse(context: context, error, entity: entity.name)
+            return
         }
         let information = RuntimeInformation(
             path: entity.name, listenerCount: hub.listenerCount(entity: entity.name),
@@ -626,6 +626,15 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             pinning: Self.pinning(head.headers))
     }
 
+    /// The largest `request` message the relay sends a listener, on its control channel or a rendezvous: what
+    /// listeners read as one message (64 KiB), less room for the envelope.
+    static let maxRequestMessageBytes = ListenerControlHandler.maxControlMessageBytes - 1024
+
+    /// Request fields a sender may not hand a listener: credentials for a proxy on the way, and the client
+    /// addresses earlier proxies claim, which the relay has no rule to believe (the listener gets the address
+    /// the relay saw, as `remoteEndpoint`).
+    static let untrustedRequestHeaders: Set<String> = ["proxy-authorization", "x-forwarded-for", "forwarded"]
+
     /// Connection-level headers the relay never forwards (RFC 7230); `Expect` the relay answers itself.
     static let hopByHopHeaders: Set<String> = [
         "connection", "content-length", "te", "trailer", "transfer-encoding", "upgrade", "keep-alive",
@@ -636,8 +645,14 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// carry them, the relay's `Via`, the trace continued from this hop) and the route it takes.
     private func startForwarding(context: ChannelHandlerContext, _ request: HTTPModeRequest) {
         disarm()
+        // The fields `Connection` names are this hop's too (RFC 9110 §7.6.1).
+        var connectionOptions = Set<String>()
+        for value in request.head.headers[canonicalForm: "connection"] {
+            connectionOptions.insert(value.trimmingWhitespace().lowercased())
+        }
         var headers = Self.joinedHeaders(request.head.headers) { name in
-            Self.hopByHopHeaders.contains(name) || request.consumedHeaders.contains(name)
+            Self.hopByHopHeaders.contains(name) || Self.untrustedRequestHeaders.contains(name)
+                || connectionOptions.contains(name) || request.consumedHeaders.contains(name)
         }
         let via = "1.1 \(hub.policy.publicHost)"
         let viaName = headers.keys.first { $0.lowercased() == "via" } ?? "Via"
@@ -656,16 +671,31 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let chunked = request.head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
         let declared = request.head.headers.first(name: "content-length").flatMap(Int.init) ?? 0
         let hasBody = chunked || declared > 0
-        let headerBytes = headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
-        // Small requests travel whole on the control channel; large, chunked (length unknown) ones stream
-        // through a rendezvous.
-        let route: HTTPExchangeStateMachine.Route =
-            !chunked && headerBytes + declared <= limits.controlChannelRequestBytes ? .controlChannel : .rendezvous
         let command = RequestCommand(
             address: hub.rendezvousAddress(
                 rawPath: "/$hc/\(request.entity.name)", applicationQuery: "", action: .request, key: key),
             id: key, requestTarget: request.target.applicationTarget, method: request.head.method.rawValue,
             remoteEndpoint: remoteEndpoint(context), requestHeaders: headers, body: hasBody)
+        // Measured as the listener will read it, in JSON: escaping can double a header's bytes. A head that
+        // no listener could take as one message is refused here, alone, before it reaches a control channel.
+        let messageBytes = command.encodedSizeBound
+        guard messageBytes <= Self.maxRequestMessageBytes else {
+            span.attributes["http.response.status_code"] = 431
+            record.finish(status: 431, error: "request head too large as a message")
+            refuse(
+                context: context,
+                Refusal(
+                    status: 431,
+                    text:
+                        "RequestHeaderFieldsTooLarge: The request's headers take \(messageBytes) bytes as a request message; the most a listener takes is \(Self.maxRequestMessageBytes)",
+                    reason: "request_head_too_large"),
+                trackingId: trackingId, entity: request.entity.name)
+            return
+        }
+        // Small requests travel whole on the control channel; large, chunked (length unknown) ones stream
+        // through a rendezvous.
+        let route: HTTPExchangeStateMachine.Route =
+            !chunked && messageBytes + declared <= limits.controlChannelRequestBytes ? .controlChannel : .rendezvous
         let entity = request.entity.name
         let forwarder = HTTPModeForwarder(
             hub: hub, context: context,

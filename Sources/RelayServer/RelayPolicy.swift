@@ -116,20 +116,35 @@ public struct RelayPolicy: Sendable {
     public func authorize(
         entity: HybridConnectionConfiguration, token: String?, right: AccessRight, requestHost: String?, now: Int64
     ) throws(Refusal) -> Int64? {
-        if right == .send && !entity.requiresClientAuthorization { return nil }
+        try authorize(entity: entity, token: token, anyOf: [right], requestHost: requestHost, now: now)
+    }
+
+    /// Checks a token for any of `rights` (in order) on `entity`, decoding it once: the runtime-information
+    /// query takes Listen or Send. The refusal is the one for the last right tried.
+    public func authorize(
+        entity: HybridConnectionConfiguration, token: String?, anyOf rights: [AccessRight], requestHost: String?,
+        now: Int64
+    ) throws(Refusal) -> Int64? {
+        if rights.contains(.send) && !entity.requiresClientAuthorization { return nil }
         if let token, EntraTokenCheck.isJSONWebToken(token) {
-            return try authorizeEntra(token, entity: entity.name, right: right, now: now)
+            return try authorizeEntra(token, entity: entity.name, anyOf: rights, now: now)
         }
         var hosts = [publicHost]
         if let requestHost { hosts.append(requestHost) }
-        do {
-            return try validator.validate(
-                token: token, rules: entity.rules + namespaceRules, hosts: hosts, entityPath: entity.name, right: right,
-                now: now, verified: verified
-            ).expiry
-        } catch {
-            throw Refusal.from(error)
+        var refusal = Refusal.from(TokenError.missing)
+        for right in rights {
+            do {
+                return try validator.validate(
+                    token: token, rules: entity.rules + namespaceRules, hosts: hosts, entityPath: entity.name,
+                    right: right, now: now, verified: verified
+                ).expiry
+            } catch {
+                refusal = Refusal.from(error)
+                // Only a missing right is worth asking again for another: a bad token stays bad.
+                guard case .insufficientRights = error else { break }
+            }
         }
+        throw refusal
     }
 }
 
@@ -139,7 +154,11 @@ extension RelayPolicy {
         EntraTokenError.allReasons.map { "entra_\($0)" } + ["entra_insufficient_rights", "entra_not_configured"]
 
     /// An Entra access token: valid for the configured tenant, then the principal's rights on the entity.
-    func authorizeEntra(_ token: String, entity: String, right: AccessRight, now: Int64) throws(Refusal) -> Int64 {
+    func authorizeEntra(
+        _ token: String, entity: String, anyOf wanted: [AccessRight], now: Int64
+    ) throws(Refusal)
+        -> Int64
+    {
         guard let (authority, configuration) = entra else {
             throw Refusal(
                 status: 401, text: "Unauthorized: This relay does not accept Entra ID tokens; use a SAS token",
@@ -153,11 +172,11 @@ extension RelayPolicy {
                 status: error == .keysUnavailable ? 503 : 401, text: error.description, reason: "entra_\(error.reason)")
         }
         let rights = configuration.rights(of: principal, entity: entity)
-        guard rights.contains(right) || rights.contains(.manage) else {
+        guard rights.contains(.manage) || wanted.contains(where: rights.contains) else {
+            let named = wanted.map(\.rawValue).joined(separator: " or ")
             throw Refusal(
                 status: 403,
-                text:
-                    "Unauthorized: The principal \(principal.label) does not hold the \(right.rawValue) right on '\(entity)'",
+                text: "Unauthorized: The principal \(principal.label) does not hold the \(named) right on '\(entity)'",
                 reason: "entra_insufficient_rights")
         }
         return principal.expiry

@@ -140,6 +140,16 @@ public final class RelayServer: Sendable {
             throw ConfigurationError(
                 description: "entra authority and tenant cannot change on reload (principals can); restart")
         }
+        let kept = Set(configuration.hybridConnections.map { $0.name.lowercased() })
+        if running.hybridConnections.count > 1,
+            !running.hybridConnections.contains(where: { kept.contains($0.name.lowercased()) })
+        {
+            // Every entity gone at once is what a truncated file looks like, rarely what was meant.
+            throw ConfigurationError(
+                description:
+                    "the new configuration removes every hybrid connection (\(running.hybridConnections.count)); configuration not reloaded: restart to replace them all"
+            )
+        }
         let context = try Self.loadTLS(configuration)
         tlsContext.withLockedValue { $0 = context }
         return hub.apply(configuration)

@@ -162,7 +162,15 @@ public final class RelayMetrics: Sendable {
     private func rendezvousCounter(entity: String, outcome: String, status: Int) -> Counter {
         counter(
             "rendezvous", "Sender rendezvous at the relay by outcome and HTTP status.",
-            [("entity", entity), ("outcome", outcome), ("status", String(status))])
+            [("entity", entity), ("outcome", outcome), ("status", Self.rendezvousStatus(status))])
+    }
+
+    /// The statuses a rendezvous ends with as the relay answers them itself; any other (a listener may reject
+    /// with whatever code it likes) is counted under its class, so a listener cannot mint series.
+    static let rendezvousStatuses: Set<Int> = [0, 101, 200, 400, 401, 403, 404, 408, 409, 410, 429, 500, 502, 503, 504]
+
+    static func rendezvousStatus(_ status: Int) -> String {
+        rendezvousStatuses.contains(status) ? String(status) : statusClass(status)
     }
 
     /// The relay's alerting series at zero from the start, for every configured entity and token failure
@@ -259,6 +267,15 @@ public final class RelayMetrics: Sendable {
         counter(
             "udp_drops", "Datagrams UDP tunnels dropped, by reason.", [("role", role.rawValue), ("reason", reason)]
         ).increment()
+    }
+
+    /// A connection or request the side port (`--metrics`) turned away: `connection_limit`, `unauthorized`.
+    public func sidePortRefused(reason: String) {
+        counter(
+            "side_port_refusals", "Connections and requests the --metrics port refused, by reason.",
+            [("reason", reason)]
+        )
+        .increment()
     }
 
     public func refused(role: TelemetryRole, reason: String, status: Int) {

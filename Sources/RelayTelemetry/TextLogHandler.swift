@@ -14,7 +14,8 @@ import Logging
 /// Human-readable lines on standard error, laid out like swift-log's `StreamLogHandler`
 /// (`time level label: key=value … message`), with two differences that matter for a server facing the
 /// internet: control characters in the message and metadata are escaped, so a peer cannot forge a line
-/// (a `%0A` in a path or key name), and keys that name secrets are redacted as in JSON logs.
+/// (a `%0A` in a path or key name), values with spaces, `=` or quotes are quoted, so none can pass for another
+/// field, and keys that name secrets are redacted as in JSON logs.
 public struct TextLogHandler: LogHandler {
     public var logLevel: Logger.Level = .info
     public var metadata: Logger.Metadata = [:]
@@ -45,7 +46,7 @@ public struct TextLogHandler: LogHandler {
         var out = "\(JSONText.timestamp(time)) \(level) \(label):"
         for key in metadata.keys.sorted() {
             let value = JSONLogHandler.redacting(key, "\(metadata[key]!)")
-            out += " \(LogText.escapingControlCharacters(key))=\(LogText.escapingControlCharacters(value))"
+            out += " \(LogText.fieldValue(key))=\(LogText.fieldValue(value))"
         }
         out += " \(LogText.escapingControlCharacters(message))\n"
         return out

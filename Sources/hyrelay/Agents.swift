@@ -36,8 +36,33 @@ struct AgentOptions: ParsableArguments {
     @Option(name: .customShort("K"), help: "SAS key name.")
     var keyName: String?
 
-    @Option(name: .customShort("k"), help: "SAS key.")
+    @Option(
+        name: .customShort("k"),
+        help:
+            "SAS key. On the command line it is visible to every local user (/proc/PID/cmdline): prefer --key-file or HYRELAY_SAS_KEY."
+    )
     var key: String?
+
+    @Option(name: .customLong("key-file"), help: "File holding the SAS key (one line), instead of -k.")
+    var keyFile: String?
+
+    /// The SAS key from `-k`, `--key-file` or `HYRELAY_SAS_KEY`, in that order.
+    func sharedAccessKey() throws -> String? {
+        if let key { return key }
+        if let keyFile {
+            let text: String
+            do {
+                text = try String(contentsOfFile: keyFile, encoding: .utf8)
+            } catch {
+                throw ValidationError("--key-file '\(keyFile)' cannot be read")
+            }
+            let key = text.trimmingWhitespace()
+            guard !key.isEmpty else { throw ValidationError("--key-file '\(keyFile)' is empty") }
+            return key
+        }
+        let variable = ProcessInfo.processInfo.environment["HYRELAY_SAS_KEY"]?.trimmingWhitespace() ?? ""
+        return variable.isEmpty ? nil : variable
+    }
 
     @Option(name: .customShort("s"), help: "A pre-made SAS token (never renewed).")
     var signature: String?
@@ -63,7 +88,7 @@ struct AgentOptions: ParsableArguments {
     @Option(
         name: .customLong("proxy"),
         help:
-            "Reach the relay through this HTTP proxy with CONNECT: http://[user:password@]host:port (default: HTTPS_PROXY or HTTP_PROXY, unless NO_PROXY names the relay)."
+            "Reach the relay through this HTTP proxy with CONNECT: http://[user:password@]host:port (default: HTTPS_PROXY or HTTP_PROXY, unless NO_PROXY names the relay). A password here is visible to local users: prefer HTTPS_PROXY or HttpProxy in -f."
     )
     var proxy: String?
 
@@ -128,7 +153,7 @@ struct AgentOptions: ParsableArguments {
         if let connectionString { configuration.connectionString = connectionString }
         if let endpoint = endpoints.first { configuration.endpoint = endpoint }
         if let keyName { configuration.sharedAccessKeyName = keyName }
-        if let key { configuration.sharedAccessKey = key }
+        if let key = try sharedAccessKey() { configuration.sharedAccessKey = key }
         if let signature { configuration.sharedAccessSignature = signature }
         guard tokenTTL >= 2 else { throw ValidationError("--token-ttl must be at least 2 seconds") }
         if let keepAlive {
@@ -188,9 +213,30 @@ struct Client: AsyncParsableCommand {
     @Option(
         name: .customLong("allow"),
         help:
-            "Accept connections only from this address or CIDR network (repeatable; default: anyone who can reach the port)."
+            "Accept connections and UDP flows only from this address or CIDR network (repeatable; default: anyone who can reach the port)."
     )
     var allow: [String] = []
+
+    @Option(
+        name: .customLong("udp-max-flows"),
+        help:
+            "UDP flows (source addresses, each a tunnel) one UDP binding holds at most; datagrams from new sources beyond it are dropped and counted."
+    )
+    var udpMaxFlows: Int = UDPFlowLimits.defaultMaxFlows
+
+    @Option(
+        name: .customLong("udp-max-flows-per-source"),
+        help: "UDP flows one source IP address may hold on a UDP binding (its ports are separate flows).")
+    var udpMaxFlowsPerSource: Int = UDPFlowLimits.defaultMaxFlowsPerSource
+
+    func validate() throws {
+        guard (1...1_000_000).contains(udpMaxFlows) else {
+            throw ValidationError("--udp-max-flows must be 1 to 1000000")
+        }
+        guard (1...1_000_000).contains(udpMaxFlowsPerSource) else {
+            throw ValidationError("--udp-max-flows-per-source must be 1 to 1000000")
+        }
+    }
 
     @Option(
         name: .customLong("socket-mode"),
@@ -247,7 +293,8 @@ struct Client: AsyncParsableCommand {
             let agent = try await ClientAgent.start(
                 forwards: forwards, tlsContext: try options.tlsContext(), group: MultiThreadedEventLoopGroup.singleton,
                 logger: logger, metrics: metrics, tracer: session.tracer, allowedSources: allowedSources,
-                socketMode: try socketPermissions(), udpIdleTimeout: options.udpIdleTimeout)
+                socketMode: try socketPermissions(), udpIdleTimeout: options.udpIdleTimeout,
+                udpFlowLimits: UDPFlowLimits(maxFlows: udpMaxFlows, maxFlowsPerSource: udpMaxFlowsPerSource))
             let side = try await options.telemetry.startServer(metrics: metrics, logger: logger) {
                 agent.readiness
             }

@@ -133,7 +133,9 @@ struct Relay: AsyncParsableCommand {
         configuration.entra = entra
     }
 
-    func makeConfiguration() throws -> RelayConfiguration {
+    /// The configuration from `--config` and the flags. `reloading`: read again on SIGHUP, where a file caught
+    /// half-written (an editor or `cp` still writing it) must not be applied: it must end with a newline.
+    func makeConfiguration(reloading: Bool = false) throws -> RelayConfiguration {
         var configuration = RelayConfiguration()
         if let config {
             let text: String
@@ -141,6 +143,11 @@ struct Relay: AsyncParsableCommand {
                 text = try String(contentsOfFile: config, encoding: .utf8)
             } catch {
                 throw ValidationError("cannot read --config '\(config)': \(error)")
+            }
+            if reloading && !text.hasSuffix("\n") {
+                throw ValidationError(
+                    "--config '\(config)' does not end with a newline, as a file still being written would not; configuration not reloaded (write the new file beside it and rename it over the old one)"
+                )
             }
             do {
                 configuration = try RelayConfiguration.parse(text)
@@ -213,7 +220,7 @@ struct Relay: AsyncParsableCommand {
             return (server, side)
         }
         try await serveUntilTerminated(server, grace: grace, session: session, side: side, logger: logger) {
-            let (added, removed) = try server.reload(try makeConfiguration())
+            let (added, removed) = try server.reload(try makeConfiguration(reloading: true))
             return [
                 "hybrid_connections_added": "\(added.joined(separator: ","))",
                 "hybrid_connections_removed": "\(removed.joined(separator: ","))",

@@ -1,10 +1,17 @@
 import ArgumentParser
+import HybridConnections
 import Logging
 import NIOCore
 import NIOPosix
 import RelayExport
 import RelayServer
 import RelayTelemetry
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 enum LogLevelOption: String, ExpressibleByArgument, CaseIterable {
     case trace, debug, info, notice, warning, error, critical
@@ -22,6 +29,23 @@ struct TelemetryOptions: ParsableArguments {
         name: .customLong("metrics"),
         help: "Serve /metrics, /healthz, /readyz and the inspection API (/v1/tunnels, /v1/listeners) on HOST:PORT.")
     var metricsAddress: String?
+
+    @Option(
+        name: .customLong("metrics-max-connections"),
+        help: "Connections the --metrics port holds at once; more are closed as they arrive.")
+    var metricsMaxConnections: Int = TelemetryServer.Access.defaultMaxConnections
+
+    @Option(
+        name: .customLong("metrics-idle-timeout"),
+        help: "Seconds a --metrics connection may send nothing before it is closed.")
+    var metricsIdleTimeout: Double = TelemetryServer.Access.defaultIdleTimeoutSeconds
+
+    @Option(
+        name: .customLong("metrics-token-file"),
+        help:
+            "File holding a bearer token the --metrics port then requires on every path but /healthz and /readyz (or set HYRELAY_METRICS_TOKEN)."
+    )
+    var metricsTokenFile: String?
 
     @Option(name: .customLong("log-format"), help: "text or json (one JSON object per line, default text).")
     var logFormat: LogFormatOption = .text
@@ -42,6 +66,32 @@ struct TelemetryOptions: ParsableArguments {
         if let metricsAddress, HostPort(metricsAddress) == nil {
             throw ValidationError("--metrics '\(metricsAddress)' is not HOST:PORT")
         }
+        guard (1...100_000).contains(metricsMaxConnections) else {
+            throw ValidationError("--metrics-max-connections must be 1 to 100000")
+        }
+        guard metricsIdleTimeout > 0, metricsIdleTimeout <= 3600 else {
+            throw ValidationError("--metrics-idle-timeout must be above 0 and at most 3600 seconds")
+        }
+        _ = try metricsBearerToken()
+    }
+
+    /// The side port's bearer token: `--metrics-token-file` (one line), else `HYRELAY_METRICS_TOKEN`.
+    func metricsBearerToken() throws -> String? {
+        if let metricsTokenFile {
+            let text: String
+            do {
+                text = try String(contentsOfFile: metricsTokenFile, encoding: .utf8)
+            } catch {
+                throw ValidationError("--metrics-token-file '\(metricsTokenFile)' cannot be read")
+            }
+            let token = text.trimmingWhitespace()
+            guard !token.isEmpty, !token.contains(where: { $0.isWhitespace }) else {
+                throw ValidationError("--metrics-token-file '\(metricsTokenFile)' must hold one token, no spaces")
+            }
+            return token
+        }
+        let variable = ProcessInfo.processInfo.environment["HYRELAY_METRICS_TOKEN"]?.trimmingWhitespace() ?? ""
+        return variable.isEmpty ? nil : variable
     }
 
     /// Sets up logging for `role`, and with `export` also into the exporter; call once, before anything logs.
@@ -71,9 +121,12 @@ struct TelemetryOptions: ParsableArguments {
         readiness: @escaping TelemetryServer.Readiness
     ) async throws -> TelemetryServer? {
         guard let metricsAddress, let address = HostPort(metricsAddress) else { return nil }
+        let access = TelemetryServer.Access(
+            maxConnections: metricsMaxConnections,
+            idleTimeout: .milliseconds(Int64(metricsIdleTimeout * 1000)), bearerToken: try metricsBearerToken())
         let server = try await TelemetryServer.start(
             host: address.host, port: address.port, metrics: metrics, readiness: readiness, listeners: listeners,
-            group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+            access: access, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         logger.info("metrics served", metadata: ["address": "\(server.localAddress.map { "\($0)" } ?? metricsAddress)"])
         return server
     }

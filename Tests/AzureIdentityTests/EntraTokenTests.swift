@@ -86,6 +86,49 @@ import Testing
         #expect(throws: Never.self) { try check.validate(token(claims(exp: now - 59)), keys: keys, now: now) }
     }
 
+    @Test func sizeAndNestingAreRefusedBeforeAnyDecoding() {
+        let deep = String(repeating: "[", count: 511) + String(repeating: "]", count: 511)
+        let header = Base64URL.encode(Array(#"{"alg":"RS256","kid":"k1","x":\#(deep)}"#.utf8))
+        let rest = token(claims()).split(separator: ".").dropFirst().joined(separator: ".")
+        #expect(throws: EntraTokenError.malformed("nesting in its header is deeper than 2")) {
+            try check.validate(header + "." + rest, keys: keys, now: now)
+        }
+        let long = token(claims()) + String(repeating: "A", count: EntraTokenCheck.maxTokenBytes)
+        #expect(throws: EntraTokenError.malformed("it is longer than \(EntraTokenCheck.maxTokenBytes) bytes")) {
+            try check.validate(long, keys: keys, now: now)
+        }
+        // Deep claims without the key's signature never reach a decoder: the signature is checked first.
+        var nested = claims()
+        if case .object(var fields) = nested {
+            fields["x"] = .array([.array([.array([.array([.array([.array([.array([.array([.array([])])])])])])])])])
+            nested = .object(fields)
+        }
+        #expect(throws: EntraTokenError.invalidSignature) {
+            try check.validate(token(nested, key: Self.otherKey), keys: keys, now: now)
+        }
+        #expect(throws: EntraTokenError.malformed("nesting in its claims is deeper than 8")) {
+            try check.validate(token(nested), keys: keys, now: now)
+        }
+        #expect(JSONNesting.depth(of: Array(#"{"a":"[[[[","b":[1,{"c":"\"]"}]}"#.utf8), limit: 8) == 3)
+    }
+
+    @Test(arguments: [
+        JSONValue.double(1e308), .double(-1e308), .double(18_446_744_073_709_551_616), .int(Int64.max),
+        .string("0"), .double(.nan),
+    ])
+    func timesThatAreNotTimesRefuseTheToken(value: JSONValue) {
+        for name in ["exp", "nbf"] {
+            var fields = claims()
+            if case .object(var members) = fields {
+                members[name] = value
+                fields = .object(members)
+            }
+            #expect(throws: EntraTokenError.malformed("its \(name) is not a Unix time in seconds")) {
+                try check.validate(token(fields), keys: keys, now: now)
+            }
+        }
+    }
+
     @Test func jsonWebTokensAreToldFromSAS() {
         #expect(EntraTokenCheck.isJSONWebToken(token(claims())))
         #expect(!EntraTokenCheck.isJSONWebToken("SharedAccessSignature sr=a&sig=b.c.d&se=1&skn=k"))

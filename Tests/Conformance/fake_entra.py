@@ -53,6 +53,9 @@ class FakeEntra:
         self.applications = {}    # client id -> {"secret", "oid", "assertion"}
         self.certificates = {}    # client id -> public key of the application's certificate
         self.managed_identity_oid = None
+        # When set, the client-credentials token response carries these fields (say {"expires_in": "nan"} or
+        # {"expires_on": 1e300}) in place of its `expires_in`: an endpoint answering numbers no token lives by.
+        self.expiry_fields = None
         self.requests = []
         self.lock = threading.Lock()
         entra = self
@@ -100,13 +103,15 @@ class FakeEntra:
             self.keys.insert(0, SigningKey())
 
     def token(self, oid, appid="app", audience=RELAY_AUDIENCE, tenant=None, issuer=None, lifetime=None,
-              not_before=None, key=None, algorithm="RS256", groups=None):
+              not_before=None, key=None, algorithm="RS256", groups=None, claims_override=None):
         now = int(time.time())
         claims = {"aud": audience, "iss": issuer or self.issuer, "tid": tenant or self.tenant, "oid": oid,
                   "azp": appid, "iat": now, "nbf": not_before if not_before is not None else now - 5,
                   "exp": now + (lifetime if lifetime is not None else self.token_lifetime), "ver": "2.0"}
         if groups:
             claims["groups"] = groups
+        # Claims put as given (any JSON value: a huge number, a string where a number belongs), still signed.
+        claims.update(claims_override or {})
         key = key or self.keys[0]
         header = {"typ": "JWT", "alg": algorithm, "kid": key.kid}
         signing_input = (b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())).encode()
@@ -175,8 +180,10 @@ class FakeEntra:
             return self.respond(handler, 401, {"error": "invalid_client",
                                                "error_description": "AADSTS7000215: Invalid client secret provided."})
         token = self.token(application["oid"], appid=form["client_id"])
-        self.respond(handler, 200, {"token_type": "Bearer", "expires_in": self.token_lifetime,
-                                    "access_token": token})
+        expiry = self.expiry_fields
+        if expiry is None:
+            expiry = {"expires_in": self.token_lifetime}
+        self.respond(handler, 200, dict({"token_type": "Bearer", "access_token": token}, **expiry))
 
     def assertion_valid(self, client_id, assertion, application):
         if application["assertion"] is not None:

@@ -117,7 +117,7 @@ def test_the_kubernetes_manifests_hold_valid_configurations(tmp_path):
         for document in yaml.safe_load_all(open(path)):
             documents[(document["kind"], document["metadata"]["name"])] = document
     for (kind, name), document in documents.items():
-        if kind != "Secret":
+        if kind != "Secret" or name == "hyrelay-metrics-token":
             continue
         for file_name, text in document["stringData"].items():
             config = tmp_path / file_name
@@ -132,3 +132,18 @@ def test_the_kubernetes_manifests_hold_valid_configurations(tmp_path):
     assert args[args.index("--public-url") + 1] == "ws://$(POD_IP):9350"
     edge_args = documents[("Deployment", "hyrelay-edge-office")]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "ws://hyrelay-relay-pods:9350" in edge_args and "--discovery-interval" in edge_args
+    # A side port bound beyond loopback wants a bearer token, mounted from the token Secret.
+    for (kind, name), document in documents.items():
+        if kind != "Deployment":
+            continue
+        pod = document["spec"]["template"]["spec"]
+        container_args = pod["containers"][0]["args"]
+        address = container_args[container_args.index("--metrics") + 1]
+        if address.startswith("127.") or address.startswith("[::1]"):
+            continue
+        token_file = container_args[container_args.index("--metrics-token-file") + 1]
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounted = [n for n, path in mounts.items() if token_file.startswith(path + "/")]
+        assert mounted and volumes[mounted[0]]["secret"]["secretName"] == "hyrelay-metrics-token", name
+        assert ("Secret", "hyrelay-metrics-token") in documents

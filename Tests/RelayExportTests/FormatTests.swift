@@ -251,6 +251,15 @@ import Testing
         #expect(throws: IdentityError.self) { try AzureHTTP.checkURL("http://169.254.169.254") }
         #expect(throws: IdentityError.self) { try AzureHTTP.checkURL("ftp://x") }
         #expect(throws: IdentityError.self) { try AzureHTTP.checkURL("https://") }
+        // The host a URL really names: after the credentials, and an IPv4 address, not a name starting 127.
+        #expect(throws: IdentityError.self) { try AzureHTTP.checkURL("http://127.0.0.1:1@192.0.2.2:8080/") }
+        #expect(throws: IdentityError.self) { try AzureHTTP.checkURL("http://127.evil.example/") }
+        #expect(throws: IdentityError.self) { try AzureHTTP.checkURL("https://user:pw@login.example/") }
+        do {
+            try AzureHTTP.checkURL("http://127.0.0.1:secret@192.0.2.2:8080/")
+        } catch {
+            #expect(error.description.contains("192.0.2.2") && !error.description.contains("secret"))
+        }
     }
 
     @Test func credentialsFromTheEnvironment() throws {

@@ -65,10 +65,10 @@ import Testing
         let policy = RelayPolicy(
             configuration: RelayConfiguration(hybridConnections: [HybridConnectionConfiguration(name: "hc")]))
         #expect(throws: Refusal.self) {
-            try policy.authorizeEntra("a.b.c", entity: "hc", right: .listen, now: 0)
+            try policy.authorizeEntra("a.b.c", entity: "hc", anyOf: [.listen], now: 0)
         }
         do {
-            _ = try policy.authorizeEntra("a.b.c", entity: "hc", right: .listen, now: 0)
+            _ = try policy.authorizeEntra("a.b.c", entity: "hc", anyOf: [.listen], now: 0)
         } catch {
             #expect(error.status == 401 && error.reason == "entra_not_configured")
         }
