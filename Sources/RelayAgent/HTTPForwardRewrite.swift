@@ -134,7 +134,14 @@ enum HTTPForwardRewrite {
         head.headers.add(name: "X-Forwarded-Host", value: originalHost ?? frontHost)
         switch body {
         case .complete(let bytes): head.headers.add(name: "Content-Length", value: "\(bytes)")
-        case .streamed: head.headers.add(name: "Transfer-Encoding", value: "chunked")
+        case .streamed:
+            // The sender's framing, kept: a length it declared reaches the target (many servers and devices read
+            // no chunked request bodies); only a body of unknown length goes chunked.
+            if let declared = declaredLength(fields) {
+                head.headers.add(name: "Content-Length", value: "\(declared)")
+            } else {
+                head.headers.add(name: "Transfer-Encoding", value: "chunked")
+            }
         case .none where !bodilessMethods.contains(method.rawValue):
             head.headers.add(name: "Content-Length", value: "0")
         case .none: break
@@ -142,6 +149,21 @@ enum HTTPForwardRewrite {
         // One request per target connection: nothing would reuse it.
         head.headers.add(name: "Connection", value: "close")
         return head
+    }
+
+    /// The request's `Content-Length` as the sender gave it (one non-negative number), unless it also came chunked.
+    static func declaredLength(_ fields: [(key: String, value: String)]) -> Int? {
+        var length: Int?
+        for (name, value) in fields {
+            switch name.lowercased() {
+            case "transfer-encoding": return nil
+            case "content-length":
+                guard let number = Int(value.trimmingWhitespace()), number >= 0 else { return nil }
+                length = number
+            default: break
+            }
+        }
+        return length
     }
 
     /// Methods whose requests carry no `Content-Length: 0` when empty (RFC 9110 §8.6: a user agent should not).

@@ -51,6 +51,12 @@ struct HTTPExchangeStateMachine: Sendable {
     enum Framing: Equatable, Sendable {
         /// The whole body is known: `Content-Length`.
         case contentLength
+        /// The listener gave `Content-Length`: kept for the client (a length-framed response stays one), the
+        /// body passed on as it comes; `remaining` bytes are still to come.
+        case declaredLength(remaining: Int)
+        /// No body by definition (the answer to a HEAD, a 204 or 304): the listener's `Content-Length`, if any,
+        /// kept (a HEAD's answer says how long the GET's body would be); body bytes are dropped.
+        case bodiless
         /// HTTP/1.1 client: chunked transfer coding.
         case chunked
         /// HTTP/1.0 client: the body ends when the connection closes.
@@ -85,6 +91,14 @@ struct HTTPExchangeStateMachine: Sendable {
         case attach
         /// The exchange is over: close the rendezvous.
         case close
+    }
+
+    enum ResponseBodyAction: Equatable, Sendable {
+        case write
+        /// Not part of the response (no response streaming, or a bodiless one).
+        case discard
+        /// More body than the listener's `Content-Length`: cut the connection.
+        case abort(String)
     }
 
     enum ResponseEndAction: Equatable, Sendable {
@@ -205,26 +219,50 @@ struct HTTPExchangeStateMachine: Sendable {
 
     // MARK: Response
 
-    /// The listener's response head; `wholeBody` when its body is already complete. The framing to write it
-    /// with, or nil when a response is not expected (a second one).
-    mutating func responseHead(wholeBody: Bool, now: NIODeadline) -> Framing? {
+    /// The listener's response head; `wholeBody` when its body is already complete, `declaredLength` its
+    /// `Content-Length`, `bodiless` when the response has no body by definition. The framing to write it with,
+    /// or nil when a response is not expected (a second one). The sender's framing wins where there is one.
+    mutating func responseHead(
+        wholeBody: Bool, declaredLength: Int? = nil, bodiless: Bool = false, now: NIODeadline
+    ) -> Framing? {
         guard case .executing(let request, .awaitingHead) = state else { return nil }
         lastProgress = now
-        let framing: Framing = wholeBody ? .contentLength : clientSpeaksHTTP11 ? .chunked : .closeDelimited
+        let framing: Framing
+        if bodiless {
+            framing = .bodiless
+        } else if let declaredLength {
+            framing = .declaredLength(remaining: declaredLength)
+        } else {
+            framing = wholeBody ? .contentLength : clientSpeaksHTTP11 ? .chunked : .closeDelimited
+        }
         state = .executing(request, .streamingBody(framing))
         return framing
     }
 
-    /// A response body part: true to write it.
-    mutating func responseBodyPart(now: NIODeadline) -> Bool {
-        guard case .executing(_, let response) = state, isStreaming(response) else { return false }
+    /// A response body part of `bytes`: write it, drop it, or cut the response.
+    mutating func responseBodyPart(bytes: Int, now: NIODeadline) -> ResponseBodyAction {
+        guard case .executing(let request, .streamingBody(let framing)) = state else { return .discard }
         lastProgress = now
-        return true
+        switch framing {
+        case .bodiless:
+            return .discard
+        case .declaredLength(let remaining):
+            guard bytes <= remaining else {
+                state = .finished
+                return .abort("the listener sent more body than its Content-Length (\(remaining) bytes left)")
+            }
+            state = .executing(request, .streamingBody(.declaredLength(remaining: remaining - bytes)))
+            return .write
+        case .contentLength, .chunked, .closeDelimited:
+            return .write
+        }
     }
 
     mutating func responseEnded() -> ResponseEndAction {
         guard case .executing(let request, .streamingBody(let framing)) = state else { return .none }
         state = .finished
+        // A body shorter than its declared length ends the connection too: the client is waiting for the rest.
+        if case .declaredLength(let remaining) = framing, remaining > 0 { return .finish(keepAlive: false) }
         // A request body still on its way would be read as the next request: the connection ends with this one.
         return .finish(keepAlive: clientKeepAlive && framing != .closeDelimited && request == .sent)
     }

@@ -210,7 +210,13 @@ final class HTTPModeForwarder {
                     reason: "bad_listener_response"))
             return
         }
-        guard let framing = machine.responseHead(wholeBody: ended, now: context.eventLoop.now) else { return }
+        let declared = head.headers.first { $0.key.lowercased() == "content-length" }.flatMap { Int($0.value) }
+        let status204or304 = head.statusCode == 204 || head.statusCode == 304
+        guard
+            let framing = machine.responseHead(
+                wholeBody: ended, declaredLength: declared.flatMap { $0 >= 0 ? $0 : nil },
+                bodiless: request.head.method == .HEAD || status204or304, now: context.eventLoop.now)
+        else { return }
         status = head.statusCode
         var headers = HTTPHeaders()
         for (name, value) in head.headers.sorted(by: { $0.key < $1.key })
@@ -225,6 +231,9 @@ final class HTTPModeForwarder {
         }
         switch framing {
         case .contentLength: headers.add(name: "Content-Length", value: "\(body.readableBytes)")
+        case .declaredLength(let length): headers.add(name: "Content-Length", value: "\(length)")
+        case .bodiless:
+            if let declared, !status204or304 { headers.add(name: "Content-Length", value: "\(declared)") }
         case .chunked: headers.add(name: "Transfer-Encoding", value: "chunked")
         case .closeDelimited: break
         }
@@ -242,9 +251,17 @@ final class HTTPModeForwarder {
 
     /// A piece of the response body; `ended` with its last.
     func responseBody(_ body: ByteBuffer, ended: Bool) {
-        if body.readableBytes > 0, machine.responseBodyPart(now: context.eventLoop.now) {
-            responseBytes += body.readableBytes
-            context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(body))), promise: nil)
+        if body.readableBytes > 0 {
+            switch machine.responseBodyPart(bytes: body.readableBytes, now: context.eventLoop.now) {
+            case .write:
+                responseBytes += body.readableBytes
+                context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(body))), promise: nil)
+            case .discard:
+                break
+            case .abort(let why):
+                run(.abort(why))
+                return
+            }
         }
         guard ended else {
             context.flush()

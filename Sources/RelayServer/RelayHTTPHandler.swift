@@ -650,9 +650,13 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         for value in request.head.headers[canonicalForm: "connection"] {
             connectionOptions.insert(value.trimmingWhitespace().lowercased())
         }
+        let chunked = request.head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
+        // The sender's framing is the listener's: a length it declared goes with the request (a listener, or
+        // the target behind an edge, may not read chunked bodies); a chunked body stays unannounced.
         var headers = Self.joinedHeaders(request.head.headers) { name in
-            Self.hopByHopHeaders.contains(name) || Self.untrustedRequestHeaders.contains(name)
-                || connectionOptions.contains(name) || request.consumedHeaders.contains(name)
+            (Self.hopByHopHeaders.contains(name) && (name != "content-length" || chunked))
+                || Self.untrustedRequestHeaders.contains(name) || connectionOptions.contains(name)
+                || request.consumedHeaders.contains(name)
         }
         let via = "1.1 \(hub.policy.publicHost)"
         let viaName = headers.keys.first { $0.lowercased() == "via" } ?? "Via"
@@ -668,7 +672,6 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         headers["traceparent"] = span.traceContext.traceparent
         let trackingId = UUID().uuidString.lowercased()
         let key = hub.makeRendezvousKey(trackingId: trackingId)
-        let chunked = request.head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
         let declared = request.head.headers.first(name: "content-length").flatMap(Int.init) ?? 0
         let hasBody = chunked || declared > 0
         let command = RequestCommand(

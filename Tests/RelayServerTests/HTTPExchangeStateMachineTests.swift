@@ -78,8 +78,8 @@ import Testing
         _ = chunked.requestEnded(now: Self.start)
         let result1 = chunked.responseHead(wholeBody: false, now: Self.start)
         #expect(result1 == .chunked)
-        let result2 = chunked.responseBodyPart(now: Self.start)
-        #expect(result2)
+        let result2 = chunked.responseBodyPart(bytes: 1, now: Self.start)
+        #expect(result2 == .write)
         let result3 = chunked.responseEnded()
         #expect(result3 == .finish(keepAlive: true))
 
@@ -133,8 +133,39 @@ import Testing
         _ = after.responseHead(wholeBody: false, now: Self.start)
         let result12 = after.failed(gone)
         #expect(result12 == .abort("BadGateway: gone"))
-        let result13 = after.responseBodyPart(now: Self.start)
-        #expect(!result13)
+        let result13 = after.responseBodyPart(bytes: 1, now: Self.start)
+        #expect(result13 == .discard)
+    }
+
+    @Test func theListenersLengthIsKeptAndHeld() {
+        var declared = Self.exchange(.controlChannel)
+        _ = declared.requestEnded(now: Self.start)
+        #expect(
+            declared.responseHead(wholeBody: false, declaredLength: 10, now: Self.start)
+                == .declaredLength(remaining: 10))
+        #expect(declared.responseBodyPart(bytes: 6, now: Self.start) == .write)
+        #expect(declared.responseBodyPart(bytes: 4, now: Self.start) == .write)
+        #expect(declared.responseEnded() == .finish(keepAlive: true))
+
+        var short = Self.exchange(.controlChannel)
+        _ = short.requestEnded(now: Self.start)
+        _ = short.responseHead(wholeBody: false, declaredLength: 10, now: Self.start)
+        #expect(short.responseBodyPart(bytes: 4, now: Self.start) == .write)
+        #expect(short.responseEnded() == .finish(keepAlive: false), "the client waits for 6 more bytes: close")
+
+        var long = Self.exchange(.controlChannel)
+        _ = long.requestEnded(now: Self.start)
+        _ = long.responseHead(wholeBody: false, declaredLength: 3, now: Self.start)
+        if case .abort = long.responseBodyPart(bytes: 4, now: Self.start) {
+        } else {
+            Issue.record("a body past its Content-Length is cut")
+        }
+
+        var head = Self.exchange(.controlChannel)
+        _ = head.requestEnded(now: Self.start)
+        #expect(head.responseHead(wholeBody: true, declaredLength: 5000, bodiless: true, now: Self.start) == .bodiless)
+        #expect(head.responseBodyPart(bytes: 10, now: Self.start) == .discard)
+        #expect(head.responseEnded() == .finish(keepAlive: true))
     }
 
     @Test func deadlinesFollowProgress() {
@@ -155,7 +186,7 @@ import Testing
         var streaming = Self.exchange(.controlChannel)
         _ = streaming.requestEnded(now: Self.start)
         _ = streaming.responseHead(wholeBody: false, now: Self.start)
-        _ = streaming.responseBodyPart(now: Self.start + .seconds(50))
+        _ = streaming.responseBodyPart(bytes: 1, now: Self.start + .seconds(50))
         let result14 = streaming.deadlineCheck(now: Self.start + .seconds(60))
         #expect(result14 == .checkAgain(at: Self.start + .seconds(110)))
         let cut = streaming.deadlineCheck(now: Self.start + .seconds(110))

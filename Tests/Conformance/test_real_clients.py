@@ -1,0 +1,201 @@
+"""What clients nobody here wrote found (issue #28), each through real processes: HTTP framing that is the
+sender's end to end (Python's `http.server` and a WSGI app as `-H` targets read only `Content-Length` bodies),
+and the framing an SDK-shaped listener sees."""
+import hashlib
+import http.client
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import pytest
+
+import agents
+import hc
+from conftest import free_port
+from test_http_forward import start_http_edge
+
+
+class LengthOnlyHandler(BaseHTTPRequestHandler):
+    """Python's own server as many embedded ones behave: a body is `Content-Length` bytes or nothing. Answers
+    the body's hash and the framing it saw; `/big` answers 300,000 bytes with their length; HEAD says how long
+    GET's answer would be."""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def answer(self, body, with_body=True):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(body)
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        self.answer(json.dumps({
+            "sha256": hashlib.sha256(body).hexdigest(), "length": self.headers.get("Content-Length"),
+            "te": self.headers.get("Transfer-Encoding")}).encode())
+
+    def do_GET(self):
+        self.answer(b"x" * 300_000 if self.path.endswith("/big") else b"small")
+
+    def do_HEAD(self):
+        self.answer(b"x" * 300_000 if self.path.endswith("/big") else b"small", with_body=False)
+
+
+def wsgi_app(environ, start_response):
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length)
+    answer = hashlib.sha256(body).hexdigest().encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(answer)))])
+    return [answer]
+
+
+class QuietWSGIHandler(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def targets(tmp_path):
+    """A relay with anonymous senders on `py` and `wsgi`, an edge proxying them to Python's http.server and to a
+    wsgiref app."""
+    python_server = ThreadingHTTPServer(("127.0.0.1", 0), LengthOnlyHandler)
+    wsgi_server = make_server("127.0.0.1", 0, wsgi_app, handler_class=QuietWSGIHandler)
+    for server in (python_server, wsgi_server):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    relay = edge = None
+    try:
+        relay = agents.start_relay(tmp_path, ["py", "wsgi"], extra=["--anonymous-sender", "py",
+                                                                     "--anonymous-sender", "wsgi"])
+        edge = start_http_edge(tmp_path, relay, [
+            "py:http/127.0.0.1:%d" % python_server.server_address[1],
+            "wsgi:http/127.0.0.1:%d" % wsgi_server.server_address[1]])
+        yield relay
+    finally:
+        agents.stop_all(edge, relay)
+        python_server.shutdown()
+        wsgi_server.shutdown()
+
+
+def post(relay, path, body, headers=None):
+    connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=120)
+    try:
+        connection.request("POST", path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("size", [100, 300_000, 12_000_000])
+def test_a_length_framed_upload_reaches_servers_that_read_no_chunks(targets, size):
+    """A POST with Content-Length (small: the control channel; large: a rendezvous) reaches Python's
+    http.server and a WSGI app with that Content-Length, so they read the whole body: the hashes match."""
+    payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    digest = hashlib.sha256(payload).hexdigest()
+    response, body = post(targets, "/py/upload", payload)
+    assert response.status == 200, body[:300]
+    seen = json.loads(body)
+    assert seen == {"sha256": digest, "length": str(size), "te": None}, seen
+    assert response.getheader("Content-Length") == str(len(body)), "the target's length reaches the client"
+    response, body = post(targets, "/wsgi/upload", payload)
+    assert response.status == 200 and body.decode() == digest
+
+
+def test_chunked_stays_chunked_and_lengths_come_back(targets):
+    """A chunked upload reaches the target chunked (Python's server then reads no body: its rule, not ours);
+    a 300 KB answer with a length comes back with that length; HEAD answers the GET's length and no body."""
+    def chunks():
+        yield b"abc"
+        yield b"def"
+    response, body = post(targets, "/py/upload", chunks(), headers={"Transfer-Encoding": "chunked"})
+    assert response.status == 200
+    assert json.loads(body)["te"] == "chunked"
+
+    connection = http.client.HTTPConnection("127.0.0.1", targets.port, timeout=60)
+    connection.request("GET", "/py/big")
+    response = connection.getresponse()
+    data = response.read()
+    assert response.getheader("Content-Length") == "300000" and response.getheader("Transfer-Encoding") is None
+    assert data == b"x" * 300_000
+    connection.request("HEAD", "/py/big")
+    response = connection.getresponse()
+    assert response.status == 200 and response.getheader("Content-Length") == "300000"
+    assert response.read() == b""
+    # The connection is still in step: a HEAD left no body behind.
+    connection.request("GET", "/py/small")
+    response = connection.getresponse()
+    assert response.read() == b"small"
+    connection.close()
+
+    # HTTP/1.0: no chunks either way; the answer is delimited as the target delimited it.
+    with socket.create_connection(("127.0.0.1", targets.port), timeout=30) as sock:
+        sock.sendall(b"GET /py/small HTTP/1.0\r\nHost: x\r\n\r\n")
+        raw = hc.read_to_end(sock)
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert b"chunked" not in head.lower() and rest == b"small", raw[:300]
+
+
+def test_an_sdk_listener_sees_the_senders_content_length(tmp_path):
+    """The `request` message a listener reads carries the sender's Content-Length (Azure's requestHeaders do),
+    on the control channel and on a rendezvous."""
+    import asyncio
+    from websockets.asyncio.client import connect
+
+    relay = agents.start_relay(tmp_path, ["hc"], extra=["--anonymous-sender", "hc"])
+    seen = []
+
+    async def listener(ready):
+        token = hc.sas_token("http://127.0.0.1:%d/hc" % relay.port, agents.KEY_NAME, agents.KEY)
+        url = hc.listen_uri("ws://127.0.0.1:%d" % relay.port, "hc", token=token)
+        async with connect(url, max_size=None) as control:
+            ready.set()
+            while len(seen) < 2:
+                message = json.loads(await control.recv())
+                request = message["request"]
+                if "method" not in request:
+                    async with connect(request["address"], max_size=None) as rendezvous:
+                        request = json.loads(await rendezvous.recv())["request"]
+                        seen.append(request["requestHeaders"])
+                        while True:
+                            part = await rendezvous.recv()
+                            if isinstance(part, bytes):
+                                break
+                        await rendezvous.send(json.dumps({"response": {
+                            "requestId": request["id"], "statusCode": 200, "body": False}}))
+                    continue
+                seen.append(request["requestHeaders"])
+                if request.get("body"):
+                    await control.recv()
+                await control.send(json.dumps({"response": {
+                    "requestId": request["id"], "statusCode": 200, "body": False}}))
+
+    def run():
+        ready = asyncio.Event()
+
+        async def main():
+            task = asyncio.ensure_future(listener(ready))
+            await ready.wait()
+            await asyncio.get_running_loop().run_in_executor(None, send_both)
+            await asyncio.wait_for(task, 30)
+        asyncio.run(main())
+
+    def send_both():
+        time.sleep(0.3)
+        for size in (10, 200_000):
+            response, _ = post(relay, "/hc/x", b"a" * size)
+            assert response.status == 200
+
+    try:
+        run()
+    finally:
+        relay.stop()
+    lengths = [{k.lower(): v for k, v in headers.items()}.get("content-length") for headers in seen]
+    assert lengths == ["10", "200000"], seen
