@@ -64,7 +64,8 @@ final class HTTPForwardExchange {
     private var requestEndWritten = false
     private var timeout: Scheduled<Void>?
     private let started = ContinuousClock.now
-    private let span: HopSpan
+    private let startedAt = DefaultTracerClock.now
+    private var openedSpan: HopSpan?
     private var logger: Logger
     private var status = 0
     private var bytesUp = 0
@@ -88,12 +89,24 @@ final class HTTPForwardExchange {
             route: command.method == nil ? .rendezvous : .controlChannel, requestId: command.id)
         logger = forwarding.logger
         logger[metadataKey: "request_id"] = "\(command.id)"
+        // On the control channel the request's headers, and with them the relay's `traceparent`, are here;
+        // on a rendezvous they come with its request message, and the span waits for them.
+        if machine.route == .controlChannel { _ = span }
+    }
+
+    /// The exchange's `edge.http` span, started at the exchange's start once the request's headers are known,
+    /// so it continues the relay's `relay.http` span on either route (a failure before the rendezvous's request
+    /// message came starts it as it is).
+    private var span: HopSpan {
+        if let openedSpan { return openedSpan }
         let traceparent = command.requestHeaders?.first { $0.key.lowercased() == "traceparent" }?.value
-        span = forwarding.tracer.startSpan(
-            "edge.http", context: forwarding.tracer.context(traceparent: traceparent), ofKind: .client)
+        let span = forwarding.tracer.startSpan(
+            "edge.http", context: forwarding.tracer.context(traceparent: traceparent), ofKind: .client, at: startedAt)
         span.attributes["tunnel"] = forwarding.relayName
         span.attributes["target"] = forwarding.target.origin
         logger[metadataKey: "trace_id"] = "\(span.traceContext.traceID)"
+        openedSpan = span
+        return span
     }
 
     func start() {
@@ -277,6 +290,7 @@ final class HTTPForwardExchange {
         command = RequestCommand(
             address: command.address, id: command.id, requestTarget: request.requestTarget, method: request.method,
             remoteEndpoint: request.remoteEndpoint, requestHeaders: request.requestHeaders, body: request.body)
+        _ = span
         run(machine.requestMessage())
     }
 

@@ -217,8 +217,8 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
 
     private func renewToken(_ token: String) {
         do {
-            let expiry = try hub.policy.authorize(
-                entity: entity, token: token, right: .listen, requestHost: requestHost, now: Int64(hub.wallClock()))
+            let expiry = try hub.policy.authorizeListener(
+                entity: entity, token: token, requestHost: requestHost, now: hub.wallClock())
             machine.tokenRenewed(expiry: expiry)
             scheduleExpiry()
             hub.metrics.listenerEvent(role: .relay, entity: entity.name, event: .renew)

@@ -297,8 +297,14 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func listen(context: ChannelHandlerContext, head: HTTPRequestHead, request: HybridConnectionRequest) throws
     {
         let (entity, _) = try hub.policy.entity(for: request.path)
-        let expiry = try authorize(
-            entity: entity, token: token(head, queryToken: request.token)?.token, right: .listen, head: head)
+        let expiry: Int64?
+        do {
+            expiry = try hub.policy.authorizeListener(
+                entity: entity, token: token(head, queryToken: request.token)?.token, requestHost: hostHeader(head),
+                now: hub.wallClock())
+        } catch {
+            throw hub.authFailed(source: context.channel.remoteAddress?.ipAddress) ?? error
+        }
         let trackingId = request.id ?? UUID().uuidString.lowercased()
         let control = ListenerControlHandler(
             hub: hub, entity: entity, trackingId: trackingId, tokenExpiry: expiry, requestHost: hostHeader(head)

@@ -62,6 +62,8 @@ public struct RelayPolicy: Sendable {
     private let entra: (authority: EntraAuthority, configuration: EntraConfiguration)?
     /// Host names a token audience may name besides the request's own `Host`.
     public let publicHost: String
+    /// How long past its token's expiry a control channel stays open (`limits.tokenGraceSeconds`).
+    private let tokenGraceSeconds: Double
 
     public init(configuration: RelayConfiguration, entraAuthority: EntraAuthority? = nil) {
         resolver = EntityResolver(entityNames: configuration.hybridConnections.map(\.name))
@@ -70,6 +72,7 @@ public struct RelayPolicy: Sendable {
         self.entities = entities
         namespaceRules = configuration.namespaceRules
         validator = TokenValidator(clockSkew: Int64(configuration.limits.clockSkewSeconds))
+        tokenGraceSeconds = configuration.limits.tokenGraceSeconds
         publicHost = WebSocketURLHost.host(of: configuration.effectivePublicURL)
         entra = entraAuthority.flatMap { authority in configuration.entra.map { (authority, $0) } }
     }
@@ -117,6 +120,21 @@ public struct RelayPolicy: Sendable {
         entity: HybridConnectionConfiguration, token: String?, right: AccessRight, requestHost: String?, now: Int64
     ) throws(Refusal) -> Int64? {
         try authorize(entity: entity, token: token, anyOf: [right], requestHost: requestHost, now: now)
+    }
+
+    /// Checks a listener's token (on `listen` and on `renewToken`) with the window its control channel will be
+    /// held to: a token the channel's expiry timer would end within the second is refused as expired now
+    /// (401 `ExpiredToken` at the handshake), never admitted and closed at once, which a listener that
+    /// reconnects without backoff turns into a loop.
+    public func authorizeListener(
+        entity: HybridConnectionConfiguration, token: String?, requestHost: String?, now: Double
+    ) throws(Refusal) -> Int64? {
+        let expiry = try authorize(
+            entity: entity, token: token, anyOf: [.listen], requestHost: requestHost, now: Int64(now.rounded(.down)))
+        if let expiry, Double(expiry) + tokenGraceSeconds < now + 1 {
+            throw Refusal.from(TokenError.expired(expiry: expiry))
+        }
+        return expiry
     }
 
     /// Checks a token for any of `rights` (in order) on `entity`, decoding it once: the runtime-information

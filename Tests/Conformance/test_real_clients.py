@@ -199,3 +199,94 @@ def test_an_sdk_listener_sees_the_senders_content_length(tmp_path):
         relay.stop()
     lengths = [{k.lower(): v for k, v in headers.items()}.get("content-length") for headers in seen]
     assert lengths == ["10", "200000"], seen
+
+
+def spans_of(process, name):
+    return [json.loads(line) for line in process.log().splitlines()
+            if line.startswith("{") and '"message":"span"' in line and '"%s"' % name in line]
+
+
+@pytest.mark.parametrize("size", [100, 300_000], ids=["control-channel", "rendezvous"])
+def test_one_trace_per_http_request_on_either_route(tmp_path, size):
+    """A request on the control channel and one through a rendezvous (large body): the edge's `edge.http` span
+    is the child of the relay's `relay.http` span, both in the trace of the caller's `traceparent`."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), LengthOnlyHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    relay = edge = None
+    try:
+        relay = agents.start_relay(tmp_path, ["py"], extra=["--anonymous-sender", "py", "--log-format", "json"])
+        edge = start_http_edge(tmp_path, relay, ["py:http/127.0.0.1:%d" % server.server_address[1]],
+                               extra=["--log-format", "json"])
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e%04x" % (size % (1 << 16))
+        caller = "00-%s-00f067aa0ba902b7-01" % trace_id
+        response, _ = post(relay, "/py/upload", b"u" * size, headers={"traceparent": caller})
+        assert response.status == 200
+        agents.wait_until(lambda: spans_of(edge, "edge.http") and spans_of(relay, "relay.http"), timeout=10,
+                          what="both spans logged")
+        relay_span = spans_of(relay, "relay.http")[-1]
+        edge_span = spans_of(edge, "edge.http")[-1]
+        assert relay_span["trace_id"] == trace_id, relay_span
+        assert relay_span.get("parent_span_id") == "00f067aa0ba902b7", relay_span
+        assert edge_span["trace_id"] == trace_id, (edge_span, relay_span)
+        assert edge_span.get("parent_span_id") == relay_span["span_id"], (edge_span, relay_span)
+    finally:
+        agents.stop_all(edge, relay)
+        server.shutdown()
+
+
+RELAY_WITH_SHORT_GRACE = """listen: "127.0.0.1:{port}"
+namespaceRules:
+  - {{keyName: {key_name}, primaryKey: "{key}", rights: [Listen, Send]}}
+hybridConnections:
+  - name: hc
+limits:
+  tokenGraceSeconds: {grace}
+  clockSkewSeconds: 300
+  authFailureBurst: 100000
+  authFailuresPerSecond: 80000
+"""
+
+
+def listen_status(port, token):
+    """Status of a listener's upgrade, as an SDK sees it, and whether the socket then stayed open a moment."""
+    target = "/$hc/hc?sb-hc-action=listen&sb-hc-id=%s&sb-hc-token=%s" % (
+        "l1", hc.form_encode_plus(token))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                      % (target, port)).encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        return head.split(b"\r\n", 1)[0].decode(), head
+
+
+@pytest.mark.parametrize("grace,age", [(5, 100), (300, 300)], ids=["short-grace", "defaults-at-the-edge"])
+def test_a_token_the_relay_admits_it_does_not_close_at_once(tmp_path, grace, age):
+    """A listener token `age` seconds past `se` is inside the clock-skew window: today it is admitted and its
+    channel closed in the same second, and an SDK listener that reconnects without backoff loops. Admission
+    and expiry use one window: it is refused at the handshake with 401 ExpiredToken, every time, and no
+    listener ever registers."""
+    port = free_port()
+    relay = agents.start_relay_from_config(tmp_path, RELAY_WITH_SHORT_GRACE.format(
+        port=port, key_name=agents.KEY_NAME, key=agents.KEY, grace=grace))
+    try:
+        resource = "http://127.0.0.1:%d/hc" % port
+        # As the Node listener does: reconnect at once, for a second.
+        statuses = []
+        deadline = time.time() + 1
+        while time.time() < deadline:
+            token = hc.sas_token(resource, agents.KEY_NAME, agents.KEY, expiry=int(time.time()) - age)
+            status, head = listen_status(port, token)
+            statuses.append(status)
+        assert statuses and all(" 401 " in s + " " for s in statuses), set(statuses)
+        assert b"ExpiredToken" in head, head
+        assert "listener connected" not in relay.log()
+        # A token with life left still registers.
+        fresh = hc.sas_token(resource, agents.KEY_NAME, agents.KEY, ttl=600)
+        assert " 101 " in listen_status(port, fresh)[0] + " "
+    finally:
+        relay.stop()

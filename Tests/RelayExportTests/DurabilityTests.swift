@@ -77,7 +77,8 @@ import Testing
             ExportRecord(table: .metrics, columns: ["Name": .string("n\(index)"), "Value": .double(Double(index))])
         }
         await exporter.submit(contentsOf: records.map { .row($0) })
-        await exporter.shutdown(deadlineSeconds: 10)
+        // Returns once the queue is written: the deadline only bounds a loaded machine.
+        await exporter.shutdown(deadlineSeconds: 60)
         var names: [String] = []
         let files = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".ndjson.gz") }
         #expect(files.count > 1, "files rotate by size")
