@@ -351,7 +351,7 @@ extension ClientAgent {
             metrics.liveTunnels.remove(live)
             metrics.clientConnect(outcome: outcome, seconds: (ContinuousClock.now - started).seconds)
             metrics.tunnelClosed(role: .client, seconds: (ContinuousClock.now - started).seconds, cause: cause)
-            if let status { connectSpan.attributes["status"] = status }
+            if let status { connectSpan.attributes["http.response.status_code"] = status }
             connectSpan.setStatus(SpanStatus(code: .error, message: message))
             connectSpan.end()
             acceptSpan.attributes["close_cause"] = cause.label
@@ -398,7 +398,7 @@ extension ClientAgent {
                 metrics.clientConnect(
                     outcome: "connected", seconds: (ContinuousClock.now - started).seconds,
                     traceID: connectSpan.traceContext.traceID)
-                connectSpan.attributes["status"] = 101
+                connectSpan.attributes["http.response.status_code"] = 101
                 connectSpan.end()
                 logger.debug(
                     "sender connected", metadata: ["connect_ms": "\((ContinuousClock.now - started).milliseconds)"])

@@ -91,9 +91,6 @@ public enum OTLPEncoding {
         if let method = attributes["method"], attributes["http.request.method"] == nil {
             out.append(("http.request.method", .string(method)))
         }
-        if let status = attributes["status"].flatMap({ Int64($0) }), attributes["http.response.status_code"] == nil {
-            out.append(("http.response.status_code", .int(status)))
-        }
         return out
     }
 

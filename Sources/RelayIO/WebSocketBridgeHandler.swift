@@ -11,6 +11,9 @@ public struct BridgeLegStatistics: Sendable, Equatable {
     public var closeCode: Int?
     /// Why the leg was ended for a frame that broke RFC 6455, if it was.
     public var violation: String?
+    /// The peer's connection ended with no Close either way (a dropped socket, a killed process): the tunnel
+    /// was lost here, not closed. A peer that drops after the relay's Close was sent to it is not.
+    public var lost = false
 
     public init() {}
 }
@@ -210,6 +213,7 @@ public final class WebSocketBridgeHandler: ChannelDuplexHandler, RemovableChanne
         forwardPending()
         if state.channelInactive() {
             statistics.closeCode = state.closeCode
+            statistics.lost = state.closeState == .open && statistics.violation == nil
             onFinished(statistics)
         }
         if let partner {

@@ -63,6 +63,8 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The deadline of the current phase: request head and classification, HTTP body, or keep-alive idle.
     private var deadline: Scheduled<Void>?
     private var countedConnection = false
+    /// The trace of the request being handled, once it has a span: its refusal's log line names it.
+    private var requestTraceID: String?
     private var logger: Logger
     /// Taken once per connection: a reload's limits apply to connections that come after it.
     private let limits: RelayLimits
@@ -232,6 +234,7 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var metadata: Logger.Metadata = ["status": "\(refusal.status)", "reason": "\(refusal.reason)"]
         if let peer = context.channel.remoteAddress?.ipAddress { metadata["peer"] = "\(peer)" }
         if let entity { metadata["entity"] = "\(entity)" }
+        if let requestTraceID { metadata["trace_id"] = "\(requestTraceID)" }
         // What a flood produces once per connection is logged once a second, with the count of the rest.
         let suppressed = refusal.isFloodable ? hub.floodLogAllowance(refusal.reason) : 0
         if let suppressed {
@@ -342,12 +345,15 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             "relay.rendezvous", context: hub.tracer.context(traceparent: head.headers.first(name: "traceparent")),
             ofKind: .server)
         span.attributes["path"] = request.path
+        requestTraceID = span.traceContext.traceID
         // Metric labels take only configured entity names; an unknown path must not mint new series.
         let record = RendezvousRecord(span: span, entity: "unknown", arrived: .now(), metrics: hub.metrics)
         let listener: ListenerHandle
         let key: String
         let consumedHeaders: Set<String>
         let trackingId = request.id ?? UUID().uuidString.lowercased()
+        // The sender's own id, on refusals too: what its logs and the listener's name it by.
+        span.attributes["tracking_id"] = trackingId
         do {
             let (entity, _) = try hub.policy.entity(for: request.path)
             record.entity = entity.name
@@ -436,13 +442,13 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         waiting.record.finish(outcome: "accepted", status: 101)
         let bridgeSpan = hub.tracer.startSpan("relay.bridge", context: waiting.record.span.context, ofKind: .internal)
         bridgeSpan.attributes["entity"] = waiting.record.entity
-        collector.start(bridgeSpan)
+        let joined = NIODeadline.now()
+        collector.start(bridgeSpan, joined: joined)
         let active = metrics.activeTunnels(role: .relay)
         active.increment()
         let hub = self.hub
         hub.tunnelOpened()
         let upBytes = metrics.bytes(role: .relay, direction: .up)
-        let joined = NIODeadline.now()
         let logger = self.logger
         let listener = waiting.listener
         listener.tunnelOpened()
@@ -459,10 +465,6 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             metrics.liveTunnels.remove(live)
             active.decrement()
             hub.tunnelClosed()
-            metrics.tunnelClosed(
-                role: .relay, seconds: (NIODeadline.now() - joined).seconds,
-                cause: statistics.violation != nil
-                    ? .protocolError : .relayLeg(closeCode: statistics.closeCode))
             Self.logViolation(statistics, leg: "sender", logger: logger)
         }
         bridge.attach(partner: partner)
@@ -547,7 +549,7 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         let subprotocol = WebSocketHandshake.firstSubprotocol(head.headers)
         let downBytes = hub.metrics.bytes(role: .relay, direction: .down)
-        let collector = BridgeSpanCollector()
+        let collector = BridgeSpanCollector(metrics: hub.metrics)
         let logger = self.logger
         let live = LiveTunnel(id: key, entity: entity.name, traceID: "", peer: "", state: "joining")
         let bridge = WebSocketBridgeHandler(countBytes: {
@@ -672,6 +674,7 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             "relay.http", context: hub.tracer.context(traceparent: request.head.headers.first(name: "traceparent")),
             ofKind: .server)
         span.attributes["method"] = request.head.method.rawValue
+        requestTraceID = span.traceContext.traceID
         let record = HTTPExchangeRecord(span: span, entity: request.entity.name, metrics: hub.metrics)
         // The listener continues the trace from this hop, as on a tunnel's accept.
         for name in headers.keys where name.lowercased() == "traceparent" { headers[name] = nil }
@@ -731,6 +734,7 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.close(after: written)
         } else {
             state = .idle
+            requestTraceID = nil
             armIdleDeadline()
         }
     }

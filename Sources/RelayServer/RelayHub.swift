@@ -67,44 +67,72 @@ final class ListenerHandle: Sendable {
     }
 }
 
-/// The relay's bridge span: started when the legs join, ended when both legs have reported.
+/// The relay's side of one tunnel once joined: the bridge span, started when the legs join, and the tunnel's
+/// close cause, both decided when both legs have reported. A leg whose peer's connection ended with no Close
+/// either way makes the tunnel `connection_lost`, whichever leg it was (the other leg's peer then answers the
+/// relay's 1001, which is not how the tunnel ended); a broken rule makes it `protocol_error`; otherwise the
+/// first Close's code names it.
 final class BridgeSpanCollector: Sendable {
     private struct State {
         var span: HopSpan?
-        var bytesUp: Int?
-        var bytesDown: Int?
+        var joined: NIODeadline?
+        var sender: BridgeLegStatistics?
+        var listener: BridgeLegStatistics?
         var closeCode: Int?
     }
 
     private let state = NIOLockedValueBox(State())
+    private let metrics: RelayMetrics
 
-    func start(_ span: HopSpan) { finish { $0.span = span } }
+    init(metrics: RelayMetrics) { self.metrics = metrics }
+
+    func start(_ span: HopSpan, joined: NIODeadline) {
+        finish { state in
+            state.span = span
+            state.joined = joined
+        }
+    }
 
     func senderLegFinished(_ statistics: BridgeLegStatistics) {
         finish { state in
-            state.bytesUp = statistics.bytesIn
+            state.sender = statistics
             state.closeCode = state.closeCode ?? statistics.closeCode
         }
     }
 
     func listenerLegFinished(_ statistics: BridgeLegStatistics) {
         finish { state in
-            state.bytesDown = statistics.bytesIn
+            state.listener = statistics
             state.closeCode = state.closeCode ?? statistics.closeCode
         }
     }
 
     private func finish(_ update: (inout State) -> Void) {
-        let ready: (HopSpan, Int, Int, Int?)? = state.withLockedValue { state in
+        let ready: (State, HopSpan, BridgeLegStatistics, BridgeLegStatistics)? = state.withLockedValue { state in
             update(&state)
-            guard let span = state.span, let up = state.bytesUp, let down = state.bytesDown else { return nil }
+            guard let span = state.span, let sender = state.sender, let listener = state.listener else { return nil }
             state.span = nil
-            return (span, up, down, state.closeCode)
+            return (state, span, sender, listener)
         }
-        guard let (span, up, down, code) = ready else { return }
-        span.attributes["bytes_up"] = up
-        span.attributes["bytes_down"] = down
-        span.attributes["close_code"] = code.map { String($0) } ?? "none"
+        guard let (state, span, sender, listener) = ready else { return }
+        let cause: TunnelCloseCause
+        var failure: String?
+        if sender.lost || listener.lost {
+            cause = .relayLeg(closeCode: nil)
+            failure = "the \(sender.lost ? "sender" : "listener")'s connection ended without a Close"
+        } else if let violation = sender.violation ?? listener.violation {
+            cause = .protocolError
+            failure = violation
+        } else {
+            cause = .relayLeg(closeCode: state.closeCode)
+        }
+        metrics.tunnelClosed(
+            role: .relay, seconds: state.joined.map { (NIODeadline.now() - $0).seconds } ?? 0, cause: cause)
+        span.attributes["bytes_up"] = sender.bytesIn
+        span.attributes["bytes_down"] = listener.bytesIn
+        span.attributes["close_code"] = state.closeCode.map { String($0) } ?? "none"
+        span.attributes["close_cause"] = cause.label
+        if let failure { span.setStatus(SpanStatus(code: .error, message: failure)) }
         span.end()
     }
 }
@@ -138,7 +166,7 @@ final class HTTPExchangeRecord: @unchecked Sendable {
         metrics.httpRequest(
             entity: entity, status: status, seconds: (NIODeadline.now() - arrived).seconds,
             traceID: span.traceContext.traceID)
-        span.attributes["status"] = status
+        span.attributes["http.response.status_code"] = status
         span.attributes["bytes_down"] = responseBytes
         if let error { span.setStatus(SpanStatus(code: .error, message: error)) }
         span.end()
@@ -170,7 +198,7 @@ final class RendezvousRecord: @unchecked Sendable {
             entity: entity, outcome: outcome, status: status, seconds: seconds, traceID: span.traceContext.traceID)
         span.attributes["entity"] = entity
         span.attributes["outcome"] = outcome
-        span.attributes["status"] = status
+        span.attributes["http.response.status_code"] = status
         if let error { span.setStatus(SpanStatus(code: .error, message: error)) }
         span.end()
     }

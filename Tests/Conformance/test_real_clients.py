@@ -290,3 +290,71 @@ def test_a_token_the_relay_admits_it_does_not_close_at_once(tmp_path, grace, age
         assert " 101 " in listen_status(port, fresh)[0] + " "
     finally:
         relay.stop()
+
+
+def test_a_lost_leg_is_connection_lost_and_span_status_is_ok_or_error(tmp_path):
+    """A listener whose socket drops without a Close (a killed edge): the relay counts the tunnel as
+    `connection_lost`, not `close_1001` (the sender's answer to the relay's Going Away), and its relay.bridge
+    span has status error. Span `status` is ok/error only; the HTTP code is `http.response.status_code`.
+    A refused rendezvous keeps the sender's sb-hc-id and its log line carries the trace id."""
+    import asyncio
+    from websockets.asyncio.client import connect
+
+    metrics_port = free_port()
+    relay = agents.start_relay(tmp_path, ["hc"], extra=["--log-format", "json",
+                                                         "--metrics", "127.0.0.1:%d" % metrics_port])
+    base = "ws://127.0.0.1:%d" % relay.port
+    token = hc.sas_token("http://127.0.0.1:%d/hc" % relay.port, agents.KEY_NAME, agents.KEY)
+
+    async def run():
+        control = await connect(hc.listen_uri(base, "hc", token=token))
+        sender_task = asyncio.ensure_future(connect(base + "/$hc/hc?sb-hc-id=sender-42",
+                                                    additional_headers={"ServiceBusAuthorization": token}))
+        kind, accept = hc.parse_control(await asyncio.wait_for(control.recv(), 10))
+        # The rendezvous leg is a raw socket we can drop without a Close.
+        address = accept["address"]
+        host_port = address.split("://", 1)[1].split("/", 1)[0]
+        path = "/" + address.split("://", 1)[1].split("/", 1)[1]
+        host, port = host_port.rsplit(":", 1)
+        raw = socket.create_connection((host, int(port)))
+        raw.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                     % (path, host_port)).encode())
+        assert b" 101 " in raw.recv(4096)
+        sender = await sender_task
+        raw.close()  # no Close frame: the listener's connection is lost
+        try:
+            await asyncio.wait_for(sender.recv(), 5)
+        except Exception:
+            pass
+        await sender.close()
+        await control.close()
+        # A refused sender: an entity nobody listens on any more -> 404 with its id and trace in the log.
+        try:
+            await connect(base + "/$hc/hc?sb-hc-id=refused-7", additional_headers={
+                "ServiceBusAuthorization": token, "traceparent": "00-%s-00f067aa0ba902b7-01" % ("ab" * 16)})
+        except Exception:
+            pass
+
+    try:
+        asyncio.run(run())
+        agents.wait_until(lambda: agents.metric_value(metrics_port, "hyrelay_tunnels_closed_total", role="relay",
+                                                     cause="connection_lost") >= 1, timeout=10,
+                          what="the lost tunnel counted as connection_lost")
+        assert agents.metric_value(metrics_port, "hyrelay_tunnels_closed_total", role="relay", cause="close_1001") == 0
+        lines = [json.loads(line) for line in relay.log().splitlines() if line.startswith("{")]
+        spans = [line for line in lines if line.get("message") == "span"]
+        assert all(span["status"] in ("ok", "error") for span in spans), {span["status"] for span in spans}
+        bridge = [span for span in spans if span["span_name"] == "relay.bridge"]
+        assert bridge and bridge[-1]["status"] == "error" and bridge[-1]["close_cause"] == "connection_lost"
+        accepted = [span for span in spans if span["span_name"] == "relay.rendezvous"
+                    and span.get("http.response.status_code") == "101"]
+        assert accepted and accepted[0]["tracking_id"] == "sender-42"
+        refused = [span for span in spans if span["span_name"] == "relay.rendezvous"
+                   and span.get("tracking_id") == "refused-7"]
+        assert refused and refused[0]["status"] == "error" and refused[0]["http.response.status_code"] == "404"
+        refusal_lines = [line for line in lines if line.get("message", "").startswith("refused request")
+                         and line.get("trace_id") == "ab" * 16]
+        assert refusal_lines, [line for line in lines if "refused" in line.get("message", "")]
+    finally:
+        relay.stop()

@@ -281,7 +281,7 @@ def test_http_mode_requests_have_a_span_metrics_and_carry_the_trace_on(tmp_path)
         assert values['hyrelay_transferred_bytes_total{role="relay",direction="up"}'] == 1000
         assert values['hyrelay_transferred_bytes_total{role="relay",direction="down"}'] == 5000
         spans = [json.loads(line) for line in relay.log().splitlines() if '"relay.http"' in line]
-        ok = next(s for s in spans if s.get("status") == "201")
+        ok = next(s for s in spans if s.get("http.response.status_code") == "201")
         assert ok["trace_id"] == trace_id and ok["span_id"] == forwarded_parent
         assert ok["bytes_up"] == "1000" and ok["bytes_down"] == "5000" and ok["entity"] == "web"
     finally:
