@@ -96,11 +96,18 @@ public final class AzureHTTP: Sendable {
         } else if lower.hasPrefix("http://") {
             rest = lower.dropFirst(7)
         } else {
-            throw .invalidURL(url, reason: "expected an https:// URL")
+            throw .invalidURL(RedactedURL.text(url), reason: "expected an https:// URL")
         }
         let shown = RedactedURL.text(url)
         let host = hostPart(rest)
         guard !host.isEmpty else { throw .invalidURL(shown, reason: "no host") }
+        // After the host only `:port` may follow (`http://[::1]evil/` names no host a client agrees on).
+        var afterHost = authority(rest)
+        if let at = afterHost.lastIndex(of: "@") { afterHost = afterHost[afterHost.index(after: at)...] }
+        let tail = afterHost.dropFirst(host.count)
+        guard tail.isEmpty || (tail.first == ":" && tail.dropFirst().allSatisfy { $0.isASCII && $0.isNumber }) else {
+            throw .invalidURL(shown, reason: "'\(tail)' after the host is not a port")
+        }
         if lower.hasPrefix("http://") {
             let loopback = host == "localhost" || host == "[::1]" || ipv4(host)?.first == 127
             let linkLocal = ipv4(host).map { $0[0] == 169 && $0[1] == 254 } ?? false

@@ -31,6 +31,17 @@ public struct AcceptCommand: Codable, Equatable, Sendable {
 }
 
 extension AcceptCommand {
+    /// The bytes of this command as an `accept` message, from above, without encoding it (as
+    /// `RequestCommand.encodedSizeBound`).
+    public var encodedSizeBound: Int {
+        var size = 96 + JSONText.encodedLength(address) + JSONText.encodedLength(id)
+        if let remoteEndpoint { size += 48 + JSONText.encodedLength(remoteEndpoint.address) }
+        for (name, value) in connectHeaders {
+            size += JSONText.encodedLength(name) + JSONText.encodedLength(value) + 2
+        }
+        return size
+    }
+
     /// `{"accept":{…}}` as `ControlMessage.encoded()` writes it, keys sorted.
     var encodedMessage: String {
         var out = #"{"accept":{"address":"#

@@ -19,26 +19,35 @@ enum HTTPForwardRewrite {
     }
 
     /// `path` (and its query, untouched) with dot-segments resolved (RFC 3986 §5.2.4) after percent-encoded
-    /// unreserved characters are decoded (`%2e` is `.`), so what the target resolves is what was checked.
-    /// Refused: encoded slashes and backslashes (a target may decode them into separators), and `..` that
-    /// climbs above the start, which with a prefix means out of it. A segment is a dot-segment also when
-    /// parameters follow it (`..;x`), as some servers read it.
+    /// unreserved characters are decoded (`%2e` is `.`), so what the target resolves is what was checked. Read as
+    /// bytes, not characters (a combining mark cannot hide a `..`). Refused: what a target might decode into a
+    /// separator or a dot later (an encoded slash or backslash, a `%` not followed by two hex digits, as in
+    /// `%%32%65`), a raw backslash, `#`, control or non-ASCII byte in the path, and a `..` that climbs above the
+    /// start, which with a prefix means out of it. A segment is a dot-segment also when parameters follow it
+    /// (`..;x`), as some servers read it.
     static func confined(_ path: String) throws(PathEscape) -> String {
-        let query = path.firstIndex(of: "?").map { path[$0...] } ?? ""
-        let decoded = decodingUnreserved(path.prefix(while: { $0 != "?" }))
-        let lowered = decoded.lowercased()
-        guard !lowered.contains("%2f"), !lowered.contains("%5c"), !decoded.contains("\\") else {
-            throw PathEscape(reason: "the path holds an encoded slash or a backslash")
+        let bytes = Array(path.utf8)
+        let queryStart = bytes.firstIndex(of: UInt8(ascii: "?")) ?? bytes.count
+        let raw = bytes[..<queryStart]
+        guard !bytes.contains(UInt8(ascii: "#")) else { throw PathEscape(reason: "the path holds a '#'") }
+        guard !raw.contains(where: { $0 < 0x21 || $0 >= 0x7F || $0 == UInt8(ascii: "\\") }) else {
+            throw PathEscape(reason: "the path holds a backslash, a control character or a raw non-ASCII byte")
         }
-        var kept: [Substring] = []
-        let segments = decoded.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        guard let decoded = decodingUnreserved(raw) else {
+            throw PathEscape(reason: "the path holds a '%' that is not followed by two hex digits")
+        }
+        let lowered = decoded.map { $0 | 0x20 }
+        for escape in ["%2f", "%5c"] where lowered.firstRange(of: Array(escape.utf8)) != nil {
+            throw PathEscape(reason: "the path holds an encoded slash or backslash")
+        }
+        var kept: [ArraySlice<UInt8>] = []
         var trailingSlash = false
-        for segment in segments {
-            let bare = segment.prefix { $0 != ";" }
+        for segment in decoded.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).dropFirst() {
+            let bare = segment.prefix { $0 != UInt8(ascii: ";") }
             trailingSlash = false
-            if bare == "." {
+            if bare.elementsEqual([UInt8(ascii: ".")]) {
                 trailingSlash = true
-            } else if bare == ".." {
+            } else if bare.elementsEqual([UInt8(ascii: "."), UInt8(ascii: ".")]) {
                 guard !kept.isEmpty else { throw PathEscape(reason: "the path climbs above the target's path prefix") }
                 kept.removeLast()
                 trailingSlash = true
@@ -46,17 +55,21 @@ enum HTTPForwardRewrite {
                 kept.append(segment)
             }
         }
-        var result = "/" + kept.joined(separator: "/")
-        if trailingSlash && result != "/" { result += "/" }
-        return result + query
+        var result: [UInt8] = [UInt8(ascii: "/")]
+        for (index, segment) in kept.enumerated() {
+            if index > 0 { result.append(UInt8(ascii: "/")) }
+            result += segment
+        }
+        if trailingSlash && result.count > 1 { result.append(UInt8(ascii: "/")) }
+        result += bytes[queryStart...]
+        return String(decoding: result, as: UTF8.self)
     }
 
-    /// Percent-encoded unreserved characters (ALPHA, DIGIT, `-`, `.`, `_`, `~`) decoded; every other escape kept.
-    static func decodingUnreserved(_ text: Substring) -> String {
+    /// Percent-encoded unreserved characters (ALPHA, DIGIT, `-`, `.`, `_`, `~`) decoded, every other escape kept;
+    /// nil when a `%` is not followed by two hex digits.
+    static func decodingUnreserved(_ bytes: ArraySlice<UInt8>) -> [UInt8]? {
         var out: [UInt8] = []
-        out.reserveCapacity(text.utf8.count)
-        let bytes = Array(text.utf8)
-        var index = 0
+        out.reserveCapacity(bytes.count)
         func hex(_ byte: UInt8) -> UInt8? {
             switch byte {
             case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
@@ -65,27 +78,32 @@ enum HTTPForwardRewrite {
             default: return nil
             }
         }
-        while index < bytes.count {
-            if bytes[index] == UInt8(ascii: "%"), index + 2 < bytes.count, let high = hex(bytes[index + 1]),
-                let low = hex(bytes[index + 2])
-            {
-                let value = high << 4 | low
-                let unreserved =
-                    (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(value)
-                    || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(value)
-                    || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(value)
-                    || value == UInt8(ascii: "-") || value == UInt8(ascii: ".") || value == UInt8(ascii: "_")
-                    || value == UInt8(ascii: "~")
-                if unreserved {
-                    out.append(value)
-                    index += 3
-                    continue
-                }
+        var index = bytes.startIndex
+        while index < bytes.endIndex {
+            let byte = bytes[index]
+            guard byte == UInt8(ascii: "%") else {
+                out.append(byte)
+                index += 1
+                continue
             }
-            out.append(bytes[index])
-            index += 1
+            guard index + 2 < bytes.endIndex, let high = hex(bytes[index + 1]), let low = hex(bytes[index + 2]) else {
+                return nil
+            }
+            let value = high << 4 | low
+            let unreserved =
+                (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(value)
+                || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(value)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(value)
+                || value == UInt8(ascii: "-") || value == UInt8(ascii: ".") || value == UInt8(ascii: "_")
+                || value == UInt8(ascii: "~")
+            if unreserved {
+                out.append(value)
+            } else {
+                out += bytes[index...(index + 2)]
+            }
+            index += 3
         }
-        return String(decoding: out, as: UTF8.self)
+        return out
     }
 
     /// How the request's body reaches the target.

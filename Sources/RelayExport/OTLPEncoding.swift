@@ -64,12 +64,12 @@ public enum OTLPEncoding {
 
     /// Our hop attributes plus their OpenTelemetry semantic-convention names: `peer` → `client.address` and
     /// `client.port`, `target` → `server.address` and `server.port`, `method` → `http.request.method`,
-    /// numeric `status` → `http.response.status_code`, byte counts as integers.
+    /// byte counts and `http.response.status_code` as integers.
     static func spanAttributes(_ attributes: [String: String]) -> [(String, AttributeValue)] {
         var out: [(String, AttributeValue)] = []
         for key in attributes.keys.sorted() {
             let value = attributes[key]!
-            if key.hasPrefix("bytes_"), let number = Int64(value) {
+            if key.hasPrefix("bytes_") || key == "http.response.status_code", let number = Int64(value) {
                 out.append((key, .int(number)))
             } else {
                 out.append((key, .string(value)))

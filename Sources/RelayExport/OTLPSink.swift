@@ -151,7 +151,7 @@ public struct OTLPConfiguration: Sendable, Equatable {
         guard lower.hasPrefix("http://") || lower.hasPrefix("https://"),
             url.split(separator: "/", omittingEmptySubsequences: false).count >= 3,
             !url.split(separator: "/", omittingEmptySubsequences: false)[2].isEmpty
-        else { throw .configuration("OTLP endpoint '\(url)' is not an http:// or https:// URL") }
+        else { throw .configuration("OTLP endpoint '\(RedactedURL.text(url))' is not an http:// or https:// URL") }
     }
 }
 

@@ -350,17 +350,38 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let record = RendezvousRecord(span: span, entity: "unknown", arrived: .now(), metrics: hub.metrics)
         let listener: ListenerHandle
         let key: String
-        let consumedHeaders: Set<String>
+        let accept: AcceptCommand
         let trackingId = request.id ?? UUID().uuidString.lowercased()
         // The sender's own id, on refusals too: what its logs and the listener's name it by.
         span.attributes["tracking_id"] = trackingId
-        do {
+        do throws(Refusal) {
             let (entity, _) = try hub.policy.entity(for: request.path)
             record.entity = entity.name
             let found = token(head, queryToken: request.token)
             _ = try authorize(entity: entity, token: found?.token, right: .send, head: head)
-            consumedHeaders = RelayPolicy.consumedHeaders(entity: entity, source: found?.source)
+            let consumedHeaders = RelayPolicy.consumedHeaders(entity: entity, source: found?.source)
             key = hub.makeRendezvousKey(trackingId: trackingId)
+            // The listener continues the trace from this hop, so the relay's span is its parent.
+            var connectHeaders = Self.joinedHeaders(head.headers) {
+                consumedHeaders.contains($0) || $0 == "proxy-authorization"
+            }
+            for name in connectHeaders.keys where name.lowercased() == "traceparent" { connectHeaders[name] = nil }
+            connectHeaders["traceparent"] = span.traceContext.traceparent
+            accept = AcceptCommand(
+                address: hub.rendezvousAddress(
+                    rawPath: request.target.rawPath, applicationQuery: request.target.applicationQuery,
+                    action: .accept, key: key),
+                id: trackingId, connectHeaders: connectHeaders, remoteEndpoint: remoteEndpoint(context))
+            // Measured as the listener reads it, in JSON, before any listener is chosen: a head that would not
+            // fit one control message is refused alone, never sent to close the channel every tunnel shares.
+            let messageBytes = accept.encodedSizeBound
+            guard messageBytes <= Self.maxRequestMessageBytes else {
+                throw Refusal(
+                    status: 431,
+                    text:
+                        "RequestHeaderFieldsTooLarge: The sender's headers take \(messageBytes) bytes as an accept message; the most a listener takes is \(Self.maxRequestMessageBytes)",
+                    reason: "request_head_too_large")
+            }
             let pending = PendingSender(handler: NIOLoopBound(self, eventLoop: context.eventLoop), entity: entity.name)
             listener = try hub.dispatch(
                 entity: entity.name, key: key, pending: .webSocket(pending), pinning: Self.pinning(head.headers))
@@ -384,15 +405,6 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         state = .awaitingRendezvous
         waitingSender = WaitingSender(
             key: key, trackingId: trackingId, head: head, timeout: timeout, record: record, listener: listener)
-        // The listener continues the trace from this hop, so the relay's span is its parent.
-        var connectHeaders = Self.joinedHeaders(head.headers) { consumedHeaders.contains($0) }
-        for name in connectHeaders.keys where name.lowercased() == "traceparent" { connectHeaders[name] = nil }
-        connectHeaders["traceparent"] = span.traceContext.traceparent
-        let accept = AcceptCommand(
-            address: hub.rendezvousAddress(
-                rawPath: request.target.rawPath, applicationQuery: request.target.applicationQuery, action: .accept,
-                key: key),
-            id: trackingId, connectHeaders: connectHeaders, remoteEndpoint: remoteEndpoint(context))
         logger.info(
             "sender waiting for rendezvous",
             metadata: [
@@ -541,8 +553,15 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             throw Refusal(status: 404, text: RelayErrorText.rendezvousNotFound, reason: "no_rendezvous")
         }
         let senderHandler = sender.handler
-        if let status = request.statusCode {
-            let description = request.statusDescription
+        if let requested = request.statusCode {
+            // A rejection is an error answer: a 1xx or 2xx as the sender's final response would read as an upgrade
+            // or a success that never carried a tunnel (a 101 switches a proxy in front of the relay into
+            // tunnelling). Those become 502, with the listener's code in the text.
+            let status = (300...599).contains(requested) ? requested : 502
+            let description =
+                status == requested
+                ? request.statusDescription
+                : "BadGateway: The listener rejected the connection with status \(requested)"
             senderHandler.eventLoop.execute { senderHandler.value.rejected(status: status, description: description) }
             respond(context: context, status: 410, reason: "Gone: the sender was rejected with \(status)", close: true)
             return

@@ -150,6 +150,12 @@ public final class RelayServer: Sendable {
                     "the new configuration removes every hybrid connection (\(running.hybridConnections.count)); configuration not reloaded: restart to replace them all"
             )
         }
+        if !running.namespaceRules.isEmpty && configuration.namespaceRules.isEmpty {
+            throw ConfigurationError(
+                description:
+                    "the new configuration removes every namespace rule (\(running.namespaceRules.count)); configuration not reloaded: restart to remove them all"
+            )
+        }
         let context = try Self.loadTLS(configuration)
         tlsContext.withLockedValue { $0 = context }
         return hub.apply(configuration)

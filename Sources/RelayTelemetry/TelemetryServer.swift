@@ -18,9 +18,11 @@ public final class TelemetryServer: Sendable {
         public static let defaultMaxConnections = 64
         public static let defaultIdleTimeoutSeconds: Double = 10
 
-        /// Connections held at once; more are closed as they arrive, and counted.
+        /// Connections held at once; more are closed as they arrive, and counted. One source address may hold a
+        /// quarter of them (at least 4), so one client cannot take every slot from the probes and the scraper.
         public var maxConnections: Int
-        /// A connection that sends nothing for this long is closed.
+        /// A connection gets this long from its accept, and from each answer, to send a whole request; then it
+        /// is closed, however slowly it was sending (a byte every few seconds does not keep it).
         public var idleTimeout: TimeAmount
         /// When set, every path but `/healthz` and `/readyz` wants `Authorization: Bearer <token>`.
         public var bearerToken: String?
@@ -47,18 +49,20 @@ public final class TelemetryServer: Sendable {
         logger: Logger
     ) async throws -> TelemetryServer {
         let inspection = Inspection(tunnels: metrics.liveTunnels, listeners: listeners)
-        let open = InFlightWork()
+        let slots = SidePortSlots(
+            maxConnections: access.maxConnections, maxPerSource: max(4, access.maxConnections / 4))
         let throttle = NIOLockedValueBox(LogThrottle(interval: 1))
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    guard open.count < access.maxConnections else {
+                    let source = channel.remoteAddress?.ipAddress ?? "?"
+                    guard slots.take(source: source) else {
                         metrics.sidePortRefused(reason: "connection_limit")
                         let now = Double(NIODeadline.now().uptimeNanoseconds) / 1e9
                         if let suppressed = throttle.withLockedValue({ $0.shouldLog("limit", now: now) }) {
                             logger.warning(
-                                "metrics connection refused: the side port holds its most connections (--metrics-max-connections \(access.maxConnections))",
+                                "metrics connection refused: the side port holds its most connections (--metrics-max-connections \(access.maxConnections), a quarter of them per source address)",
                                 metadata: [
                                     "peer": "\(channel.remoteAddress?.ipAddress ?? "?")", "suppressed": "\(suppressed)",
                                 ])
@@ -66,15 +70,12 @@ public final class TelemetryServer: Sendable {
                         channel.close(promise: nil)
                         return
                     }
-                    open.add(1)
-                    channel.closeFuture.whenComplete { _ in open.add(-1) }
-                    try channel.pipeline.syncOperations.addHandler(
-                        IdleStateHandler(readTimeout: access.idleTimeout))
+                    channel.closeFuture.whenComplete { _ in slots.give(source: source) }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(
                         TelemetryHTTPHandler(
                             metrics: metrics, readiness: readiness, inspection: inspection,
-                            bearerToken: access.bearerToken))
+                            bearerToken: access.bearerToken, requestTimeout: access.idleTimeout))
                 }
             }
             .bindGuarded(
@@ -94,35 +95,45 @@ final class TelemetryHTTPHandler: ChannelInboundHandler {
     private let metrics: RelayMetrics
     private let readiness: TelemetryServer.Readiness
     private let inspection: Inspection
-    private let expectedAuthorization: [UInt8]?
+    private let expectedToken: [UInt8]?
+    private let requestTimeout: TimeAmount
+    private var deadline: Scheduled<Void>?
     private var head: HTTPRequestHead?
 
     init(
         metrics: RelayMetrics, readiness: @escaping TelemetryServer.Readiness, inspection: Inspection,
-        bearerToken: String? = nil
+        bearerToken: String? = nil, requestTimeout: TimeAmount = .seconds(10)
     ) {
         self.metrics = metrics
         self.readiness = readiness
         self.inspection = inspection
-        expectedAuthorization = bearerToken.map { Array("Bearer \($0)".utf8) }
+        self.requestTimeout = requestTimeout
+        expectedToken = bearerToken.map { Array($0.utf8) }
     }
 
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
+    func handlerAdded(context: ChannelHandlerContext) { armDeadline(context: context) }
+
+    func handlerRemoved(context: ChannelHandlerContext) { deadline?.cancel() }
+
+    /// From now, the connection has `requestTimeout` to send a whole request.
+    private func armDeadline(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = context.eventLoop.assumeIsolated().scheduleTask(in: requestTimeout) { context.close(promise: nil) }
     }
 
     /// Whether the request may see `path`: always for the probes, else with the bearer token when one is set
-    /// (compared in constant time).
+    /// (the scheme in any case, as RFC 9110 §11.1 has it; the token compared in constant time).
     private func authorized(_ head: HTTPRequestHead, path: String) -> Bool {
-        guard let expectedAuthorization, path != "/healthz", path != "/readyz" else { return true }
-        let given = Array((head.headers.first(name: "authorization") ?? "").utf8)
-        guard given.count == expectedAuthorization.count else { return false }
+        guard let expectedToken, path != "/healthz", path != "/readyz" else { return true }
+        let given = head.headers.first(name: "authorization") ?? ""
+        let scheme = "bearer "
+        guard given.utf8.count > scheme.utf8.count, given.prefix(scheme.count).lowercased() == scheme else {
+            return false
+        }
+        let token = Array(given.utf8.dropFirst(scheme.utf8.count))
+        guard token.count == expectedToken.count else { return false }
         var difference: UInt8 = 0
-        for (a, b) in zip(given, expectedAuthorization) { difference |= a ^ b }
+        for (a, b) in zip(token, expectedToken) { difference |= a ^ b }
         return difference == 0
     }
 
@@ -200,9 +211,45 @@ final class TelemetryHTTPHandler: ChannelInboundHandler {
             promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-        if !head.isKeepAlive { context.close(promise: nil) }
+        if head.isKeepAlive { armDeadline(context: context) } else { context.close(promise: nil) }
     }
 }
 
 @available(*, unavailable)
 extension TelemetryHTTPHandler: Sendable {}
+
+/// The side port's connection slots: at most `maxConnections` in all and `maxPerSource` per source address,
+/// taken and given back under one lock (connections arrive on every event loop at once).
+final class SidePortSlots: Sendable {
+    private struct State {
+        var total = 0
+        var perSource: [String: Int] = [:]
+    }
+
+    private let state = NIOLockedValueBox(State())
+    let maxConnections: Int
+    let maxPerSource: Int
+
+    init(maxConnections: Int, maxPerSource: Int) {
+        self.maxConnections = maxConnections
+        self.maxPerSource = maxPerSource
+    }
+
+    /// Takes a slot for a connection from `source`; false when none is left for it.
+    func take(source: String) -> Bool {
+        state.withLockedValue { state in
+            guard state.total < maxConnections, state.perSource[source, default: 0] < maxPerSource else { return false }
+            state.total += 1
+            state.perSource[source, default: 0] += 1
+            return true
+        }
+    }
+
+    func give(source: String) {
+        state.withLockedValue { state in
+            state.total -= 1
+            let left = state.perSource[source, default: 1] - 1
+            state.perSource[source] = left > 0 ? left : nil
+        }
+    }
+}

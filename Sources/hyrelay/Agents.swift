@@ -46,8 +46,11 @@ struct AgentOptions: ParsableArguments {
     @Option(name: .customLong("key-file"), help: "File holding the SAS key (one line), instead of -k.")
     var keyFile: String?
 
-    /// The SAS key from `-k`, `--key-file` or `HYRELAY_SAS_KEY`, in that order.
+    /// The SAS key from `-k`, `--key-file` or `HYRELAY_SAS_KEY` (`-k` and `--key-file` together are refused).
     func sharedAccessKey() throws -> String? {
+        if key != nil && keyFile != nil {
+            throw ValidationError("give the SAS key with -k or with --key-file, not both")
+        }
         if let key { return key }
         if let keyFile {
             let text: String

@@ -220,6 +220,16 @@ struct Relay: AsyncParsableCommand {
             return (server, side)
         }
         try await serveUntilTerminated(server, grace: grace, session: session, side: side, logger: logger) {
+            if let config {
+                // A file still being written changes under us: read it twice, 200 ms apart.
+                let first = try? String(contentsOfFile: config, encoding: .utf8)
+                try await Task.sleep(for: .milliseconds(200))
+                guard first == (try? String(contentsOfFile: config, encoding: .utf8)) else {
+                    throw ValidationError(
+                        "--config '\(config)' changed while it was read (still being written?); configuration not reloaded: send SIGHUP again once it is written"
+                    )
+                }
+            }
             let (added, removed) = try server.reload(try makeConfiguration(reloading: true))
             return [
                 "hybrid_connections_added": "\(added.joined(separator: ","))",

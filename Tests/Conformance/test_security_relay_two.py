@@ -885,3 +885,103 @@ def test_a_half_written_configuration_is_not_reloaded(tmp_path):
         assert listens(relay, "three") == 101 and listens(relay, "one") == 101 and listens(relay, "two") == 101
     finally:
         relay.stop()
+
+
+# Found in review: the same holes on the other roads to them.
+
+def test_a_sender_header_of_quotes_does_not_close_a_tunnel_listeners_channel(tmp_path):
+    """Point 4 on the WebSocket road: a sender whose header is 32,300 `"` (within the 32 KiB head budget, over
+    64 KiB as an `accept` message) is refused alone with 431; the listener's control channel stays, and a tunnel
+    works on it afterwards."""
+    relay = Relay(tmp_path)
+    try:
+        async def run():
+            control = await open_listener(relay, "hyco")
+            loop = asyncio.get_running_loop()
+            head = ("GET /$hc/hyco HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                    "ServiceBusAuthorization: %s\r\nX-Q: %s\r\n\r\n"
+                    % (sas_headers(relay, "hyco")["ServiceBusAuthorization"], '"' * 32300))
+            assert len(head) < 32768, "within the relay's head budget"
+            status = await loop.run_in_executor(None, lambda: status_line(relay.host, relay.port, head.encode()))
+            assert status.startswith(b"HTTP/1.1 431 "), status
+            # No accept of 64 KiB+ ever reached the listener (an edge closes its channel with 1009 on one).
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(control.recv(), 1)
+            # The channel is still open: nothing arrived on it and it answers a tunnel.
+            sender_task = asyncio.ensure_future(connect("%s/$hc/hyco" % relay.ws,
+                                                        additional_headers=sas_headers(relay, "hyco")))
+            _, accept = await next_control(control)
+            rendezvous = await connect(accept["address"])
+            sender = await sender_task
+            await sender.send(b"still here")
+            assert await rendezvous.recv() == b"still here"
+            for ws in (sender, rendezvous, control):
+                await ws.close()
+        asyncio.run(asyncio.wait_for(run(), 30))
+    finally:
+        relay.stop()
+
+
+def test_a_listener_rejecting_with_101_gives_the_sender_502(tmp_path):
+    """Point 8 on the reject road: `sb-hc-statusCode=101` (or 200) must not reach the sender as its final answer."""
+    relay = Relay(tmp_path)
+    try:
+        async def run():
+            control = await open_listener(relay, "open")
+            loop = asyncio.get_running_loop()
+            answers = []
+            for code in (101, 200, 302):
+                head = ("GET /$hc/open HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                sender = loop.run_in_executor(
+                    None, lambda: status_line(relay.host, relay.port, head.encode()).decode(errors="replace"))
+                _, accept = await next_control(control)
+                target = accept["address"].split(str(relay.port), 1)[1]
+                reject = await loop.run_in_executor(None, lambda: hc.RawWebSocket(
+                    relay.host, relay.port, target + "&sb-hc-statusCode=%d&sb-hc-statusDescription=x" % code))
+                reject.close()
+                answers.append(await sender)
+            await control.close()
+            return answers
+        answers = asyncio.run(asyncio.wait_for(run(), 30))
+        assert " 502 " in answers[0] + " " and " 502 " in answers[1] + " ", answers
+        assert " 302 " in answers[2] + " ", answers
+    finally:
+        relay.stop()
+
+
+def test_a_metrics_connection_dripping_bytes_is_closed_on_time(tmp_path):
+    """A byte every 0.5 s does not keep a side-port connection: it has the idle timeout from its accept to send
+    a whole request. And one address cannot take every slot: a probe from another address still gets in."""
+    relay = Relay(tmp_path, extra=["--metrics-idle-timeout", "2", "--metrics-max-connections", "16"])
+    drips = []
+    try:
+        for _ in range(8):
+            drips.append(socket.create_connection(("127.0.0.1", relay.metrics_port), timeout=10))
+        started = time.time()
+        closed = set()
+        while time.time() - started < 6 and len(closed) < len(drips):
+            for index, sock in enumerate(drips):
+                if index in closed:
+                    continue
+                try:
+                    sock.sendall(b"G")
+                except OSError:
+                    closed.add(index)
+            time.sleep(0.5)
+        assert len(closed) == len(drips), "%d of %d dripping connections still open after %.1f s" % (
+            len(drips) - len(closed), len(drips), time.time() - started)
+        # 16 slots, a quarter per address: 127.0.0.1 holds 4 at most, 127.0.0.2 still gets its answer.
+        hogs = [socket.create_connection(("127.0.0.1", relay.metrics_port), timeout=10) for _ in range(10)]
+        probe = socket.create_connection(("127.0.0.1", relay.metrics_port), timeout=10,
+                                         source_address=("127.0.0.2", 0))
+        probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert b" 200 " in probe.recv(4096)
+        probe.close()
+        for sock in hogs:
+            sock.close()
+    finally:
+        for sock in drips:
+            sock.close()
+        relay.stop()

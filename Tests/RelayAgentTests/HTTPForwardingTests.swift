@@ -166,7 +166,8 @@ import Testing
 
     @Test(arguments: [
         "/../secret.txt", "/%2e%2e/secret.txt", "/..%2fsecret.txt", "/.%2e/secret.txt", "/a/../../secret",
-        "/..%5csecret", "/..\\secret", "/..;x/secret", "/%2E%2E", "/x/%2F..",
+        "/..%5csecret", "/..\\secret", "/..;x/secret", "/%2E%2E", "/x/%2F..", "/%%32%65%%32%65/secret",
+        "/%%32%45/x", "/..#", "/a?b#..", "/..;\u{301}/secret", "/caf\u{e9}/../../x", "/%zz", "/a%2",
     ])
     func pathsThatLeaveThePrefixAreRefused(path: String) {
         #expect(throws: HTTPForwardRewrite.PathEscape.self) { try HTTPForwardRewrite.confined(path) }

@@ -255,6 +255,9 @@ import Testing
         #expect(throws: IdentityError.self) { try AzureHTTP.checkURL("http://127.0.0.1:1@192.0.2.2:8080/") }
         #expect(throws: IdentityError.self) { try AzureHTTP.checkURL("http://127.evil.example/") }
         #expect(throws: IdentityError.self) { try AzureHTTP.checkURL("https://user:pw@login.example/") }
+        #expect(throws: IdentityError.self) { try AzureHTTP.checkURL("http://[::1]evil/") }
+        #expect(throws: IdentityError.self) { try AzureHTTP.checkURL("https://host:80x/") }
+        try AzureHTTP.checkURL("https://login.example:8443/tenant/v2.0")
         do {
             try AzureHTTP.checkURL("http://127.0.0.1:secret@192.0.2.2:8080/")
         } catch {

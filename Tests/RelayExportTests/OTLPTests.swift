@@ -108,7 +108,8 @@ import Testing
 
     @Test func networkAttributesGetTheirSemanticConventionNames() {
         let attributes = OTLPEncoding.spanAttributes([
-            "peer": "[::1]:50000", "target": "db.internal:5432", "bytes_up": "42", "method": "GET", "status": "204",
+            "peer": "[::1]:50000", "target": "db.internal:5432", "bytes_up": "42", "method": "GET",
+            "http.response.status_code": "204",
         ])
         func value(_ key: String) -> String? {
             attributes.first { $0.0 == key }.map { key, value in
