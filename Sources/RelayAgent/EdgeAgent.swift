@@ -463,25 +463,33 @@ final class ListenerLoop: Sendable {
             return
         }
         let downBytes = metrics.bytes(role: .edge, direction: .down)
-        let tcp = TunnelTCPHandler(countBytes: { downBytes.increment(by: Int64($0)) })
-        let boundTCP = NIOLoopBound(tcp, eventLoop: eventLoop)
+        // One local side per connection attempt (a Unix socket may be tried again): the last is the tunnel's.
+        let attempt = NIOLoopBoundBox(
+            TunnelTCPHandler(countBytes: { downBytes.increment(by: Int64($0)) }), eventLoop: eventLoop)
         let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
         span.attributes["target"] = binding.target
         let started = ContinuousClock.now
         let isSocket = binding.socketPath != nil
-        let bootstrap = ClientBootstrap(group: eventLoop)
-            .connectTimeout(EdgeAgent.dialTimeout)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try SocketTuning.apply(to: channel, noDelay: !isSocket, remoteHalfClosure: true)
-                    try channel.pipeline.syncOperations.addHandler(boundTCP.value)
+        let bootstrap: @Sendable () -> ClientBootstrap = {
+            ClientBootstrap(group: eventLoop)
+                .connectTimeout(EdgeAgent.dialTimeout)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try SocketTuning.apply(to: channel, noDelay: !isSocket, remoteHalfClosure: true)
+                        try channel.pipeline.syncOperations.addHandler(attempt.value)
+                    }
                 }
-            }
+        }
         let connected: EventLoopFuture<any Channel>
         if let path = binding.socketPath {
-            connected = bootstrap.connect(unixDomainSocketPath: path)
+            connected = UnixSocketDial.connect(
+                path: path, eventLoop: eventLoop, deadline: .now() + EdgeAgent.dialTimeout
+            ) {
+                attempt.value = TunnelTCPHandler(countBytes: { downBytes.increment(by: Int64($0)) })
+                return bootstrap()
+            }
         } else {
-            connected = SocketTuning.connect(bootstrap, host: binding.host, port: binding.port)
+            connected = SocketTuning.connect(bootstrap(), host: binding.host, port: binding.port)
         }
         connected
             .whenComplete { result in
@@ -498,7 +506,7 @@ final class ListenerLoop: Sendable {
                             "target": "\(binding.target)",
                             "dial_ms": "\((ContinuousClock.now - started).milliseconds)",
                         ])
-                    boundHandler.value.dialSucceeded(local: boundTCP.value)
+                    boundHandler.value.dialSucceeded(local: attempt.value)
                 case .failure(let error):
                     let failure =
                         binding.socketPath.map { ConnectFailure(error, socketPath: $0) }

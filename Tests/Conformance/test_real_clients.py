@@ -358,3 +358,71 @@ def test_a_lost_leg_is_connection_lost_and_span_status_is_ok_or_error(tmp_path):
         assert refusal_lines, [line for line in lines if "refused" in line.get("message", "")]
     finally:
         relay.stop()
+
+
+class SlowUnixEcho:
+    """A Unix echo server as Python writes one: listen(5), one thread accepting, a small pause per accept (a
+    busy service), so a burst of connects fills its backlog."""
+
+    def __init__(self, path):
+        self.path = path
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(path)
+        self.server.listen(5)
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            time.sleep(0.02)
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn):
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                conn.sendall(data)
+
+    def close(self):
+        self.closed = True
+        self.server.close()
+
+
+def test_a_burst_of_tunnels_to_a_unix_socket_with_a_small_backlog_loses_none(tmp_path):
+    """20 concurrent tunnels, 3 rounds, to a Unix echo server with a backlog of 5: a connect that finds the
+    backlog full (EAGAIN at once, where TCP would wait) is tried again within the dial timeout; none is lost."""
+    import tempfile
+    directory = tempfile.mkdtemp(prefix="hy-", dir="/tmp")
+    path = directory + "/echo.sock"
+    server = SlowUnixEcho(path)
+    relay = agents.start_relay(tmp_path, ["usock"])
+    url = "ws://127.0.0.1:%d" % relay.port
+    edge = client = None
+    try:
+        edge = agents.start_edge(tmp_path, url, ["usock:echo/%s" % path])
+        port = free_port()
+        client = agents.start_client(tmp_path, url, ["127.0.0.1:%d/echo:usock" % port], [port])
+
+        def one(index):
+            data = ("tunnel %d " % index).encode() * 100
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)
+                return hc.read_to_end(sock) == data
+
+        import concurrent.futures
+        for _ in range(3):
+            with concurrent.futures.ThreadPoolExecutor(20) as pool:
+                results = list(pool.map(one, range(20)))
+            assert results.count(True) == 20, "%d of 20 tunnels lost: %s" % (
+                results.count(False), [l for l in edge.log().splitlines() if "dial" in l][-3:])
+    finally:
+        agents.stop_all(client, edge, relay)
+        server.close()
