@@ -45,7 +45,8 @@ let package = Package(
         // The protocol as values: no I/O.
         .target(name: "HybridConnections", dependencies: [crypto], swiftSettings: strict),
         // NIO building blocks shared by relay and agents.
-        .target(name: "RelayIO", dependencies: ["HybridConnections", crypto] + nio, swiftSettings: strict),
+        .target(
+            name: "RelayIO", dependencies: ["HybridConnections", "RelayTelemetry", crypto] + nio, swiftSettings: strict),
         .target(
             name: "RelayTelemetry",
             dependencies: [

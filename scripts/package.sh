@@ -49,6 +49,14 @@ for page in "$work"/man/*.1; do
     gzip -9n <"$page" >"$root/usr/share/man/man1/$(basename "$page").gz"
 done
 
+# What operators run beside the binary: alert rules and their promtool tests, the Grafana dashboard, the Azure
+# Monitor workbook and the saved KQL queries.
+install -d -m 0755 "$root/usr/share/hyrelay/dashboards" "$root/usr/share/hyrelay/queries"
+install -m 0644 dashboards/prometheus-rules.yml dashboards/prometheus-rules.test.yml \
+    dashboards/grafana-hybridrelay.json dashboards/hybridrelay.workbook.json "$root/usr/share/hyrelay/dashboards/"
+install -m 0644 queries/*.kql "$root/usr/share/hyrelay/queries/"
+install -m 0644 deploy/azure-monitor.json "$root/usr/share/hyrelay/"
+
 install -d -m 0755 "$root/usr/share/doc/hyrelay/examples"
 install -m 0644 README.md docs/*.md "$root/usr/share/doc/hyrelay/"
 install -m 0644 deploy/examples/*.yml "$root/usr/share/doc/hyrelay/examples/"
@@ -79,6 +87,17 @@ CONTROL
 cat >"$root/DEBIAN/postinst" <<'POSTINST'
 #!/bin/sh
 set -e
+# The services' dynamic users read their configurations in place through this group (so a reload reads the
+# edited file); the files stay root:hyrelay 0640, out of other users' reach.
+if ! getent group hyrelay >/dev/null; then groupadd --system hyrelay; fi
+chgrp hyrelay /etc/hyrelay
+chmod 0750 /etc/hyrelay
+# Files from before (root-only, handed over by LoadCredential) must be readable by the group now.
+for file in /etc/hyrelay/*.yml; do
+    [ -f "$file" ] || continue
+    chgrp hyrelay "$file"
+    chmod g+r,o-rwx "$file"
+done
 if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
 POSTINST
 cat >"$root/DEBIAN/postrm" <<'POSTRM'

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import RelayTelemetry
 
 /// A response as the exporter and the credentials need it: status, headers, and a bounded body.
 public struct AzureResponse: Sendable {
@@ -79,7 +80,7 @@ public final class AzureHTTP: Sendable {
                 status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) },
                 body: buffer.readBytes(length: buffer.readableBytes) ?? [])
         } catch {
-            throw .transport("\(error)")
+            throw .transport(ErrorWords.describe(error))
         }
     }
 

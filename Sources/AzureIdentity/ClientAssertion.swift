@@ -1,5 +1,6 @@
 import Crypto
 import CryptoExtras
+import RelayTelemetry
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -18,7 +19,7 @@ public enum ClientAssertion {
         do {
             text = try String(contentsOfFile: pemFile, encoding: .utf8)
         } catch {
-            throw .credential("cannot read AZURE_CLIENT_CERTIFICATE_PATH '\(pemFile)': \(error)")
+            throw .credential("cannot read AZURE_CLIENT_CERTIFICATE_PATH '\(pemFile)': \(ErrorWords.describe(error))")
         }
         guard let certificate = pemBlock("CERTIFICATE", in: text).flatMap({ Data(base64Encoded: $0) }) else {
             throw .credential("'\(pemFile)' holds no PEM certificate")
@@ -34,7 +35,7 @@ public enum ClientAssertion {
         } catch let error as IdentityError {
             throw error
         } catch {
-            throw .credential("the private key in '\(pemFile)' is not an RSA key: \(error)")
+            throw .credential("the private key in '\(pemFile)' is not an RSA key: \(ErrorWords.describe(error))")
         }
         return sign(
             key: key, certificateDER: Array(certificate), clientID: clientID, audience: audience, now: now, id: id)

@@ -1,6 +1,7 @@
 import HybridConnections
 import NIOConcurrencyHelpers
 import NIOHTTP1
+import RelayTelemetry
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -219,7 +220,8 @@ public final class TokenCredential: Sendable {
             do {
                 assertion = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingWhitespace()
             } catch {
-                throw .credential("cannot read AZURE_FEDERATED_TOKEN_FILE '\(tokenFile)': \(error)")
+                throw .credential(
+                    "cannot read AZURE_FEDERATED_TOKEN_FILE '\(tokenFile)': \(ErrorWords.describe(error))")
             }
             response = try await postForm(
                 url: "\(authority)\(PercentEncoding.encode(tenant))/oauth2/v2.0/token",

@@ -11,6 +11,17 @@ public enum AccessRight: String, Codable, Sendable, CaseIterable {
     case listen = "Listen"
     case send = "Send"
     case manage = "Manage"
+
+    /// A right as configurations spell it; anything else is refused naming the ones there are.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        let text = try container.decode(String.self)
+        guard let right = AccessRight(rawValue: text) else {
+            throw DecodingError.dataCorruptedError(
+                in: container, debugDescription: "'\(text)' is not a right: Listen, Send or Manage")
+        }
+        self = right
+    }
 }
 
 /// A shared access authorization rule: a key name, one or two keys, and rights.

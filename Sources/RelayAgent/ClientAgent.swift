@@ -107,13 +107,17 @@ public final class ClientAgent: Sendable {
         }
     }
 
-    /// Ready while every port is bound and the relay answered the latest ask for each hybrid connection
-    /// (not yet asked is not ready).
+    /// Ready while every port is bound and the relay answered the latest ask for each hybrid connection with a
+    /// listener online (not yet asked is not ready): with no edge listening, every connection a balancer sends
+    /// here would be refused, so the balancer should send it elsewhere.
     public var readiness: (ready: Bool, detail: String) {
         let relayNames = Set(bound.withLockedValue { $0.map(\.key.relayName) })
         let problems = probes.withLockedValue { probes in
             relayNames.sorted().compactMap { name -> String? in
                 guard let outcome = probes[name] else { return "\(name): relay not asked yet" }
+                if case .ready(listeners: 0) = outcome {
+                    return "\(name): no listener online at the relay (no edge listens on this hybrid connection)"
+                }
                 return outcome.isReady ? nil : "\(name): \(outcome)"
             }
         }
@@ -165,7 +169,7 @@ public final class ClientAgent: Sendable {
                             allowedSources: settings.allowedSources, logger: settings.logger
                         ) { route, eventLoop in
                             Self.openSender(
-                                on: eventLoop, peer: "\(route.source)",
+                                on: eventLoop, peer: route.source.hostAndPort,
                                 local: NIOLoopBound(route, eventLoop: eventLoop),
                                 forward: forward, binding: binding, access: access, tlsContext: settings.tlsContext,
                                 counter: settings.counter, metrics: settings.metrics, tracer: settings.tracer,
@@ -190,7 +194,7 @@ public final class ClientAgent: Sendable {
         settings.logger.info(
             "client port bound",
             metadata: [
-                "bind": "\(binding.socketPath.map { "unix:\($0)" } ?? channel.localAddress.map { "\($0)" } ?? "?")",
+                "bind": "\(binding.socketPath.map { "unix:\($0)" } ?? channel.localAddress?.hostAndPort ?? "?")",
                 "relay_name": "\(forward.relayName)",
                 "port_name": "\(binding.portName)", "relay": "\(key.access.base)",
             ])

@@ -417,7 +417,8 @@ final class ListenerLoop: Sendable {
                     metadata: [
                         "cause": "\(ConnectFailure(error, url: url).text)"
                     ])
-                bridgeSpan.setStatus(SpanStatus(code: .error, message: "rendezvous failed: \(error)"))
+                bridgeSpan.setStatus(
+                    SpanStatus(code: .error, message: "rendezvous failed: \(ErrorWords.describe(error))"))
                 bridgeSpan.end()
             }
         }
@@ -521,8 +522,8 @@ final class ListenerLoop: Sendable {
                     metrics.dial(outcome: .failed, seconds: (ContinuousClock.now - started).seconds)
                     span.attributes["outcome"] = "failed"
                     span.attributes["reason"] = failure.label
-                    span.attributes["error"] = "\(error)"
-                    span.setStatus(SpanStatus(code: .error, message: "\(error)"))
+                    span.attributes["error"] = failure.summary
+                    span.setStatus(SpanStatus(code: .error, message: failure.text))
                     span.end()
                     // A close reason has 123 bytes: the short summary always fits whole.
                     boundHandler.value.fail(
@@ -669,7 +670,7 @@ final class EdgeControlHandler: ChannelInboundHandler {
                     logger.warning("ignored control message the relay should not send")
                 }
             } catch {
-                logger.warning("ignored control message: \(error)")
+                logger.warning("ignored control message: \(ErrorWords.describe(error))")
             }
         case .message(.binary, let body) where requestAwaitingBody != nil:
             if let request = requestAwaitingBody { forward(request, body: body, context: context) }
@@ -737,7 +738,7 @@ final class EdgeControlHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        logger.warning("control channel error", metadata: ["cause": "\(error)"])
+        logger.warning("control channel error", metadata: ["cause": "\(ErrorWords.describe(error))"])
         context.close(promise: nil)
     }
 }
@@ -784,13 +785,14 @@ extension ListenerLoop {
                     boundHandler.value.dialSucceeded(local: boundUDP.value)
                 case .failure(let error):
                     metrics.dial(outcome: .failed, seconds: nil)
-                    span.setStatus(SpanStatus(code: .error, message: "\(error)"))
+                    span.setStatus(SpanStatus(code: .error, message: ErrorWords.describe(error)))
                     span.end()
                     logger.warning(
-                        "udp socket failed", metadata: ["target": "\(binding.target)", "cause": "\(error)"])
+                        "udp socket failed",
+                        metadata: ["target": "\(binding.target)", "cause": "\(ErrorWords.describe(error))"])
                     boundHandler.value.fail(
                         code: .unexpectedServerError, label: .dialFailed,
-                        cause: "dial \(binding.target) failed: \(error)")
+                        cause: "dial \(binding.target) failed: \(ErrorWords.describe(error))")
                 }
             }
     }

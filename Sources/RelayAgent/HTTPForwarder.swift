@@ -61,6 +61,8 @@ final class HTTPForwardExchange {
     /// Rendezvous route: body parts read before the target could take them.
     private var heldBody: [ByteBuffer] = []
     private var requestBodyEnded = false
+    /// A streamed body sent to the target with the sender's `Content-Length`: the bytes it must have.
+    private var declaredRequestBytes: Int?
     private var requestEndWritten = false
     private var timeout: Scheduled<Void>?
     private let started = ContinuousClock.now
@@ -177,7 +179,9 @@ final class HTTPForwardExchange {
             case .success(.rejected(let status, let reason, _)):
                 exchange.run(exchange.machine.rendezvousEnded("the relay refused the rendezvous: \(status) \(reason)"))
             case .failure(let error):
-                exchange.run(exchange.machine.rendezvousEnded("cannot open the rendezvous: \(error)"))
+                exchange.run(
+                    exchange.machine.rendezvousEnded(
+                        "cannot open the rendezvous: \(ConnectFailure(error, url: url).summary)"))
             }
         }
     }
@@ -199,6 +203,9 @@ final class HTTPForwardExchange {
         } catch {
             run(machine.targetFailed(.init(status: 400, reason: "path_escape", text: "Bad Request: \(error.reason)")))
             return
+        }
+        if body == .streamed, let length = head.headers.first(name: "content-length").flatMap(Int.init) {
+            declaredRequestBytes = length
         }
         var withTrace = head
         withTrace.headers.replaceOrAdd(name: "traceparent", value: span.traceContext.traceparent)
@@ -296,6 +303,20 @@ final class HTTPForwardExchange {
 
     func rendezvousBody(_ part: ByteBuffer, last: Bool) {
         bytesUp += part.readableBytes
+        // The target was promised the sender's Content-Length: more bytes would reach it as a request of their own,
+        // fewer would leave it waiting. Either way the exchange ends here, the target's connection with it.
+        if let declared = declaredRequestBytes, bytesUp > declared || (last && bytesUp != declared) {
+            target?.close()
+            target = nil
+            run(
+                machine.targetFailed(
+                    .init(
+                        status: 502, reason: "body_length_mismatch",
+                        text:
+                            "Bad Gateway: the request body (\(bytesUp) bytes) does not match its Content-Length (\(declared))"
+                    )))
+            return
+        }
         if last { requestBodyEnded = true }
         if part.readableBytes > 0 { heldBody.append(part) }
         if targetTakesBody || (last && machine.request == .forwarding) { flushHeldBody() }
@@ -366,7 +387,7 @@ final class HTTPForwardExchange {
         case "tls_wrong_host":
             why = "its TLS certificate does not name \(target.host)"
         case "other":
-            why = "\(error)"
+            why = ErrorWords.describe(error)
         default:
             why = failure.summary
         }

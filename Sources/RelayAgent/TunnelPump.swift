@@ -471,7 +471,7 @@ final class TunnelTCPHandler: ChannelDuplexHandler, RemovableChannelHandler, Tun
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        webSocket?.sendClose(code: .unexpectedServerError, reason: "TCP error: \(error)")
+        webSocket?.sendClose(code: .unexpectedServerError, reason: "TCP error: \(ErrorWords.describe(error))")
         context.close(promise: nil)
     }
 

@@ -327,7 +327,7 @@ struct TunnelStateMachine {
     // MARK: Endings
 
     mutating func errorCaught(_ error: any Error) {
-        set(label: .error, cause: "websocket error: \(error)")
+        set(label: .error, cause: "websocket error: \(ErrorWords.describe(error))")
     }
 
     /// The relay connection is gone: the summary to report, the first time only.

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import RelayTelemetry
 
 #if canImport(Glibc)
     import Glibc
@@ -32,7 +33,7 @@ enum UnixSocketFile {
             unlink(path)
             return
         } catch {
-            throw Problem(description: "cannot listen on unix:\(path): \(error)")
+            throw Problem(description: "cannot listen on unix:\(path): \(ErrorWords.describe(error))")
         }
         throw Problem(description: "cannot listen on unix:\(path): another process listens on it")
     }

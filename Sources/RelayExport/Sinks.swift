@@ -249,7 +249,7 @@ public final class FileSink: AzureRowSink {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
-            throw .configuration("cannot create export directory '\(directory)': \(error)")
+            throw .configuration("cannot create export directory '\(directory)': \(ErrorWords.describe(error))")
         }
         self.directory = directory
         prefix = "hyrelay-\(role)-"

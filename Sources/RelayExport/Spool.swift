@@ -1,5 +1,6 @@
 import AzureIdentity
 import NIOConcurrencyHelpers
+import RelayTelemetry
 
 #if canImport(FoundationEssentials)
     import FoundationEssentials
@@ -64,7 +65,7 @@ public final class Spool: Sendable {
         do {
             try files.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
-            throw .configuration("cannot create spool directory '\(directory)': \(error)")
+            throw .configuration("cannot create spool directory '\(directory)': \(ErrorWords.describe(error))")
         }
         lockDescriptor = open(directory + "/.lock", O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
         guard lockDescriptor >= 0, flock(lockDescriptor, LOCK_EX | LOCK_NB) == 0 else {
@@ -118,7 +119,7 @@ public final class Spool: Sendable {
             try Data(prepared.gzipped).write(to: URL(fileURLWithPath: path + ".tmp"))
             try FileManager.default.moveItem(atPath: path + ".tmp", toPath: path)
         } catch {
-            throw .configuration("cannot write spool file '\(path)': \(error)")
+            throw .configuration("cannot write spool file '\(path)': \(ErrorWords.describe(error))")
         }
         let entry = Entry(
             file: path, created: prepared.created, count: prepared.batch.count, requestID: prepared.requestID,

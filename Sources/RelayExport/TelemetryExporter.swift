@@ -312,7 +312,7 @@ struct SinkWorker: Sendable {
         do {
             prepared = PreparedBatch(batch: batch, gzipped: try sink.compress(batch), created: nowMilliseconds)
         } catch {
-            drop(.rejected, count: batch.count, detail: ["cause": "gzip failed: \(error)"])
+            drop(.rejected, count: batch.count, detail: ["cause": "gzip failed: \(ErrorWords.describe(error))"])
             return
         }
         metrics.exportBytes(
@@ -340,7 +340,9 @@ struct SinkWorker: Sendable {
             }
         } catch {
             memory.append(prepared)
-            logger.error("export spool write failed; the batch stays in memory", metadata: ["cause": "\(error)"])
+            logger.error(
+                "export spool write failed; the batch stays in memory",
+                metadata: ["cause": "\(ErrorWords.describe(error))"])
         }
         reportSpool()
     }
@@ -381,7 +383,9 @@ struct SinkWorker: Sendable {
                     prepared = try await Self.onFilePool { try spool.load(entry) }
                 } catch {
                     try? await Self.onFilePool { spool.remove(entry) }
-                    drop(.rejected, count: entry.count, detail: ["cause": "unreadable spool file: \(error)"])
+                    drop(
+                        .rejected, count: entry.count,
+                        detail: ["cause": "unreadable spool file: \(ErrorWords.describe(error))"])
                     continue
                 }
                 fromSpool = entry

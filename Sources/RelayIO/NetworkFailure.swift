@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import NIOSSL
+import RelayTelemetry
 
 #if canImport(Glibc)
     import Glibc
@@ -22,7 +23,7 @@ public struct ConnectFailure: Sendable, Equatable {
     /// values; BoringSSL reports a failed verification only as reason text inside a typed handshake error.
     public init(_ error: any Error, host: String, port: Int) {
         target = "\(host):\(port)"
-        (label, summary, hint) = ("other", "\(error)", nil)
+        (label, summary, hint) = ("other", ErrorWords.describe(error), nil)
         classify(error, host: host)
     }
 
@@ -33,7 +34,7 @@ public struct ConnectFailure: Sendable, Equatable {
     /// A Unix socket at `socketPath` could not be connected.
     public init(_ error: any Error, socketPath: String) {
         target = "unix:\(socketPath)"
-        (label, summary, hint) = ("other", "\(error)", nil)
+        (label, summary, hint) = ("other", ErrorWords.describe(error), nil)
         switch (error as? IOError)?.errnoCode {
         case ENOENT:
             set("no_socket", "no socket at \(socketPath)", "is the service running, and is the path right?")

@@ -21,6 +21,8 @@ final class HTTPModeForwarder {
         var route: HTTPExchangeStateMachine.Route
         var hasBody: Bool
         var pinning: ListenerPinning
+        /// A cookie the relay sets for a browser with the response (`BrowserCookie`).
+        var setCookie: String? = nil
     }
 
     /// Parts held before the rendezvous opens stop the client's reads at this many bytes.
@@ -39,6 +41,8 @@ final class HTTPModeForwarder {
     private var readWithheld = false
     private var deadline: Scheduled<Void>?
     private var responseBytes = 0
+    /// The listener's `Content-Length`, to tell a body that ended short of it.
+    private var declaredLength: Int?
     /// A pipelined request came: the connection ends with this response.
     private var closesAfterResponse = false
     private var status = 0
@@ -211,6 +215,18 @@ final class HTTPModeForwarder {
             return
         }
         let declared = head.headers.first { $0.key.lowercased() == "content-length" }.flatMap { Int($0.value) }
+        if ended, let declared, declared != body.readableBytes, request.head.method != .HEAD,
+            head.statusCode != 204, head.statusCode != 304
+        {
+            failed(
+                Refusal(
+                    status: 502,
+                    text:
+                        "BadGateway: The listener's Content-Length (\(declared)) does not match its body (\(body.readableBytes) bytes)",
+                    reason: "bad_listener_response"))
+            return
+        }
+        declaredLength = declared
         let status204or304 = head.statusCode == 204 || head.statusCode == 304
         guard
             let framing = machine.responseHead(
@@ -222,6 +238,13 @@ final class HTTPModeForwarder {
         for (name, value) in head.headers.sorted(by: { $0.key < $1.key })
         where !RelayHTTPHandler.hopByHopHeaders.contains(name.lowercased()) {
             headers.add(name: name, value: value)
+        }
+        if let setCookie = request.setCookie {
+            headers.add(name: "Set-Cookie", value: setCookie)
+            // The page's address holds the token: its links to other sites must not carry it in a Referer.
+            if headers.first(name: "referrer-policy") == nil {
+                headers.add(name: "Referrer-Policy", value: "same-origin")
+            }
         }
         let via = "1.1 \(hub.policy.publicHost)"
         if let existing = headers.first(name: "via") {
@@ -270,9 +293,17 @@ final class HTTPModeForwarder {
         guard case .finish(let keepAlive) = machine.responseEnded() else { return }
         deadline?.cancel()
         let written = context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)))
-        record.finish(
-            status: status, responseBytes: responseBytes,
-            error: status >= 500 ? "the listener answered \(status)" : nil)
+        var error: String? = status >= 500 ? "the listener answered \(status)" : nil
+        if let declaredLength, responseBytes < declaredLength, request.head.method != .HEAD,
+            status != 204, status != 304
+        {
+            error = "the listener's body ended \(declaredLength - responseBytes) bytes short of its Content-Length"
+            hub.metrics.refused(role: .relay, reason: "response_aborted", status: status)
+            logger.warning(
+                "http response cut off: \(error!)",
+                metadata: ["reason": "response_aborted", "entity": "\(request.entity)", "request_id": "\(request.key)"])
+        }
+        record.finish(status: status, responseBytes: responseBytes, error: error)
         finished(written, keepAlive && !closesAfterResponse)
     }
 

@@ -173,7 +173,7 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         guard machine.isOpen else { return }
-        logger.warning("control channel error: \(error)", metadata: ["reason": "protocol_error"])
+        logger.warning("control channel error: \(ErrorWords.describe(error))", metadata: ["reason": "protocol_error"])
         context.close(promise: nil)
     }
 
@@ -182,7 +182,8 @@ final class ListenerControlHandler: ChannelInboundHandler, RemovableChannelHandl
         do {
             message = try ControlMessage(decoding: data.readableBytesView)
         } catch {
-            logger.warning("ignored control message: \(error)", metadata: ["reason": "bad_control_message"])
+            logger.warning(
+                "ignored control message: \(ErrorWords.describe(error))", metadata: ["reason": "bad_control_message"])
             return
         }
         switch message {

@@ -1,5 +1,6 @@
 import HybridConnections
 import NIOHTTP1
+import RelayTelemetry
 import Yams
 
 #if canImport(FoundationEssentials)
@@ -232,18 +233,42 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
     /// Parses a YAML or JSON document (JSON is YAML). Keys are strict: an unknown one (a typo such as
     /// `tsl:` for `tls:`) is an error naming its line and the closest known key, never silently ignored.
     public static func parse(_ text: String) throws(ConfigurationError) -> RelayConfiguration {
+        var root: Yams.Node?
         do {
-            if let root = try Yams.compose(yaml: text) {
-                try ConfigurationSchema.relay.check(root, at: "the configuration")
-            }
+            root = try Yams.compose(yaml: text)
+            if let root { try ConfigurationSchema.relay.check(root, at: "the configuration") }
             return try YAMLDecoder().decode(RelayConfiguration.self, from: text)
         } catch let error as ConfigurationError {
             throw error
         } catch let error as DecodingError {
-            throw ConfigurationError(description: Self.describe(error))
+            let line = Self.line(of: error, in: root).map { "line \($0): " } ?? ""
+            throw ConfigurationError(description: line + Self.describe(error))
         } catch {
-            throw ConfigurationError(description: "\(error)")
+            throw ConfigurationError(description: ErrorWords.rewritten("\(error)"))
         }
+    }
+
+    /// The line of the value a decoding error is about, found by walking its coding path in the YAML.
+    static func line(of error: DecodingError, in root: Yams.Node?) -> Int? {
+        let context: DecodingError.Context
+        switch error {
+        case .keyNotFound(_, let found), .typeMismatch(_, let found), .valueNotFound(_, let found),
+            .dataCorrupted(let found):
+            context = found
+        @unknown default: return nil
+        }
+        var node = root
+        for key in context.codingPath {
+            guard let current = node else { break }
+            if let index = key.intValue, let sequence = current.sequence, index < sequence.count {
+                node = sequence[index]
+            } else if let mapping = current.mapping, let value = mapping[key.stringValue] {
+                node = value
+            } else {
+                break
+            }
+        }
+        return node?.mark?.line
     }
 
     /// Whether a file's top-level keys are a relay's (camelCase) rather than an azbridge agent's (PascalCase).
@@ -272,7 +297,7 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
     /// Checks what decoding cannot: names, duplicates, addresses, limits.
     public func validate() throws(ConfigurationError) {
         var problems: [String] = []
-        if HostPort(listen) == nil { problems.append("listen '\(listen)' is not HOST:PORT") }
+        if let problem = HostPort.problem(listen) { problems.append("listen: \(problem)") }
         if let publicURL, !(publicURL.hasPrefix("ws://") || publicURL.hasPrefix("wss://")) {
             problems.append("publicURL '\(publicURL)' must start with ws:// or wss://")
         }
@@ -374,6 +399,16 @@ public struct ConfigurationError: Error, CustomStringConvertible, Equatable {
 public struct HostPort: Equatable, Sendable {
     public var host: String
     public var port: Int
+
+    /// What is wrong with `text` as `HOST:PORT`, in words; nil when it is one.
+    public static func problem(_ text: String) -> String? {
+        guard let colon = text.lastIndex(of: ":") else { return "'\(text)' has no ':PORT'" }
+        let portText = text[text.index(after: colon)...]
+        guard let port = Int(portText) else { return "'\(portText)' in '\(text)' is not a port number" }
+        guard (0...65535).contains(port) else { return "port \(port) in '\(text)' is not 0 to 65535" }
+        guard HostPort(text) != nil else { return "'\(text)' has no host before ':\(port)'" }
+        return nil
+    }
 
     public init?(_ text: String) {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),

@@ -51,6 +51,8 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         /// Lowercased names of the headers that carried the credential the relay consumed.
         var consumedHeaders: Set<String>
         var pinning: ListenerPinning
+        /// A browser authorized by `?sb-hc-token=`: the `Set-Cookie` that lets its next requests in.
+        var setCookie: String?
     }
 
     private let hub: RelayHub
@@ -161,9 +163,10 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 reason: "headers_too_large")
         } else if error is HTTPParserError {
             refusal = Refusal(
-                status: 400, text: "BadRequest: The request is not valid HTTP/1.1 (\(error))", reason: "malformed_http")
+                status: 400, text: "BadRequest: The request is not valid HTTP/1.1 (\(ErrorWords.describe(error)))",
+                reason: "malformed_http")
         } else {
-            logger.debug("connection error: \(error)")
+            logger.debug("connection error: \(ErrorWords.describe(error))")
             context.close(promise: nil)
             return
         }
@@ -222,7 +225,9 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         } catch let error as RequestTargetError {
             refuse(context: context, Refusal.from(error))
         } catch {
-            refuse(context: context, Refusal(status: 400, text: "BadRequest: \(error)", reason: "malformed_url"))
+            refuse(
+                context: context,
+                Refusal(status: 400, text: "BadRequest: \(ErrorWords.describe(error))", reason: "malformed_url"))
         }
     }
 
@@ -290,7 +295,8 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             refuse(context: context, refusal, trackingId: request.id, entity: request.path)
         } catch {
             refuse(
-                context: context, Refusal(status: 500, text: "InternalServerError: \(error)", reason: "internal"),
+                context: context,
+                Refusal(status: 500, text: "InternalServerError: \(ErrorWords.describe(error))", reason: "internal"),
                 trackingId: request.id, entity: request.path)
         }
     }
@@ -644,13 +650,23 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         let path = try target.decodedPath()
         let (entity, _) = try hub.policy.entity(for: String(path.dropFirst()))
-        let found = token(head, queryToken: try target.value(of: "sb-hc-token"))
-        _ = try authorize(entity: entity, token: found?.token, right: .send, head: head)
+        let found = RelayPolicy.token(
+            queryToken: try target.value(of: "sb-hc-token"),
+            serviceBusAuthorization: head.headers.first(name: "servicebusauthorization"),
+            authorization: head.headers.first(name: "authorization"),
+            cookie: BrowserCookie.token(in: head.headers[canonicalForm: "cookie"].map(String.init)))
+        let expiry = try authorize(entity: entity, token: found?.token, right: .send, head: head)
         guard hub.listenerCount(entity: entity.name) > 0 else { throw Refusal.noHTTPListener }
+        var setCookie: String?
+        if let found, found.source == .query, entity.requiresClientAuthorization {
+            setCookie = BrowserCookie.setCookie(
+                token: found.token, entity: entity.name, expiry: expiry, now: now(),
+                secure: hub.configuration.tls != nil || hub.configuration.effectivePublicURL.hasPrefix("https"))
+        }
         return HTTPModeRequest(
             head: head, target: target, entity: entity,
             consumedHeaders: RelayPolicy.consumedHeaders(entity: entity, source: found?.source),
-            pinning: Self.pinning(head.headers))
+            pinning: Self.pinning(head.headers), setCookie: setCookie)
     }
 
     /// The largest `request` message the relay sends a listener, on its control channel or a rendezvous: what
@@ -683,7 +699,13 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var headers = Self.joinedHeaders(request.head.headers) { name in
             (Self.hopByHopHeaders.contains(name) && (name != "content-length" || chunked))
                 || Self.untrustedRequestHeaders.contains(name) || connectionOptions.contains(name)
-                || request.consumedHeaders.contains(name)
+                || request.consumedHeaders.contains(name) || name == "cookie"
+        }
+        // The relay's own cookie (a browser's token) never reaches the listener; the application's cookies do.
+        if let cookies = BrowserCookie.strip(request.head.headers["cookie"]) { headers["Cookie"] = cookies }
+        // A page opened with `?sb-hc-token=` names it in the Referer of everything it loads: not for the listener.
+        for name in headers.keys where name.lowercased() == "referer" {
+            headers[name] = headers[name].map(BrowserCookie.referer)
         }
         let via = "1.1 \(hub.policy.publicHost)"
         let viaName = headers.keys.first { $0.lowercased() == "via" } ?? "Via"
@@ -732,7 +754,7 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             hub: hub, context: context,
             request: HTTPModeForwarder.Request(
                 head: request.head, entity: entity, key: key, trackingId: trackingId, command: command, route: route,
-                hasBody: hasBody, pinning: request.pinning),
+                hasBody: hasBody, pinning: request.pinning, setCookie: request.setCookie),
             record: record, logger: logger,
             refuse: { [weak self] refusal in
                 guard let self, let context = self.context else { return }
@@ -834,7 +856,7 @@ final class RelayHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 try context.pipeline.syncOperations.addHandler(handler)
             }
         } catch {
-            logger.error("upgrade failed: \(error)")
+            logger.error("upgrade failed: \(ErrorWords.describe(error))")
             context.close(promise: nil)
         }
     }

@@ -47,6 +47,56 @@ public struct Refusal: Error, Equatable, Sendable {
 /// Where a request's token came from, which decides what is stripped before forwarding (reference §2.5).
 public enum TokenSource: Equatable, Sendable {
     case query, serviceBusAuthorization, authorization
+    /// HTTP mode only: the cookie the relay set for a browser that came with `?sb-hc-token=` (`BrowserCookie`).
+    case cookie
+}
+
+/// The cookie that lets a browser load a page published through HTTP mode with every sub-resource: a request
+/// authorized by `?sb-hc-token=` gets the token back as an HttpOnly cookie scoped to the entity's path and
+/// expiring with the token, and the browser's later requests (images, CSS, scripts, which carry no query) are
+/// authorized by it. The entity stays protected: only a valid token becomes a cookie, the cookie is checked as
+/// any token is, and it never reaches the listener.
+public enum BrowserCookie {
+    public static let name = "hyrelay-sb-hc-token"
+    public static let maxAgeSeconds: Int64 = 86_400
+
+    /// A `Referer` without the `sb-hc-token` a page's address carried, for the listener.
+    public static func referer(_ value: String) -> String {
+        guard let question = value.firstIndex(of: "?") else { return value }
+        let kept = value[value.index(after: question)...].split(separator: "&").filter {
+            !$0.lowercased().hasPrefix("sb-hc-token=")
+        }
+        return String(value[..<question]) + (kept.isEmpty ? "" : "?" + kept.joined(separator: "&"))
+    }
+
+    /// The token in a `Cookie` header, if our cookie is there.
+    public static func token(in cookieHeaders: [String]) -> String? {
+        for header in cookieHeaders {
+            for pair in header.split(separator: ";") {
+                let trimmed = pair.trimmingWhitespace()
+                guard trimmed.hasPrefix(name + "=") else { continue }
+                let value = String(trimmed.dropFirst(name.count + 1))
+                return PercentEncoding.decode(value, plusAsSpace: false) ?? value
+            }
+        }
+        return nil
+    }
+
+    /// `Cookie` headers without our cookie (nil when nothing else is left), for the listener.
+    public static func strip(_ cookieHeaders: [String]) -> String? {
+        let others = cookieHeaders.flatMap { $0.split(separator: ";") }.map { $0.trimmingWhitespace() }
+            .filter { !$0.isEmpty && !$0.hasPrefix(name + "=") }
+        return others.isEmpty ? nil : others.joined(separator: "; ")
+    }
+
+    /// `Set-Cookie` for `token` on `entity`, living until the token's `expiry` (Unix seconds).
+    public static func setCookie(token: String, entity: String, expiry: Int64?, now: Int64, secure: Bool) -> String {
+        var value = "\(name)=\(PercentEncoding.encode(token)); Path=/\(entity); HttpOnly; SameSite=Lax"
+        // With the token, and a day at most: a year-long SAS does not become a year-long cookie on disk.
+        value += "; Max-Age=\(min(max(0, (expiry ?? now + maxAgeSeconds) - now), maxAgeSeconds))"
+        if secure { value += "; Secure" }
+        return value
+    }
 }
 
 /// Entity resolution and authorization, without I/O: the decisions the relay makes about a request
@@ -88,7 +138,7 @@ public struct RelayPolicy: Sendable {
     /// Picks the token: `sb-hc-token` query, then `ServiceBusAuthorization`, then `Authorization`
     /// (with or without `Bearer `).
     public static func token(
-        queryToken: String?, serviceBusAuthorization: String?, authorization: String?
+        queryToken: String?, serviceBusAuthorization: String?, authorization: String?, cookie: String? = nil
     )
         -> (token: String, source: TokenSource)?
     {
@@ -101,8 +151,13 @@ public struct RelayPolicy: Sendable {
             let stripped =
                 authorization.lowercased().hasPrefix(bearer)
                 ? String(authorization.dropFirst(bearer.count)) : authorization
+            // A browser re-sends the site's own `Authorization: Basic …` with every request: with the relay's
+            // cookie there, an Authorization that is no token of ours is the application's.
+            let isOurs = stripped.hasPrefix("SharedAccessSignature") || EntraTokenCheck.isJSONWebToken(stripped)
+            if let cookie, !cookie.isEmpty, !isOurs { return (cookie, .cookie) }
             return (stripped, .authorization)
         }
+        if let cookie, !cookie.isEmpty { return (cookie, .cookie) }
         return nil
     }
 

@@ -34,7 +34,12 @@ public final class RelayServer: Sendable {
     /// The handlers of one relay connection behind TLS: the HTTP codec and `RelayHTTPHandler`, which
     /// replaces the codec with the WebSocket handlers on an upgrade.
     static func addHTTPHandlers(to pipeline: ChannelPipeline.SynchronousOperations, hub: RelayHub) throws {
-        let encoder = HTTPResponseEncoder()
+        // The relay frames every response itself (Content-Length, chunked, close-delimited, or none for a HEAD or
+        // a 204): NIO's framing would add chunked coding, and its terminator, to a HEAD answer without a length,
+        // which a kept-alive client reads as the start of its next response.
+        var encoding = HTTPResponseEncoder.Configuration()
+        encoding.automaticallySetFramingHeaders = false
+        let encoder = HTTPResponseEncoder(configuration: encoding)
         let decoder = ByteToMessageHandler(
             HTTPRequestDecoder(
                 leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop,
@@ -50,7 +55,9 @@ public final class RelayServer: Sendable {
     ) async throws -> RelayServer {
         try configuration.validate()
         guard let address = HostPort(configuration.listen) else {
-            throw ConfigurationError(description: "listen '\(configuration.listen)' is not HOST:PORT")
+            throw ConfigurationError(
+                description:
+                    "listen: \(HostPort.problem(configuration.listen) ?? "'\(configuration.listen)' is not HOST:PORT")")
         }
         let tlsContext = NIOLockedValueBox(try Self.loadTLS(configuration))
         var entraKeys: (task: Task<Void, Never>, http: AzureHTTP)?
@@ -103,7 +110,7 @@ public final class RelayServer: Sendable {
             "relay listening",
             metadata: [
                 "tls": "\(configuration.tls == nil ? "off" : "on")", "max_connections": "\(hub.connectionLimit)",
-                "address": "\(channel.localAddress.map { "\($0)" } ?? configuration.listen)",
+                "address": "\(channel.localAddress?.hostAndPort ?? configuration.listen)",
                 "public_url": "\(hub.publicURL)",
                 "hybrid_connections": "\(configuration.hybridConnections.map(\.name).joined(separator: ","))",
             ])
@@ -123,7 +130,11 @@ public final class RelayServer: Sendable {
     /// Applies a configuration read again (SIGHUP): hybrid connections, rules and keys, limits, public URL,
     /// and the TLS certificate for new connections. Open tunnels and control channels are kept. Throws, and
     /// changes nothing, when the new configuration is invalid or changes what only a restart can.
-    public func reload(_ configuration: RelayConfiguration) throws -> (added: [String], removed: [String]) {
+    public func reload(
+        _ configuration: RelayConfiguration
+    ) throws -> (
+        added: [String], removed: [String], changed: [String]
+    ) {
         try configuration.validate()
         let running = hub.configuration
         guard configuration.listen == running.listen else {
@@ -158,7 +169,16 @@ public final class RelayServer: Sendable {
         }
         let context = try Self.loadTLS(configuration)
         tlsContext.withLockedValue { $0 = context }
-        return hub.apply(configuration)
+        // What differs, by section, for the log: `unchanged` tells an operator the edit did not land.
+        var changed: [String] = []
+        if running.hybridConnections != configuration.hybridConnections { changed.append("hybridConnections") }
+        if running.namespaceRules != configuration.namespaceRules { changed.append("namespaceRules") }
+        if running.limits != configuration.limits { changed.append("limits") }
+        if running.publicURL != configuration.publicURL { changed.append("publicURL") }
+        if running.entra != configuration.entra { changed.append("entra") }
+        if running.tls != configuration.tls { changed.append("tls") }
+        let (added, removed) = hub.apply(configuration)
+        return (added, removed, changed)
     }
 
     /// Tunnels and rendezvous under way.

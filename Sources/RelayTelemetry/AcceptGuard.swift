@@ -86,7 +86,7 @@ public final class AcceptGuard: ChannelDuplexHandler, RemovableChannelHandler {
         releaseSpare()
         if let suppressed = logs.shouldLog(label, now: Date().timeIntervalSince1970) {
             logger.error(
-                "cannot accept connections, pausing accept for 1 s: \(ioError)",
+                "cannot accept connections, pausing accept for 1 s: \(ErrorWords.errnoWords(ioError.errnoCode))",
                 metadata: [
                     "socket": "\(socket)", "reason": "\(label)", "suppressed": "\(suppressed)",
                     "hint": "raise the open-file limit (LimitNOFILE) or lower limits.maxConnections",

@@ -14,7 +14,7 @@ public struct BindFailure: Error, CustomStringConvertible {
         case EADDRINUSE: reason = "the address is in use by another process (ss -ltnp shows which)"
         case EACCES: reason = "permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)"
         case EADDRNOTAVAIL: reason = "no interface of this machine has that address"
-        default: reason = "\(error)"
+        default: reason = ErrorWords.describe(error)
         }
         let address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         description = "cannot listen on \(address) for \(what): \(reason)"
@@ -26,7 +26,7 @@ public struct BindFailure: Error, CustomStringConvertible {
         case EADDRINUSE: reason = "the path is in use"
         case EACCES: reason = "permission denied (the directory must be writable by this user)"
         case ENOENT: reason = "the directory does not exist"
-        default: reason = "\(error)"
+        default: reason = ErrorWords.describe(error)
         }
         description = "cannot listen on unix:\(path) for \(what): \(reason)"
     }

@@ -180,7 +180,7 @@ public final class HopSpan: Tracing.Span, Sendable {
     public func recordError<Instant: TracerInstant>(
         _ error: any Error, attributes: SpanAttributes, at instant: @autoclosure () -> Instant
     ) {
-        setStatus(SpanStatus(code: .error, message: "\(error)"))
+        setStatus(SpanStatus(code: .error, message: ErrorWords.describe(error)))
     }
 
     public func addLink(_ link: SpanLink) {}

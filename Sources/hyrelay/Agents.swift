@@ -145,7 +145,7 @@ struct AgentOptions: ParsableArguments {
             do {
                 text = try String(contentsOfFile: configFile, encoding: .utf8)
             } catch {
-                throw ValidationError("cannot read -f '\(configFile)': \(error)")
+                throw ValidationError("cannot read -f '\(configFile)': \(ErrorWords.describe(error))")
             }
             do {
                 configuration = try AgentConfiguration.parse(yaml: text)
@@ -307,7 +307,10 @@ struct Client: AsyncParsableCommand {
         defer { probing.cancel() }
         try await serveUntilTerminated(agent, grace: options.grace, session: session, side: side, logger: logger) {
             let (added, removed) = try await agent.reload(forwards: try makeForwards())
-            return ["ports_added": "\(added)", "ports_removed": "\(removed)"]
+            return [
+                "changed": "\(added + removed == 0 ? "unchanged" : "ports")", "ports_added": "\(added)",
+                "ports_removed": "\(removed)",
+            ]
         }
     }
 }
@@ -454,7 +457,10 @@ struct Edge: AsyncParsableCommand {
             let forwards = try makeForwards().forwards
             configured.withLockedValue { $0 = forwards }
             let (added, removed) = await agent.reload(forwards: await listeners(forwards))
-            return ["listeners_added": "\(added)", "listeners_removed": "\(removed)"]
+            return [
+                "changed": "\(added + removed == 0 ? "unchanged" : "listeners")", "listeners_added": "\(added)",
+                "listeners_removed": "\(removed)",
+            ]
         }
     }
 }
@@ -490,12 +496,16 @@ struct Check: AsyncParsableCommand {
         do {
             text = try String(contentsOfFile: file, encoding: .utf8)
         } catch {
-            throw ValidationError("cannot read '\(file)': \(error)")
+            throw ValidationError("cannot read '\(file)': \(ErrorWords.describe(error))")
         }
         if RelayConfiguration.looksLikeRelayConfiguration(text) {
             do {
                 let configuration = try RelayConfiguration.parse(text)
                 try configuration.validate()
+                // What the relay loads at start and on every reload: a missing or unreadable file fails here.
+                if let tls = configuration.tls {
+                    _ = try TLSSetup.serverContext(certificatePath: tls.certificate, keyPath: tls.key)
+                }
                 print(
                     "\(file): OK (relay, \(configuration.hybridConnections.count) hybrid connections, tls \(configuration.tls == nil ? "off" : "on"))"
                 )

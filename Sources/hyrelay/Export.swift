@@ -346,18 +346,26 @@ struct Replay: AsyncParsableCommand {
             Example: hyrelay export replay --logs-ingestion-endpoint https://… --dcr-immutable-id dcr-… \
             ~/.local/state/hyrelay/telemetry/*.ndjson.gz
             Each file is renamed FILE.replaying while it is shipped (a role still writing starts a new file), \
-            then FILE.delivered, so running replay again sends nothing twice. When anything was dropped or left \
-            in the spool the files get their names back and replay exits 1.
+            then FILE.delivered once every record was delivered or handed to replay's spool, so running replay \
+            again sends nothing twice: what waits in the spool (the sink was away) goes with the next run, which \
+            may name no files at all. When the sink refused records (dropped), the files get their names back, \
+            to be sent again once the configuration is fixed. Replay exits 1 while anything waits in the spool or \
+            was dropped. The files are rows for Azure Monitor's tables: OTLP is not a replay target.
             """)
 
-    @Argument(help: "Files written by the file sink (.ndjson.gz).")
-    var files: [String]
+    @Argument(help: "Files written by the file sink (.ndjson.gz); none to send only what waits in replay's spool.")
+    var files: [String] = []
 
     @OptionGroup var telemetry: TelemetryOptions
 
     func run() async throws {
         guard telemetry.export.hasAzureSink else {
             throw ValidationError("replay needs an Azure sink: --logs-ingestion-endpoint or a connection string")
+        }
+        guard telemetry.export.otlpEndpoint == nil, telemetry.export.otlpHeaders.isEmpty else {
+            throw ValidationError(
+                "replay ships the files' rows to Azure Monitor (Logs Ingestion, Application Insights); OTLP is not a replay target: drop --otlp-endpoint and --otlp-header"
+            )
         }
         let claimed = try claim(files)
         // A role that opened a file just before the rename finishes its one write first.
@@ -371,7 +379,7 @@ struct Replay: AsyncParsableCommand {
                     [UInt8](try Data(contentsOf: URL(fileURLWithPath: file))), maxSize: 4 << 30,
                     tolerateTruncation: true)
             } catch {
-                throw ValidationError("cannot read '\(file)': \(error)")
+                throw ValidationError("cannot read '\(file)': \(ErrorWords.describe(error))")
             }
             for line in bytes.split(separator: UInt8(ascii: "\n")) {
                 guard let record = try? JSONDecoder().decode(FileLine.self, from: Data(line)) else {
@@ -399,9 +407,17 @@ struct Replay: AsyncParsableCommand {
         print(
             "read \(records.count) records (\(unreadable) unreadable lines), delivered \(delivered), dropped \(dropped), "
                 + "\(spooled) batch(es) left in the spool")
-        let complete = dropped == 0 && spooled == 0 && unreadable == 0 && delivered >= records.count
-        release(claimed, delivered: complete)
-        if !complete { throw ExitCode(1) }
+        // With nothing dropped, every record is delivered or waits in replay's spool, which the next run sends
+        // first: the files are done, and reading them again would send the spooled ones twice. A drop (a sink
+        // that refused the records: a wrong audience or DCR, a record too large) gives the files their names back,
+        // so a run with the configuration fixed sends them again.
+        release(claimed, delivered: dropped == 0)
+        if spooled > 0 {
+            print(
+                "\(spooled) batch(es) wait in replay's spool: run `hyrelay export replay` again with the same sink options (no files needed) to send them"
+            )
+        }
+        if dropped > 0 || spooled > 0 || unreadable > 0 { throw ExitCode(1) }
     }
 
     static let replaying = ".replaying"

@@ -142,7 +142,7 @@ struct Relay: AsyncParsableCommand {
             do {
                 text = try String(contentsOfFile: config, encoding: .utf8)
             } catch {
-                throw ValidationError("cannot read --config '\(config)': \(error)")
+                throw ValidationError("cannot read --config '\(config)': \(ErrorWords.describe(error))")
             }
             if reloading && !text.hasSuffix("\n") {
                 throw ValidationError(
@@ -230,10 +230,12 @@ struct Relay: AsyncParsableCommand {
                     )
                 }
             }
-            let (added, removed) = try server.reload(try makeConfiguration(reloading: true))
+            let (added, removed, changed) = try server.reload(try makeConfiguration(reloading: true))
             return [
+                "changed": "\(changed.isEmpty ? "unchanged" : changed.joined(separator: ","))",
                 "hybrid_connections_added": "\(added.joined(separator: ","))",
                 "hybrid_connections_removed": "\(removed.joined(separator: ","))",
+                "tls": "\(configuration.tls == nil ? "off" : "certificate and key read again")",
             ]
         }
     }

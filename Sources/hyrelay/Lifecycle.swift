@@ -29,7 +29,9 @@ struct ReloadService: Service {
                 let changes = try await reload()
                 logger.info("configuration reloaded", metadata: changes)
             } catch {
-                logger.error("reload failed, the running configuration stays", metadata: ["cause": "\(error)"])
+                logger.error(
+                    "reload failed, the running configuration stays",
+                    metadata: ["cause": "\(ErrorWords.describe(error))"])
             }
         }
     }

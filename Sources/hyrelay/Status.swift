@@ -31,7 +31,7 @@ struct Status: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
-        guard HostPort(endpoint) != nil else { throw ValidationError("--endpoint '\(endpoint)' is not HOST:PORT") }
+        if let problem = HostPort.problem(endpoint) { throw ValidationError("--endpoint: \(problem)") }
         guard interval >= 0.1 else { throw ValidationError("--interval must be at least 0.1") }
     }
 
@@ -92,7 +92,8 @@ struct Status: AsyncParsableCommand {
         do {
             return try JSONDecoder().decode(Body.self, from: Data(response.body))
         } catch {
-            throw ValidationError("\(url) answered something that is not the inspection API: \(error)")
+            throw ValidationError(
+                "\(url) answered something that is not the inspection API: \(ErrorWords.describe(error))")
         }
     }
 }

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import RelayExport
+import RelayIO
 import RelayServer
 import RelayTelemetry
 
@@ -63,8 +64,8 @@ struct TelemetryOptions: ParsableArguments {
 
     func validate() throws {
         if let threads, !(1...1024).contains(threads) { throw ValidationError("--threads must be 1 to 1024") }
-        if let metricsAddress, HostPort(metricsAddress) == nil {
-            throw ValidationError("--metrics '\(metricsAddress)' is not HOST:PORT")
+        if let metricsAddress, let problem = HostPort.problem(metricsAddress) {
+            throw ValidationError("--metrics: \(problem)")
         }
         guard (1...100_000).contains(metricsMaxConnections) else {
             throw ValidationError("--metrics-max-connections must be 1 to 100000")
@@ -127,7 +128,7 @@ struct TelemetryOptions: ParsableArguments {
         let server = try await TelemetryServer.start(
             host: address.host, port: address.port, metrics: metrics, readiness: readiness, listeners: listeners,
             access: access, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
-        logger.info("metrics served", metadata: ["address": "\(server.localAddress.map { "\($0)" } ?? metricsAddress)"])
+        logger.info("metrics served", metadata: ["address": "\(server.localAddress?.hostAndPort ?? metricsAddress)"])
         return server
     }
 }

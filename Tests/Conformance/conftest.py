@@ -1,4 +1,5 @@
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -89,3 +90,28 @@ def relay(tmp_path_factory):
     except subprocess.TimeoutExpired:
         process.kill()
     log.close()
+
+
+# What an operator must never have to read in our logs: NIO's call signatures and errno suffixes, debug forms of
+# addresses, Swift's type and case names, decoder boilerplate, crashes. Every log a hyrelay process wrote during
+# the session (the files under pytest's temporary directory that our processes write) is scanned at the end.
+INTERNALS = re.compile(
+    r"\(errno: \d+\)|descriptor:addr:size|\[IPv[46]\]|Cannot initialize \w+ from invalid|failedToLoad\w+"
+    r"|NIOCore\.|NIOPosix\.|NIOSSL\.|IOError\(|ChannelError\.|HTTPClientError\.|NIOConnectionError"
+    r"|DecodingError|BoringSSL|handshake\.cc|Fatal error|Swift runtime failure")
+FOREIGN_LOGS = re.compile(r"nginx|haproxy|prometheus|tinyproxy|dnsmasq|redis|access")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def logs_speak_in_words(tmp_path_factory):
+    yield
+    offenders = []
+    for path in sorted(tmp_path_factory.getbasetemp().rglob("*.log")):
+        if FOREIGN_LOGS.search(path.name):
+            continue
+        with open(path, errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                if INTERNALS.search(line):
+                    offenders.append("%s:%d: %s" % (path.name, number, line.strip()[:300]))
+    assert not offenders, "log lines with internals instead of words (%d):\n%s" % (
+        len(offenders), "\n".join(offenders[:40]))

@@ -285,6 +285,10 @@ def test_every_alert_explains_itself_and_links_a_runbook_that_exists():
         annotations = alert["annotations"]
         assert {"summary", "description", "runbook_url"} <= set(annotations), alert["alert"]
         assert annotations["runbook_url"].split("#")[1] in anchors, alert["alert"]
+        # A bare {{ $value }} prints an extrapolated increase as 38.362610169491525: every value is formatted.
+        for text in (annotations["summary"], annotations["description"]):
+            for use in re.findall(r"\{\{[^}]*\$value[^}]*\}\}", text):
+                assert "humanize" in use or "printf" in use, (alert["alert"], use)
     records = [rule["record"] for group in rules["groups"] for rule in group["rules"] if "record" in rule]
     assert all(re.fullmatch(r"[a-z_]+:hyrelay_[a-z_]+:[a-z0-9_]+", name) for name in records), records
     assert not re.search(r"\[[1-4]m\]|\[\d+s\]", json.dumps(rules)), "windows under 5m hold too few samples"

@@ -444,3 +444,30 @@ def test_roles_write_files_by_default_and_replay_ships_them(fake, tmp_path):
     again = replay(fake, delivered, tmp_path)
     assert again.returncode == 0 and "already delivered, skipped" in again.stdout, again.stdout + again.stderr
     assert len(fake.all_rows(STREAMS["spans"])) == rows_before
+
+
+def test_a_replay_cut_short_by_an_absent_sink_sends_nothing_twice(fake, tmp_path):
+    """The sink is away for the whole of a replay: what was not delivered waits in replay's spool and the file is
+    marked delivered (handed over); the next replay, naming the same file, skips it and sends the spool: every
+    record arrives once (a rerun used to read the file again and send the spool too: every record twice)."""
+    fake.faults = [(503, [], {"error": {"code": "ServiceUnavailable", "message": "away"}})] * 10_000
+    rows = [("logs", log_row(i, "once-%d" % i)) for i in range(300)]
+    path = write_file(tmp_path / "away.ndjson.gz", rows)
+    first = replay(fake, [path], tmp_path, "--export-shutdown-seconds", "2")
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "wait in replay's spool" in first.stdout, first.stdout
+    assert os.path.exists(path + ".delivered") and not os.path.exists(path)
+    assert messages(fake) == []
+    fake.faults = []
+    second = replay(fake, [path], tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    got = messages(fake)
+    assert len(got) == 300 and len(set(got)) == 300, (len(got), len(set(got)))
+    assert fake.violations == []
+
+
+def test_replay_refuses_otlp_as_a_target(fake, tmp_path):
+    path = write_file(tmp_path / "o.ndjson.gz", [("logs", log_row(0))])
+    result = replay(fake, [path], tmp_path, "--otlp-endpoint", "http://127.0.0.1:4318")
+    assert result.returncode != 0 and "OTLP is not a replay target" in result.stderr, result.stderr
+    assert os.path.exists(path), "nothing claimed"

@@ -312,11 +312,20 @@ def test_a_client_probes_its_relay_at_start_and_readyz_says_why(tmp_path):
         for name, process in clients:
             process.wait_for_log("relay probed")
         results = {name: readyz(process.metrics_port) for name, process in clients}
-        assert results["good"][0] == 200, results
+        # The relay answers for hc1, but no edge listens on it yet: a balancer should not send users here.
+        assert results["good"][0] == 503 and "no listener online" in results["good"][1], results
         assert results["missing"][0] == 503 and "no such hybrid connection" in results["missing"][1], results
         assert results["badkey"][0] == 503 and "refused the credentials" in results["badkey"][1], results
         missing_log = dict(clients)["missing"].log()
         assert any(" warning " in l and "relay probed" in l for l in missing_log.splitlines())
+        # An edge registers: the good client is ready at its next ask (every 10 s), and not again once it leaves.
+        target = agents.TcpServer("echo")
+        edge = agents.start_edge(tmp_path, url, ["hc1:127.0.0.1:%d" % target.port])
+        good = dict(clients)["good"]
+        agents.wait_until(lambda: readyz(good.metrics_port)[0] == 200, timeout=25, what="ready with a listener")
+        edge.stop()
+        target.close()
+        agents.wait_until(lambda: readyz(good.metrics_port)[0] == 503, timeout=25, what="not ready without one")
     finally:
         for _, process in clients:
             process.stop()

@@ -426,3 +426,196 @@ def test_a_burst_of_tunnels_to_a_unix_socket_with_a_small_backlog_loses_none(tmp
     finally:
         agents.stop_all(client, edge, relay)
         server.close()
+
+
+def test_errors_are_said_in_words(tmp_path):
+    """What a new operator met: a misspelled right, a port out of range, an unreadable certificate, each said
+    with where and what is allowed; `hyrelay check` fails on a certificate or key file that is missing."""
+    import subprocess
+    port = free_port()
+    config = tmp_path / "relay.yml"
+    config.write_text('listen: "127.0.0.1:%d"\nhybridConnections:\n  - name: hc\n    rules:\n'
+                      '      - {keyName: k, primaryKey: "x", rights: [Sned]}\n' % port)
+    checked = subprocess.run([agents.binary(), "check", "-f", str(config)], capture_output=True, text=True)
+    out = checked.stdout + checked.stderr
+    assert checked.returncode == 2, out
+    assert "line 5" in out and "'Sned' is not a right: Listen, Send or Manage" in out, out
+    assert "Cannot initialize" not in out
+
+    result = subprocess.run([agents.binary(), "relay", "--listen", "127.0.0.1:94430", "--hybrid-connection", "hc"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "port 94430" in result.stderr and "0 to 65535" in result.stderr, result.stderr
+    result = subprocess.run([agents.binary(), "relay", "--hybrid-connection", "hc", "--metrics", "127.0.0.1:94430"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "port 94430" in result.stderr, result.stderr
+
+    config.write_text('listen: "127.0.0.1:%d"\ntls:\n  certificate: %s/missing.pem\n  key: %s/missing.key\n'
+                      'hybridConnections:\n  - name: hc\n' % (port, tmp_path, tmp_path))
+    checked = subprocess.run([agents.binary(), "check", "-f", str(config)], capture_output=True, text=True)
+    out = checked.stdout + checked.stderr
+    assert checked.returncode == 2 and "missing.pem" in out, out
+    (tmp_path / "missing.pem").write_text("not a certificate\n")
+    checked = subprocess.run([agents.binary(), "check", "-f", str(config)], capture_output=True, text=True)
+    out = checked.stdout + checked.stderr
+    assert checked.returncode == 2 and "failedToLoad" not in out and "PEM" in out, out
+
+
+class PageHandler(BaseHTTPRequestHandler):
+    """A small web site: a page with an image, a stylesheet and a script; every path it served is recorded."""
+    protocol_version = "HTTP/1.1"
+    served = []
+    files = {
+        "/index.html": ("text/html", b'<html><head><link rel="stylesheet" href="style.css">'
+                                     b'<script src="app.js"></script></head>'
+                                     b'<body><img src="img/logo.png"><p>hello</p></body></html>'),
+        "/style.css": ("text/css", b"p { color: #123; }"),
+        "/app.js": ("application/javascript", b"document.title = 'loaded';"),
+        "/img/logo.png": ("image/png", bytes.fromhex(
+            "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+            "1f15c4890000000d49444154789c6360000002000100e221bc330000000049454e44ae426082")),
+    }
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = self.path.split("?", 1)[0]
+        PageHandler.served.append((path, self.headers.get("Cookie")))
+        if path not in self.files:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        kind, body = self.files[path]
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_browser_loads_every_sub_resource_of_a_protected_page(tmp_path):
+    """Headless Chromium opens `/site/index.html?sb-hc-token=…` on an entity that requires a token: the relay turns
+    the valid token into an HttpOnly cookie for `/site`, and the stylesheet, script and image (requested without
+    any token) load through the relay too. The cookie never reaches the target; without it or the token, 401."""
+    import shutil
+    import subprocess
+    browser = shutil.which("chromium")
+    assert browser, "chromium (Debian package chromium) is required: scripts/setup.sh installs it"
+    PageHandler.served = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), PageHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    relay = edge = None
+    try:
+        relay = agents.start_relay(tmp_path, ["site"])
+        edge = start_http_edge(tmp_path, relay, ["site:http/127.0.0.1:%d" % server.server_address[1]])
+        token = hc.sas_token("http://127.0.0.1:%d/site" % relay.port, agents.KEY_NAME, agents.KEY)
+        url = "http://127.0.0.1:%d/site/index.html?sb-hc-token=%s" % (relay.port, hc.form_encode_pct(token))
+        profile = tmp_path / "profile"
+        result = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                 "--user-data-dir=%s" % profile, "--virtual-time-budget=5000", "--dump-dom", url],
+                                capture_output=True, text=True, timeout=120)
+        assert "hello" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+        assert "<title>loaded</title>" in result.stdout, "the script ran: " + result.stdout[-1000:]
+        paths = [path for path, _ in PageHandler.served]
+        for path in ("/index.html", "/style.css", "/app.js", "/img/logo.png"):
+            assert path in paths, (path, paths)
+        assert all("hyrelay-sb-hc-token" not in (cookie or "") for _, cookie in PageHandler.served)
+        # Without the token or the cookie the entity stays closed.
+        status = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=10)
+        status.request("GET", "/site/style.css")
+        assert status.getresponse().status == 401
+        status.close()
+    finally:
+        agents.stop_all(edge, relay)
+        server.shutdown()
+
+
+def test_a_head_answered_without_a_length_leaves_the_connection_in_step(tmp_path):
+    """A listener answers HEAD with no Content-Length (Node's ServerResponse does): the relay adds no chunked
+    coding and no terminator, so the GET that follows on the same connection reads its own response."""
+    import asyncio
+    from websockets.asyncio.client import connect
+
+    relay = agents.start_relay(tmp_path, ["hc"], extra=["--anonymous-sender", "hc"])
+
+    async def listener(ready, count):
+        token = hc.sas_token("http://127.0.0.1:%d/hc" % relay.port, agents.KEY_NAME, agents.KEY)
+        async with connect(hc.listen_uri("ws://127.0.0.1:%d" % relay.port, "hc", token=token)) as control:
+            ready.set()
+            for _ in range(count):
+                request = json.loads(await control.recv())["request"]
+                if request["method"] == "HEAD":
+                    await control.send(json.dumps({"response": {
+                        "requestId": request["id"], "statusCode": 200, "responseHeaders": {"X-Kind": "head"},
+                        "body": False}}))
+                else:
+                    await control.send(json.dumps({"response": {
+                        "requestId": request["id"], "statusCode": 200, "body": True}}))
+                    await control.send(b"get-body")
+
+    def client():
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+            sock.sendall(b"HEAD /hc/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            raw = b""
+            while b"\r\n\r\n" not in raw:
+                raw += sock.recv(4096)
+            sock.settimeout(0.5)
+            try:
+                raw += sock.recv(4096)  # anything after the head would be read as the next response
+            except socket.timeout:
+                pass
+            sock.settimeout(10)
+            sock.sendall(b"GET /hc/y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return raw + hc.read_to_end(sock)
+
+    async def main():
+        ready = asyncio.Event()
+        task = asyncio.ensure_future(listener(ready, 2))
+        await ready.wait()
+        raw = await asyncio.get_running_loop().run_in_executor(None, client)
+        await asyncio.wait_for(task, 10)
+        return raw
+
+    try:
+        raw = asyncio.run(main())
+    finally:
+        relay.stop()
+    first, rest = raw.split(b"\r\n\r\n", 1)
+    assert b"chunked" not in first.lower(), raw
+    assert rest.startswith(b"HTTP/1.1 200"), "the GET's response follows the HEAD's head directly: %r" % raw
+    assert rest.endswith(b"get-body"), raw
+
+
+def test_the_cookie_works_beside_a_sites_own_basic_auth(tmp_path):
+    """A site behind HTTP Basic: the browser re-sends `Authorization: Basic …` with every request; with the relay's
+    cookie there, that header is the application's (it reaches the target) and the cookie authorizes."""
+    PageHandler.served = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), PageHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    relay = edge = None
+    try:
+        relay = agents.start_relay(tmp_path, ["site"])
+        edge = start_http_edge(tmp_path, relay, ["site:http/127.0.0.1:%d" % server.server_address[1]])
+        token = hc.sas_token("http://127.0.0.1:%d/site" % relay.port, agents.KEY_NAME, agents.KEY)
+        connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=10)
+        connection.request("GET", "/site/index.html?sb-hc-token=" + hc.form_encode_pct(token),
+                           headers={"Authorization": "Basic dXNlcjpwdw=="})
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200
+        cookie = response.getheader("Set-Cookie")
+        assert cookie and "HttpOnly" in cookie and "Path=/site" in cookie and "Max-Age=" in cookie, cookie
+        assert response.getheader("Referrer-Policy") == "same-origin"
+        pair = cookie.split(";", 1)[0]
+        connection.request("GET", "/site/style.css", headers={
+            "Authorization": "Basic dXNlcjpwdw==", "Cookie": "theme=dark; " + pair,
+            "Referer": "http://127.0.0.1/site/index.html?sb-hc-token=" + hc.form_encode_pct(token)})
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200
+        assert ("/style.css", "theme=dark") in PageHandler.served, PageHandler.served
+        connection.close()
+    finally:
+        agents.stop_all(edge, relay)
+        server.shutdown()

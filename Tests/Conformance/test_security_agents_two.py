@@ -105,6 +105,8 @@ class UdpChain:
                                       extra=["--metrics", "127.0.0.1:%d" % metrics] + list(extra))
         process.metrics = metrics
         self.processes.append(process)
+        # The side port opens after the ports are bound: wait for it before the first scrape.
+        process.wait_for_log("metrics served")
         return process
 
     def stop(self):

@@ -42,8 +42,9 @@ import Testing
         #expect(handshake.label == "tls_failed" && handshake.hint?.contains("TLS 1.2") == true)
         let closed = failure(WebSocketClientError(.closedDuringHandshake, description: "closed"))
         #expect(closed.label == "closed_in_handshake" && closed.hint?.contains("wss://") == true)
-        // Text alone classifies nothing: an error of another kind that mentions a cause stays "other".
+        // Text alone classifies nothing: an error of another kind that mentions a cause stays "other", its text
+        // in words.
         let unknown = failure(WebSocketClientError(description: "Connection refused (errno: 111)"))
-        #expect(unknown.label == "other" && unknown.summary == "Connection refused (errno: 111)")
+        #expect(unknown.label == "other" && unknown.summary == "connection refused")
     }
 }

@@ -201,7 +201,7 @@ import Testing
             try bad.validate()
             Issue.record("invalid configuration accepted")
         } catch {
-            for fragment in ["listen 'nowhere'", "'a b'", "listed twice", "grants no rights"] {
+            for fragment in ["listen: 'nowhere' has no ':PORT'", "'a b'", "listed twice", "grants no rights"] {
                 #expect(error.description.contains(fragment), "\(fragment)")
             }
         }
