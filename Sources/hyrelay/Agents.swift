@@ -22,7 +22,7 @@ import RelayTelemetry
 struct AgentOptions: ParsableArguments {
     @Option(
         name: .customShort("x"),
-        help: "Connection string: Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=…[;EntityPath=…]")
+        help: "Connection string: Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...[;EntityPath=...]")
     var connectionString: String?
 
     @Option(
@@ -470,8 +470,8 @@ struct Check: AsyncParsableCommand {
         abstract:
             "Validate a configuration file (an agent's azbridge-style YAML, or a relay's) and report errors with their line.",
         discussion: """
-            The kind is told from the top-level keys: a relay's are camelCase (listen, hybridConnections, …), \
-            azbridge's PascalCase (LocalForward, RemoteForward, …).
+            The kind is told from the top-level keys: a relay's are camelCase (listen, hybridConnections, ...), \
+            azbridge's PascalCase (LocalForward, RemoteForward, ...).
             """
     )
 

@@ -35,7 +35,7 @@ struct ExportOptions: ParsableArguments {
         ))
     var logsIngestionAudience: String?
 
-    @Option(name: .customLong("dcr-immutable-id"), help: "The data collection rule's immutableId (dcr-…).")
+    @Option(name: .customLong("dcr-immutable-id"), help: "The data collection rule's immutableId (dcr-...).")
     var ruleID: String?
 
     @Option(name: .customLong("spans-stream"), help: "Stream for spans.")
@@ -343,7 +343,7 @@ struct Replay: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Ship gzip NDJSON files written by the file sink to a configured Azure sink (air-gapped sites).",
         discussion: """
-            Example: hyrelay export replay --logs-ingestion-endpoint https://… --dcr-immutable-id dcr-… \
+            Example: hyrelay export replay --logs-ingestion-endpoint https://... --dcr-immutable-id dcr-... \
             ~/.local/state/hyrelay/telemetry/*.ndjson.gz
             Each file is renamed FILE.replaying while it is shipped (a role still writing starts a new file), \
             then FILE.delivered once every record was delivered or handed to replay's spool, so running replay \

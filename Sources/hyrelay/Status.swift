@@ -27,7 +27,7 @@ struct Status: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds between refreshes with --watch.")
     var interval: Double = 2
 
-    @Flag(name: .long, help: "Print the API's JSON ({\"tunnels\": …, \"listeners\": …}) instead of tables.")
+    @Flag(name: .long, help: "Print the API's JSON ({\"tunnels\": ..., \"listeners\": ...}) instead of tables.")
     var json = false
 
     func validate() throws {
