@@ -20,7 +20,10 @@ public enum SocketTuning {
         guard let options = channel.syncOptions else { return }
         try options.setOption(.recvAllocator, value: receiveAllocator)
         try options.setOption(.writeBufferWaterMark, value: writeWaterMark)
-        if noDelay { try options.setOption(.socketOption(.tcp_nodelay), value: 1) }
+        // TCP level: `.socketOption(.tcp_nodelay)` is SOL_SOCKET level, where the same number (1) is SO_DEBUG,
+        // which needs CAP_NET_ADMIN: as root it was set instead of TCP_NODELAY, and as any other user (the
+        // package's dynamic users) every connection was refused by its own initializer.
+        if noDelay { try options.setOption(.tcpOption(.tcp_nodelay), value: 1) }
         if remoteHalfClosure { try options.setOption(.allowRemoteHalfClosure, value: true) }
     }
 
