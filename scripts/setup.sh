@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(libssl-dev libcurl4-openssl-dev zlib1g-dev python3-venv openssl prometheus haproxy tinyproxy nginx-light
-    binutils systemd iptables chromium)
+    binutils systemd iptables chromium procps)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
