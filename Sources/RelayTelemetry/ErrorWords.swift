@@ -97,7 +97,7 @@ public enum ErrorWords {
             CInt(match.output.1).map(errnoWords) ?? String(match.output.0)
         }
         for marker in ["[IPv4]", "[IPv6]"] {
-            while let start = out.range(of: marker) {
+            while let start = out.firstRange(of: marker) {
                 // "[IPv4]127.0.0.1/127.0.0.1:80": the part after the slash is the address.
                 let rest = out[start.upperBound...]
                 let slash = rest.firstIndex(of: "/") ?? start.upperBound
@@ -105,7 +105,7 @@ public enum ErrorWords {
             }
         }
         for prefix in ["HTTPClientError.", "NIOSSLError.", "ChannelError.", "NIOConnectionError."] {
-            while let range = out.range(of: prefix) {
+            while let range = out.firstRange(of: prefix) {
                 let name = out[range.upperBound...].prefix { $0.isLetter || $0.isNumber }
                 out.replaceSubrange(range.lowerBound..<name.endIndex, with: words(camelCase: String(name)))
             }
@@ -123,8 +123,4 @@ public enum ErrorWords {
         }
         return out
     }
-}
-
-extension String {
-    fileprivate func range(of needle: String) -> Range<String.Index>? { firstRange(of: needle) }
 }

@@ -153,8 +153,8 @@ async def next_control(ws, timeout=10):
     return hc.parse_control(await asyncio.wait_for(ws.recv(), timeout))
 
 
-def assert_tunnel_works(relay, path="hyco"):
-    """A listener, a sender and bytes both ways: the relay still does its job."""
+def assert_tunnel_works(relay, path="hyco", timeout=None):
+    """A listener, a sender and bytes both ways: the relay still does its job (within `timeout` s when given)."""
     async def run():
         control = await open_listener(relay, path)
         sender_task = asyncio.ensure_future(connect("%s/$hc/%s" % (relay.ws, path),
@@ -170,7 +170,7 @@ def assert_tunnel_works(relay, path="hyco"):
         await rendezvous.close()
         await control.close()
     assert relay.alive(), relay.log()
-    asyncio.run(run())
+    asyncio.run(asyncio.wait_for(run(), timeout) if timeout else run())
 
 
 # 1. A signed token with `se` near Int64.max overflowed the skew addition and trapped.

@@ -40,6 +40,7 @@ import agents
 import hc
 from conftest import free_port
 from fake_entra import FakeEntra, b64url
+from test_security import assert_tunnel_works, next_control, open_listener, token_headers
 
 EDGE_OID = "0d4ee1c4-0000-4000-8000-00000000e0e0"
 CLIENT_OID = "0d4ee1c4-0000-4000-8000-00000000c1c1"
@@ -131,37 +132,8 @@ class Relay(agents.Process):
         self.log_file.close()
 
 
-def sas_headers(relay, path):
-    return {"ServiceBusAuthorization": hc.sas_token(hc.dotnet_audience(relay.host, path))}
-
-
-async def open_listener(relay, path):
-    return await connect(hc.listen_uri(relay.ws, path), additional_headers=sas_headers(relay, path),
-                         ping_interval=None, max_size=None)
-
-
-async def next_control(ws, timeout=10):
-    return hc.parse_control(await asyncio.wait_for(ws.recv(), timeout))
-
-
-def assert_tunnel_works(relay, path, timeout=15):
-    """A SAS listener, a SAS sender and bytes both ways, all within `timeout` seconds."""
-    async def run():
-        control = await open_listener(relay, path)
-        sender_task = asyncio.ensure_future(connect("%s/$hc/%s" % (relay.ws, path),
-                                                    additional_headers=sas_headers(relay, path)))
-        _, accept = await next_control(control)
-        rendezvous = await connect(accept["address"])
-        sender = await sender_task
-        await sender.send(b"ping")
-        assert await rendezvous.recv() == b"ping"
-        await rendezvous.send(b"pong")
-        assert await sender.recv() == b"pong"
-        await sender.close()
-        await rendezvous.close()
-        await control.close()
-    assert relay.popen.poll() is None, relay.log()
-    asyncio.run(asyncio.wait_for(run(), timeout))
+# The tunnel and listener helpers of the first security pass, shared.
+sas_headers = token_headers
 
 
 def status_line(host, port, data, timeout=10):
