@@ -38,7 +38,7 @@ struct TelemetryOptions: ParsableArguments {
 
     @Option(
         name: .customLong("metrics-idle-timeout"),
-        help: "Seconds a --metrics connection may send nothing before it is closed.")
+        help: "Seconds a --metrics connection has, from its accept and from each answer, to send a whole request.")
     var metricsIdleTimeout: Double = TelemetryServer.Access.defaultIdleTimeoutSeconds
 
     @Option(
